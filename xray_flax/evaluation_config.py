@@ -1,0 +1,112 @@
+"""Defaults of the `config.eval` section: image scores, thresholds, metrics, predict.
+
+`configs/*.py` compose the full config from per-package defaults; this module owns the
+knobs read by `xray_flax.metrics`, `evaluate.py`, `predict.py` and `xray_flax.report`.
+Two small resolvers turn "0 = derive it" values into concrete numbers so every caller
+derives them the same way.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+# DRAEM (Zavrtanik et al. 2021) smooths the anomaly map with a 21x21 mean filter before
+# taking the max, at 256x256 inputs. Larger patches keep the same physical footprint when
+# the filter is scaled with the patch side.
+DRAEM_FILTER_SIZE = 21
+DRAEM_PATCH_SIZE = 256
+
+
+def defaults() -> ml_collections.ConfigDict:
+    """Returns the `config.eval` section with every field documented inline."""
+    cfg = ml_collections.ConfigDict()
+
+    # --- image-level score: max of the mean-filtered anomaly map -----------------------
+    # Side of the square mean filter (odd, stride 1, zero 'same' padding, divisor = full
+    # window like torch avg_pool2d(count_include_pad=True)). 0 => scale DRAEM's 21 @ 256 px
+    # with the patch size: round(21 * patch / 256), made odd (+1 when even); 43 at 512 px.
+    # 1 => plain max of the map.
+    cfg.score_filter_size = 0
+
+    # --- thresholds ----------------------------------------------------------------------
+    # Threshold reported next to the chosen one (maps are in [0, 1]; 0.5 is the natural cut
+    # of a 2-class softmax map, and anomalib normalises scores so 0.5 is its cut too).
+    cfg.fixed_threshold = 0.5
+    # Criterion maximised on the validation split to pick the image threshold:
+    # 'f1' (argmax F1, anomalib's F1AdaptiveThreshold) or 'youden' (argmax TPR - FPR).
+    cfg.threshold_metric = 'f1'
+
+    # --- pixel metrics (only when ground-truth masks exist) ------------------------------
+    # Up to this many pixels the pixel AUROC / AUPRO are exact (sort of all scores); above
+    # it scores are binned into `pixel_histogram_bins` bins between their min and max, which
+    # bounds memory by the bins and gives a documented error bound (see metrics.pixel_auroc).
+    cfg.pixel_exact_max_pixels = 4_000_000
+    cfg.pixel_histogram_bins = 65_536
+    # AUPRO integrates the per-region-overlap curve up to this false-positive rate (MVTec AD).
+    cfg.aupro_fpr_limit = 0.3
+
+    # --- timing (seconds per patch, the paper's Table 2 column) --------------------------
+    # Batches timed after `timing_warmup_batches` untimed ones (compilation, caches); at
+    # least 20 so the mean is not dominated by one slow batch.
+    cfg.timing_batches = 20
+    cfg.timing_warmup_batches = 2
+    # Batch size used for evaluation forward passes (maps and timing).
+    cfg.batch_size = 16
+
+    # --- whole-scan inference (`--mode predict`) -----------------------------------------
+    predict = ml_collections.ConfigDict()
+    # Tile step in pixels. 0 => derived from `overlap`: round(patch * (1 - overlap)).
+    predict.stride = 0
+    # Fraction of a tile shared with its neighbour when `stride` is 0. 0.5 lets every pixel
+    # be seen by up to 4 tiles, which hides the weak borders of a U-Net's receptive field.
+    predict.overlap = 0.5
+    # Blend window used to average overlapping tiles: 'hann', 'triangle' or 'flat'
+    # (see report.stitch.blend_window; never exactly zero so scan borders stay covered).
+    predict.window = 'hann'
+    # Tiles per anomaly-map call; the last batch is padded to it (one compilation).
+    predict.batch_size = 8
+    # Pixels at or above this anomaly value form candidate regions.
+    predict.region_threshold = 0.5
+    # Connected regions smaller than this many pixels (at full resolution) are dropped.
+    predict.min_region_area = 64
+    # Longest side in pixels of the overlay PNG and of the HTML report's images.
+    predict.overlay_max_side = 2048
+    # Heatmap opacity in the overlay PNG (the HTML report has a slider).
+    predict.overlay_alpha = 0.5
+    # Colour map of heatmaps: 'inferno' or 'jet'.
+    predict.colormap = 'inferno'
+    # Format of the full-resolution float32 anomaly map: 'tiff' or 'npy'.
+    predict.map_format = 'tiff'
+    # Regions listed (with crops) in the HTML report, highest max score first.
+    predict.report_max_regions = 50
+    # Context in pixels added around each region's bounding box for its crop.
+    predict.crop_margin = 32
+    cfg.predict = predict
+    return cfg
+
+
+def resolve_score_filter_size(filter_size: int | None, patch_size: int) -> int:
+    """Concrete odd mean-filter side for image scores.
+
+    `filter_size` > 0 is used as given (must be odd: a 'same' mean filter of even side has
+    no centre). None or 0 scales DRAEM's 21 px at 256 px with `patch_size`.
+    """
+    if filter_size:
+        if filter_size < 0 or filter_size % 2 == 0:
+            raise ValueError(f'score_filter_size must be a positive odd int, got {filter_size}')
+        return int(filter_size)
+    if patch_size <= 0:
+        raise ValueError(f'patch_size must be positive, got {patch_size}')
+    size = max(1, int(round(DRAEM_FILTER_SIZE * patch_size / DRAEM_PATCH_SIZE)))
+    return size if size % 2 == 1 else size + 1
+
+
+def resolve_stride(stride: int, overlap: float, patch_size: int) -> int:
+    """Concrete tile stride: `stride` if > 0, else round(patch_size * (1 - overlap))."""
+    if stride and stride > 0:
+        if stride > patch_size:
+            raise ValueError(f'stride {stride} > patch_size {patch_size} would leave gaps')
+        return int(stride)
+    if not 0.0 <= overlap < 1.0:
+        raise ValueError(f'overlap must be in [0, 1), got {overlap}')
+    return max(1, int(round(patch_size * (1.0 - overlap))))

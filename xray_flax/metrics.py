@@ -1,0 +1,493 @@
+"""Anomaly-detection metrics: image scores (JAX) and exact, fast NumPy metrics.
+
+Conventions
+-----------
+* Labels: 1 = anomalous (positive class), 0 = normal.
+* A sample is predicted anomalous when ``score >= threshold``.
+* Confusion matrices use scikit-learn's layout ``[[tn, fp], [fn, tp]]`` (rows = truth).
+* Undefined ratios follow scikit-learn's ``zero_division=0``: precision is 0 when nothing
+  is predicted anomalous, recall is 0 when there are no anomalies, F1 is 0 when both are.
+* ROC-AUC / average precision are ``nan`` when a class is missing (scikit-learn raises or
+  warns); `evaluate_scores` turns every ``nan`` into ``None`` so its output is strict JSON.
+
+Curve metrics are computed the way scikit-learn computes them (ROC by the trapezoid over
+all distinct thresholds, ties counted as half; AP as ``sum (R_k - R_{k-1}) P_k``), so the
+numbers equal ``roc_auc_score`` / ``average_precision_score`` to float rounding. The
+library does not import scikit-learn: it is used only in the tests as the reference.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Iterable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from scipy import ndimage
+
+__all__ = [
+    "image_scores",
+    "roc_auc",
+    "average_precision",
+    "select_threshold",
+    "select_threshold_with_rule",
+    "classification_metrics",
+    "pixel_auroc",
+    "pixel_auroc_with_bound",
+    "aupro",
+    "evaluate_scores",
+]
+
+
+# ---------------------------------------------------------------------------------------
+# Image scores (JAX)
+# ---------------------------------------------------------------------------------------
+
+
+@functools.partial(jax.jit, static_argnames=("filter_size",))
+def image_scores(maps: jax.Array, filter_size: int) -> jax.Array:
+    """Image-level anomaly score: max of the mean-filtered anomaly map (DRAEM).
+
+    Args:
+      maps: ``[b, H, W]`` (or ``[b, H, W, 1]``) anomaly maps.
+      filter_size: odd side of the square mean filter; ``<= 1`` means the plain max.
+
+    Returns:
+      float32 ``[b]``.
+
+    The filter matches DRAEM's ``torch.nn.functional.avg_pool2d(map, 21, stride=1,
+    padding=10)``: stride 1, zero 'same' padding of ``filter_size // 2`` on every side and
+    - because torch's default is ``count_include_pad=True`` - every window sum is divided by
+    the full ``filter_size**2`` even where the window hangs over the border. Border values
+    are therefore damped, exactly as in the reference. This equals
+    ``scipy.ndimage.uniform_filter(map, filter_size, mode='constant')``. The filter is
+    separable, so it runs as two 1-D window sums (O(k) instead of O(k^2) per pixel).
+    """
+    maps = jnp.asarray(maps)
+    if maps.ndim == 4 and maps.shape[-1] == 1:
+        maps = maps[..., 0]
+    if maps.ndim != 3:
+        raise ValueError(f"maps must be [b, H, W] or [b, H, W, 1], got shape {maps.shape}")
+    maps = maps.astype(jnp.float32)
+    if filter_size is None or filter_size <= 1:
+        return jnp.max(maps, axis=(1, 2))
+    if filter_size % 2 == 0:
+        raise ValueError(f"filter_size must be odd for a centred 'same' filter, got {filter_size}")
+    k = int(filter_size)
+    pad = k // 2
+    rows = jax.lax.reduce_window(
+        maps, 0.0, jax.lax.add, (1, k, 1), (1, 1, 1), ((0, 0), (pad, pad), (0, 0))
+    )
+    sums = jax.lax.reduce_window(
+        rows, 0.0, jax.lax.add, (1, 1, k), (1, 1, 1), ((0, 0), (0, 0), (pad, pad))
+    )
+    return jnp.max(sums, axis=(1, 2)) / float(k * k)
+
+
+# ---------------------------------------------------------------------------------------
+# Input checks and the shared curve
+# ---------------------------------------------------------------------------------------
+
+
+def _as_binary_labels(labels, name: str = "labels") -> np.ndarray:
+    labels = np.asarray(labels).ravel()
+    if labels.dtype == bool:
+        return labels.astype(np.int64)
+    if labels.size and not np.isin(labels, (0, 1)).all():
+        bad = np.unique(labels[~np.isin(labels, (0, 1))])[:5]
+        raise ValueError(f"{name} must be 0 (normal) or 1 (anomalous); found {bad.tolist()}")
+    return labels.astype(np.int64)
+
+
+def _as_scores(scores, n: int, name: str = "scores") -> np.ndarray:
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    if scores.size != n:
+        raise ValueError(f"{name} has {scores.size} values but labels have {n}")
+    if not np.isfinite(scores).all():
+        raise ValueError(f"{name} contain nan or inf")
+    return scores
+
+
+def _binary_clf_curve(labels, scores):
+    """Counts at every distinct threshold, highest threshold first.
+
+    Returns (fps, tps, thresholds): at ``thresholds[i]``, ``tps[i]`` anomalies and ``fps[i]``
+    normals have ``score >= thresholds[i]``.
+    """
+    labels = _as_binary_labels(labels)
+    scores = _as_scores(scores, labels.size)
+    if labels.size == 0:
+        raise ValueError("no samples")
+    order = np.argsort(scores, kind="mergesort")[::-1]
+    scores_desc = scores[order]
+    labels_desc = labels[order]
+    # Last index of every run of equal scores: ties move together along the curve.
+    last_of_run = np.r_[np.flatnonzero(np.diff(scores_desc)), labels.size - 1]
+    tps = np.cumsum(labels_desc)[last_of_run]
+    fps = last_of_run + 1 - tps
+    return fps.astype(np.float64), tps.astype(np.float64), scores_desc[last_of_run]
+
+
+def _trapezoid_auc(fps: np.ndarray, tps: np.ndarray) -> float:
+    """Area under the ROC curve through (0, 0) and the given cumulative counts."""
+    n_neg, n_pos = fps[-1], tps[-1]
+    if n_neg == 0 or n_pos == 0:
+        return math.nan
+    fpr = np.r_[0.0, fps] / n_neg
+    tpr = np.r_[0.0, tps] / n_pos
+    return float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1])) / 2.0)
+
+
+# ---------------------------------------------------------------------------------------
+# Image-level metrics
+# ---------------------------------------------------------------------------------------
+
+
+def roc_auc(labels, scores) -> float:
+    """Area under the ROC curve (ties count half); ``nan`` when a class is missing."""
+    fps, tps, _ = _binary_clf_curve(labels, scores)
+    return _trapezoid_auc(fps, tps)
+
+
+def average_precision(labels, scores) -> float:
+    """``sum_k (R_k - R_{k-1}) P_k`` over distinct thresholds (scikit-learn's AP, no
+    interpolation); ``nan`` without anomalies."""
+    fps, tps, _ = _binary_clf_curve(labels, scores)
+    n_pos = tps[-1]
+    if n_pos == 0:
+        return math.nan
+    precision = tps / (tps + fps)
+    recall = tps / n_pos
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+def select_threshold_with_rule(labels, scores, metric: str = "f1") -> tuple[float, str]:
+    """Threshold maximising `metric` on a (validation) split, and how it was chosen.
+
+    Candidates are the distinct scores (anomalous iff ``score >= candidate``). Among equally
+    good candidates the highest wins (fewest false alarms). The returned threshold is the
+    midpoint between the winning score and the next lower distinct score, so scores falling
+    between two validation scores are not decided by which side a tie lands on; on the
+    validation split it classifies exactly like the winning candidate.
+
+    Fallbacks (rule strings are returned so reports can say which was used):
+      * ``"no_anomalies"``: only normals -> ``nextafter(max score, +inf)``: every
+        validation sample is classified normal (F1 is 0 for every threshold, so the
+        argmax would be meaningless).
+      * ``"no_normals"``: only anomalies -> the min score: every sample is anomalous.
+      * ``"argmax_<metric>"``: the regular case.
+
+    Args:
+      metric: ``'f1'`` (argmax F1) or ``'youden'`` (argmax TPR - FPR).
+    """
+    fps, tps, thresholds = _binary_clf_curve(labels, scores)
+    n_pos, n_neg = tps[-1], fps[-1]
+    if n_pos == 0:
+        return float(np.nextafter(thresholds[0], np.inf)), "no_anomalies"
+    if n_neg == 0:
+        return float(thresholds[-1]), "no_normals"
+    if metric == "f1":
+        objective = 2.0 * tps / (tps + fps + n_pos)
+    elif metric == "youden":
+        objective = tps / n_pos - fps / n_neg
+    else:
+        raise ValueError(f"unknown threshold metric {metric!r}; expected 'f1' or 'youden'")
+    best = int(np.argmax(objective))  # first = highest threshold among ties
+    chosen = float(thresholds[best])
+    if best + 1 < thresholds.size:
+        below = float(thresholds[best + 1])
+        midpoint = below + (chosen - below) / 2.0
+        # Adjacent floats: the midpoint may round onto `below`, which would flip it.
+        if below < midpoint <= chosen:
+            chosen = midpoint
+    return chosen, f"argmax_{metric}"
+
+
+def select_threshold(labels, scores, metric: str = "f1") -> float:
+    """Threshold chosen on a validation split; see `select_threshold_with_rule`."""
+    return select_threshold_with_rule(labels, scores, metric)[0]
+
+
+def classification_metrics(labels, scores, threshold: float) -> dict:
+    """Accuracy, precision, recall, F1 and the confusion matrix at ``score >= threshold``.
+
+    Returns plain Python numbers: ``accuracy``, ``precision``, ``recall``, ``f1``,
+    ``confusion_matrix`` (``[[tn, fp], [fn, tp]]``), ``tp``, ``fp``, ``tn``, ``fn``,
+    ``threshold``. Zero divisions give 0 (scikit-learn's ``zero_division=0``).
+    """
+    labels = _as_binary_labels(labels)
+    scores = _as_scores(scores, labels.size)
+    predicted = scores >= threshold
+    positive = labels == 1
+    tp = int(np.sum(predicted & positive))
+    fp = int(np.sum(predicted & ~positive))
+    fn = int(np.sum(~predicted & positive))
+    tn = int(np.sum(~predicted & ~positive))
+    n = labels.size
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0
+    return {
+        "threshold": float(threshold),
+        "accuracy": (tp + tn) / n if n else math.nan,
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "confusion_matrix": [[tn, fp], [fn, tp]],
+        "tp": tp,
+        "fp": fp,
+        "tn": tn,
+        "fn": fn,
+    }
+
+
+# ---------------------------------------------------------------------------------------
+# Pixel-level metrics
+# ---------------------------------------------------------------------------------------
+
+
+def _spatial(array, name: str, index: int) -> np.ndarray:
+    array = np.asarray(array)
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim != 2:
+        raise ValueError(f"{name}[{index}] must be [H, W] or [H, W, 1], got {array.shape}")
+    return array
+
+
+def _pairs(masks, maps) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per-image (bool mask, float map) pairs from arrays ``[N, H, W(, 1)]`` or sequences."""
+    masks = list(masks) if not isinstance(masks, np.ndarray) else masks
+    maps = list(maps) if not isinstance(maps, np.ndarray) else maps
+    if len(masks) != len(maps):
+        raise ValueError(f"{len(masks)} masks but {len(maps)} maps")
+    pairs = []
+    for i, (mask, amap) in enumerate(zip(masks, maps)):
+        mask = _spatial(mask, "masks", i) > 0.5
+        amap = _spatial(amap, "maps", i)
+        if mask.shape != amap.shape:
+            raise ValueError(f"masks[{i}] is {mask.shape} but maps[{i}] is {amap.shape}")
+        pairs.append((mask, amap))
+    return pairs
+
+
+def _score_range(pairs) -> tuple[float, float]:
+    lo = min(float(np.min(m)) for _, m in pairs)
+    hi = max(float(np.max(m)) for _, m in pairs)
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        raise ValueError("maps contain nan or inf")
+    return lo, hi
+
+
+def _bin_index(amap: np.ndarray, lo: float, hi: float, n_bins: int) -> np.ndarray:
+    if hi <= lo:
+        return np.zeros(amap.shape, dtype=np.int64)
+    scaled = (amap.astype(np.float64) - lo) * (n_bins / (hi - lo))
+    return np.clip(scaled.astype(np.int64), 0, n_bins - 1)
+
+
+def pixel_auroc_with_bound(
+    masks, maps, exact_max_pixels: int = 4_000_000, n_bins: int = 65_536
+) -> tuple[float, float]:
+    """Pixel AUROC over all pixels of all images, and a bound on its approximation error.
+
+    Up to `exact_max_pixels` pixels the AUROC is exact (one sort, memory ~40 bytes/pixel)
+    and the bound is 0. Above, each image's scores are binned into `n_bins` equal bins
+    between the global min and max and only the per-bin counts of anomalous and normal
+    pixels are kept (memory O(n_bins) plus one image). Pairs that share a bin are counted
+    as ties (1/2), so ``|binned - exact| <= 0.5 * sum_b pos_b * neg_b / (P * N)``, the
+    returned bound (typically < 1e-4 with 65,536 bins). It is 0 whenever no bin holds both
+    classes, and the result is exact whenever all scores are bin-aligned (e.g. 8/16-bit).
+
+    Args:
+      masks: ``[N, H, W(, 1)]`` array or sequence of per-image masks (> 0.5 = anomalous).
+      maps: matching anomaly maps.
+    """
+    pairs = _pairs(masks, maps)
+    total = sum(mask.size for mask, _ in pairs)
+    if total == 0:
+        raise ValueError("no pixels")
+    if total <= exact_max_pixels:
+        labels = np.concatenate([mask.ravel() for mask, _ in pairs])
+        scores = np.concatenate([amap.ravel() for _, amap in pairs])
+        return roc_auc(labels, scores), 0.0
+    lo, hi = _score_range(pairs)
+    pos = np.zeros(n_bins, dtype=np.float64)
+    neg = np.zeros(n_bins, dtype=np.float64)
+    for mask, amap in pairs:
+        bins = _bin_index(amap, lo, hi, n_bins)
+        pos += np.bincount(bins[mask], minlength=n_bins)
+        neg += np.bincount(bins[~mask], minlength=n_bins)
+    n_pos, n_neg = pos.sum(), neg.sum()
+    if n_pos == 0 or n_neg == 0:
+        return math.nan, 0.0
+    # Highest bin first = highest threshold first, as in _binary_clf_curve.
+    auc = _trapezoid_auc(np.cumsum(neg[::-1]), np.cumsum(pos[::-1]))
+    bound = float(0.5 * np.sum(pos * neg) / (n_pos * n_neg))
+    return auc, bound
+
+
+def pixel_auroc(masks, maps, exact_max_pixels: int = 4_000_000, n_bins: int = 65_536) -> float:
+    """Pixel AUROC (see `pixel_auroc_with_bound` for exactness and memory)."""
+    return pixel_auroc_with_bound(masks, maps, exact_max_pixels, n_bins)[0]
+
+
+def aupro(
+    masks,
+    maps,
+    fpr_limit: float = 0.3,
+    exact_max_pixels: int = 4_000_000,
+    n_bins: int = 65_536,
+) -> float:
+    """Normalised area under the per-region-overlap curve up to `fpr_limit` (MVTec AD).
+
+    Ground-truth regions are the 8-connected components of every mask (as in the MVTec AD
+    evaluation code). At a threshold t, PRO(t) is the mean over all regions of all images
+    of the fraction of the region's pixels with ``score >= t``, and FPR(t) the fraction of
+    normal pixels (mask 0, all images) with ``score >= t``. The curve through (0, 0) and
+    every distinct threshold is integrated with the trapezoid rule up to `fpr_limit`
+    (interpolating linearly at the limit) and divided by `fpr_limit`, so a perfect map
+    scores 1. Each pixel carries a weight (1 / (region size * number of regions) or
+    1 / number of normal pixels), so the curve is one weighted cumulative sum - exact up
+    to `exact_max_pixels`, over `n_bins` score bins above (memory O(n_bins)).
+
+    Returns ``nan`` when the masks contain no anomalous or no normal pixel.
+    """
+    if not 0.0 < fpr_limit <= 1.0:
+        raise ValueError(f"fpr_limit must be in (0, 1], got {fpr_limit}")
+    pairs = _pairs(masks, maps)
+    structure = np.ones((3, 3), dtype=bool)
+    labelled = []
+    n_regions = 0
+    n_normal = 0
+    for mask, amap in pairs:
+        components, count = ndimage.label(mask, structure=structure)
+        labelled.append((components, count, amap))
+        n_regions += count
+        n_normal += int(np.sum(~mask))
+    if n_regions == 0 or n_normal == 0:
+        return math.nan
+
+    def weights(components, count):
+        # Region r's pixels share 1 / n_regions of the PRO mass; normal pixels get 0 here.
+        sizes = np.bincount(components.ravel(), minlength=count + 1).astype(np.float64)
+        per_label = np.zeros(count + 1, dtype=np.float64)
+        per_label[1:] = 1.0 / (sizes[1:] * n_regions)
+        return per_label[components]
+
+    total = sum(amap.size for _, _, amap in labelled)
+    if total <= exact_max_pixels:
+        scores = np.concatenate([amap.ravel().astype(np.float64) for _, _, amap in labelled])
+        pro_w = np.concatenate([weights(c, k).ravel() for c, k, _ in labelled])
+        fpr_w = np.concatenate([(c == 0).ravel() / n_normal for c, _, _ in labelled])
+        order = np.argsort(scores, kind="mergesort")[::-1]
+        scores = scores[order]
+        last_of_run = np.r_[np.flatnonzero(np.diff(scores)), scores.size - 1]
+        pro = np.cumsum(pro_w[order])[last_of_run]
+        fpr = np.cumsum(fpr_w[order])[last_of_run]
+    else:
+        lo, hi = _score_range([(None, amap) for _, _, amap in labelled])
+        pro_hist = np.zeros(n_bins)
+        fpr_hist = np.zeros(n_bins)
+        for components, count, amap in labelled:
+            bins = _bin_index(amap, lo, hi, n_bins).ravel()
+            pro_hist += np.bincount(bins, weights=weights(components, count).ravel(), minlength=n_bins)
+            fpr_hist += np.bincount(bins, weights=(components == 0).ravel() / n_normal, minlength=n_bins)
+        pro = np.cumsum(pro_hist[::-1])
+        fpr = np.cumsum(fpr_hist[::-1])
+    return _partial_area(np.r_[0.0, fpr], np.r_[0.0, pro], fpr_limit) / fpr_limit
+
+
+def _partial_area(x: np.ndarray, y: np.ndarray, x_limit: float) -> float:
+    """Trapezoid area under (x, y) for x in [0, x_limit]; x non-decreasing, from 0."""
+    # Float sums may overshoot 1 by an ulp; clip so the last point is the full curve.
+    x = np.minimum(x, 1.0)
+    inside = np.searchsorted(x, x_limit, side="right")
+    xs, ys = x[:inside], y[:inside]
+    if inside < x.size and xs[-1] < x_limit:
+        # Interpolate the curve where it crosses the limit.
+        x0, x1, y0, y1 = x[inside - 1], x[inside], y[inside - 1], y[inside]
+        y_at = y0 + (y1 - y0) * (x_limit - x0) / (x1 - x0)
+        xs, ys = np.r_[xs, x_limit], np.r_[ys, y_at]
+    return float(np.sum(np.diff(xs) * (ys[1:] + ys[:-1])) / 2.0)
+
+
+# ---------------------------------------------------------------------------------------
+# Everything at once
+# ---------------------------------------------------------------------------------------
+
+
+def _json_number(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def evaluate_scores(
+    labels,
+    scores,
+    val_labels=None,
+    val_scores=None,
+    masks=None,
+    maps=None,
+    fixed_threshold: float = 0.5,
+    threshold_metric: str = "f1",
+    fpr_limit: float = 0.3,
+    exact_max_pixels: int = 4_000_000,
+    n_bins: int = 65_536,
+) -> dict:
+    """All test metrics as a JSON-ready dict (plain floats/ints/lists; nan -> None).
+
+    The threshold is chosen on the validation split (`select_threshold_with_rule`); when no
+    validation split is given it is `fixed_threshold` and ``threshold_rule`` says
+    ``"fixed_no_validation"`` (choosing it on the test split would leak labels).
+
+    Keys: ``n``, ``n_anomalous``, ``n_normal``, ``roc_auc``, ``average_precision``,
+    ``threshold``, ``threshold_rule``, ``threshold_metric``, then at that threshold
+    ``accuracy``, ``precision``, ``recall``, ``f1``, ``confusion_matrix`` (``[[tn, fp],
+    [fn, tp]]``), ``tp``, ``fp``, ``tn``, ``fn``; ``fixed_threshold`` = the same metrics
+    as a dict at `fixed_threshold`; with masks and maps also ``pixel_auroc``,
+    ``pixel_auroc_error_bound``, ``aupro``, ``aupro_fpr_limit``. Pass masks only for
+    images whose ground truth is known (an all-zero mask states "no anomalous pixel").
+    """
+    labels = _as_binary_labels(labels)
+    scores = _as_scores(scores, labels.size)
+    if labels.size == 0:
+        raise ValueError("no test samples")
+    if (val_labels is None) != (val_scores is None):
+        raise ValueError("give both val_labels and val_scores, or neither")
+
+    if val_labels is not None:
+        val_labels = _as_binary_labels(val_labels, "val_labels")
+        val_scores = _as_scores(val_scores, val_labels.size, "val_scores")
+        threshold, rule = select_threshold_with_rule(val_labels, val_scores, threshold_metric)
+    else:
+        threshold, rule = float(fixed_threshold), "fixed_no_validation"
+
+    chosen = classification_metrics(labels, scores, threshold)
+    fixed = classification_metrics(labels, scores, fixed_threshold)
+    result = {
+        "n": int(labels.size),
+        "n_anomalous": int(labels.sum()),
+        "n_normal": int(labels.size - labels.sum()),
+        "roc_auc": roc_auc(labels, scores),
+        "average_precision": average_precision(labels, scores),
+        "threshold_rule": rule,
+        "threshold_metric": threshold_metric,
+        **chosen,
+        "fixed_threshold": fixed,
+    }
+    if val_labels is not None:
+        result["n_val"] = int(val_labels.size)
+    if masks is not None and maps is not None:
+        auc, bound = pixel_auroc_with_bound(masks, maps, exact_max_pixels, n_bins)
+        result["pixel_auroc"] = auc
+        result["pixel_auroc_error_bound"] = bound
+        result["aupro"] = aupro(masks, maps, fpr_limit, exact_max_pixels, n_bins)
+        result["aupro_fpr_limit"] = float(fpr_limit)
+    return {
+        key: ({k: _json_number(v) for k, v in value.items()} if isinstance(value, dict) else _json_number(value))
+        for key, value in result.items()
+    }
