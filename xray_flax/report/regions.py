@@ -1,0 +1,122 @@
+"""Candidate anomalous regions of a whole-scan anomaly map: components, JSON, CSV.
+
+A region is an 8-connected component of the pixels with ``map >= threshold`` (diagonal
+neighbours join: thin cracks and scratches are often only diagonally connected).
+Bounding boxes are half-open pixel ranges, ``x0 <= x < x1`` and ``y0 <= y < y1``, so a
+crop is ``image[y0:y1, x0:x1]``.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import os
+from typing import Iterable, Sequence
+
+import numpy as np
+from scipy import ndimage
+
+_EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
+
+
+@dataclasses.dataclass(frozen=True)
+class Region:
+    id: int  # 1 = highest max score
+    x0: int
+    y0: int
+    x1: int  # exclusive
+    y1: int  # exclusive
+    area: int  # pixels above the threshold
+    mean_score: float  # over the component's pixels
+    max_score: float
+    peak_x: int  # location of max_score
+    peak_y: int
+
+    @property
+    def width(self) -> int:
+        return self.x1 - self.x0
+
+    @property
+    def height(self) -> int:
+        return self.y1 - self.y0
+
+
+FIELDS = tuple(field.name for field in dataclasses.fields(Region))
+
+
+def find_regions(
+    anomaly_map: np.ndarray,
+    threshold: float,
+    min_area: int = 1,
+    max_regions: int | None = None,
+) -> list[Region]:
+    """Components of ``anomaly_map >= threshold`` with at least `min_area` pixels.
+
+    Sorted by max score (descending), then area (descending), then position; ids are
+    1-based in that order. `max_regions` keeps only the first ones.
+    """
+    anomaly_map = np.asarray(anomaly_map)
+    if anomaly_map.ndim == 3 and anomaly_map.shape[-1] == 1:
+        anomaly_map = anomaly_map[..., 0]
+    if anomaly_map.ndim != 2:
+        raise ValueError(f"anomaly_map must be [H, W], got {anomaly_map.shape}")
+    components, count = ndimage.label(anomaly_map >= threshold, structure=_EIGHT_CONNECTED)
+    if count == 0:
+        return []
+    index = np.arange(1, count + 1)
+    areas = np.bincount(components.ravel(), minlength=count + 1)[1:]
+    keep = index[areas >= min_area]
+    if keep.size == 0:
+        return []
+    # Per-component statistics in one pass each, in float64 for stable means.
+    values = anomaly_map.astype(np.float64, copy=False)
+    sums = ndimage.sum_labels(values, components, keep)
+    maxima = ndimage.maximum(values, components, keep)
+    peaks = ndimage.maximum_position(values, components, keep)
+    boxes = ndimage.find_objects(components)
+    found = []
+    for label, total, peak_value, (peak_y, peak_x) in zip(keep, sums, maxima, peaks):
+        rows, cols = boxes[label - 1]
+        area = int(areas[label - 1])
+        found.append(
+            dict(
+                x0=int(cols.start), y0=int(rows.start), x1=int(cols.stop), y1=int(rows.stop),
+                area=area, mean_score=float(total / area), max_score=float(peak_value),
+                peak_x=int(peak_x), peak_y=int(peak_y),
+            )
+        )
+    found.sort(key=lambda r: (-r["max_score"], -r["area"], r["y0"], r["x0"]))
+    if max_regions is not None:
+        found = found[:max_regions]
+    return [Region(id=i, **fields) for i, fields in enumerate(found, start=1)]
+
+
+def regions_to_dicts(regions: Iterable[Region]) -> list[dict]:
+    return [dataclasses.asdict(region) for region in regions]
+
+
+def write_regions_json(path: str | os.PathLike, regions: Sequence[Region], metadata: dict | None = None) -> None:
+    """{"metadata": {...}, "regions": [{id, x0, y0, x1, y1, area, mean_score, ...}]}."""
+    payload = {"metadata": dict(metadata or {}), "regions": regions_to_dicts(regions)}
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(payload, f, indent=2, allow_nan=False)
+        f.write("\n")
+
+
+def write_regions_csv(path: str | os.PathLike, regions: Sequence[Region]) -> None:
+    """One row per region, columns `FIELDS`, header first (also written when empty)."""
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=FIELDS)
+        writer.writeheader()
+        for row in regions_to_dicts(regions):
+            writer.writerow(row)
+
+
+def read_regions_json(path: str | os.PathLike) -> list[Region]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            payload = json.load(f)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"regions file not found: {path}") from None
+    return [Region(**row) for row in payload["regions"]]
