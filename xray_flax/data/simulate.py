@@ -1,0 +1,368 @@
+"""Procedural X-radiographs of paintings: the embedded default data.
+
+THESE ARE SIMULATED IMAGES, not scans of real paintings. They exist so that the default run
+exercises the full pipeline (16-bit full-size scans, tiling, masks, splits) without
+downloading anything. Point `config.data.source = 'scans'` and `config.data.root` at real
+scans to work on real data (docs/data.md).
+
+A radiograph shows how much each point of the painting attenuates X-rays; in the usual
+positive display dense material (lead white, metal) is bright and thin or missing material is
+dark. The model here adds attenuation layers:
+
+  film margin (dark) | support: wood panel (grain, board joins) or canvas (weave)
+  + ground layer + lead-white paint following a composition (shapes, gradients, folds)
+  + brushwork (directional streaks where there is paint) - craquelure (dark crack network)
+  -> anomalies -> blur (detector PSF) -> signal-dependent noise -> 16-bit quantisation.
+
+Anomalies, each with a pixel mask, are the kinds Mezina et al. (2025) name: paint loss (very
+dark: paint and ground gone, support shows), white spots where none are expected (lead-white
+drips, fillings), pins and nails (metal: brightest), foreign objects (wires, staples, plates).
+
+Everything is deterministic given (params, seed) and vectorised NumPy / SciPy: a 1280x1024
+scan takes a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+
+# Bump when the generator changes so cached scans are regenerated.
+GENERATOR_VERSION = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class SimulationParams:
+  n_scans: int = 8
+  height: int = 1280
+  width: int = 1024
+  support: str = "mixed"  # 'panel' | 'canvas' | 'mixed'
+  paint_losses: int = 8
+  white_spots: int = 10
+  nails: int = 5
+  foreign_objects: int = 3
+  margin: float = 0.04
+  seed: int = 0
+  file_format: str = "png"  # 'png' (like the paper's scans) | 'tiff' (tiled, zlib)
+
+  @staticmethod
+  def from_config(sim_config) -> "SimulationParams":
+    return SimulationParams(
+        n_scans=int(sim_config.n_scans), height=int(sim_config.height),
+        width=int(sim_config.width), support=str(sim_config.support),
+        paint_losses=int(sim_config.paint_losses), white_spots=int(sim_config.white_spots),
+        nails=int(sim_config.nails), foreign_objects=int(sim_config.foreign_objects),
+        margin=float(sim_config.margin), seed=int(sim_config.seed),
+        file_format=str(sim_config.get("file_format", "png")))
+
+  def fingerprint(self) -> str:
+    blob = json.dumps({"version": GENERATOR_VERSION, **dataclasses.asdict(self)}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+# ------------------------------------------------------------------------------------------
+# Building blocks (pure given the rng).
+
+
+def smooth_noise(rng: np.random.Generator, shape, cell: float) -> np.ndarray:
+  """Zero-mean, unit-ish smooth noise with features about `cell` pixels across (cubic
+  upsampling of a coarse random grid: much faster than large Gaussian filters)."""
+  h, w = shape
+  gh, gw = int(np.ceil(h / cell)) + 3, int(np.ceil(w / cell)) + 3
+  coarse = rng.standard_normal((gh, gw)).astype(np.float32)
+  fine = ndimage.zoom(coarse, cell, order=3, prefilter=False)
+  oy, ox = int(rng.integers(0, max(fine.shape[0] - h, 0) + 1)), int(rng.integers(0, max(fine.shape[1] - w, 0) + 1))
+  out = fine[oy : oy + h, ox : ox + w]
+  if out.shape != (h, w):  # zoom rounding; pad by edge values
+    out = np.pad(out, ((0, h - out.shape[0]), (0, w - out.shape[1])), mode="edge")
+  return out / (out.std() + 1e-6)
+
+
+def wood_panel(rng, shape) -> np.ndarray:
+  """Vertical boards: sinusoidal growth rings warped by smooth noise, joins between boards."""
+  h, w = shape
+  yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+  n_boards = int(rng.integers(2, 5))
+  edges = np.sort(rng.uniform(0.15, 0.85, n_boards - 1)) * w
+  board = np.searchsorted(edges, xx[0]).astype(np.int32)
+  out = np.zeros(shape, np.float32)
+  warp = smooth_noise(rng, shape, 90.0) * 6.0 + smooth_noise(rng, shape, 400.0) * 25.0
+  for b in range(n_boards):
+    period = rng.uniform(6.0, 14.0)
+    slope = rng.uniform(-0.03, 0.03)
+    phase = rng.uniform(0, 2 * np.pi)
+    rings = np.sin(2 * np.pi * (xx + slope * yy + warp) / period + phase)
+    cols = board == b
+    out[:, cols] = 0.5 * (rings[:, cols] ** 3)  # cubed: sharper late-wood lines
+  for e in edges:  # joins: a thin dark gap with a slightly denser glue/filler rim
+    d = np.abs(xx[0] - e)
+    out += (-1.2 * np.exp(-(d / 1.5) ** 2) + 0.5 * np.exp(-((d - 4) / 2.0) ** 2))[None, :]
+  return out
+
+
+def canvas_weave(rng, shape) -> np.ndarray:
+  """Plain weave: crossing threads with irregular spacing (thread density varies)."""
+  h, w = shape
+  period = rng.uniform(5.0, 9.0)
+  jy = np.cumsum(1 + 0.15 * smooth_noise(rng, (h, 1), 40.0)[:, 0])
+  jx = np.cumsum(1 + 0.15 * smooth_noise(rng, (1, w), 40.0)[0, :])
+  warp_threads = np.sin(2 * np.pi * jx / period)[None, :]
+  weft_threads = np.sin(2 * np.pi * jy / period)[:, None]
+  return (0.5 * (warp_threads + weft_threads) + 0.5 * warp_threads * weft_threads).astype(np.float32)
+
+
+def composition(rng, shape) -> np.ndarray:
+  """Lead-white density in [0, 1]: a few figures (soft blobs), a light sky gradient and
+  drapery folds, the way lead white concentrates in flesh, sky and highlights."""
+  h, w = shape
+  yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+  density = 0.35 + 0.25 * (1 - yy / h) * rng.uniform(0.3, 1.0)  # sky lighter at the top
+  blobby = smooth_noise(rng, shape, min(h, w) / 6)
+  for _ in range(int(rng.integers(3, 7))):  # figures / objects
+    cy, cx = rng.uniform(0.1, 0.9) * h, rng.uniform(0.1, 0.9) * w
+    ry, rx = rng.uniform(0.06, 0.25) * h, rng.uniform(0.04, 0.15) * w
+    r = np.sqrt(((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2) + 0.25 * blobby
+    density += rng.uniform(-0.25, 0.35) * (1 / (1 + np.exp(np.minimum((r - 1) * 8, 50))))
+  folds = np.sin(2 * np.pi * (xx * rng.uniform(-1, 1) + yy) / rng.uniform(25, 60)
+                 + 3 * smooth_noise(rng, shape, 120.0))
+  drapery = 1 / (1 + np.exp(-(smooth_noise(rng, shape, min(h, w) / 4) - 0.8) * 4))
+  density += 0.08 * folds * drapery
+  return np.clip(density, 0.0, 1.0).astype(np.float32)
+
+
+def brushwork(rng, shape) -> np.ndarray:
+  """Directional streaks: noise smeared along strokes whose direction varies by region."""
+  noise = rng.standard_normal(shape).astype(np.float32)
+  horizontal = ndimage.gaussian_filter(noise, (0.8, 5.0), truncate=2.5)
+  vertical = ndimage.gaussian_filter(noise, (5.0, 0.8), truncate=2.5)
+  mix = 1 / (1 + np.exp(-2 * smooth_noise(rng, shape, 150.0)))
+  strokes = mix * horizontal + (1 - mix) * vertical
+  return strokes / (strokes.std() + 1e-6)
+
+
+def craquelure(rng, shape, cell: float) -> np.ndarray:
+  """Crack network in [0, 1]: boundaries of jittered Voronoi cells (age cracks form
+  roughly polygonal islands), 1-2 px wide, some cracks fainter than others."""
+  h, w = shape
+  n = max(int(h * w / cell**2), 4)
+  seeds = np.zeros(shape, np.int32)
+  ys, xs = rng.integers(0, h, n), rng.integers(0, w, n)
+  seeds[ys, xs] = np.arange(1, n + 1)
+  _, (iy, ix) = ndimage.distance_transform_edt(seeds == 0, return_indices=True)
+  # Warp the lookup so cell borders wiggle like real cracks.
+  jy = np.clip(iy + (2.5 * smooth_noise(rng, shape, 12.0)).astype(np.int32), 0, h - 1)
+  jx = np.clip(ix + (2.5 * smooth_noise(rng, shape, 12.0)).astype(np.int32), 0, w - 1)
+  label = seeds[jy, jx]
+  edge = np.zeros(shape, bool)
+  edge[:, 1:] |= label[:, 1:] != label[:, :-1]
+  edge[1:, :] |= label[1:, :] != label[:-1, :]
+  strength = rng.uniform(0.3, 1.0, n + 1).astype(np.float32)[label]
+  return edge.astype(np.float32) * strength
+
+
+# ------------------------------------------------------------------------------------------
+# Anomalies: each returns (new attenuation image, boolean mask of the changed pixels).
+
+
+def _blob(rng, shape, cy, cx, radius, roughness=0.35):
+  h, w = shape
+  r = int(radius * 1.6) + 2
+  y0, y1, x0, x1 = max(int(cy) - r, 0), min(int(cy) + r, h), max(int(cx) - r, 0), min(int(cx) + r, w)
+  yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32)
+  d = np.sqrt((yy - cy) ** 2 + (xx - cx) ** 2) / radius
+  rough = smooth_noise(rng, (y1 - y0, x1 - x0), max(radius / 2.5, 2.0)) * roughness
+  return (slice(y0, y1), slice(x0, x1)), d + rough < 1.0
+
+
+def add_paint_loss(rng, image, support_only, mask):
+  """Paint and ground gone: the region drops to the bare support (very dark)."""
+  h, w = image.shape
+  cy, cx = rng.uniform(0.06, 0.94) * h, rng.uniform(0.06, 0.94) * w
+  (sy, sx), region = _blob(rng, image.shape, cy, cx, rng.uniform(7, 28), roughness=0.5)
+  image[sy, sx] = np.where(region, support_only[sy, sx], image[sy, sx])
+  mask[sy, sx] |= region
+
+
+def add_white_spot(rng, image, mask):
+  """Dense lead-white spot (drip, old filling) where the composition has none."""
+  h, w = image.shape
+  cy, cx = rng.uniform(0.06, 0.94) * h, rng.uniform(0.06, 0.94) * w
+  (sy, sx), region = _blob(rng, image.shape, cy, cx, rng.uniform(4, 12), roughness=0.25)
+  image[sy, sx] = np.where(region, np.maximum(image[sy, sx] + rng.uniform(0.3, 0.45), 0.8), image[sy, sx])
+  mask[sy, sx] |= region
+
+
+def _segment(shape, y0, x0, y1, x1, width):
+  h, w = shape
+  pad = int(width) + 2
+  by0, by1 = max(int(min(y0, y1)) - pad, 0), min(int(max(y0, y1)) + pad, h)
+  bx0, bx1 = max(int(min(x0, x1)) - pad, 0), min(int(max(x0, x1)) + pad, w)
+  yy, xx = np.mgrid[by0:by1, bx0:bx1].astype(np.float32)
+  dy, dx = y1 - y0, x1 - x0
+  t = np.clip(((yy - y0) * dy + (xx - x0) * dx) / max(dy * dy + dx * dx, 1e-6), 0, 1)
+  dist = np.hypot(yy - (y0 + t * dy), xx - (x0 + t * dx))
+  return (slice(by0, by1), slice(bx0, bx1)), dist <= width / 2
+
+
+def _paint_metal(image, mask, sl, region, level):
+  sy, sx = sl
+  image[sy, sx] = np.where(region, np.maximum(image[sy, sx], level), image[sy, sx])
+  mask[sy, sx] |= region
+
+
+def add_nail(rng, image, mask):
+  """Pin or nail: a round head and a shaft, metal = the brightest thing on the film."""
+  h, w = image.shape
+  cy, cx = rng.uniform(0.05, 0.95) * h, rng.uniform(0.05, 0.95) * w
+  level = rng.uniform(0.9, 0.98)
+  head = rng.uniform(3.5, 8)
+  sl, region = _blob(rng, image.shape, cy, cx, head, roughness=0.05)
+  _paint_metal(image, mask, sl, region, level)
+  angle, length = rng.uniform(0, 2 * np.pi), rng.uniform(12, 40)
+  sl, region = _segment(image.shape, cy, cx, cy + length * np.sin(angle), cx + length * np.cos(angle),
+                        rng.uniform(2, 4))
+  _paint_metal(image, mask, sl, region, level - 0.05)
+
+
+def add_foreign_object(rng, image, mask):
+  """A wire (polyline), a staple (U) or a small plate (rectangle)."""
+  h, w = image.shape
+  cy, cx = rng.uniform(0.08, 0.92) * h, rng.uniform(0.08, 0.92) * w
+  level = rng.uniform(0.75, 0.95)
+  kind = rng.integers(0, 3)
+  if kind == 0:  # wire
+    y, x = cy, cx
+    angle = rng.uniform(0, 2 * np.pi)
+    for _ in range(int(rng.integers(3, 6))):
+      angle += rng.normal(0, 0.6)
+      ny, nx = y + 15 * np.sin(angle), x + 15 * np.cos(angle)
+      sl, region = _segment(image.shape, y, x, ny, nx, 2.0)
+      _paint_metal(image, mask, sl, region, level)
+      y, x = ny, nx
+  elif kind == 1:  # staple
+    angle = rng.uniform(0, np.pi)
+    length, leg = rng.uniform(20, 40), rng.uniform(6, 12)
+    dy, dx = np.sin(angle), np.cos(angle)
+    ny, nx = -dx, dy
+    ay, ax = cy - dy * length / 2, cx - dx * length / 2
+    by, bx = cy + dy * length / 2, cx + dx * length / 2
+    for (y0, x0, y1, x1) in ((ay, ax, by, bx), (ay, ax, ay + ny * leg, ax + nx * leg),
+                             (by, bx, by + ny * leg, bx + nx * leg)):
+      sl, region = _segment(image.shape, y0, x0, y1, x1, 3.0)
+      _paint_metal(image, mask, sl, region, level)
+  else:  # plate
+    hh, ww = rng.uniform(8, 22), rng.uniform(8, 22)
+    y0, y1 = int(max(cy - hh, 0)), int(min(cy + hh, h))
+    x0, x1 = int(max(cx - ww, 0)), int(min(cx + ww, w))
+    region = np.ones((y1 - y0, x1 - x0), bool)
+    _paint_metal(image, mask, (slice(y0, y1), slice(x0, x1)), region, level * 0.85)
+
+
+# ------------------------------------------------------------------------------------------
+# One scan.
+
+
+def simulate_scan(params: SimulationParams, index: int):
+  """(uint16 [H, W] radiograph, bool [H, W] anomaly mask) for scan `index`."""
+  rng = np.random.default_rng([params.seed, index])
+  shape = (params.height, params.width)
+  h, w = shape
+  support_kind = params.support
+  if support_kind == "mixed":
+    support_kind = "panel" if index % 2 == 0 else "canvas"
+  support = wood_panel(rng, shape) if support_kind == "panel" else canvas_weave(rng, shape)
+  support_level = 0.16 + 0.03 * support  # wood or canvas alone: dark
+  ground = 0.08 + 0.01 * smooth_noise(rng, shape, 200.0)
+  paint = composition(rng, shape)
+  strokes = brushwork(rng, shape)
+  cracks = craquelure(rng, shape, cell=rng.uniform(25, 50))
+  image = support_level + ground + 0.45 * paint * (1 + 0.12 * strokes) - 0.07 * cracks * (0.3 + paint)
+
+  mask = np.zeros(shape, bool)
+  for _ in range(params.paint_losses):
+    add_paint_loss(rng, image, support_level, mask)
+  for _ in range(params.white_spots):
+    add_white_spot(rng, image, mask)
+  for _ in range(params.nails):
+    add_nail(rng, image, mask)
+  for _ in range(params.foreign_objects):
+    add_foreign_object(rng, image, mask)
+
+  # Film margin outside the panel: nothing attenuates, so it is nearly black.
+  my, mx = int(params.margin * h), int(params.margin * w)
+  outside = np.ones(shape, bool)
+  outside[my : h - my, mx : w - mx] = False
+  image[outside] = 0.02
+  mask[outside] = False
+
+  image = ndimage.gaussian_filter(image, 0.7)  # detector / film blur
+  sigma = 0.004 + 0.012 * np.sqrt(np.clip(image, 0, None))  # signal-dependent (quantum) noise
+  image = image + sigma * rng.standard_normal(shape).astype(np.float32)
+  scan = np.clip(image, 0.0, 1.0) * 60000.0 + 1500.0  # use most of the 16-bit range, offset
+  return np.round(scan).astype(np.uint16), mask
+
+
+# ------------------------------------------------------------------------------------------
+# Cache on disk.
+
+
+def default_cache_root() -> str:
+  base = os.environ.get("XRAY_FLAX_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "xray_flax")
+  return os.path.join(base, "simulated")
+
+
+def cache_dir_for(params: SimulationParams, cache_dir: str = "") -> str:
+  return cache_dir or os.path.join(default_cache_root(), params.fingerprint())
+
+
+def _write_image(path, array, file_format):
+  if file_format == "tiff":
+    import tifffile  # pylint: disable=g-import-not-at-top
+
+    tifffile.imwrite(path, array, tile=(256, 256), compression="zlib", compressionargs={"level": 1})
+  else:
+    Image.fromarray(array).save(path, compress_level=1)
+
+
+def ensure_simulated(params: SimulationParams, cache_dir: str = "") -> str:
+  """Generates the scans into the cache unless already there; returns the folder (a 'scans'
+  layout: scan_XXX.png + scan_XXX_mask.png + manifest.json)."""
+  folder = cache_dir_for(params, cache_dir)
+  manifest_path = os.path.join(folder, "manifest.json")
+  if os.path.isfile(manifest_path):
+    with open(manifest_path) as f:
+      if json.load(f).get("fingerprint") == params.fingerprint():
+        return folder
+  os.makedirs(os.path.dirname(os.path.abspath(folder)) or ".", exist_ok=True)
+  # Build in a sibling temp folder and rename: concurrent processes never see half a cache.
+  tmp = tempfile.mkdtemp(prefix=".sim-", dir=os.path.dirname(os.path.abspath(folder)))
+  ext = ".tif" if params.file_format == "tiff" else ".png"
+  try:
+    for i in range(params.n_scans):
+      scan, mask = simulate_scan(params, i)
+      _write_image(os.path.join(tmp, f"scan_{i:03d}{ext}"), scan, params.file_format)
+      Image.fromarray(mask.astype(np.uint8) * 255).save(os.path.join(tmp, f"scan_{i:03d}_mask.png"))
+    with open(os.path.join(tmp, "manifest.json"), "w") as f:
+      json.dump({"fingerprint": params.fingerprint(), "params": dataclasses.asdict(params),
+                 "generator_version": GENERATOR_VERSION,
+                 "note": "SIMULATED X-radiographs (xray_flax.data.simulate), not real scans."},
+                f, indent=2)
+    if os.path.isdir(folder):
+      shutil.rmtree(folder, ignore_errors=True)
+    try:
+      os.rename(tmp, folder)
+    except OSError:
+      if not os.path.isfile(manifest_path):  # lost a race only if the winner finished
+        raise
+  finally:
+    if os.path.isdir(tmp):
+      shutil.rmtree(tmp, ignore_errors=True)
+  return folder
