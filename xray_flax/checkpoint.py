@@ -1,0 +1,111 @@
+"""Checkpoints: orbax CheckpointManagers for the latest and the best training state.
+
+    <workdir>/checkpoints/<step>/   latest N: train state + data-iterator state + metadata (resume)
+    <workdir>/best/<step>/          best by validation ROC-AUC: train state + metadata (evaluate)
+
+Orbax writes each step into a temporary directory and renames it when complete, so an
+interrupted or failed save (a full disk, a killed job) never leaves a half-written
+checkpoint where a finished one is expected, and older steps stay untouched.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import grain
+import orbax.checkpoint as ocp
+
+LATEST_DIR = "checkpoints"
+BEST_DIR = "best"
+BEST_METRIC = "val_roc_auc"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, unreadable or could not be written."""
+
+
+def _latest_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
+    return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), LATEST_DIR), options=options)
+
+
+def _best_manager(workdir: str) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=1, create=True, best_fn=lambda m: m[BEST_METRIC], best_mode="max",
+        keep_checkpoints_without_metrics=False)
+    return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), BEST_DIR), options=options)
+
+
+class Checkpointer:
+    """Saves and restores the training state (and the data iterator) of one workdir."""
+
+    def __init__(self, workdir: str, keep: int = 3):
+        self.workdir = workdir
+        self.latest = _latest_manager(workdir, keep)
+        self.best = _best_manager(workdir)
+
+    def save_latest(self, step: int, state: Any, data_iterator: Any, meta: dict) -> None:
+        args = ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                  data_iterator=grain.checkpoint.CheckpointSave(data_iterator),
+                                  meta=ocp.args.JsonSave(meta))
+        self._save(self.latest, step, args)
+
+    def save_best(self, step: int, state: Any, meta: dict) -> bool:
+        """Keeps the state if its validation ROC-AUC beats the best so far; returns whether it did."""
+        args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
+        before = self.best.best_step()
+        self._save(self.best, step, args, metrics={BEST_METRIC: float(meta[BEST_METRIC])})
+        self.best.wait_until_finished()
+        return self.best.best_step() != before
+
+    def _save(self, manager: ocp.CheckpointManager, step: int, args: Any, metrics: dict | None = None) -> None:
+        try:
+            manager.save(step, args=args, metrics=metrics, force=True)
+        except OSError as e:
+            raise CheckpointError(f"could not write checkpoint step {step} to {manager.directory}: {e}. "
+                                  "Earlier checkpoints there are intact.") from e
+
+    def latest_step(self) -> int | None:
+        return self.latest.latest_step()
+
+    def restore_latest(self, abstract_state: Any, data_iterator: Any) -> tuple[Any, dict]:
+        step = self.latest.latest_step()
+        args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
+                                  data_iterator=grain.checkpoint.CheckpointRestore(data_iterator),
+                                  meta=ocp.args.JsonRestore())
+        restored = self.latest.restore(step, args=args)
+        return restored["state"], dict(restored["meta"])
+
+    def wait(self) -> None:
+        self.latest.wait_until_finished()
+        self.best.wait_until_finished()
+
+    def close(self) -> None:
+        self.latest.close()
+        self.best.close()
+
+
+def restore_for_inference(workdir: str, abstract_state: Any) -> tuple[Any, dict, str]:
+    """The best checkpoint of a workdir (or the latest when no best was kept): (state, meta, path)."""
+    for sub in (BEST_DIR, LATEST_DIR):
+        directory = os.path.join(os.path.abspath(workdir), sub)
+        if not os.path.isdir(directory):
+            continue
+        manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False))
+        step = manager.best_step() if sub == BEST_DIR else manager.latest_step()
+        step = manager.latest_step() if step is None else step
+        if step is None:
+            manager.close()
+            continue
+        try:
+            restored = manager.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+        except Exception as e:  # orbax raises several types for corrupt or mismatched files
+            raise CheckpointError(f"could not restore {directory}/{step}: {e}") from e
+        finally:
+            manager.close()
+        return restored["state"], dict(restored["meta"]), os.path.join(directory, str(step))
+    raise CheckpointError(f"no checkpoint in {os.path.abspath(workdir)} (looked for {BEST_DIR}/ and "
+                          f"{LATEST_DIR}/); train first with --mode train --workdir {workdir}")
+

@@ -1,0 +1,58 @@
+"""Command line: python -m xray_flax.main --config configs/default.py --workdir DIR [--mode ...].
+
+  --mode train     train (resuming from DIR if it holds a checkpoint), then evaluate the best
+                   checkpoint on the test split
+  --mode evaluate  evaluate the checkpoint in DIR (config from DIR/config.json unless --config)
+  --mode predict   whole-scan anomaly maps, overlays, regions and HTML reports for --inputs
+
+Any config field can be overridden: --config.train.num_steps=100 --config.data.root=/scans
+"""
+
+from __future__ import annotations
+
+import logging
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from xray_flax import parallel
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.", required=True)
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "evaluate", "predict"], "What to do.")
+_INPUTS = flags.DEFINE_list("inputs", [], "predict: scan files, folders or glob patterns (PNG/TIFF, 8/16-bit).")
+_OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "evaluate/predict: where to write (default: the workdir, "
+                                  "predict: <workdir>/predictions).")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "Multi-process: host:port of process 0 "
+                                   "(auto-detected on SLURM, Open MPI and Cloud TPU).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-process: number of processes.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-process: index of this process.")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logging.getLogger().setLevel(logging.INFO)
+    parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+
+    # Imported after jax.distributed is initialised: they query devices at import time.
+    from xray_flax import evaluate, predict, train
+
+    config = _CONFIG.value
+    if _MODE.value == "train":
+        if config is None:
+            raise app.UsageError("--mode train needs --config (e.g. --config configs/default.py)")
+        train.train_and_evaluate(config, _WORKDIR.value)
+        return
+    if config is None:
+        config = train.load_workdir_config(_WORKDIR.value)
+    if _MODE.value == "evaluate":
+        evaluate.evaluate(config, _WORKDIR.value, _OUTPUT_DIR.value)
+    else:
+        if not _INPUTS.value:
+            raise app.UsageError("--mode predict needs --inputs (scan files, folders or globs)")
+        predict.predict(config, _WORKDIR.value, _INPUTS.value, _OUTPUT_DIR.value)
+
+
+if __name__ == "__main__":
+    app.run(main)
