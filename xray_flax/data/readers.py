@@ -205,6 +205,12 @@ class TiffScanReader(ScanReader):
     samples = int(page.samplesperpixel)
     if samples not in (1, 2, 3, 4):
       raise UnsupportedImageError(path, f"unsupported samples per pixel {samples}")
+    photometric = int(page.photometric)
+    # 0 = min-is-white (inverted gray, common for radiographs), 1 = min-is-black, 2 = RGB.
+    if photometric not in (0, 1, 2):
+      raise UnsupportedImageError(path, f"unsupported photometric interpretation "
+                                  f"{page.photometric!r}; need gray or RGB")
+    self._invert = photometric == 0
     self._dtype = page.dtype
     height, width = int(page.imagelength), int(page.imagewidth)
     file_size = os.path.getsize(path)
@@ -224,6 +230,7 @@ class TiffScanReader(ScanReader):
     else:
       self._seg_h, self._seg_w = int(page.rowsperstrip or height), width
       self._seg_h = min(self._seg_h, height)
+    self.segments_read = 0  # instrumentation: lets tests prove reads stay local
     self._seg_rows = -(-height // self._seg_h)
     self._seg_cols = -(-width // self._seg_w)
     super().__init__(path, height, width, samples, bits, **kw)
@@ -232,8 +239,14 @@ class TiffScanReader(ScanReader):
     raise TypeError("readers hold open files; open them in each process")
 
   def _read_raw(self, y0, x0, y1, x1):
+    raw = self._read_stored(y0, x0, y1, x1)
+    if self._invert:
+      np.subtract(np.iinfo(raw.dtype).max, raw, out=raw)
+    return raw
+
+  def _read_stored(self, y0, x0, y1, x1):
     if self._memmap is not None:
-      return np.asarray(self._memmap[y0:y1, x0:x1])
+      return np.array(self._memmap[y0:y1, x0:x1])
     page = self._page
     out = np.empty((y1 - y0, x1 - x0, self.stored_channels), self._dtype)
     r0, r1 = y0 // self._seg_h, (y1 - 1) // self._seg_h
@@ -247,6 +260,7 @@ class TiffScanReader(ScanReader):
           with self._lock:  # the file handle's position is shared by reading threads
             fh.seek(page.dataoffsets[index])
             data = fh.read(page.databytecounts[index])
+            self.segments_read += 1
           try:
             segment = page.decode(data, index)[0]  # [1, seg_h, seg_w, s]
           except Exception as e:
