@@ -36,7 +36,7 @@ from PIL import Image
 from scipy import ndimage
 
 # Bump when the generator changes so cached scans are regenerated.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -286,7 +286,9 @@ def add_foreign_object(rng, image, mask):
 
 def simulate_scan(params: SimulationParams, index: int):
   """(uint16 [H, W] radiograph, bool [H, W] anomaly mask) for scan `index`."""
-  rng = np.random.default_rng([params.seed, index])
+  # Separate streams for the painting, the anomalies and the noise: the same painting with
+  # and without anomalies differs only inside the masks (plus the blur's reach).
+  rng, anomaly_rng, noise_rng = (np.random.default_rng([params.seed, index, k]) for k in range(3))
   shape = (params.height, params.width)
   h, w = shape
   support_kind = params.support
@@ -302,13 +304,13 @@ def simulate_scan(params: SimulationParams, index: int):
 
   mask = np.zeros(shape, bool)
   for _ in range(params.paint_losses):
-    add_paint_loss(rng, image, support_level, mask)
+    add_paint_loss(anomaly_rng, image, support_level, mask)
   for _ in range(params.white_spots):
-    add_white_spot(rng, image, mask)
+    add_white_spot(anomaly_rng, image, mask)
   for _ in range(params.nails):
-    add_nail(rng, image, mask)
+    add_nail(anomaly_rng, image, mask)
   for _ in range(params.foreign_objects):
-    add_foreign_object(rng, image, mask)
+    add_foreign_object(anomaly_rng, image, mask)
 
   # Film margin outside the panel: nothing attenuates, so it is nearly black.
   my, mx = int(params.margin * h), int(params.margin * w)
@@ -319,7 +321,7 @@ def simulate_scan(params: SimulationParams, index: int):
 
   image = ndimage.gaussian_filter(image, 0.7)  # detector / film blur
   sigma = 0.004 + 0.012 * np.sqrt(np.clip(image, 0, None))  # signal-dependent (quantum) noise
-  image = image + sigma * rng.standard_normal(shape).astype(np.float32)
+  image = image + sigma * noise_rng.standard_normal(shape).astype(np.float32)
   scan = np.clip(image, 0.0, 1.0) * 60000.0 + 1500.0  # use most of the 16-bit range, offset
   return np.round(scan).astype(np.uint16), mask
 
