@@ -143,3 +143,21 @@ def test_streaming_equals_full_canvas_blend(height, width, stride):
             total[y : y + patch, x : x + patch] += weights
     expected = (canvas / total)[:height, :width]
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_memory_benchmark_runs_at_small_scale(tmp_path):
+    # The real run (5000 x 3000, docs/evaluation.md) takes ~10 s; this proves the script
+    # works end to end: TIFF writer, lazy reader, jitted anomaly_fn, exact map, reports.
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "bench_predict_memory.py"
+    spec = importlib.util.spec_from_file_location("bench_predict_memory", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    result = bench.main(["--height", "300", "--width", "200", "--patch", "64", "--stride", "32",
+                         "--batch", "4", "--workdir", str(tmp_path)])
+    assert (result["height"], result["width"]) == (300, 200)
+    assert result["max_abs_map_error"] < 1e-5
+    assert 0 < result["peak_rss_mib_end"] < 2048
+    assert (tmp_path / "report.html").exists() and (tmp_path / "map.tif").exists()

@@ -91,5 +91,5 @@ def write_patch_gallery(
             canvas.paste(tile, (label_w + _GAP + column * (cell_size + _GAP), y))
         if row_labels is not None:
             draw.text((_GAP, y + cell_size // 2), str(row_labels[row]), fill="black", font=text, anchor="lm")
-    canvas.save(path, format="PNG", optimize=True)
+    canvas.save(path, format="PNG")
     return width, height

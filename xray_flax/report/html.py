@@ -32,7 +32,8 @@ def png_data_uri(image: Image.Image | np.ndarray) -> str:
     if isinstance(image, np.ndarray):
         image = Image.fromarray(image)
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG", optimize=True)
+    # optimize=True would shrink the file ~20 % for 10x the time on scan-sized images.
+    image.save(buffer, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 

@@ -251,19 +251,21 @@ def write_overlay_png(
     thumb, factor = read_thumbnail(reader, max_side)
     small_map = downsample_max(anomaly_map, factor)
     image = overlay_image(thumb, small_map, alpha, colormap, regions, 1.0 / factor)
-    image.save(path, format="PNG", optimize=True)
+    image.save(path, format="PNG")
     return small_map.shape[1], small_map.shape[0]
 
 
 def write_anomaly_map(path: str | os.PathLike, anomaly_map: np.ndarray) -> None:
-    """Full-resolution float32 map: '.tif'/'.tiff' (zlib, tiled when large) or '.npy'."""
+    """Full-resolution float32 map: '.tif'/'.tiff' (zlib level 1, tiled when large) or
+    '.npy'. Level 1 compresses smooth maps nearly as well as 6 at a third of the time."""
     suffix = os.fspath(path).lower().rsplit(".", 1)[-1]
     data = np.asarray(anomaly_map, np.float32)
     if suffix in ("tif", "tiff"):
         import tifffile
 
         tile = (256, 256) if min(data.shape) >= 256 else None
-        tifffile.imwrite(path, data, photometric="minisblack", compression="zlib", tile=tile)
+        tifffile.imwrite(path, data, photometric="minisblack", compression="zlib",
+                         compressionargs={"level": 1}, tile=tile)
     elif suffix == "npy":
         np.save(path, data)
     else:
