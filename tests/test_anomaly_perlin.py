@@ -72,8 +72,6 @@ def test_perlin_noise_uses_powers_of_two_and_is_deterministic():
   a = perlin.perlin_noise(key, (64, 64), jnp.array([2, 3]), 5)
   b = perlin.perlin_noise(key, (64, 64), jnp.array([2, 3]), 5)
   np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-  gradients = _gradients(0, 33)
-  del gradients
   ref_grads = np.asarray(perlin.random_gradients(key, (33, 33)))
   np.testing.assert_allclose(
       np.asarray(a), numpy_perlin_draem((64, 64), (4, 8), ref_grads),
@@ -134,13 +132,12 @@ def test_mask_is_binary_rotated_threshold_of_noise():
   mask = np.asarray(perlin.perlin_mask(key, (64, 64), (0, 5), 0.5,
                                        (-90.0, 90.0)))
   assert set(np.unique(mask)) <= {0.0, 1.0}
-  # Rebuild from the same sub-keys with NumPy/SciPy.
-  key_scale, key_noise, key_angle = jax.random.split(key, 3)
-  exps = np.asarray(perlin.random_scale_exponents(key_scale, (0, 5)))
-  grads = np.asarray(perlin.random_gradients(key_noise, (33, 33)))
-  angle = float(jax.random.uniform(key_angle, (), minval=-90, maxval=90))
-  noise = numpy_perlin_draem((64, 64), tuple(2**exps), grads)
-  rotated = scipy.ndimage.rotate(noise, angle, reshape=False, order=1,
+  # Rebuild from the same draws with NumPy/SciPy.
+  exps, grads, angle = perlin.mask_draws(key, (0, 5), (-90.0, 90.0))
+  assert 0 <= exps.min() and exps.max() <= 5 and -90 <= float(angle) <= 90
+  noise = numpy_perlin_draem((64, 64), tuple(2**np.asarray(exps)),
+                             np.asarray(grads))
+  rotated = scipy.ndimage.rotate(noise, float(angle), reshape=False, order=1,
                                  mode='constant', cval=0.0)
   ref = (rotated > 0.5).astype(np.float32)
   # Pixels within float noise of the threshold may flip.

@@ -1,7 +1,7 @@
 """DRAEM's texture augmentations as pure JAX functions on [H, W, C] in [0, 1].
 
-Each op is `op(key, image) -> image`: it draws its own parameters from `key`
-with DRAEM's ranges (VitjanZ/DRAEM data_loader.py, imgaug) and returns values
+Each op is `op(u, image) -> image`: it maps uniform variates u to its
+parameters with DRAEM's ranges (VitjanZ/DRAEM data_loader.py, imgaug) and returns values
 in [0, 1]. `augment` applies `n` distinct ops in random order via lax.switch,
 as DRAEM's randAugmenter does (np.random.choice(10, 3, replace=False)).
 
@@ -32,10 +32,6 @@ from xray_flax.anomaly import perlin
 Augmentation = Callable[[jax.Array, jax.Array], jax.Array]
 
 _LEVELS = 256  # histogram bins: the 8-bit levels PIL / imgaug work with
-
-
-def _uniform(key, lo, hi, shape=()):
-  return jax.random.uniform(key, shape, minval=lo, maxval=hi)
 
 
 # ---------------------------------------------------------------------------
@@ -153,64 +149,74 @@ def rotate(image: jax.Array, degrees: jax.Array) -> jax.Array:
 
 
 # ---------------------------------------------------------------------------
-# Random ops with DRAEM's parameter ranges: op(key, image) -> image.
+# Random ops with DRAEM's parameter ranges: op(u, image) -> image, where u is
+# float32 [VARIATES] ~ U[0, 1) mapped to the op's parameters. `augment` draws
+# all u with one random call (each jax.random call site costs compile time).
+
+VARIATES = 4
 
 
-def random_gamma(key, image):
+def _between(u, lo, hi):
+  return lo + (hi - lo) * u
+
+
+def _integer_between(u, lo, hi):
+  """Integer uniform on {lo, ..., hi} from u ~ U[0, 1)."""
+  return jnp.minimum(lo + jnp.floor(u * (hi - lo + 1)).astype(jnp.int32), hi)
+
+
+def random_gamma(u, image):
   # iaa.GammaContrast((0.5, 2.0), per_channel=True)
-  return gamma(image, _uniform(key, 0.5, 2.0, (image.shape[-1],)))
+  return gamma(image, _between(u[:image.shape[-1]], 0.5, 2.0))
 
 
-def random_brightness_contrast(key, image):
+def random_brightness_contrast(u, image):
   # iaa.MultiplyAndAddToBrightness(mul=(0.8, 1.2), add=(-30, 30))
-  key_mul, key_add = jax.random.split(key)
-  return brightness_contrast(image, _uniform(key_mul, 0.8, 1.2),
-                             _uniform(key_add, -30.0, 30.0) / 255.0)
+  return brightness_contrast(image, _between(u[0], 0.8, 1.2),
+                             _between(u[1], -30.0, 30.0) / 255.0)
 
 
-def random_sharpen(key, image):
+def random_sharpen(u, image):
   # iaa.pillike.EnhanceSharpness() -> factor ~ U(0, 2)
-  return sharpen(image, _uniform(key, 0.0, 2.0))
+  return sharpen(image, _between(u[0], 0.0, 2.0))
 
 
-def random_hue_saturation(key, image):
+def random_hue_saturation(u, image):
   # iaa.AddToHueAndSaturation((-50, 50), per_channel=True): independent
   # hue and saturation values, each +-50 on imgaug's 255 scale.
-  key_hue, key_sat = jax.random.split(key)
-  return hue_saturation(image, _uniform(key_hue, -50.0, 50.0) / 255.0,
-                        _uniform(key_sat, -50.0, 50.0) / 255.0)
+  return hue_saturation(image, _between(u[0], -50.0, 50.0) / 255.0,
+                        _between(u[1], -50.0, 50.0) / 255.0)
 
 
-def random_solarize(key, image):
+def random_solarize(u, image):
   # iaa.Solarize(0.5, threshold=(32, 128)): applied with probability 0.5.
-  key_apply, key_threshold = jax.random.split(key)
-  solarized = solarize(image, _uniform(key_threshold, 32.0, 128.0) / 255.0)
-  return jnp.where(jax.random.bernoulli(key_apply, 0.5), solarized, image)
+  solarized = solarize(image, _between(u[1], 32.0, 128.0) / 255.0)
+  return jnp.where(u[0] < 0.5, solarized, image)
 
 
-def random_posterize(key, image):
+def random_posterize(u, image):
   # iaa.Posterize() -> nb_bits ~ U{1..8}
-  return posterize(image, jax.random.randint(key, (), 1, 9))
+  return posterize(image, _integer_between(u[0], 1, 8))
 
 
-def random_invert(key, image):
-  del key  # iaa.Invert() has p=1
+def random_invert(u, image):
+  del u  # iaa.Invert() has p=1
   return invert(image)
 
 
-def random_autocontrast(key, image):
+def random_autocontrast(u, image):
   # iaa.pillike.Autocontrast() -> cutoff ~ U{0..20} percent
-  return autocontrast(image, jax.random.randint(key, (), 0, 21))
+  return autocontrast(image, _integer_between(u[0], 0, 20))
 
 
-def random_equalize(key, image):
-  del key  # iaa.pillike.Equalize() has no parameter
+def random_equalize(u, image):
+  del u  # iaa.pillike.Equalize() has no parameter
   return equalize(image)
 
 
-def random_rotate(key, image):
+def random_rotate(u, image):
   # iaa.Affine(rotate=(-45, 45))
-  return rotate(image, _uniform(key, -45.0, 45.0))
+  return rotate(image, _between(u[0], -45.0, 45.0))
 
 
 OPS: dict[str, Augmentation] = {
@@ -247,9 +253,15 @@ def augment(key: jax.Array, image: jax.Array, names: Sequence[str],
   if count == 0 or not names:
     return image
   branches = [OPS[name] for name in names]
-  key_order, key_ops = jax.random.split(key)
-  order = jax.random.permutation(key_order, len(branches))[:count]
-  for step, op_key in enumerate(jax.random.split(key_ops, count)):
-    image = jax.lax.switch(order[step], branches, op_key, image)
-  return jnp.clip(image, 0.0, 1.0)
+  u = jax.random.uniform(key, (len(branches) + count * VARIATES,))
+  # A random permutation as the argsort of uniforms: distinct ops, random
+  # order (DRAEM: np.random.choice(10, 3, replace=False)).
+  order = jnp.argsort(u[:len(branches)])[:count]
+  variates = u[len(branches):].reshape(count, VARIATES)
 
+  def apply_one(step, image):
+    return jax.lax.switch(order[step], branches, variates[step], image)
+
+  # A loop, not an unrolled Python for: the branches are compiled once.
+  image = jax.lax.fori_loop(0, count, apply_one, image)
+  return jnp.clip(image, 0.0, 1.0)

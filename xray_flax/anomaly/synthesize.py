@@ -132,46 +132,52 @@ def _choose_texture(key: jax.Array, textures: jax.Array,
   """One texture [H, W, C] from a source drawn by spec.source_weights."""
   shape = batch_images.shape[1:3]
   batch_size = batch_images.shape[0]
+  key_choice, key_procedural = jax.random.split(key)
+  u = jax.random.uniform(key_choice, (2,))
 
-  def from_dtd(k):
-    return textures[jax.random.randint(k, (), 0, textures.shape[0])]
+  def pick(u, count):
+    return jnp.minimum(jnp.floor(u * count).astype(jnp.int32), count - 1)
 
-  def from_procedural(k):
-    return textures_lib.procedural_texture(k, shape, spec.channels)
+  def from_dtd():
+    return textures[pick(u[1], textures.shape[0])]
 
-  def from_batch(k):
+  def from_procedural():
+    return textures_lib.procedural_texture(key_procedural, shape,
+                                           spec.channels)
+
+  def from_batch():
     # Another patch of the batch (itself when the batch has one patch).
-    offset = 1 + jax.random.randint(k, (), 0, max(batch_size - 1, 1))
+    offset = 1 + pick(u[1], max(batch_size - 1, 1))
     return batch_images[(index + offset) % batch_size]
 
   makers = dict(dtd=from_dtd, procedural=from_procedural, batch=from_batch)
   # Only sources with weight > 0 become branches: a batched lax.switch runs
   # every branch, so dropping unused ones is free speed.
   used = [(name, w) for name, w in zip(SOURCES, spec.source_weights) if w > 0]
-  key_source, key_texture = jax.random.split(key)
   if len(used) == 1:
-    return makers[used[0][0]](key_texture)
-  logits = jnp.log(jnp.array([w for _, w in used]))
-  source = jax.random.categorical(key_source, logits)
-  return jax.lax.switch(source, [makers[name] for name, _ in used],
-                        key_texture)
+    return makers[used[0][0]]()
+  cumulative = jnp.cumsum(jnp.array([w for _, w in used]))
+  source = jnp.minimum(jnp.sum(u[0] * cumulative[-1] >= cumulative),
+                       len(used) - 1)
+  return jax.lax.switch(source, [makers[name] for name, _ in used])
 
 
 def synthesize_one(key: jax.Array, image: jax.Array, index: jax.Array,
                    textures: jax.Array, batch_images: jax.Array,
                    spec: SynthesisSpec) -> dict[str, jax.Array]:
   """One sample; `batch_images` is the whole batch (for the batch source)."""
-  keys = jax.random.split(key, 6)
+  key_draws, key_mask, key_texture, key_augment = jax.random.split(key, 4)
+  # [rotate normal?, normal angle, anomaly?, beta]
+  u = jax.random.uniform(key_draws, (4,))
   if spec.rotate_normal_probability > 0:
     lo, hi = spec.normal_rotation_range
-    angle = jax.random.uniform(keys[0], (), minval=lo, maxval=hi)
-    rotated = jnp.clip(perlin.rotate_degrees(image, angle), 0.0, 1.0)
-    do_rotate = jax.random.bernoulli(keys[1], spec.rotate_normal_probability)
-    image = jnp.where(do_rotate, rotated, image)
+    rotated = jnp.clip(
+        perlin.rotate_degrees(image, lo + (hi - lo) * u[1]), 0.0, 1.0)
+    image = jnp.where(u[0] < spec.rotate_normal_probability, rotated, image)
+  lo, hi = spec.beta_range
+  beta = lo + (hi - lo) * u[3]
 
-  def with_anomaly(operand):
-    image, key = operand
-    key_mask, key_texture, key_augment, key_beta = jax.random.split(key, 4)
+  def with_anomaly(image):
     mask = perlin.perlin_mask(key_mask, image.shape[:2],
                               spec.scale_exponent_range, spec.threshold,
                               spec.mask_rotation_range)[..., None]
@@ -179,21 +185,17 @@ def synthesize_one(key: jax.Array, image: jax.Array, index: jax.Array,
                               spec)
     texture = augment.augment(key_augment, texture, spec.augmentations,
                               spec.num_augmentations)
-    lo, hi = spec.beta_range
-    beta = jax.random.uniform(key_beta, (), minval=lo, maxval=hi)
     has_anomaly = (jnp.sum(mask) > 0).astype(jnp.float32)
     return blend(image, texture, mask, beta, spec.blend), mask, has_anomaly
 
-  def without_anomaly(operand):
-    image, _ = operand
+  def without_anomaly(image):
     return (image, jnp.zeros(image.shape[:2] + (1,), jnp.float32),
             jnp.zeros((), jnp.float32))
 
-  draw = jax.random.bernoulli(keys[2], spec.anomaly_probability)
   # lax.cond: under lax.map the texture work is skipped for normal samples;
   # under vmap it turns into a select (both sides computed).
   out_image, mask, has_anomaly = jax.lax.cond(
-      draw, with_anomaly, without_anomaly, (image, keys[3]))
+      u[2] < spec.anomaly_probability, with_anomaly, without_anomaly, image)
   return dict(image=jnp.clip(out_image, 0.0, 1.0), mask=mask,
               has_anomaly=has_anomaly)
 

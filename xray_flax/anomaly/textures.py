@@ -130,29 +130,55 @@ def _pixel_grid(shape: Sequence[int]):
   return y, x
 
 
+def _draws(key: jax.Array, count: int, lattices: Sequence[int] = ()):
+  """`count` scalars ~ U[0, 1) and one gradient lattice per entry of
+  `lattices` (side lengths), all from ONE random call.
+
+  Every jax.random call site compiles its own copy of the threefry hash;
+  drawing everything at once keeps the jitted train step quick to compile.
+  """
+  sizes = [count] + [side * side for side in lattices]
+  u = jax.random.uniform(key, (sum(sizes),))
+  pieces = jnp.split(u, np.cumsum(sizes)[:-1])
+  gradients = [perlin.gradients_from_uniform(p.reshape(side, side))
+               for p, side in zip(pieces[1:], lattices)]
+  return pieces[0], gradients
+
+
+def _between(u: jax.Array, lo: float, hi: float) -> jax.Array:
+  return lo + (hi - lo) * u
+
+
 def fractal_noise(key: jax.Array, shape: Sequence[int],
                   octaves: int = 4) -> jax.Array:
-  """Sum of Perlin octaves, amplitude halving as resolution doubles (1/f)."""
-  key_base, key_octaves = jax.random.split(key)
-  base = jax.random.randint(key_base, (), 0, 3)  # lattice 1, 2 or 4 cells
-  total = jnp.zeros(shape, jnp.float32)
-  for octave, octave_key in enumerate(jax.random.split(key_octaves, octaves)):
-    exponent = base + octave
-    total += 0.5**octave * perlin.perlin_noise(
-        octave_key, shape, jnp.stack([exponent, exponent]),
-        max_scale_exponent=2 + octaves - 1)
-  return _normalise(total)
+  """Sum of Perlin octaves, amplitude halving as resolution doubles (1/f).
+
+  The base lattice has 1, 2 or 4 cells; octave o has 2**o times more.
+  """
+  max_exponent = 2 + octaves - 1
+  side = 2**max_exponent + 1
+  u = jax.random.uniform(key, (1 + octaves * side * side,))
+  base = jnp.floor(u[0] * 3).astype(jnp.int32)
+  gradients = perlin.gradients_from_uniform(
+      u[1:].reshape(octaves, side, side))
+  exponents = base + jnp.arange(octaves)
+  resolutions = jnp.left_shift(1, jnp.stack([exponents, exponents], -1))
+  # vmap over octaves: one compiled Perlin instead of `octaves` copies.
+  layers = jax.vmap(perlin.perlin_from_gradients, in_axes=(0, None, 0))(
+      gradients, shape, resolutions)
+  amplitudes = 0.5**jnp.arange(octaves, dtype=jnp.float32)
+  return _normalise(jnp.tensordot(amplitudes, layers, axes=1))
 
 
 def stripes(key: jax.Array, shape: Sequence[int]) -> jax.Array:
   """Wavy parallel bands: a sinusoid with a Perlin-warped phase."""
-  keys = jax.random.split(key, 5)
+  u, (warp_gradients,) = _draws(key, 4, lattices=(2,))
   y, x = _pixel_grid(shape)
-  frequency = jax.random.uniform(keys[0], (), minval=2.0, maxval=24.0)
-  angle = jax.random.uniform(keys[1], (), maxval=math.pi)
-  phase = jax.random.uniform(keys[2], (), maxval=2 * math.pi)
-  warp_amount = jax.random.uniform(keys[3], (), maxval=3.0)
-  warp = perlin.perlin_noise(keys[4], shape, jnp.array([1, 1]), 1)
+  frequency = _between(u[0], 2.0, 24.0)   # cycles per patch height
+  angle = _between(u[1], 0.0, math.pi)
+  phase = _between(u[2], 0.0, 2 * math.pi)
+  warp_amount = _between(u[3], 0.0, 3.0)
+  warp = perlin.perlin_from_gradients(warp_gradients, shape, jnp.array([1, 1]))
   along = y * jnp.cos(angle) + x * jnp.sin(angle)
   return 0.5 + 0.5 * jnp.sin(2 * math.pi * frequency * along + phase +
                              warp_amount * warp)
@@ -161,27 +187,32 @@ def stripes(key: jax.Array, shape: Sequence[int]) -> jax.Array:
 def blobs(key: jax.Array, shape: Sequence[int],
           count: int = 12) -> jax.Array:
   """Soft round spots: a sum of Gaussians of random centre, size and sign."""
-  keys = jax.random.split(key, 4)
+  u, _ = _draws(key, 4 * count)
+  u = u.reshape(4, count, 1)
   y, x = _pixel_grid(shape)
-  aspect = shape[1] / shape[0]
-  centre_y = jax.random.uniform(keys[0], (count, 1, 1))
-  centre_x = jax.random.uniform(keys[1], (count, 1, 1), maxval=aspect)
-  sigma = jax.random.uniform(keys[2], (count, 1, 1), minval=0.02, maxval=0.15)
-  weight = jax.random.uniform(keys[3], (count, 1, 1), minval=-0.5, maxval=1.0)
-  squared = (y[None] - centre_y)**2 + (x[None] - centre_x)**2
-  return _normalise(jnp.sum(weight * jnp.exp(-squared / (2 * sigma**2)),
-                            axis=0))
+  y, x = y[:, 0], x[0]                                # [H], [W]
+  centre_y = u[0]
+  centre_x = u[1] * (shape[1] / shape[0])
+  sigma = _between(u[2], 0.02, 0.15)
+  weight = _between(u[3], -0.5, 1.0)
+  # A round Gaussian is separable: sum_k w_k g_k(y) g_k(x) is one [H, K] x
+  # [K, W] matmul instead of K full-size exp images.
+  along_y = weight * jnp.exp(-(y - centre_y)**2 / (2 * sigma**2))   # [K, H]
+  along_x = jnp.exp(-(x - centre_x)**2 / (2 * sigma**2))            # [K, W]
+  return _normalise(along_y.T @ along_x)
 
 
 def fibres(key: jax.Array, shape: Sequence[int]) -> jax.Array:
   """Thin bright roughly parallel strands (canvas threads, wood grain)."""
-  keys = jax.random.split(key, 5)
+  u, (warp_gradients, modulation_gradients) = _draws(key, 3,
+                                                     lattices=(3, 3))
   y, x = _pixel_grid(shape)
-  frequency = jax.random.uniform(keys[0], (), minval=16.0, maxval=64.0)
-  angle = jax.random.uniform(keys[1], (), maxval=math.pi)
-  sharpness = jax.random.uniform(keys[2], (), minval=4.0, maxval=24.0)
-  warp = perlin.perlin_noise(keys[3], shape, jnp.array([2, 2]), 1)
-  modulation = perlin.perlin_noise(keys[4], shape, jnp.array([1, 2]), 1)
+  frequency = _between(u[0], 16.0, 64.0)  # strands per patch height
+  angle = _between(u[1], 0.0, math.pi)
+  sharpness = _between(u[2], 4.0, 24.0)   # higher power -> thinner strands
+  warp = perlin.perlin_from_gradients(warp_gradients, shape, jnp.array([2, 2]))
+  modulation = perlin.perlin_from_gradients(modulation_gradients, shape,
+                                            jnp.array([1, 2]))
   along = y * jnp.cos(angle) + x * jnp.sin(angle)
   strands = jnp.abs(jnp.sin(math.pi * frequency * along + 4.0 * warp))
   return _normalise(strands**sharpness * (1.0 + 0.5 * modulation))
@@ -199,11 +230,12 @@ def procedural_texture(key: jax.Array, shape: Sequence[int], channels: int,
   RGB each channel is scaled by a random factor in [0.6, 1] (a tint), so the
   hue augmentation has colour to work on.
   """
-  key_kind, key_texture, key_tint = jax.random.split(key, 3)
+  key_choice, key_texture = jax.random.split(key)
+  u = jax.random.uniform(key_choice, (1 + channels,))
   branches = [lambda k, g=_GENERATORS[name]: g(k, shape) for name in kinds]
-  kind = jax.random.randint(key_kind, (), 0, len(branches))
+  kind = jnp.minimum(jnp.floor(u[0] * len(branches)).astype(jnp.int32),
+                     len(branches) - 1)
   texture = jax.lax.switch(kind, branches, key_texture)[..., None]
   if channels == 1:
     return texture
-  tint = jax.random.uniform(key_tint, (channels,), minval=0.6, maxval=1.0)
-  return texture * tint
+  return texture * _between(u[1:], 0.6, 1.0)
