@@ -32,6 +32,17 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 
+def cpu_name() -> str:
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
+
+
 def write_big_tiff(path: str, size: int, tile: int = 512) -> float:
   """A painting-like 16-bit scan (smooth density + grain + noise, dark film margin)."""
   import tifffile
@@ -166,8 +177,7 @@ def main():
 
   os.makedirs(scan_dir, exist_ok=True)
   tiff = os.path.join(scan_dir, "scan.tif")
-  results = {"machine": f"{platform.node()} {platform.processor() or platform.machine()}, "
-                        f"{os.cpu_count()} CPUs, Python {platform.python_version()}",
+  results = {"machine": f"{cpu_name()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
              "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "size": args.size,
              "runs": []}
   if not os.path.isfile(tiff):

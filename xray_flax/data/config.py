@@ -50,7 +50,9 @@ def defaults() -> ml_collections.ConfigDict:
 
   # --- tiling --------------------------------------------------------------------------
   c.patch_size = 64  # The paper uses 512; the CPU default run uses 64-96.
-  c.stride = 64  # stride < patch_size gives overlapping tiles.
+  # stride < patch_size gives overlapping tiles; stride > patch_size samples sparsely (gaps
+  # between tiles, e.g. to thin out a huge scan).
+  c.stride = 64
   # Tiles that would cross the right/bottom border:
   # 'pad'   - keep them, pixels outside the image are zeros (every pixel covered once more);
   # 'shift' - move the last tile inside so it ends at the border (more overlap, no padding);
@@ -96,6 +98,9 @@ def defaults() -> ml_collections.ConfigDict:
   c.simulated.foreign_objects = 3
   c.simulated.margin = 0.04  # Dark film margin around the panel, fraction of each side.
   c.simulated.seed = 0
+  # 'png' (16-bit PNG, like the paper's scans; decoded once per worker) or 'tiff' (tiled,
+  # zlib; read region by region).
+  c.simulated.file_format = "png"
   # '' = ~/.cache/xray_flax/simulated/<hash of these params>; XRAY_FLAX_CACHE overrides ~/.cache.
   c.simulated.cache_dir = ""
 

@@ -61,7 +61,7 @@ class SimulationParams:
         paint_losses=int(sim_config.paint_losses), white_spots=int(sim_config.white_spots),
         nails=int(sim_config.nails), foreign_objects=int(sim_config.foreign_objects),
         margin=float(sim_config.margin), seed=int(sim_config.seed),
-        file_format=str(sim_config.get("file_format", "png")))
+        file_format=str(sim_config.get("file_format", "png")))  # absent in older configs
 
   def fingerprint(self) -> str:
     blob = json.dumps({"version": GENERATOR_VERSION, **dataclasses.asdict(self)}, sort_keys=True)
