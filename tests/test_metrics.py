@@ -263,3 +263,17 @@ def test_evaluate_scores_one_class_test_split_gives_none_not_nan():
     json.dumps(out, allow_nan=False)
     out = metrics.evaluate_scores([0, 1], [0.1, 0.9])
     assert out["threshold_rule"] == "fixed_no_validation" and out["threshold"] == 0.5
+
+
+def test_pixel_metrics_accept_sequences_of_differently_sized_images():
+    rng = np.random.default_rng(3)
+    masks = [rng.random((10, 12)) < 0.2, (rng.random((7, 9, 1)) < 0.3).astype(np.float32)]
+    maps = [rng.random((10, 12)), rng.random((7, 9, 1))]
+    labels = np.concatenate([np.ravel(m) > 0.5 for m in masks])
+    scores = np.concatenate([np.ravel(m) for m in maps])
+    assert metrics.pixel_auroc(masks, maps) == pytest.approx(skm.roc_auc_score(labels, scores), abs=1e-9)
+    assert metrics.aupro(masks, maps) == pytest.approx(
+        metrics.aupro(masks, maps, exact_max_pixels=0, n_bins=1 << 20), abs=1e-3
+    )
+    with pytest.raises(ValueError, match=r"masks\[1\] is \(7, 9\) but maps\[1\] is \(9, 7\)"):
+        metrics.pixel_auroc(masks, [maps[0], np.zeros((9, 7))])

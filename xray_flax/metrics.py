@@ -258,19 +258,27 @@ def _spatial(array, name: str, index: int) -> np.ndarray:
 
 
 def _pairs(masks, maps) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Per-image (bool mask, float map) pairs from arrays ``[N, H, W(, 1)]`` or sequences."""
+    """Per-image (mask, map) [H, W] views from arrays ``[N, H, W(, 1)]`` or sequences.
+
+    Masks stay as given (views, no copies: the caller already holds them); consumers
+    binarise one image at a time with `_anomalous`.
+    """
     masks = list(masks) if not isinstance(masks, np.ndarray) else masks
     maps = list(maps) if not isinstance(maps, np.ndarray) else maps
     if len(masks) != len(maps):
         raise ValueError(f"{len(masks)} masks but {len(maps)} maps")
     pairs = []
     for i, (mask, amap) in enumerate(zip(masks, maps)):
-        mask = _spatial(mask, "masks", i) > 0.5
+        mask = _spatial(mask, "masks", i)
         amap = _spatial(amap, "maps", i)
         if mask.shape != amap.shape:
             raise ValueError(f"masks[{i}] is {mask.shape} but maps[{i}] is {amap.shape}")
         pairs.append((mask, amap))
     return pairs
+
+
+def _anomalous(mask: np.ndarray) -> np.ndarray:
+    return mask > 0.5
 
 
 def _score_range(pairs) -> tuple[float, float]:
@@ -310,13 +318,14 @@ def pixel_auroc_with_bound(
     if total == 0:
         raise ValueError("no pixels")
     if total <= exact_max_pixels:
-        labels = np.concatenate([mask.ravel() for mask, _ in pairs])
+        labels = np.concatenate([_anomalous(mask).ravel() for mask, _ in pairs])
         scores = np.concatenate([amap.ravel() for _, amap in pairs])
         return roc_auc(labels, scores), 0.0
     lo, hi = _score_range(pairs)
     pos = np.zeros(n_bins, dtype=np.float64)
     neg = np.zeros(n_bins, dtype=np.float64)
     for mask, amap in pairs:
+        mask = _anomalous(mask)
         bins = _bin_index(amap, lo, hi, n_bins)
         pos += np.bincount(bins[mask], minlength=n_bins)
         neg += np.bincount(bins[~mask], minlength=n_bins)
@@ -359,14 +368,16 @@ def aupro(
         raise ValueError(f"fpr_limit must be in (0, 1], got {fpr_limit}")
     pairs = _pairs(masks, maps)
     structure = np.ones((3, 3), dtype=bool)
-    labelled = []
-    n_regions = 0
-    n_normal = 0
-    for mask, amap in pairs:
-        components, count = ndimage.label(mask, structure=structure)
-        labelled.append((components, count, amap))
-        n_regions += count
-        n_normal += int(np.sum(~mask))
+
+    def labelled():
+        # Components are recomputed per pass rather than kept: int32 labels of every test
+        # image would cost 4 bytes per pixel (1 GB for 1,000 patches of 512 px).
+        for mask, amap in pairs:
+            components, count = ndimage.label(_anomalous(mask), structure=structure)
+            yield components, count, amap
+
+    n_regions = sum(count for _, count, _ in labelled())
+    n_normal = sum(int(np.count_nonzero(~_anomalous(mask))) for mask, _ in pairs)
     if n_regions == 0 or n_normal == 0:
         return math.nan
 
@@ -377,21 +388,24 @@ def aupro(
         per_label[1:] = 1.0 / (sizes[1:] * n_regions)
         return per_label[components]
 
-    total = sum(amap.size for _, _, amap in labelled)
+    total = sum(amap.size for _, amap in pairs)
     if total <= exact_max_pixels:
-        scores = np.concatenate([amap.ravel().astype(np.float64) for _, _, amap in labelled])
-        pro_w = np.concatenate([weights(c, k).ravel() for c, k, _ in labelled])
-        fpr_w = np.concatenate([(c == 0).ravel() / n_normal for c, _, _ in labelled])
+        scores, pro_w, fpr_w = [], [], []
+        for components, count, amap in labelled():
+            scores.append(amap.ravel().astype(np.float64))
+            pro_w.append(weights(components, count).ravel())
+            fpr_w.append((components == 0).ravel() / n_normal)
+        scores, pro_w, fpr_w = (np.concatenate(a) for a in (scores, pro_w, fpr_w))
         order = np.argsort(scores, kind="mergesort")[::-1]
         scores = scores[order]
         last_of_run = np.r_[np.flatnonzero(np.diff(scores)), scores.size - 1]
         pro = np.cumsum(pro_w[order])[last_of_run]
         fpr = np.cumsum(fpr_w[order])[last_of_run]
     else:
-        lo, hi = _score_range([(None, amap) for _, _, amap in labelled])
+        lo, hi = _score_range(pairs)
         pro_hist = np.zeros(n_bins)
         fpr_hist = np.zeros(n_bins)
-        for components, count, amap in labelled:
+        for components, count, amap in labelled():
             bins = _bin_index(amap, lo, hi, n_bins).ravel()
             pro_hist += np.bincount(bins, weights=weights(components, count).ravel(), minlength=n_bins)
             fpr_hist += np.bincount(bins, weights=(components == 0).ravel() / n_normal, minlength=n_bins)
