@@ -203,3 +203,18 @@ def test_report_screenshot_has_the_heatmap(report_file, tmp_path):
     # inferno at 0.9 blended at 50 % over grey is orange-ish: red well above blue.
     warm = (pixels[..., 0] - pixels[..., 2] > 60) & (pixels[..., 0] > 120)
     assert warm.sum() > 50
+
+
+def test_report_edge_cases_rgb_tiny_scan_no_regions(tmp_path):
+    rgb = np.random.default_rng(0).random((20, 30, 3)).astype(np.float32)
+    amap = np.zeros((20, 30), np.float32)
+    amap[0:3, 0:2] = 0.9  # region in the corner: its crop margin leaves the scan
+    reader = stitch.ArrayReader(rgb)
+    found = regions.find_regions(amap, 0.5)
+    html.write_scan_report(tmp_path / "a.html", reader, amap, found, title="rgb", crop_margin=50)
+    data = re.search(r'id="report-data">(.*?)</script>', (tmp_path / "a.html").read_text(), re.S).group(1)
+    assert len(json.loads(data)["regions"]) == 1
+    html.write_scan_report(tmp_path / "b.html", reader, amap, [], title="none")
+    assert '"regions": []' in (tmp_path / "b.html").read_text()
+    with pytest.raises(ValueError, match="does not match the scan"):
+        html.write_scan_report(tmp_path / "c.html", reader, amap[:10], [], title="bad")
