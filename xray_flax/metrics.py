@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Iterable, Sequence
 
 import jax
 import jax.numpy as jnp
