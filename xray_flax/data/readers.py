@@ -233,6 +233,13 @@ class TiffScanReader(ScanReader):
     self.segments_read = 0  # instrumentation: lets tests prove reads stay local
     self._seg_rows = -(-height // self._seg_h)
     self._seg_cols = -(-width // self._seg_w)
+    try:
+      tifffile.TIFF.DECOMPRESSORS[page.compression]
+    except Exception as e:  # KeyError, or ImportError for an optional codec package
+      # e.g. JPEG or LZW without the optional imagecodecs package: fail here, naming the
+      # file, rather than deep inside a Grain worker.
+      raise UnsupportedImageError(path, f"no decoder for TIFF compression {page.compression!r} "
+                                  f"(install imagecodecs, or rewrite the file with zlib)") from e
     super().__init__(path, height, width, samples, bits, **kw)
 
   def __getstate__(self):
