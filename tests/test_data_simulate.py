@@ -101,3 +101,15 @@ def test_default_config_gives_usable_splits(tmp_path):
     assert 0.15 <= (labels == 1).mean() <= 0.5, split
   train = pipeline.split_tiles(splits, "train", c)
   assert ((train.label == 0) & (train.masked == 0)).sum() >= 500
+
+
+def test_explicit_cache_dir_with_other_params_is_regenerated(tmp_path):
+  folder = str(tmp_path / "sim")
+  simulate.ensure_simulated(SMALL, folder)
+  other = simulate.SimulationParams(**{**SMALL.__dict__, "n_scans": 1, "seed": 3})
+  assert simulate.ensure_simulated(other, folder) == folder
+  assert sorted(os.listdir(folder)) == ["manifest.json", "scan_000.png", "scan_000_mask.png"]
+  r = readers.open_scan(os.path.join(folder, "scan_000.png"))
+  np.testing.assert_array_equal(np.round(r.read_region(0, 0, 256, 224)[..., 0] * 65535),
+                                simulate.simulate_scan(other, 0)[0])
+  assert not [n for n in os.listdir(tmp_path) if n.startswith(".sim-")]  # no temp left behind

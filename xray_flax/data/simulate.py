@@ -348,18 +348,26 @@ def _write_image(path, array, file_format):
     Image.fromarray(array).save(path, compress_level=1)
 
 
+def _is_complete(folder: str, params: SimulationParams) -> bool:
+  try:
+    with open(os.path.join(folder, "manifest.json")) as f:
+      return json.load(f).get("fingerprint") == params.fingerprint()
+  except (OSError, ValueError):
+    return False
+
+
 def ensure_simulated(params: SimulationParams, cache_dir: str = "") -> str:
   """Generates the scans into the cache unless already there; returns the folder (a 'scans'
-  layout: scan_XXX.png + scan_XXX_mask.png + manifest.json)."""
+  layout: scan_XXX.png + scan_XXX_mask.png + manifest.json, the manifest written last).
+
+  Safe when several processes (e.g. jax.distributed on one host) call it at once: each builds
+  in a private temp folder and renames it into place; a complete folder is never replaced."""
   folder = cache_dir_for(params, cache_dir)
-  manifest_path = os.path.join(folder, "manifest.json")
-  if os.path.isfile(manifest_path):
-    with open(manifest_path) as f:
-      if json.load(f).get("fingerprint") == params.fingerprint():
-        return folder
-  os.makedirs(os.path.dirname(os.path.abspath(folder)) or ".", exist_ok=True)
-  # Build in a sibling temp folder and rename: concurrent processes never see half a cache.
-  tmp = tempfile.mkdtemp(prefix=".sim-", dir=os.path.dirname(os.path.abspath(folder)))
+  if _is_complete(folder, params):
+    return folder
+  parent = os.path.dirname(os.path.abspath(folder)) or "."
+  os.makedirs(parent, exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix=".sim-", dir=parent)
   ext = ".tif" if params.file_format == "tiff" else ".png"
   try:
     for i in range(params.n_scans):
@@ -371,12 +379,14 @@ def ensure_simulated(params: SimulationParams, cache_dir: str = "") -> str:
                  "generator_version": GENERATOR_VERSION,
                  "note": "SIMULATED X-radiographs (xray_flax.data.simulate), not real scans."},
                 f, indent=2)
-    if os.path.isdir(folder):
-      shutil.rmtree(folder, ignore_errors=True)
+    if _is_complete(folder, params):  # another process finished first
+      return folder
+    if os.path.isdir(folder):  # stale: other parameters in an explicit cache_dir, or partial
+      shutil.rmtree(folder)
     try:
       os.rename(tmp, folder)
     except OSError:
-      if not os.path.isfile(manifest_path):  # lost a race only if the winner finished
+      if not _is_complete(folder, params):
         raise
   finally:
     if os.path.isdir(tmp):
