@@ -113,3 +113,12 @@ def test_explicit_cache_dir_with_other_params_is_regenerated(tmp_path):
   np.testing.assert_array_equal(np.round(r.read_region(0, 0, 256, 224)[..., 0] * 65535),
                                 simulate.simulate_scan(other, 0)[0])
   assert not [n for n in os.listdir(tmp_path) if n.startswith(".sim-")]  # no temp left behind
+
+
+def test_crowded_small_scans_never_fail():
+  # Anomalies near or past the borders (wires wander off, nails at the edge) must clip.
+  for seed in range(12):
+    params = simulate.SimulationParams(n_scans=1, height=96, width=80, paint_losses=6,
+                                       white_spots=6, nails=6, foreign_objects=10, seed=seed)
+    scan, mask = simulate.simulate_scan(params, 0)
+    assert scan.shape == mask.shape == (96, 80)

@@ -219,6 +219,7 @@ def _segment(shape, y0, x0, y1, x1, width):
   pad = int(width) + 2
   by0, by1 = max(int(min(y0, y1)) - pad, 0), min(int(max(y0, y1)) + pad, h)
   bx0, bx1 = max(int(min(x0, x1)) - pad, 0), min(int(max(x0, x1)) + pad, w)
+  by1, bx1 = max(by1, by0), max(bx1, bx0)  # a segment wholly outside the image: empty box
   yy, xx = np.mgrid[by0:by1, bx0:bx1].astype(np.float32)
   dy, dx = y1 - y0, x1 - x0
   t = np.clip(((yy - y0) * dy + (xx - x0) * dx) / max(dy * dy + dx * dx, 1e-6), 0, 1)
