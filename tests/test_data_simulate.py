@@ -14,7 +14,8 @@ from xray_flax.data import simulate
 
 
 SMALL = simulate.SimulationParams(n_scans=2, height=256, width=224, paint_losses=2,
-                                  white_spots=2, nails=1, foreign_objects=1)
+                                  white_spots=2, nails=1, foreign_objects=1,
+                                  scale_counts_to_area=False)
 
 
 def test_deterministic_by_seed_and_16_bit():
@@ -32,7 +33,7 @@ def test_deterministic_by_seed_and_16_bit():
 
 def _scan_with(kind_counts, seed=0):
   params = simulate.SimulationParams(
-      n_scans=1, height=320, width=320, seed=seed,
+      n_scans=1, height=320, width=320, seed=seed, scale_counts_to_area=False,
       **{k: kind_counts.get(k, 0) for k in ("paint_losses", "white_spots", "nails", "foreign_objects")})
   clean, clean_mask = simulate.simulate_scan(
       simulate.SimulationParams(**{**params.__dict__, "paint_losses": 0, "white_spots": 0,
@@ -119,6 +120,18 @@ def test_crowded_small_scans_never_fail():
   # Anomalies near or past the borders (wires wander off, nails at the edge) must clip.
   for seed in range(12):
     params = simulate.SimulationParams(n_scans=1, height=96, width=80, paint_losses=6,
-                                       white_spots=6, nails=6, foreign_objects=10, seed=seed)
+                                       white_spots=6, nails=6, foreign_objects=10, seed=seed,
+                                       scale_counts_to_area=False)
     scan, mask = simulate.simulate_scan(params, 0)
     assert scan.shape == mask.shape == (96, 80)
+
+
+def test_counts_scale_with_area():
+  ref = simulate.SimulationParams()
+  assert ref.anomaly_counts() == {"paint_losses": 8, "white_spots": 10, "nails": 5, "foreign_objects": 3}
+  double = simulate.SimulationParams(height=2560)
+  assert double.anomaly_counts() == {"paint_losses": 16, "white_spots": 20, "nails": 10, "foreign_objects": 6}
+  tiny = simulate.SimulationParams(height=256, width=224, nails=0)
+  assert tiny.anomaly_counts() == {"paint_losses": 1, "white_spots": 1, "nails": 0, "foreign_objects": 1}
+  literal = simulate.SimulationParams(height=256, width=224, scale_counts_to_area=False)
+  assert literal.anomaly_counts()["white_spots"] == 10

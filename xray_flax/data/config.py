@@ -91,7 +91,10 @@ def defaults() -> ml_collections.ConfigDict:
   c.simulated.height = 1280
   c.simulated.width = 1024
   c.simulated.support = "mixed"  # 'panel' | 'canvas' | 'mixed' (alternate per scan).
-  # Anomalies per scan, per kind (the kinds the paper names).
+  # Anomalies per scan, per kind (the kinds the paper names), for a 1280x1024 scan; with
+  # scale_counts_to_area other sizes get counts scaled by area (>= 1 of each kind asked for),
+  # which keeps ~20 % of 64 px tiles anomalous at any scan size.
+  c.simulated.scale_counts_to_area = True
   c.simulated.paint_losses = 8
   c.simulated.white_spots = 10
   c.simulated.nails = 5

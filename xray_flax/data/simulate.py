@@ -37,6 +37,7 @@ from scipy import ndimage
 
 # Bump when the generator changes so cached scans are regenerated.
 GENERATOR_VERSION = 2
+REFERENCE_HEIGHT, REFERENCE_WIDTH = 1280, 1024
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +53,10 @@ class SimulationParams:
   margin: float = 0.04
   seed: int = 0
   file_format: str = "png"  # 'png' (like the paper's scans) | 'tiff' (tiled, zlib)
+  # The counts are for a REFERENCE_HEIGHT x REFERENCE_WIDTH scan; other sizes get them scaled
+  # by area (at least one of each kind asked for), so the anomalous share of tiles stays
+  # about the same when scans shrink or grow. False: the counts are taken literally.
+  scale_counts_to_area: bool = True
 
   @staticmethod
   def from_config(sim_config) -> "SimulationParams":
@@ -61,7 +66,17 @@ class SimulationParams:
         paint_losses=int(sim_config.paint_losses), white_spots=int(sim_config.white_spots),
         nails=int(sim_config.nails), foreign_objects=int(sim_config.foreign_objects),
         margin=float(sim_config.margin), seed=int(sim_config.seed),
-        file_format=str(sim_config.get("file_format", "png")))  # absent in older configs
+        # .get: configs written before these fields existed still load
+        file_format=str(sim_config.get("file_format", "png")),
+        scale_counts_to_area=bool(sim_config.get("scale_counts_to_area", True)))
+
+  def anomaly_counts(self) -> dict:
+    """Anomalies per scan of each kind, after scaling to the scan's area."""
+    counts = {k: getattr(self, k) for k in ("paint_losses", "white_spots", "nails", "foreign_objects")}
+    if not self.scale_counts_to_area:
+      return counts
+    ratio = self.height * self.width / (REFERENCE_HEIGHT * REFERENCE_WIDTH)
+    return {k: (max(1, int(round(n * ratio))) if n > 0 else 0) for k, n in counts.items()}
 
   def fingerprint(self) -> str:
     blob = json.dumps({"version": GENERATOR_VERSION, **dataclasses.asdict(self)}, sort_keys=True)
@@ -304,13 +319,14 @@ def simulate_scan(params: SimulationParams, index: int):
   image = support_level + ground + 0.45 * paint * (1 + 0.12 * strokes) - 0.07 * cracks * (0.3 + paint)
 
   mask = np.zeros(shape, bool)
-  for _ in range(params.paint_losses):
+  counts = params.anomaly_counts()
+  for _ in range(counts["paint_losses"]):
     add_paint_loss(anomaly_rng, image, support_level, mask)
-  for _ in range(params.white_spots):
+  for _ in range(counts["white_spots"]):
     add_white_spot(anomaly_rng, image, mask)
-  for _ in range(params.nails):
+  for _ in range(counts["nails"]):
     add_nail(anomaly_rng, image, mask)
-  for _ in range(params.foreign_objects):
+  for _ in range(counts["foreign_objects"]):
     add_foreign_object(anomaly_rng, image, mask)
 
   # Film margin outside the panel: nothing attenuates, so it is nearly black.
