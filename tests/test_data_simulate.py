@@ -135,3 +135,15 @@ def test_counts_scale_with_area():
   assert tiny.anomaly_counts() == {"paint_losses": 1, "white_spots": 1, "nails": 0, "foreign_objects": 1}
   literal = simulate.SimulationParams(height=256, width=224, scale_counts_to_area=False)
   assert literal.anomaly_counts()["white_spots"] == 10
+
+
+def test_anomaly_contrast_scales_the_departure():
+  full = simulate.SimulationParams(**{**SMALL.__dict__, "n_scans": 1})
+  faint = simulate.SimulationParams(**{**full.__dict__, "anomaly_contrast": 0.3})
+  clean = simulate.SimulationParams(**{**full.__dict__, "paint_losses": 0, "white_spots": 0,
+                                       "nails": 0, "foreign_objects": 0})
+  (a, mask), (b, mask_b), (c, _) = (simulate.simulate_scan(p, 0) for p in (full, faint, clean))
+  np.testing.assert_array_equal(mask, mask_b)
+  d_full = np.abs(a[mask].astype(float) - c[mask]).mean()
+  d_faint = np.abs(b[mask].astype(float) - c[mask]).mean()
+  assert d_faint == pytest.approx(0.3 * d_full, rel=0.1)

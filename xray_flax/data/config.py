@@ -95,6 +95,9 @@ def defaults() -> ml_collections.ConfigDict:
   # scale_counts_to_area other sizes get counts scaled by area (>= 1 of each kind asked for),
   # which keeps ~20 % of 64 px tiles anomalous at any scan size.
   c.simulated.scale_counts_to_area = True
+  # 1.0: anomalies at full strength (easy: a hand-made max-deviation score already separates
+  # them); lower values (e.g. 0.3) make them subtle.
+  c.simulated.anomaly_contrast = 1.0
   c.simulated.paint_losses = 8
   c.simulated.white_spots = 10
   c.simulated.nails = 5

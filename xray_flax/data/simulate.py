@@ -36,7 +36,7 @@ from PIL import Image
 from scipy import ndimage
 
 # Bump when the generator changes so cached scans are regenerated.
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 REFERENCE_HEIGHT, REFERENCE_WIDTH = 1280, 1024
 
 
@@ -57,6 +57,9 @@ class SimulationParams:
   # by area (at least one of each kind asked for), so the anomalous share of tiles stays
   # about the same when scans shrink or grow. False: the counts are taken literally.
   scale_counts_to_area: bool = True
+  # Scales every anomaly's departure from the painting: 1 = full (paint loss to bare support,
+  # metal near white), 0.3 = subtle. The default is easy on purpose (see docs/data.md).
+  anomaly_contrast: float = 1.0
 
   @staticmethod
   def from_config(sim_config) -> "SimulationParams":
@@ -68,7 +71,8 @@ class SimulationParams:
         margin=float(sim_config.margin), seed=int(sim_config.seed),
         # .get: configs written before these fields existed still load
         file_format=str(sim_config.get("file_format", "png")),
-        scale_counts_to_area=bool(sim_config.get("scale_counts_to_area", True)))
+        scale_counts_to_area=bool(sim_config.get("scale_counts_to_area", True)),
+        anomaly_contrast=float(sim_config.get("anomaly_contrast", 1.0)))
 
   def anomaly_counts(self) -> dict:
     """Anomalies per scan of each kind, after scaling to the scan's area."""
@@ -197,6 +201,39 @@ def craquelure(rng, shape, cell: float) -> np.ndarray:
   return np.repeat(np.repeat(strength, 2, axis=0), 2, axis=1)[:h, :w]
 
 
+def highlights(rng, shape, paint, count: int) -> np.ndarray:
+  """Normal bright features: short impasto highlight strokes of lead white (on faces,
+  folds, jewels), denser where there is already paint. They are why "bright" alone is not
+  "anomalous": the model has to learn which bright shapes belong to the painting."""
+  h, w = shape
+  out = np.zeros(shape, np.float32)
+  weights = paint.ravel() ** 2
+  picks = rng.choice(h * w, size=count, p=weights / weights.sum())
+  for flat in picks:
+    cy, cx = divmod(int(flat), w)
+    angle, length = rng.uniform(0, np.pi), rng.uniform(8, 30)
+    width = rng.uniform(2, 5)
+    dy, dx = np.sin(angle) * length / 2, np.cos(angle) * length / 2
+    (sy, sx), dist = _segment_distance(shape, cy - dy, cx - dx, cy + dy, cx + dx, width * 2)
+    out[sy, sx] += rng.uniform(0.05, 0.14) * np.exp(-((dist / (width / 2)) ** 2))
+  return out
+
+
+def knots(rng, shape, count: int) -> np.ndarray:
+  """Normal panel features: knots, elliptical ring patterns where a branch grew."""
+  h, w = shape
+  out = np.zeros(shape, np.float32)
+  for _ in range(count):
+    cy, cx = rng.uniform(0.1, 0.9) * h, rng.uniform(0.1, 0.9) * w
+    ry, rx = rng.uniform(12, 30), rng.uniform(6, 14)
+    r = int(3 * max(ry, rx))
+    y0, y1, x0, x1 = max(int(cy) - r, 0), min(int(cy) + r, h), max(int(cx) - r, 0), min(int(cx) + r, w)
+    yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32)
+    d = np.sqrt(((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2)
+    out[y0:y1, x0:x1] += np.exp(-d) * (0.6 * np.cos(2 * np.pi * d * 2.5) - 0.4)
+  return out
+
+
 # ------------------------------------------------------------------------------------------
 # Anomalies: each returns (new attenuation image, boolean mask of the changed pixels).
 
@@ -216,7 +253,10 @@ def add_paint_loss(rng, image, support_only, mask):
   h, w = image.shape
   cy, cx = rng.uniform(0.06, 0.94) * h, rng.uniform(0.06, 0.94) * w
   (sy, sx), region = _blob(rng, image.shape, cy, cx, rng.uniform(7, 28), roughness=0.5)
-  image[sy, sx] = np.where(region, support_only[sy, sx], image[sy, sx])
+  # Losses range from a thinned paint layer to bare support.
+  depth = rng.uniform(0.55, 1.0)
+  lost = image[sy, sx] - depth * (image[sy, sx] - support_only[sy, sx])
+  image[sy, sx] = np.where(region, lost, image[sy, sx])
   mask[sy, sx] |= region
 
 
@@ -225,21 +265,27 @@ def add_white_spot(rng, image, mask):
   h, w = image.shape
   cy, cx = rng.uniform(0.06, 0.94) * h, rng.uniform(0.06, 0.94) * w
   (sy, sx), region = _blob(rng, image.shape, cy, cx, rng.uniform(4, 12), roughness=0.25)
-  image[sy, sx] = np.where(region, np.maximum(image[sy, sx] + rng.uniform(0.3, 0.45), 0.8), image[sy, sx])
+  image[sy, sx] = np.where(region, np.maximum(image[sy, sx] + rng.uniform(0.18, 0.45), 0.7), image[sy, sx])
   mask[sy, sx] |= region
 
 
-def _segment(shape, y0, x0, y1, x1, width):
+def _segment_distance(shape, y0, x0, y1, x1, reach):
+  """(box slices, distance of each box pixel to the segment) for the box around the segment
+  grown by `reach` pixels (empty when the segment lies outside the image)."""
   h, w = shape
-  pad = int(width) + 2
+  pad = int(reach) + 2
   by0, by1 = max(int(min(y0, y1)) - pad, 0), min(int(max(y0, y1)) + pad, h)
   bx0, bx1 = max(int(min(x0, x1)) - pad, 0), min(int(max(x0, x1)) + pad, w)
-  by1, bx1 = max(by1, by0), max(bx1, bx0)  # a segment wholly outside the image: empty box
+  by1, bx1 = max(by1, by0), max(bx1, bx0)
   yy, xx = np.mgrid[by0:by1, bx0:bx1].astype(np.float32)
   dy, dx = y1 - y0, x1 - x0
   t = np.clip(((yy - y0) * dy + (xx - x0) * dx) / max(dy * dy + dx * dx, 1e-6), 0, 1)
-  dist = np.hypot(yy - (y0 + t * dy), xx - (x0 + t * dx))
-  return (slice(by0, by1), slice(bx0, bx1)), dist <= width / 2
+  return (slice(by0, by1), slice(bx0, bx1)), np.hypot(yy - (y0 + t * dy), xx - (x0 + t * dx))
+
+
+def _segment(shape, y0, x0, y1, x1, width):
+  sl, dist = _segment_distance(shape, y0, x0, y1, x1, width)
+  return sl, dist <= width / 2
 
 
 def _paint_metal(image, mask, sl, region, level):
@@ -317,8 +363,13 @@ def simulate_scan(params: SimulationParams, index: int):
   strokes = brushwork(rng, shape)
   cracks = craquelure(rng, shape, cell=rng.uniform(25, 50))
   image = support_level + ground + 0.45 * paint * (1 + 0.12 * strokes) - 0.07 * cracks * (0.3 + paint)
+  area = h * w / (REFERENCE_HEIGHT * REFERENCE_WIDTH)
+  image += highlights(rng, shape, paint, max(int(round(60 * area)), 1))
+  if support_kind == "panel":
+    image += 0.04 * knots(rng, shape, int(rng.integers(1, 4)))
 
   mask = np.zeros(shape, bool)
+  painting = image.copy() if params.anomaly_contrast != 1.0 else None
   counts = params.anomaly_counts()
   for _ in range(counts["paint_losses"]):
     add_paint_loss(anomaly_rng, image, support_level, mask)
@@ -328,6 +379,8 @@ def simulate_scan(params: SimulationParams, index: int):
     add_nail(anomaly_rng, image, mask)
   for _ in range(counts["foreign_objects"]):
     add_foreign_object(anomaly_rng, image, mask)
+  if painting is not None:
+    image = painting + np.float32(params.anomaly_contrast) * (image - painting)
 
   # Film margin outside the panel: nothing attenuates, so it is nearly black.
   my, mx = int(params.margin * h), int(params.margin * w)
