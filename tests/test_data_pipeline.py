@@ -3,7 +3,6 @@ evaluation batches."""
 
 import json
 import os
-import shutil
 
 import grain
 import numpy as np

@@ -1,6 +1,5 @@
 """Readers: bit depths, modes, region reads of large TIFFs, normalisation, errors."""
 
-import os
 
 import numpy as np
 import pytest

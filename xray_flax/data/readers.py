@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import collections
 import os
-import struct
 import threading
 from typing import Sequence
 
