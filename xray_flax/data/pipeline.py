@@ -157,12 +157,11 @@ def count_tiles(splits: Splits, split: str, data_config) -> int:
 
 
 def _source(splits, split, data_config, train: bool):
-  """(grain random-access source of tile dicts, tile labels)."""
+  """Grain random-access source of tile dicts for `split` (training: clean normal tiles only)."""
   if splits.tfds_dir:
     from xray_flax.data import tfds_builder  # pylint: disable=g-import-not-at-top
 
-    source = tfds_builder.patch_source(splits, split, data_config, train=train)
-    return source
+    return tfds_builder.patch_source(splits, split, data_config, train=train)
   table = split_tiles(splits, split, data_config)
   if train:
     table = table.select(tiling.training_rows(table, data_config))
