@@ -65,6 +65,9 @@ def get_base_config() -> ml_collections.ConfigDict:
     # Stop this run after this step (with a checkpoint) and resume later with the same
     # command, e.g. to fit a long job into time-limited allocations.
     train.halt_after_steps = config_dict.placeholder(int)
+    # After training, whole-scan heatmaps and HTML reports of this many test scans
+    # (<workdir>/predictions); 0 = none.
+    train.predict_test_scans = 1
     config.train = train
 
     mesh = ml_collections.ConfigDict()

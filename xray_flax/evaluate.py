@@ -27,6 +27,8 @@ from xray_flax.report import gallery, tables
 # of a large test split; the pixel AUROC of a smooth map barely changes (docs/evaluation.md).
 PIXEL_METRIC_SIDE = 64
 
+log = logging.getLogger(__name__)
+
 
 @dataclasses.dataclass
 class SplitScores:
@@ -87,7 +89,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, output_dir: str | 
     output_dir = output_dir or workdir
     mesh = parallel.make_mesh(config.mesh)
     model, variables, meta, path = restore_model(config, workdir, mesh)
-    logging.info("evaluating %s (step %s)", path, meta.get("step"))
+    log.info("evaluating %s (step %s)", path, meta.get("step"))
     splits = pipeline.prepare_splits(config.data, None)
     filter_size = evaluation_config.resolve_score_filter_size(config.eval.score_filter_size, config.data.patch_size)
     infer = Inferencer(model, variables, mesh, config.eval.batch_size, filter_size)
@@ -119,7 +121,7 @@ def write_reports(report: dict, test: SplitScores, output_dir: str) -> None:
     g = test.gallery
     gallery.write_patch_gallery(os.path.join(output_dir, "heatmaps_test_patches.png"), g["image"],
                                 g["reconstruction"], g["map"], g["mask"], max_rows=len(g["image"]))
-    logging.info("wrote metrics.json, metrics.md and heatmaps_test_patches.png to %s", output_dir)
+    log.info("wrote metrics.json, metrics.md and heatmaps_test_patches.png to %s", output_dir)
 
 
 def _write_atomic(path: str, text: str) -> None:

@@ -39,6 +39,9 @@ class Inferencer:
 
         self._infer = jax.jit(infer, in_shardings=(parallel.replicated(mesh), self._sharding),
                               out_shardings=(self._sharding,) * 3)
+        self._maps = jax.jit(lambda v, x: steps.predict_step(v, x, model=model)[0],
+                             in_shardings=(parallel.replicated(mesh), self._sharding),
+                             out_shardings=self._sharding)
 
     def set_variables(self, variables: Any) -> None:
         """Swap in new weights (same shapes) without recompiling, e.g. during training."""
@@ -62,8 +65,12 @@ class Inferencer:
         maps, scores, reconstruction = self._infer(self.variables, array)
         return to_host(maps)[:n], to_host(scores)[:n], to_host(reconstruction)[:n]
 
-    def anomaly_maps(self, images: np.ndarray) -> np.ndarray:
-        return self(images)[0]
+    def anomaly_maps(self, images: np.ndarray) -> jax.Array | np.ndarray:
+        """Maps only, [b, H, W]; on one process left on the device so the caller can overlap
+        reading the next tiles with this computation (np.asarray waits for it)."""
+        array, n = self._device_batch(images)
+        maps = self._maps(self.variables, array)
+        return to_host(maps)[:n] if jax.process_count() > 1 else maps[:n]
 
     def seconds_per_patch(self, images: np.ndarray, batches: int, warmup: int) -> dict:
         """Warm inference time per patch: median over `batches` timed calls of a full batch."""

@@ -10,12 +10,10 @@ Any config field can be overridden: --config.train.num_steps=100 --config.data.r
 
 from __future__ import annotations
 
-import logging
-
 from absl import app, flags
 from ml_collections import config_flags
 
-from xray_flax import parallel
+from xray_flax import logs, parallel
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.", required=True)
@@ -27,12 +25,13 @@ _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "Multi-process: 
                                    "(auto-detected on SLURM, Open MPI and Cloud TPU).")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-process: number of processes.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-process: index of this process.")
+_VERBOSE = flags.DEFINE_bool("verbose", False, "Also show the INFO logs of orbax, grain and absl.")
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    logging.getLogger().setLevel(logging.INFO)
+    logs.configure(_VERBOSE.value)
     parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
 
     # Imported after jax.distributed is initialised: they query devices at import time.

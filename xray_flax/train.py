@@ -19,11 +19,13 @@ import ml_collections
 import numpy as np
 from clu import metric_writers
 
-from xray_flax import checkpoint, evaluate, evaluation_config, metrics, parallel, steps
+from xray_flax import checkpoint, evaluate, evaluation_config, metrics, parallel, predict, steps
 from xray_flax.anomaly import SynthesisSpec, load_texture_bank
 from xray_flax.data import pipeline
 from xray_flax.inference import Inferencer, state_variables
 from xray_flax.models import registry
+
+log = logging.getLogger(__name__)
 
 
 class TrainingDivergedError(RuntimeError):
@@ -112,12 +114,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
             raise checkpoint.CheckpointError(
                 f"could not resume from {ckpt.latest.directory}: {e}. If the config changed (model widths, "
                 f"patch size), train into a new --workdir.") from e
-        logging.info("resumed from step %d of %s", int(state.step), workdir)
+        log.info("resumed from step %d of %s", int(state.step), workdir)
     else:
         sample = jnp.zeros((1, patch, patch, channels), jnp.float32)
         state = jax.jit(lambda k: steps.init_state(model, tx, k, sample), out_shardings=replicated)(init_key)
         n_params = sum(x.size for x in jax.tree.leaves(state.params))
-        logging.info("initialised %s: %s parameters", config.method, f"{n_params:,}")
+        log.info("initialised %s: %s parameters", config.method, f"{n_params:,}")
 
     batch_sharding = parallel.batch_sharded(mesh)
     train_step = jax.jit(
@@ -153,7 +155,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
                 f"config.optim.learning_rate or check the input data for NaNs.")
         return scalars
 
-    logging.info("training steps %d..%d, global batch %d on %d device(s)", step, num_steps,
+    log.info("training steps %d..%d, global batch %d on %d device(s)", step, num_steps,
                  config.train.batch_size, mesh.devices.size)
     while step < num_steps and (halt is None or step < halt):
         host_batch = next(train_iter)
@@ -166,7 +168,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
         if step % config.train.log_every == 0 or final:
             scalars = check_finite()
             line, rate = progress.line(step, scalars)
-            logging.info(line)
+            log.info(line)
             writer.write_scalars(step, {**scalars, "steps_per_sec": rate})
         if config.train.image_summary_every and (step % config.train.image_summary_every == 0 or final):
             images = preview_step(state, batch, textures, jax.random.fold_in(preview_key, step))
@@ -177,14 +179,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
             val = evaluate.score_split(infer, splits, "val", config)
             val_auc = metrics.roc_auc(val.labels, val.scores)
             if not np.isfinite(val_auc):
-                logging.warning("validation split has one class only: ROC-AUC undefined, the newest "
+                log.warning("validation split has one class only: ROC-AUC undefined, the newest "
                                 "checkpoint counts as the best")
                 ranking = step / num_steps - 2.0
             else:
                 ranking = val_auc
             improved = ckpt.save_best(step, state, {"step": step, checkpoint.BEST_METRIC: ranking})
             writer.write_scalars(step, {"val_roc_auc": val_auc})
-            logging.info("step %d: validation ROC-AUC %.4f%s", step, val_auc, " (best so far)" if improved else "")
+            log.info("step %d: validation ROC-AUC %.4f%s", step, val_auc, " (best so far)" if improved else "")
         if step % config.train.checkpoint_every == 0 or final:
             check_finite()
             ckpt.save_latest(step, state, train_iter, {"step": step, "seed": config.seed})
@@ -193,12 +195,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
     ckpt.wait()
     ckpt.close()
     if step < num_steps:
-        logging.info("halted at step %d of %d (config.train.halt_after_steps); resume with the same "
+        log.info("halted at step %d of %d (config.train.halt_after_steps); resume with the same "
                      "command", step, num_steps)
         return None
     report = evaluate.evaluate(config, workdir)
     test = report["test"]
-    logging.info("test ROC-AUC %.4f | accuracy %.4f | F1 %.4f | %.4f s/patch", test["roc_auc"],
+    log.info("test ROC-AUC %.4f | accuracy %.4f | F1 %.4f | %.4f s/patch", test["roc_auc"],
                  test["accuracy"], test["f1"], test["seconds_per_patch"])
     return report
 

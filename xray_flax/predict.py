@@ -1,0 +1,141 @@
+"""Whole-painting inference: scans of any size in, anomaly maps and reports out.
+
+For every scan: overlapping tiles are read band by band, scored in fixed-size batches by
+the jitted model, and blended back with a smooth window (report.stitch). The map is written
+straight into a memory-mapped file, so memory stays bounded by a band of tiles however
+large the scan. Per scan, in <output_dir>/<scan name>/:
+
+    anomaly_map.tif | .npy   float32 map in [0, 1], full resolution
+    overlay.png              heatmap over the X-ray at a viewable size, with a colour bar
+    regions.json, .csv       connected regions above the threshold, highest score first
+    report.html              self-contained report: overlay with opacity slider, region table
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import os
+import time
+
+import jax
+import ml_collections
+import numpy as np
+import tifffile
+
+from xray_flax import evaluation_config, parallel
+from xray_flax.data import readers
+from xray_flax.evaluate import restore_model
+from xray_flax.inference import Inferencer
+from xray_flax.report import html, overlay, regions, stitch
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".png", ".tif", ".tiff")
+
+
+def expand_inputs(inputs: list[str], mask_suffix: str = "_mask") -> list[str]:
+    """Scan paths from files, folders and glob patterns; masks (<name>_mask.*) are skipped."""
+    paths: list[str] = []
+    for item in inputs:
+        if os.path.isdir(item):
+            found = sorted(os.path.join(item, f) for f in os.listdir(item))
+        elif any(ch in item for ch in "*?["):
+            found = sorted(glob.glob(item))
+        elif os.path.exists(item):
+            found = [item]
+        else:
+            raise FileNotFoundError(f"--inputs: {item} does not exist")
+        scans = [p for p in found if p.lower().endswith(IMAGE_SUFFIXES)
+                 and not os.path.splitext(os.path.basename(p))[0].endswith(mask_suffix)]
+        if not scans:
+            raise FileNotFoundError(f"--inputs: no PNG or TIFF scans in {item}")
+        paths.extend(scans)
+    return list(dict.fromkeys(paths))
+
+
+def _map_file(path_stem: str, shape: tuple[int, int], fmt: str) -> tuple[np.ndarray, str]:
+    """A memory-mapped float32 output map (TIFF or .npy), so the map never needs RAM."""
+    if fmt == "tiff":
+        path = path_stem + ".tif"
+        return tifffile.memmap(path, shape=shape, dtype=np.float32, photometric="minisblack"), path
+    if fmt == "npy":
+        path = path_stem + ".npy"
+        return np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape), path
+    raise ValueError(f"config.eval.predict.map_format={fmt!r}; expected 'tiff' or 'npy'")
+
+
+class _ProgressLog:
+    def __init__(self, name: str):
+        self.name, self.start, self.next_fraction = name, time.perf_counter(), 0.1
+
+    def __call__(self, done: int, total: int) -> None:
+        if done < total and done / total < self.next_fraction:
+            return
+        self.next_fraction = done / total + 0.1
+        elapsed = time.perf_counter() - self.start
+        rate = done / max(elapsed, 1e-9)
+        log.info("%s: %d/%d tiles (%.0f%%), %.1f tiles/s, ETA %.0fs", self.name, done, total,
+                 100 * done / total, rate, (total - done) / max(rate, 1e-9))
+
+
+def predict_scan(infer: Inferencer, path: str, out_dir: str, config: ml_collections.ConfigDict,
+                 metadata: dict) -> dict:
+    """Anomaly map and reports of one scan; returns a summary of what was written."""
+    opts = config.eval.predict
+    patch = config.data.patch_size
+    stride = evaluation_config.resolve_stride(opts.stride, opts.overlap, patch)
+    reader = readers.open_scan(path, config.data.channels, config.data.normalization)
+    os.makedirs(out_dir, exist_ok=True)
+    name = os.path.basename(path)
+    start = time.perf_counter()
+    anomaly_map, map_path = _map_file(os.path.join(out_dir, "anomaly_map"), (reader.height, reader.width),
+                                      opts.map_format)
+    stitch.stitch_anomaly_map(reader, infer.anomaly_maps, patch, stride, infer.batch_size,
+                              window=opts.window, progress=_ProgressLog(name), out=anomaly_map)
+    anomaly_map.flush()
+    found = regions.find_regions(anomaly_map, opts.region_threshold, opts.min_region_area)
+    regions.write_regions_json(os.path.join(out_dir, "regions.json"), found,
+                               {"scan": path, "threshold": opts.region_threshold})
+    regions.write_regions_csv(os.path.join(out_dir, "regions.csv"), found)
+    overlay.write_overlay_png(os.path.join(out_dir, "overlay.png"), reader, anomaly_map, opts.overlay_max_side,
+                              opts.overlay_alpha, opts.colormap, found)
+    html.write_scan_report(os.path.join(out_dir, "report.html"), reader, anomaly_map, found, title=name,
+                           metadata={"scan": path, "region threshold": str(opts.region_threshold), **metadata},
+                           max_side=opts.overlay_max_side, colormap=opts.colormap, alpha=opts.overlay_alpha,
+                           max_regions=opts.report_max_regions, crop_margin=opts.crop_margin)
+    seconds = time.perf_counter() - start
+    summary = {"scan": path, "height": reader.height, "width": reader.width, "anomaly_map": map_path,
+               "max_score": float(np.max(anomaly_map)), "regions": len(found), "seconds": round(seconds, 2),
+               "report": os.path.join(out_dir, "report.html")}
+    del anomaly_map
+    log.info("%s: %d regions, max score %.3f, %.1fs -> %s", name, len(found), summary["max_score"], seconds, out_dir)
+    return summary
+
+
+def _scan_dir_names(paths: list[str]) -> list[str]:
+    """One output folder per scan, named after it; disambiguated when two scans share a name."""
+    stems = [os.path.splitext(os.path.basename(p))[0] for p in paths]
+    return [s if stems.count(s) == 1 else f"{s}_{i}" for i, s in enumerate(stems)]
+
+
+def predict(config: ml_collections.ConfigDict, workdir: str, inputs: list[str],
+            output_dir: str | None = None) -> list[dict]:
+    """Predict every scan in `inputs` with the best checkpoint of `workdir`."""
+    if jax.process_count() > 1:
+        raise RuntimeError("--mode predict runs as a single process (it writes files); start it without "
+                           "--num_processes / outside srun")
+    paths = expand_inputs(inputs, config.data.mask_suffix)
+    output_dir = output_dir or os.path.join(workdir, "predictions")
+    mesh = parallel.make_mesh(config.mesh)
+    model, variables, meta, checkpoint_path = restore_model(config, workdir, mesh)
+    filter_size = evaluation_config.resolve_score_filter_size(config.eval.score_filter_size, config.data.patch_size)
+    infer = Inferencer(model, variables, mesh, config.eval.predict.batch_size, filter_size)
+    log.info("predicting %d scan(s) with %s", len(paths), checkpoint_path)
+    summaries = [predict_scan(infer, path, os.path.join(output_dir, name), config,
+                              {"checkpoint": checkpoint_path, "method": config.method})
+                 for path, name in zip(paths, _scan_dir_names(paths))]
+    with open(os.path.join(output_dir, "predictions.json"), "w") as f:
+        json.dump(summaries, f, indent=2)
+    return summaries
