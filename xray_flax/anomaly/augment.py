@@ -131,13 +131,19 @@ def equalize(image: jax.Array) -> jax.Array:
   def one_channel(channel):
     lo, hi = jnp.min(channel), jnp.max(channel)
     width = jnp.maximum(hi - lo, 1e-12) / _LEVELS
-    bins = jnp.clip(jnp.floor((channel - lo) / width), 0,
-                    _LEVELS - 1).astype(jnp.int32)
+    position = (channel - lo) / width                 # in bins, 0..256
+    bins = jnp.clip(jnp.floor(position), 0, _LEVELS - 1).astype(jnp.int32)
     histogram = jnp.bincount(bins.reshape(-1), length=_LEVELS)
     cdf = jnp.cumsum(histogram).astype(jnp.float32)
     cdf = cdf / cdf[-1]
-    centres = lo + width * (jnp.arange(_LEVELS) + 0.5)
-    return jnp.interp(channel, centres, cdf)
+    # np.interp(x, bin centres, cdf) without a search: the centres are
+    # evenly spaced, so the left neighbour is floor(position - 0.5); values
+    # beyond the first / last centre take the end value, as np.interp does.
+    left_position = jnp.clip(position - 0.5, 0.0, _LEVELS - 1.0)
+    left = jnp.minimum(jnp.floor(left_position).astype(jnp.int32),
+                       _LEVELS - 2)
+    fraction = left_position - left
+    return cdf[left] * (1.0 - fraction) + cdf[left + 1] * fraction
 
   channels = [one_channel(image[..., c]) for c in range(image.shape[-1])]
   return jnp.stack(channels, axis=-1)

@@ -144,7 +144,7 @@ def rotate_degrees(image: jax.Array, degrees: jax.Array,
   src_x = -sin * y + cos * x + centre_x
   # A hair of slack so that float error at exactly +-90 degrees (cos = -4e-8)
   # does not push a whole edge row outside; scipy keeps that row too.
-  slack = 1e-3
+  slack = 1e-4
   inside = ((src_y >= -slack) & (src_y <= height - 1 + slack) &
             (src_x >= -slack) & (src_x <= width - 1 + slack))
   y0 = jnp.clip(jnp.floor(src_y), 0, height - 1)

@@ -35,7 +35,7 @@ def dtd_image_paths(dtd_root: str) -> list[pathlib.Path]:
   return sorted(pathlib.Path(dtd_root).glob('images/*/*.jpg'))
 
 
-def _balanced_choice(paths: Sequence[pathlib.Path], limit: int,
+def choose_texture_paths(paths: Sequence[pathlib.Path], limit: int,
                      seed: int) -> list[pathlib.Path]:
   """At most `limit` paths, round-robin over categories, seeded shuffle.
 
@@ -104,7 +104,7 @@ def load_texture_bank(anomaly_config: ml_collections.ConfigDict,
     raise FileNotFoundError(
         f'No texture images found: expected {root}/images/<category>/*.jpg '
         f'(DTD layout) under dtd_root={root!r}.')
-  chosen = _balanced_choice(paths, anomaly_config.max_textures,
+  chosen = choose_texture_paths(paths, anomaly_config.max_textures,
                             anomaly_config.texture_seed)
   bank = np.empty((len(chosen), patch_size, patch_size, channels), np.float32)
   for i, path in enumerate(chosen):
