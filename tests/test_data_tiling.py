@@ -120,3 +120,20 @@ def test_labels_agree_with_mask_and_background_is_skipped(tmp_path):
   assert len(train) == 7 and (train.masked == 0).all()
   cfg.train_exclude_any_masked = False
   assert tiling.training_rows(table, cfg).sum() == 8
+
+
+def test_source_pickles_without_open_files_and_reads_the_same(tmp_path):
+  import pickle
+
+  import tifffile
+
+  raw = np.random.default_rng(0).integers(0, 65536, (100, 90), dtype=np.uint16)
+  tifffile.imwrite(tmp_path / "s.tif", raw, tile=(32, 32), compression="zlib")
+  cfg = data_config_lib.defaults()
+  cfg.patch_size, cfg.stride, cfg.background.rule = 32, 32, "none"
+  rec = layouts.ScanRecord(str(tmp_path / "s.tif"))
+  src = tiling.TileSource([rec], tiling.scan_tiles(rec, 0, cfg), cfg)
+  before = [src[i]["image"] for i in range(len(src))]  # opens the TIFF in this process
+  clone = pickle.loads(pickle.dumps(src))  # what a Grain worker receives
+  for i, image in enumerate(before):
+    np.testing.assert_array_equal(clone[i]["image"], image)
