@@ -149,6 +149,8 @@ def test_spec_from_config_and_validation():
         _config(augmentations=('gamma', 'invert')), 1)
   with pytest.raises(ValueError, match='channels'):
     anomaly.SynthesisSpec.from_config(_config(), 2)
+  with pytest.raises(ValueError, match='procedural_kinds'):
+    anomaly.SynthesisSpec.from_config(_config(procedural_kinds=('plaid',)), 1)
 
 
 # ---------------------------------------------------------------------------
@@ -334,3 +336,25 @@ def test_no_anomaly_and_normal_rotation():
       dataclasses.replace(spec, rotate_normal_probability=0.0))
   np.testing.assert_array_equal(np.asarray(unchanged['image']),
                                 np.asarray(images))
+
+
+# ---------------------------------------------------------------------------
+# Gallery (rendering only; the command itself runs the same synthesize_batch)
+
+
+def test_gallery_renders_16_triplets():
+  from xray_flax.anomaly import gallery
+  normal = gallery._simulated_normal_patches(32, 1, seed=0)
+  assert normal.shape == (16, 32, 32, 1)
+  assert 0 <= normal.min() and normal.max() <= 1 and normal.std() > 0.01
+  mask = np.zeros((16, 32, 32, 1), np.float32)
+  mask[:, 8:20, 8:20] = 1
+  mask[3] = 0
+  out = dict(image=normal * (1 - mask), mask=mask,
+             has_anomaly=mask.reshape(16, -1).max(1))
+  picture = gallery.render_gallery(normal, out, tile=16)
+  assert picture.size == (4 * 3 * 16 + 3 * 8, 4 * (16 + gallery.CAPTION_HEIGHT))
+  pixels = np.asarray(picture)
+  # the mask outline of sample 0 is red in its middle tile
+  middle = pixels[:16, 16:32]
+  assert ((middle[..., 0] == 255) & (middle[..., 1] == 40)).any()

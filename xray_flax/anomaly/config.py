@@ -52,6 +52,8 @@ def defaults() -> ml_collections.ConfigDict:
   # A source whose input is missing (dtd without dtd_root) gets weight 0.
   c.texture_sources = ml_collections.ConfigDict(
       dict(dtd=0.5, procedural=0.3, batch=0.2))
+  # Kinds of procedural texture, drawn uniformly. [ours; see textures.py]
+  c.procedural_kinds = ('fractal', 'stripes', 'blobs', 'fibres')
   # Root of a DTD-layout folder: <dtd_root>/images/<category>/*.jpg.
   # '' -> no DTD; load_texture_bank then returns a 1-entry grey placeholder.
   c.dtd_root = ''

@@ -55,6 +55,7 @@ class SynthesisSpec:
   normal_rotation_range: tuple[float, float] = (-90.0, 90.0)
   # Normalised weights of (dtd, procedural, batch); dtd is 0 without dtd_root.
   source_weights: tuple[float, float, float] = (0.0, 1.0, 0.0)
+  procedural_kinds: tuple[str, ...] = textures_lib.PROCEDURAL_KINDS
   # Augmentation pool after dropping ops that do not apply to `channels`.
   augmentations: tuple[str, ...] = tuple(augment.OPS)
   num_augmentations: int = 3
@@ -79,6 +80,10 @@ class SynthesisSpec:
       raise ValueError(f'source_weights {self.source_weights} must be 3 '
                        'non-negative numbers with a positive sum')
     augment.usable_ops(self.augmentations, 3)  # raises on unknown names
+    unknown = set(self.procedural_kinds) - set(textures_lib.PROCEDURAL_KINDS)
+    if unknown or not self.procedural_kinds:
+      raise ValueError(f'procedural_kinds {self.procedural_kinds}: each must '
+                       f'be one of {textures_lib.PROCEDURAL_KINDS}')
     if not 0 <= self.num_augmentations <= len(self.augmentations):
       raise ValueError(
           f'num_augmentations={self.num_augmentations} but only '
@@ -112,6 +117,7 @@ class SynthesisSpec:
         normal_rotation_range=tuple(
             float(v) for v in c.normal_rotation_range),
         source_weights=tuple(weights[name] / total for name in SOURCES),
+        procedural_kinds=tuple(c.procedural_kinds),
         augmentations=augment.usable_ops(tuple(c.augmentations), channels),
         num_augmentations=int(c.num_augmentations),
         batch_mode=c.batch_mode,
@@ -143,7 +149,8 @@ def _choose_texture(key: jax.Array, textures: jax.Array,
 
   def from_procedural():
     return textures_lib.procedural_texture(key_procedural, shape,
-                                           spec.channels)
+                                           spec.channels,
+                                           spec.procedural_kinds)
 
   def from_batch():
     # Another patch of the batch (itself when the batch has one patch).
