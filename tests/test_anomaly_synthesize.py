@@ -221,8 +221,8 @@ def test_runs_inside_an_outer_jit_with_spec_static():
 
 
 @needs_dtd
-def test_batch_1_rgb_with_real_dtd_bank():
-  cfg = _config(dtd_root=str(DTD_ROOT), max_textures=8)
+def test_batch_1_rgb_with_real_dtd_bank_under_vmap():
+  cfg = _config(dtd_root=str(DTD_ROOT), max_textures=8, batch_mode='vmap')
   spec = anomaly.SynthesisSpec.from_config(cfg, 3)
   bank = anomaly.load_texture_bank(cfg, SIZE, 3)
   images = _images(1, 3)

@@ -80,6 +80,7 @@ def defaults() -> ml_collections.ConfigDict:
   #        chosen augmentation -- cheapest on CPU.
   # 'vmap': samples in parallel; a batched lax.switch evaluates EVERY branch
   #        and selects -- more FLOPs but no serial loop, better on GPU.
-  # 'auto': 'map' on CPU, 'vmap' otherwise. [ours]
+  # 'auto': 'map' on a single CPU device, 'vmap' otherwise (GPU/TPU, or a
+  #        multi-device mesh where the batch axis is sharded). [ours]
   c.batch_mode = 'auto'
   return c

@@ -210,7 +210,10 @@ def synthesize_one(key: jax.Array, image: jax.Array, index: jax.Array,
 def _resolved_batch_mode(spec: SynthesisSpec) -> str:
   if spec.batch_mode != 'auto':
     return spec.batch_mode
-  return 'map' if jax.default_backend() == 'cpu' else 'vmap'
+  # lax.map walks the batch axis serially; with several devices the batch is
+  # sharded across them and a serial walk would gather it, so use vmap there.
+  single_cpu = jax.default_backend() == 'cpu' and jax.device_count() == 1
+  return 'map' if single_cpu else 'vmap'
 
 
 @functools.partial(jax.jit, static_argnames='spec')
