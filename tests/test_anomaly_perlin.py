@@ -44,6 +44,10 @@ def numpy_perlin_draem(shape, res, gradients):
                              lerp(n01, n11, t[..., 0]), t[..., 1])
 
 
+# One compiled function per (shape), shared by the parametrized cases.
+_perlin_jit = jax.jit(perlin.perlin_from_gradients, static_argnums=1)
+
+
 def _gradients(seed, lattice):
   return np.asarray(perlin.random_gradients(jax.random.key(seed),
                                             (lattice, lattice)))
@@ -52,8 +56,7 @@ def _gradients(seed, lattice):
 @pytest.mark.parametrize('res', [(1, 1), (2, 8), (32, 4), (16, 16)])
 def test_matches_numpy_reference_for_same_gradients(res):
   gradients = _gradients(0, 33)
-  ours = perlin.perlin_from_gradients(jnp.asarray(gradients), (128, 96),
-                                      jnp.array(res))
+  ours = _perlin_jit(jnp.asarray(gradients), (128, 96), jnp.array(res))
   ref = numpy_perlin_draem((128, 96), res, gradients)
   np.testing.assert_allclose(np.asarray(ours), ref, atol=2e-6)
 
@@ -62,8 +65,7 @@ def test_non_multiple_size_is_crop_of_padded_reference():
   # 100 is not a multiple of 32: the noise is DRAEM's noise at 128, cropped.
   gradients = _gradients(1, 33)
   for res in [(4, 2), (32, 32)]:
-    ours = perlin.perlin_from_gradients(jnp.asarray(gradients), (100, 70),
-                                        jnp.array(res))
+    ours = _perlin_jit(jnp.asarray(gradients), (100, 70), jnp.array(res))
     ref = numpy_perlin_draem((128, 96), res, gradients)[:100, :70]
     np.testing.assert_allclose(np.asarray(ours), ref, atol=2e-6)
 
@@ -90,11 +92,16 @@ def test_noise_is_zero_on_lattice_points_and_bounded():
   assert 0.15 < noise.std() < 0.45
 
 
-def _dominant_frequency(exponent, axis, keys=24, size=128):
+@jax.jit
+def _noise_batch(keys, exponent):
+  return jax.vmap(lambda k: perlin.perlin_noise(
+      k, (128, 128), jnp.stack([exponent, exponent]), 5))(keys)
+
+
+def _dominant_frequency(exponent, axis, keys=24):
   """Mean-power-weighted frequency (cycles/patch) along `axis`."""
-  make = jax.jit(jax.vmap(lambda k: perlin.perlin_noise(
-      k, (size, size), jnp.array([exponent, exponent]), 5)))
-  noise = np.asarray(make(jax.random.split(jax.random.key(7), keys)))
+  noise = np.asarray(_noise_batch(jax.random.split(jax.random.key(7), keys),
+                                  jnp.int32(exponent)))
   power = np.abs(np.fft.rfft(noise, axis=1 + axis))**2
   spectrum = power.mean(axis=(0, 2 - axis))     # average over keys, other axis
   freqs = np.arange(spectrum.shape[0])

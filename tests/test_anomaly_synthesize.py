@@ -149,6 +149,7 @@ def test_spec_from_config_and_validation():
         _config(augmentations=('gamma', 'invert')), 1)
   with pytest.raises(ValueError, match='channels'):
     anomaly.SynthesisSpec.from_config(_config(), 2)
+  assert 'hue_saturation' not in anomaly.SynthesisSpec(channels=1).augmentations
   with pytest.raises(ValueError, match='procedural_kinds'):
     anomaly.SynthesisSpec.from_config(_config(procedural_kinds=('plaid',)), 1)
 
@@ -331,11 +332,8 @@ def test_no_anomaly_and_normal_rotation():
                                reshape=False, order=1, mode='constant')
     np.testing.assert_allclose(np.asarray(out['image'][i, ..., 0]), ref,
                                atol=1e-5)
-  unchanged = anomaly.synthesize_batch(
-      key, images, np.zeros((1, SIZE, SIZE, 1), np.float32),
-      dataclasses.replace(spec, rotate_normal_probability=0.0))
-  np.testing.assert_array_equal(np.asarray(unchanged['image']),
-                                np.asarray(images))
+  # (p = 0 without rotation returns the input exactly: every has_anomaly = 0
+  # sample of the default run is checked for that in _check_outputs.)
 
 
 # ---------------------------------------------------------------------------

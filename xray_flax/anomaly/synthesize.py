@@ -79,7 +79,10 @@ class SynthesisSpec:
         self.source_weights) < 0 or sum(self.source_weights) <= 0:
       raise ValueError(f'source_weights {self.source_weights} must be 3 '
                        'non-negative numbers with a positive sum')
-    augment.usable_ops(self.augmentations, 3)  # raises on unknown names
+    # Raises on unknown names; drops RGB-only ops for grey images, so a spec
+    # built directly (not from_config) is valid too.
+    object.__setattr__(self, 'augmentations', augment.usable_ops(
+        tuple(self.augmentations), self.channels))
     unknown = set(self.procedural_kinds) - set(textures_lib.PROCEDURAL_KINDS)
     if unknown or not self.procedural_kinds:
       raise ValueError(f'procedural_kinds {self.procedural_kinds}: each must '
