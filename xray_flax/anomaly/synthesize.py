@@ -247,8 +247,25 @@ def synthesize_batch(key: jax.Array, images: jax.Array, textures: jax.Array,
   batch_size = images.shape[0]
   keys = jax.random.split(key, batch_size)
   indices = jnp.arange(batch_size)
+  if _explicitly_sharded_batch(images):
+    raise ValueError(
+        'synthesize_batch got a batch with an Explicit-axis sharding '
+        '(jax.make_mesh\'s default axis type). The per-sample texture choice '
+        'indexes across the batch, which Explicit sharding forbids; build the '
+        'mesh with Auto axes (jax.sharding.Mesh(devices, names), as '
+        'xray_flax.parallel does) and let XLA place the work.')
+  mode = _resolved_batch_mode(spec)
   one = functools.partial(synthesize_one, textures=textures,
                           batch_images=images, spec=spec)
-  if _resolved_batch_mode(spec) == 'vmap':
+  if mode == 'vmap':
     return jax.vmap(one)(keys, images, indices)
   return jax.lax.map(lambda args: one(*args), (keys, images, indices))
+
+
+def _explicitly_sharded_batch(images: jax.Array) -> bool:
+  """True when the batch axis is sharded over an Explicit mesh axis."""
+  try:
+    spec = jax.typeof(images).sharding.spec
+  except AttributeError:
+    return False
+  return bool(len(spec)) and spec[0] is not None
