@@ -11,6 +11,8 @@ import functools
 import json
 import logging
 import os
+import signal
+import threading
 import time
 
 import jax
@@ -72,6 +74,36 @@ class _Progress:
         terms = " ".join(f"{k} {scalars[k]:.4f}" for k in ("loss", "ssim", "l2", "focal") if k in scalars)
         return (f"step {step}/{self.total} | {terms} | {rate:.2f} steps/s, "
                 f"{rate * self.batch_size:.1f} img/s | ETA {_format_duration(eta)}"), rate
+
+
+class _StopRequest:
+    """Stop cleanly, with a checkpoint, when the job is being preempted or cancelled.
+
+    One process: SIGTERM (a preemption, scancel, a job's time limit). Several processes:
+    the coordination service's preemption sync point, which JAX's distributed runtime
+    raises on SIGTERM and which every process reaches at the same step, so they all save
+    the same step; a Python handler there would replace the runtime's own.
+    """
+
+    def __init__(self):
+        self.received = False
+        self._previous = None
+        if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame):
+        log.warning("received signal %d: saving a checkpoint and stopping after this step", signum)
+        self.received = True
+
+    def requested(self, ckpt: checkpoint.Checkpointer, step: int) -> bool:
+        if jax.process_count() > 1 and not self.received and ckpt.latest.reached_preemption(step):
+            log.warning("preemption notice at step %d: saving a checkpoint and stopping", step)
+            self.received = True
+        return self.received
+
+    def restore(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
 
 
 def _mean_metrics(pending: list[dict]) -> dict[str, float]:
@@ -156,52 +188,59 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
         return scalars
 
     log.info("training steps %d..%d, global batch %d on %d device(s)", step, num_steps,
-                 config.train.batch_size, mesh.devices.size)
-    while step < num_steps and (halt is None or step < halt):
-        host_batch = next(train_iter)
-        batch = parallel.global_batch({"image": host_batch["image"]}, mesh)
-        state, step_metrics = train_step(state, batch, textures, jax.random.fold_in(train_key, step))
-        pending.append(step_metrics)
-        step += 1
-        final = step == num_steps or step == halt
+             config.train.batch_size, mesh.devices.size)
+    stop = _StopRequest()
+    try:
+        while step < num_steps and (halt is None or step < halt):
+            host_batch = next(train_iter)
+            batch = parallel.global_batch({"image": host_batch["image"]}, mesh)
+            state, step_metrics = train_step(state, batch, textures, jax.random.fold_in(train_key, step))
+            pending.append(step_metrics)
+            step += 1
+            final = step == num_steps or step == halt or stop.requested(ckpt, step)
 
-        if step % config.train.log_every == 0 or final:
-            scalars = check_finite()
-            line, rate = progress.line(step, scalars)
-            log.info(line)
-            writer.write_scalars(step, {**scalars, "steps_per_sec": rate})
-        if config.train.image_summary_every and (step % config.train.image_summary_every == 0 or final):
-            images = preview_step(state, batch, textures, jax.random.fold_in(preview_key, step))
-            writer.write_images(step, {k: np.asarray(v)[:4] for k, v in images.items()})
-        if step % config.train.eval_every == 0 or step == num_steps:
-            check_finite()
-            infer.set_variables(state_variables(state))
-            val = evaluate.score_split(infer, splits, "val", config)
-            val_auc = metrics.roc_auc(val.labels, val.scores)
-            if not np.isfinite(val_auc):
-                log.warning("validation split has one class only: ROC-AUC undefined, the newest "
-                                "checkpoint counts as the best")
-                ranking = step / num_steps - 2.0
-            else:
-                ranking = val_auc
-            improved = ckpt.save_best(step, state, {"step": step, checkpoint.BEST_METRIC: ranking})
-            writer.write_scalars(step, {"val_roc_auc": val_auc})
-            log.info("step %d: validation ROC-AUC %.4f%s", step, val_auc, " (best so far)" if improved else "")
-        if step % config.train.checkpoint_every == 0 or final:
-            check_finite()
-            ckpt.save_latest(step, state, train_iter, {"step": step, "seed": config.seed})
-            last_good_step = step
-    writer.flush()
-    ckpt.wait()
-    ckpt.close()
+            if step % config.train.log_every == 0 or final:
+                scalars = check_finite()
+                line, rate = progress.line(step, scalars)
+                log.info(line)
+                writer.write_scalars(step, {**scalars, "steps_per_sec": rate})
+            if config.train.image_summary_every and (step % config.train.image_summary_every == 0 or final):
+                images = preview_step(state, batch, textures, jax.random.fold_in(preview_key, step))
+                writer.write_images(step, {k: np.asarray(v)[:4] for k, v in images.items()})
+            if step % config.train.eval_every == 0 or step == num_steps:
+                check_finite()
+                infer.set_variables(state_variables(state))
+                val = evaluate.score_split(infer, splits, "val", config)
+                val_auc = metrics.roc_auc(val.labels, val.scores)
+                if not np.isfinite(val_auc):
+                    log.warning("validation split has one class only: ROC-AUC undefined, the newest "
+                            "checkpoint counts as the best")
+                    ranking = step / num_steps - 2.0
+                else:
+                    ranking = val_auc
+                improved = ckpt.save_best(step, state, {"step": step, checkpoint.BEST_METRIC: ranking})
+                writer.write_scalars(step, {"val_roc_auc": val_auc})
+                log.info("step %d: validation ROC-AUC %.4f%s", step, val_auc, " (best so far)" if improved else "")
+            if step % config.train.checkpoint_every == 0 or final:
+                check_finite()
+                ckpt.save_latest(step, state, train_iter, {"step": step, "seed": config.seed})
+                last_good_step = step
+            if stop.received:
+                break
+    finally:
+        # Even when stopping on an error, finish the checkpoint writes already started.
+        stop.restore()
+        writer.flush()
+        ckpt.wait()
+        ckpt.close()
     if step < num_steps:
-        log.info("halted at step %d of %d (config.train.halt_after_steps); resume with the same "
-                     "command", step, num_steps)
+        why = "on a termination request" if stop.received else "(config.train.halt_after_steps)"
+        log.info("stopped at step %d of %d %s with a checkpoint; the same command resumes", step, num_steps, why)
         return None
     report = evaluate.evaluate(config, workdir)
     test = report["test"]
     log.info("test ROC-AUC %.4f | accuracy %.4f | F1 %.4f | %.4f s/patch", test["roc_auc"],
-                 test["accuracy"], test["f1"], test["seconds_per_patch"])
+             test["accuracy"], test["f1"], test["seconds_per_patch"])
     return report
 
 

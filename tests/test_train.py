@@ -1,0 +1,171 @@
+"""The training loop: resume equals uninterrupted training, NaN handling, sharding, CLI errors.
+
+These run the real loop on the tiny config (32-pixel patches of simulated scans).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from configs import tiny
+from xray_flax import checkpoint, train
+from xray_flax.data import pipeline
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_config(tmp_path, **train_overrides):
+    config = tiny.get_config()
+    config.data.simulated.cache_dir = str(tmp_path.parent / "simulated")  # shared by tests of a session
+    config.train.predict_test_scans = 0
+    config.train.image_summary_every = 0
+    for key, value in train_overrides.items():
+        config.train[key] = value
+    return config
+
+
+def latest_params(workdir: str) -> tuple[int, dict]:
+    manager = ocp.CheckpointManager(os.path.join(workdir, checkpoint.LATEST_DIR))
+    step = manager.latest_step()
+    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    manager.close()
+    return step, restored["state"]
+
+
+def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path):
+    full = str(tmp_path / "full")
+    train.train_and_evaluate(tiny_config(tmp_path), full)
+
+    split = str(tmp_path / "split")
+    assert train.train_and_evaluate(tiny_config(tmp_path, halt_after_steps=3), split) is None
+    step, _ = latest_params(split)
+    assert step == 3
+    train.train_and_evaluate(tiny_config(tmp_path), split)  # resumes from step 3
+
+    step_a, state_a = latest_params(full)
+    step_b, state_b = latest_params(split)
+    assert step_a == step_b == 6
+    leaves_a, leaves_b = jax.tree.leaves(state_a), jax.tree.leaves(state_b)
+    assert len(leaves_a) == len(leaves_b)
+    for a, b in zip(leaves_a, leaves_b):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+    real = pipeline.make_train_iterator
+
+    class PoisonAfter:
+        """The real iterator, but every batch after the 4th is NaN (a corrupted input)."""
+
+        def __init__(self, iterator):
+            self.iterator, self.count = iterator, 0
+
+        def __next__(self):
+            batch = dict(next(self.iterator))
+            self.count += 1
+            if self.count > 4:
+                batch["image"] = np.full_like(batch["image"], np.nan)
+            return batch
+
+        def __iter__(self):
+            return self
+
+        # grain's checkpoint handler stores non-DatasetIterator state as bytes.
+        def get_state(self):
+            return json.dumps(self.iterator.get_state()).encode()
+
+        def set_state(self, state):
+            self.iterator.set_state(json.loads(state))
+
+    monkeypatch.setattr(pipeline, "make_train_iterator", lambda *a, **k: PoisonAfter(real(*a, **k)))
+    workdir = str(tmp_path / "nan")
+    config = tiny_config(tmp_path, log_every=1, eval_every=100, checkpoint_every=3)
+    with pytest.raises(train.TrainingDivergedError, match="non-finite loss.*last good checkpoint is step 3"):
+        train.train_and_evaluate(config, workdir)
+    step, state = latest_params(workdir)
+    assert step == 3
+    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state))
+
+
+SHARDING_SCRIPT = textwrap.dedent("""
+    import os, sys
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+    import functools, jax, jax.numpy as jnp, numpy as np, optax
+    from configs import tiny
+    from xray_flax import parallel, steps
+    from xray_flax.anomaly import SynthesisSpec, load_texture_bank
+    from xray_flax.models import registry
+
+    config = tiny.get_config()
+    model = registry.build_model(config.model, 1)
+    spec = SynthesisSpec.from_config(config.anomaly, 1)
+    size = config.data.patch_size
+    images = np.random.default_rng(0).random((8, size, size, 1)).astype(np.float32)
+
+    tx = optax.sgd(0.05)
+
+    def run(n_devices):
+        # Losses of 3 steps and the parameters after the first one.
+        config.mesh.data = n_devices
+        mesh = parallel.make_mesh(config.mesh)
+        rep = parallel.replicated(mesh)
+        textures = parallel.replicate(jnp.asarray(load_texture_bank(config.anomaly, size, 1)), mesh)
+        state = jax.jit(lambda k: steps.init_state(model, tx, k, jnp.zeros((1, size, size, 1))), out_shardings=rep)(jax.random.key(0))
+        step = jax.jit(functools.partial(steps.train_step, model=model, tx=tx, spec=spec, loss_config=config.loss),
+                       in_shardings=(rep, parallel.batch_sharded(mesh), rep, rep), out_shardings=(rep, rep))
+        losses, first = [], None
+        for i in range(3):
+            batch = parallel.global_batch({"image": images}, mesh)
+            state, m = step(state, batch, textures, jax.random.key(i))
+            losses.append(float(m["loss"]))
+            first = first or [np.asarray(x) for x in jax.tree.leaves((state.params, state.batch_stats))]
+        return losses, first
+
+    assert jax.device_count() == 4
+    # Plain SGD, because Adam turns the float noise of exactly-zero gradients (conv biases
+    # before BatchNorm) into lr-sized steps of random sign, on one device as on four. After
+    # the first step the parameters of this tiny network drift apart chaotically from float
+    # noise (reductions run in another order on 4 devices), so they are compared after
+    # one step and the losses over three. Per-device (unsynchronised) BatchNorm statistics
+    # would change the loss at the 1e-2 level and the parameters far beyond these tolerances.
+    l1, p1 = run(1)
+    l4, p4 = run(4)
+    np.testing.assert_allclose(l1, l4, rtol=1e-4)
+    np.testing.assert_allclose(l1[0], l4[0], rtol=1e-6)
+    for a, b in zip(p1, p4):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    print("SHARDING OK", l1, l4)
+""")
+
+
+def test_train_step_on_4_devices_equals_1_device():
+    result = subprocess.run([sys.executable, "-c", SHARDING_SCRIPT], cwd=REPO, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr[-4000:]
+    assert "SHARDING OK" in result.stdout
+
+
+def run_cli(*args, timeout=600):
+    return subprocess.run([sys.executable, "-m", "xray_flax.main", *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_unknown_config_key_is_a_clear_error(tmp_path):
+    result = run_cli("--config", "configs/tiny.py", "--workdir", str(tmp_path), "--config.train.num_stepz=3")
+    assert result.returncode != 0
+    assert "num_stepz" in result.stderr
+
+
+def test_evaluate_without_checkpoint_is_a_clear_error(tmp_path):
+    result = run_cli("--config", "configs/tiny.py", "--workdir", str(tmp_path / "empty"), "--mode", "evaluate")
+    assert result.returncode != 0
+    assert "no checkpoint in" in result.stderr and "--mode train" in result.stderr
