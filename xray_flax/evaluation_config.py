@@ -65,8 +65,10 @@ def defaults() -> ml_collections.ConfigDict:
     predict.window = 'hann'
     # Tiles per anomaly-map call; the last batch is padded to it (one compilation).
     predict.batch_size = 8
-    # Pixels at or above this anomaly value form candidate regions.
-    predict.region_threshold = 0.5
+    # Pixels at or above this anomaly value form candidate regions. 0 => the image-score
+    # threshold chosen on the validation split (<workdir>/metrics.json), else 0.5: the
+    # softmax map of a briefly trained model rarely reaches 0.5 on real anomalies.
+    predict.region_threshold = 0.0
     # Connected regions smaller than this many pixels (at full resolution) are dropped.
     predict.min_region_area = 64
     # Longest side in pixels of the overlay PNG and of the HTML report's images.

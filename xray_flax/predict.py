@@ -80,8 +80,21 @@ class _ProgressLog:
                  100 * done / total, rate, (total - done) / max(rate, 1e-9))
 
 
+def region_threshold(configured: float, workdir: str) -> tuple[float, str]:
+    """(threshold, where it came from): the configured value, or the validation-chosen one."""
+    if configured > 0:
+        return float(configured), "config.eval.predict.region_threshold"
+    path = os.path.join(workdir, "metrics.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            chosen = json.load(f).get("test", {}).get("threshold")
+        if chosen is not None:
+            return float(chosen), f"chosen on the validation split ({path})"
+    return 0.5, "default 0.5 (no metrics.json in the workdir)"
+
+
 def predict_scan(infer: Inferencer, path: str, out_dir: str, config: ml_collections.ConfigDict,
-                 metadata: dict) -> dict:
+                 threshold: float, metadata: dict) -> dict:
     """Anomaly map and reports of one scan; returns a summary of what was written."""
     opts = config.eval.predict
     patch = config.data.patch_size
@@ -95,14 +108,13 @@ def predict_scan(infer: Inferencer, path: str, out_dir: str, config: ml_collecti
     stitch.stitch_anomaly_map(reader, infer.anomaly_maps, patch, stride, infer.batch_size,
                               window=opts.window, progress=_ProgressLog(name), out=anomaly_map)
     anomaly_map.flush()
-    found = regions.find_regions(anomaly_map, opts.region_threshold, opts.min_region_area)
-    regions.write_regions_json(os.path.join(out_dir, "regions.json"), found,
-                               {"scan": path, "threshold": opts.region_threshold})
+    found = regions.find_regions(anomaly_map, threshold, opts.min_region_area)
+    regions.write_regions_json(os.path.join(out_dir, "regions.json"), found, {"scan": path, "threshold": threshold})
     regions.write_regions_csv(os.path.join(out_dir, "regions.csv"), found)
     overlay.write_overlay_png(os.path.join(out_dir, "overlay.png"), reader, anomaly_map, opts.overlay_max_side,
                               opts.overlay_alpha, opts.colormap, found)
     html.write_scan_report(os.path.join(out_dir, "report.html"), reader, anomaly_map, found, title=name,
-                           metadata={"scan": path, "region threshold": str(opts.region_threshold), **metadata},
+                           metadata={"scan": path, **metadata},
                            max_side=opts.overlay_max_side, colormap=opts.colormap, alpha=opts.overlay_alpha,
                            max_regions=opts.report_max_regions, crop_margin=opts.crop_margin)
     seconds = time.perf_counter() - start
@@ -132,9 +144,12 @@ def predict(config: ml_collections.ConfigDict, workdir: str, inputs: list[str],
     model, variables, meta, checkpoint_path = restore_model(config, workdir, mesh)
     filter_size = evaluation_config.resolve_score_filter_size(config.eval.score_filter_size, config.data.patch_size)
     infer = Inferencer(model, variables, mesh, config.eval.predict.batch_size, filter_size)
-    log.info("predicting %d scan(s) with %s", len(paths), checkpoint_path)
-    summaries = [predict_scan(infer, path, os.path.join(output_dir, name), config,
-                              {"checkpoint": checkpoint_path, "method": config.method})
+    threshold, source = region_threshold(config.eval.predict.region_threshold, workdir)
+    log.info("predicting %d scan(s) with %s; region threshold %.4f, %s", len(paths), checkpoint_path,
+             threshold, source)
+    metadata = {"checkpoint": checkpoint_path, "method": config.method,
+                "region threshold": f"{threshold:.4f} ({source})"}
+    summaries = [predict_scan(infer, path, os.path.join(output_dir, name), config, threshold, metadata)
                  for path, name in zip(paths, _scan_dir_names(paths))]
     with open(os.path.join(output_dir, "predictions.json"), "w") as f:
         json.dump(summaries, f, indent=2)

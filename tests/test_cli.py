@@ -1,0 +1,88 @@
+"""End to end through the command line: train -> evaluate -> predict on the tiny config."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_cli(*args, timeout=900):
+    result = subprocess.run([sys.executable, "-m", "xray_flax.main", *args], cwd=REPO, capture_output=True,
+                            text=True, timeout=timeout)
+    assert result.returncode == 0, result.stderr[-5000:]
+    return result
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("cli") / "run")
+    cache = str(tmp_path_factory.getbasetemp() / "simulated")
+    result = run_cli("--config", "configs/tiny.py", "--workdir", workdir, f"--config.data.simulated.cache_dir={cache}")
+    return workdir, result
+
+
+def test_train_writes_checkpoints_logs_metrics_and_heatmaps(trained):
+    workdir, result = trained
+    for name in ("config.json", "splits.json", "metrics.json", "metrics.md", "heatmaps_test_patches.png"):
+        assert os.path.isfile(os.path.join(workdir, name)), name
+    assert glob.glob(os.path.join(workdir, "events.out.tfevents.*"))
+    assert os.listdir(os.path.join(workdir, "checkpoints")) and os.listdir(os.path.join(workdir, "best"))
+    report = json.load(open(os.path.join(workdir, "metrics.json")))
+    test = report["test"]
+    for key in ("roc_auc", "accuracy", "precision", "recall", "f1", "seconds_per_patch"):
+        assert isinstance(test[key], float), key
+    assert 0 <= test["roc_auc"] <= 1 and test["seconds_per_patch"] > 0
+    assert test["n_anomalous"] > 0 and test["n_normal"] > 0
+    assert "ROC-AUC" in open(os.path.join(workdir, "metrics.md")).read()
+    assert "steps/s" in result.stderr and "ETA" in result.stderr  # progress lines
+    # The job ends with a whole-scan prediction of a test scan.
+    scans = json.load(open(os.path.join(workdir, "predictions", "predictions.json")))
+    assert len(scans) == 1 and os.path.isfile(scans[0]["report"])
+    with Image.open(os.path.join(workdir, "heatmaps_test_patches.png")) as im:
+        assert im.size[0] > 100 and im.size[1] > 100
+
+
+def test_evaluate_reproduces_metrics_from_the_checkpoint_alone(trained, tmp_path):
+    workdir, _ = trained
+    run_cli("--workdir", workdir, "--mode", "evaluate", "--output_dir", str(tmp_path))
+    original = json.load(open(os.path.join(workdir, "metrics.json")))["test"]
+    again = json.load(open(tmp_path / "metrics.json"))["test"]
+    for key in original:
+        if key != "seconds_per_patch":
+            assert again[key] == original[key], key
+
+
+def test_predict_writes_map_overlay_regions_and_report_for_a_16bit_scan(trained, tmp_path):
+    workdir, _ = trained
+    config = json.load(open(os.path.join(workdir, "config.json")))
+    rng = np.random.default_rng(0)
+    scan = (rng.random((150, 230)) * 20000 + 20000).astype(np.uint16)
+    scan[60:80, 100:130] = 65535  # a bright foreign object
+    path = str(tmp_path / "scan16.tif")
+    tifffile.imwrite(path, scan)
+    out = tmp_path / "pred"
+    run_cli("--workdir", workdir, "--mode", "predict", "--inputs", path, "--output_dir", str(out))
+    scan_dir = out / "scan16"
+    anomaly_map = tifffile.imread(scan_dir / "anomaly_map.tif")
+    assert anomaly_map.shape == (150, 230) and anomaly_map.dtype == np.float32
+    assert np.isfinite(anomaly_map).all() and 0 <= anomaly_map.min() and anomaly_map.max() <= 1
+    for name in ("overlay.png", "regions.json", "regions.csv", "report.html"):
+        assert (scan_dir / name).is_file(), name
+    assert config["data"]["patch_size"] == 32
+
+
+def test_predict_on_a_missing_file_names_it(trained, tmp_path):
+    workdir, _ = trained
+    result = subprocess.run([sys.executable, "-m", "xray_flax.main", "--workdir", workdir, "--mode", "predict",
+                             "--inputs", str(tmp_path / "nope.png")], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode != 0 and "nope.png does not exist" in result.stderr
