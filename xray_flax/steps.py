@@ -77,7 +77,7 @@ def train_step(state: TrainState, batch: dict, textures: jax.Array, key: jax.Arr
     (_, (terms, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
 
     finite = jnp.isfinite(terms["loss"]) & jnp.isfinite(grad_norm)
     keep = functools.partial(jax.tree.map, lambda new, old: jnp.where(finite, new, old))
