@@ -3,8 +3,10 @@
   prepare_splits(data_config, workdir) -> Splits        (by image, deterministic, splits.json)
   make_train_iterator(splits, data_config, *, batch_size, seed, process_index, process_count)
       -> grain DatasetIterator of {'image', 'label', 'mask'}; infinite, normal tiles only,
-         reshuffled every epoch, sharded per process, checkpointable (get_state / set_state,
-         grain.checkpoint.CheckpointSave / CheckpointRestore in an orbax Composite).
+         reshuffled every epoch; with several processes, each yields its contiguous slice of
+         every global batch (the global batches do not depend on the process count);
+         checkpointable (get_state / set_state, grain.checkpoint.CheckpointSave /
+         CheckpointRestore in an orbax Composite).
   iterate_eval_batches(splits, split, data_config, *, batch_size) -> Iterator[dict]
       all tiles of 'val' / 'test' in a fixed order, with 'scan_index', 'y', 'x'.
   count_tiles(splits, split, data_config) -> int
@@ -192,15 +194,20 @@ def make_train_dataset(splits: Splits, data_config, *, batch_size: int, seed: in
   if len(source) == 0:
     raise readers.EmptySplitError(splits.root or "<data>", "the train split has no normal tiles "
                                   "(all background, anomalous or unlabelled)")
+  if process_index not in range(process_count):
+    raise ValueError(f"process_index={process_index} is not in range(process_count={process_count})")
+  # Every process shuffles the same global sequence of tiles (same seed) and cuts it into
+  # chunks of its per-process batch; global batch g is chunks g*P .. g*P+P-1, and process p
+  # reads only chunk g*P+p. make_array_from_process_local_data concatenates the chunks in
+  # process order, so the global batch is the same for any number of processes (1 process
+  # with batch B sees exactly what P processes with B/P each see together), so runs on any
+  # number of hosts are comparable. Data must be readable by every host (a shared disk).
+  # Slicing a lazy MapDataset only selects indices: no process reads another's tiles.
   ds = grain.MapDataset.source(source)
-  if process_count > 1:
-    # Shard before shuffling: every process owns a fixed, disjoint set of tiles.
-    ds = ds[process_index::process_count]
-    if len(ds) == 0:
-      raise readers.EmptySplitError(splits.root or "<data>",
-                                    f"process {process_index} of {process_count} got no tiles")
   ds = ds.shuffle(seed=_shuffle_seed(data_config, seed)).repeat()  # new order every epoch
   ds = ds.map(_train_example).batch(batch_size, drop_remainder=True)
+  if process_count > 1:
+    ds = ds[process_index::process_count]
   read = grain.ReadOptions(num_threads=max(int(data_config.read_threads), 1),
                            prefetch_buffer_size=max(int(data_config.prefetch), 1))
   it_ds = ds.to_iter_dataset(read)
