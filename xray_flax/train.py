@@ -187,8 +187,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
                 f"config.optim.learning_rate or check the input data for NaNs.")
         return scalars
 
-    log.info("training steps %d..%d, global batch %d on %d device(s)", step, num_steps,
-             config.train.batch_size, mesh.devices.size)
+    # Step metrics come out of the jitted step already reduced over the global batch (every
+    # device of every process) and replicated, so each process sees the same values and all
+    # stop together on a non-finite loss; only process 0 writes summaries and logs progress.
+    log.info("training steps %d..%d, global batch %d on %d device(s) in %d process(es)", step, num_steps,
+             config.train.batch_size, mesh.devices.size, jax.process_count())
     stop = _StopRequest()
     try:
         while step < num_steps and (halt is None or step < halt):
@@ -225,7 +228,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
                 check_finite()
                 ckpt.save_latest(step, state, train_iter, {"step": step, "seed": config.seed})
                 last_good_step = step
-            if stop.received:
+            if final:
+                # Not `stop.received`: a signal that lands after `final` was decided would
+                # stop without a checkpoint; it is seen at the next step, which then saves.
                 break
     finally:
         # Even when stopping on an error, finish the checkpoint writes already started.
@@ -241,6 +246,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
     test = report["test"]
     log.info("test ROC-AUC %.4f | accuracy %.4f | F1 %.4f | %.4f s/patch", test["roc_auc"],
              test["accuracy"], test["f1"], test["seconds_per_patch"])
+    if config.train.predict_test_scans and jax.process_count() == 1:
+        predict.predict(config, workdir, [record.path for record in splits.test[: config.train.predict_test_scans]])
     return report
 
 

@@ -1,0 +1,84 @@
+"""Shared by tests/test_distributed.py and tests/test_preemption.py: run the command line
+(one process or several through launch/local.py) on the tiny config, and read back what a
+workdir holds (checkpoints, logged losses)."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+
+from xray_flax import checkpoint, steps
+from xray_flax.models import registry
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def cli_env(devices: int | None = None) -> dict[str, str]:
+    """Environment of a training subprocess: CPU, the test session's compilation cache."""
+    env = dict(os.environ)
+    env["JAX_PLATFORMS"] = "cpu"
+    env["XRAY_FLAX_JAX_CACHE"] = os.environ.get("XRAY_FLAX_TEST_JAX_CACHE",
+                                                os.path.join(REPO, ".pytest_cache", "jax"))
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}" if devices else ""
+    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    return env
+
+
+def tiny_args(workdir: str, simulated_cache: str, **train) -> list[str]:
+    args = ["--config", "configs/tiny.py", "--workdir", workdir,
+            f"--config.data.simulated.cache_dir={simulated_cache}",
+            "--config.train.predict_test_scans=0", "--config.train.image_summary_every=0"]
+    return args + [f"--config.train.{k}={v}" for k, v in train.items()]
+
+
+def run_cli(args: list[str], devices: int | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "xray_flax.main", *args], cwd=REPO, env=cli_env(devices),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def run_local_launcher(num_processes: int, args: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "launch/local.py", f"--num_processes={num_processes}", "--", *args],
+                          cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def latest_state(workdir: str, step: int | None = None):
+    """(step, TrainState) of a checkpoint in workdir/checkpoints (default: the latest), restored
+    onto this process's first device whatever topology wrote it."""
+    with open(os.path.join(workdir, "config.json")) as f:
+        config = ml_collections.ConfigDict(json.load(f))
+    model = registry.build_model(config.model, config.data.channels)
+    tx = steps.make_optimizer(config.optim, config.train.num_steps)
+    abstract = steps.abstract_state(model, tx, config.data.patch_size, config.data.channels,
+                                    jax.sharding.SingleDeviceSharding(jax.devices()[0]))
+    manager = ocp.CheckpointManager(os.path.join(workdir, checkpoint.LATEST_DIR))
+    step = manager.latest_step() if step is None else step
+    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
+    manager.close()
+    return step, restored["state"]
+
+
+def logged_scalars(workdir: str, tag: str) -> dict[int, float]:
+    """{step: value} of one scalar from the TensorBoard event files in workdir (process 0 writes)."""
+    from tensorboard.backend.event_processing import event_file_loader  # pylint: disable=g-import-not-at-top
+    from tensorboard.util import tensor_util  # pylint: disable=g-import-not-at-top
+
+    values = {}
+    for path in sorted(glob.glob(os.path.join(workdir, "events.out.tfevents.*"))):
+        for event in event_file_loader.EventFileLoader(path).Load():
+            for value in event.summary.value:
+                if value.tag == tag:
+                    values[event.step] = float(tensor_util.make_ndarray(value.tensor))
+    return values
+
+
+def logged_losses(workdir: str) -> list[float]:
+    """Per-step training losses in step order (the run must log every step)."""
+    losses = logged_scalars(workdir, "loss")
+    return [losses[s] for s in sorted(losses)]

@@ -1,0 +1,78 @@
+"""Preemption: SIGTERM mid-run saves a checkpoint and exits 0; the same command then finishes
+the run, and the result equals an uninterrupted run bit for bit (one process: per-step keys
+are fold_in(seed, step) and the Grain iterator state is restored with the model)."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+import distributed_helpers as helpers
+
+NUM_STEPS = 40
+
+
+def train_args(workdir: str, cache: str) -> list[str]:
+    return helpers.tiny_args(workdir, cache, num_steps=NUM_STEPS, log_every=1, checkpoint_every=10,
+                             eval_every=1000, keep_checkpoints=2)
+
+
+def run_until_terminated(args: list[str], after_step: int, timeout: float = 120) -> tuple[int, str]:
+    """Start training, send SIGTERM once `after_step` is logged; (exit status, stderr)."""
+    proc = subprocess.Popen([sys.executable, "-m", "xray_flax.main", *args], cwd=helpers.REPO,
+                            env=helpers.cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines, sent = [], False
+    deadline = time.monotonic() + timeout
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if not sent and re.search(rf"\] step {after_step}/{NUM_STEPS} ", line):
+                proc.send_signal(signal.SIGTERM)
+                sent = True
+            if time.monotonic() > deadline:
+                break
+        status = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert sent, "the run ended before it logged step %d:\n%s" % (after_step, "".join(lines[-30:]))
+    return status, "".join(lines)
+
+
+@pytest.mark.slow
+def test_sigterm_saves_and_the_same_command_resumes_exactly(tmp_path):
+    cache = str(tmp_path.parent / "simulated")
+    interrupted = str(tmp_path / "interrupted")
+    status, output = run_until_terminated(train_args(interrupted, cache), after_step=3)
+    assert status == 0, output[-4000:]
+    assert "saving a checkpoint and stopping" in output
+    stopped_at, _ = helpers.latest_state(interrupted)
+    assert 3 <= stopped_at < NUM_STEPS, output[-4000:]
+    assert not os.path.exists(os.path.join(interrupted, "metrics.json"))  # not evaluated yet
+
+    resumed = helpers.run_cli(train_args(interrupted, cache))
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    assert f"resumed from step {stopped_at}" in resumed.stderr
+
+    uninterrupted = str(tmp_path / "uninterrupted")
+    reference = helpers.run_cli(train_args(uninterrupted, cache))
+    assert reference.returncode == 0, reference.stderr[-4000:]
+
+    step_a, state_a = helpers.latest_state(interrupted)
+    step_b, state_b = helpers.latest_state(uninterrupted)
+    assert step_a == step_b == NUM_STEPS
+    leaves_a, leaves_b = jax.tree.leaves(state_a), jax.tree.leaves(state_b)
+    assert len(leaves_a) == len(leaves_b)
+    for a, b in zip(leaves_a, leaves_b):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # The loss curve of the two halves joins up into the uninterrupted one, every step logged once.
+    assert sorted(helpers.logged_scalars(interrupted, "loss")) == list(range(1, NUM_STEPS + 1))
+    assert helpers.logged_losses(interrupted) == helpers.logged_losses(uninterrupted)
