@@ -6,9 +6,20 @@
   --mode predict   whole-scan anomaly maps, overlays, regions and HTML reports for --inputs
 
 Any config field can be overridden: --config.train.num_steps=100 --config.data.root=/scans
+
+Several processes (hosts): see launch/ and docs/scaling.md. Under srun (SLURM) or mpirun
+(Open MPI) nothing extra is needed; --distributed on Cloud TPU VMs; otherwise
+--coordinator_address, --num_processes and --process_id in every process.
+
+Compiled programs are cached in ~/.cache/xray_flax/jax (environment variable
+XRAY_FLAX_JAX_CACHE=DIR moves it, XRAY_FLAX_JAX_CACHE= turns it off), so a second run or a
+resumed run does not compile again.
 """
 
 from __future__ import annotations
+
+import logging
+import os
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -25,6 +36,8 @@ _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "Multi-process: 
                                    "(auto-detected on SLURM, Open MPI and Cloud TPU).")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-process: number of processes.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-process: index of this process.")
+_DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Multi-process with JAX's cluster auto-detection even "
+                                 "without SLURM/Open MPI variables (Cloud TPU VM slices: launch/tpu_vm.sh).")
 _VERBOSE = flags.DEFINE_bool("verbose", False, "Also show the INFO logs of orbax, grain and absl.")
 
 
@@ -32,7 +45,16 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logs.configure(_VERBOSE.value)
-    parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    _enable_compilation_cache()
+    try:
+        parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                                        force=_DISTRIBUTED.value)
+    except ValueError as e:
+        raise app.UsageError(str(e)) from e
+    if not parallel.is_main_process():
+        # Every process runs the same loop; only process 0 reports progress (warnings and
+        # errors still come from all of them).
+        logging.getLogger().setLevel(logging.WARNING)
 
     # Imported after jax.distributed is initialised: they query devices at import time.
     from xray_flax import evaluate, predict, train
@@ -51,6 +73,18 @@ def main(argv):
         if not _INPUTS.value:
             raise app.UsageError("--mode predict needs --inputs (scan files, folders or globs)")
         predict.predict(config, _WORKDIR.value, _INPUTS.value, _OUTPUT_DIR.value)
+
+
+def _enable_compilation_cache() -> None:
+    """JAX's persistent compilation cache: reruns, resumed runs and evaluations skip compiling."""
+    cache = os.environ.get("XRAY_FLAX_JAX_CACHE", os.path.join("~", ".cache", "xray_flax", "jax"))
+    if not cache:
+        return
+    import jax  # pylint: disable=g-import-not-at-top
+
+    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(cache))
+    # Only programs that took a while to compile are worth a disk entry.
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
 if __name__ == "__main__":

@@ -21,12 +21,22 @@ DATA_AXIS = "data"
 
 
 def make_mesh(mesh_config: ml_collections.ConfigDict) -> Mesh:
-    """A 1-D mesh over `mesh_config.data` devices (-1: all devices of all processes)."""
+    """A mesh with a `data` axis over `mesh_config.data` devices (-1: all devices of all processes).
+
+    Devices are ordered by process, so each process's devices hold one contiguous slice of
+    the global batch (what make_array_from_process_local_data and the per-process Grain
+    slices expect). A second axis (e.g. `model` for sharding large layers) would be another
+    entry of the mesh shape; every array spec here names only `data`, so it would stay
+    replicated along the new axis until a layer asks for more.
+    """
     n = jax.device_count() if mesh_config.data in (-1, None) else int(mesh_config.data)
     if n < 1 or n > jax.device_count():
         raise ValueError(f"config.mesh.data={mesh_config.data} but {jax.device_count()} devices are visible")
-    devices = np.asarray(jax.devices()[:n])
-    return Mesh(devices, (DATA_AXIS,))
+    if jax.process_count() > 1 and n != jax.device_count():
+        raise ValueError(f"config.mesh.data={mesh_config.data}: a run of {jax.process_count()} processes uses "
+                         f"all {jax.device_count()} devices; set config.mesh.data=-1")
+    devices = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))[:n]
+    return Mesh(np.asarray(devices), (DATA_AXIS,))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -57,25 +67,42 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
 
 
 def _cluster_size_from_environment() -> int:
-    """Processes a cluster launcher started (SLURM, Open MPI, Cloud TPU pod), 1 if none."""
-    for var in ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE"):
+    """Processes a cluster launcher started (SLURM's srun, Open MPI's mpirun), 1 if none.
+
+    Cloud TPU VMs give their worker count only through the metadata server, so they need
+    an explicit request (main.py --distributed; launch/tpu_vm.sh passes it).
+    """
+    for var in ("SLURM_STEP_NUM_TASKS", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE"):
         if os.environ.get(var, "").isdigit():
             return int(os.environ[var])
     hosts = os.environ.get("TPU_WORKER_HOSTNAMES", "")
     return len(hosts.split(",")) if hosts else 1
 
 
-def initialize_distributed(coordinator_address: str | None, num_processes: int | None,
-                           process_id: int | None) -> None:
+def initialize_distributed(coordinator_address: str | None = None, num_processes: int | None = None,
+                           process_id: int | None = None, force: bool = False) -> bool:
     """Start jax.distributed when this is one of several processes; must run before any JAX op.
 
-    Explicit flags win; otherwise JAX's own cluster detection (SLURM, Open MPI, Cloud TPU)
-    fills in the coordinator, the process count and the id. A single process does nothing.
+    Explicit arguments win; whatever is left out, JAX's own cluster detection fills in
+    (SLURM, Open MPI, Cloud TPU VM, Kubernetes). Without arguments, a launcher's variables
+    or `force`, this is a single process and nothing happens. Returns whether it started.
     """
-    explicit = bool(coordinator_address) or (num_processes or 1) > 1
-    if not explicit and _cluster_size_from_environment() <= 1:
-        return
-    # Cross-process collectives on CPU need gloo; the setting is ignored by GPU/TPU backends.
+    explicit = bool(coordinator_address) or (num_processes or 1) > 1 or process_id is not None
+    if not (explicit or force) and _cluster_size_from_environment() <= 1:
+        return False
+    if explicit and not (coordinator_address and num_processes and process_id is not None):
+        raise ValueError("multi-process flags go together: --coordinator_address=HOST:PORT (of process 0), "
+                         "--num_processes=N and --process_id=I (0..N-1), the same address and count in "
+                         "every process; or none of them under SLURM, Open MPI or on a Cloud TPU VM")
+    if explicit and not 0 <= process_id < num_processes:
+        raise ValueError(f"--process_id={process_id} must be in 0..{num_processes - 1} (--num_processes)")
+    # Cross-process collectives on CPU need gloo; GPU and TPU backends ignore the setting.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
                                process_id=process_id)
+    return True
+
+
+def is_main_process() -> bool:
+    """Process 0 writes files and logs progress; every process runs every collective."""
+    return jax.process_index() == 0
