@@ -95,6 +95,18 @@ def open_reader(path: str):
 
 
 def peak_rss_mib() -> float:
+    """Peak resident memory of this process since it started.
+
+    Linux carries ru_maxrss over execve (it would report the parent's peak, e.g. a test
+    runner's), so read the address space's own high-water mark, VmHWM, where it exists.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0  # kB
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
 
 
