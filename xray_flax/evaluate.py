@@ -11,6 +11,7 @@ import dataclasses
 import json
 import logging
 import os
+import time
 from typing import Any
 
 import jax
@@ -41,9 +42,15 @@ class SplitScores:
 
 def score_split(infer: Inferencer, splits: Any, split: str, config: ml_collections.ConfigDict,
                 keep_gallery: int = 0) -> SplitScores:
-    """Anomaly maps and image scores of every tile of a split, in a deterministic order."""
+    """Anomaly maps and image scores of every tile of a split, in a deterministic order.
+
+    Memory stays bounded on large splits: pixel maps are subsampled, and only the
+    candidates of the gallery (the best-scored anomalous and normal tiles) are kept.
+    """
+    total = pipeline.count_tiles(splits, split, config.data)
     labels, scores, maps, masks = [], [], [], []
-    kept: dict[str, list] = {"image": [], "reconstruction": [], "map": [], "mask": [], "label": [], "score": []}
+    kept: dict[str, np.ndarray] = {}
+    done, next_report, start = 0, 0.25, time.perf_counter()
     for batch in pipeline.iterate_eval_batches(splits, split, config.data, batch_size=infer.batch_size):
         batch_maps, batch_scores, recon = infer(batch["image"])
         labels.append(batch["label"])
@@ -54,24 +61,37 @@ def score_split(infer: Inferencer, splits: Any, split: str, config: ml_collectio
                 maps.append(batch_maps[i, ::step, ::step])
                 masks.append(batch["mask"][i, ::step, ::step, 0] > 0.5)
         if keep_gallery:
-            for key, value in (("image", batch["image"]), ("reconstruction", recon), ("map", batch_maps),
-                               ("mask", batch["mask"][..., 0]), ("label", batch["label"]), ("score", batch_scores)):
-                kept[key].append(value)
+            candidates = {"image": batch["image"], "reconstruction": recon, "map": batch_maps,
+                          "mask": batch["mask"][..., 0], "label": batch["label"], "score": batch_scores}
+            kept = _best_of_each_class([kept, candidates] if kept else [candidates], keep_gallery)
+        done += len(batch_scores)
+        if total and done / total >= next_report and done < total:
+            next_report += 0.25
+            log.info("%s split: %d/%d tiles scored (%.0f tiles/s)", split, done, total,
+                     done / (time.perf_counter() - start))
     if not labels:
         raise ValueError(f"the {split!r} split has no tiles; check config.data (split fractions, patch size)")
-    labels_arr, scores_arr = np.concatenate(labels), np.concatenate(scores)
-    return SplitScores(labels_arr, scores_arr, maps, masks,
-                       _pick_gallery(kept, keep_gallery) if keep_gallery else {})
+    return SplitScores(np.concatenate(labels), np.concatenate(scores), maps, masks,
+                       _gallery_rows(kept, keep_gallery) if kept else {})
 
 
-def _pick_gallery(kept: dict[str, list], rows: int) -> dict[str, np.ndarray]:
-    """The highest-scored anomalous tiles and the highest-scored normal tiles, half each."""
-    arrays = {k: np.concatenate(v) for k, v in kept.items()}
+def _best_of_each_class(parts: list[dict[str, np.ndarray]], rows: int) -> dict[str, np.ndarray]:
+    """The `rows` highest-scored anomalous and `rows` highest-scored other tiles of `parts`."""
+    arrays = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     order = np.argsort(-arrays["score"], kind="stable")
-    anomalous = [i for i in order if arrays["label"][i] == 1][: (rows + 1) // 2]
-    normal = [i for i in order if arrays["label"][i] != 1][: rows - len(anomalous)]
-    chosen = np.asarray(anomalous + normal, int)
+    anomalous = order[arrays["label"][order] == 1][:rows]
+    other = order[arrays["label"][order] != 1][:rows]
+    chosen = np.concatenate([anomalous, other])
     return {k: v[chosen] for k, v in arrays.items()}
+
+
+def _gallery_rows(candidates: dict[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
+    """Half the rows for the best-scored anomalous tiles, the rest for the best normal ones."""
+    is_anomalous = candidates["label"] == 1
+    anomalous = np.flatnonzero(is_anomalous)[: (rows + 1) // 2]
+    other = np.flatnonzero(~is_anomalous)[: rows - len(anomalous)]
+    chosen = np.concatenate([anomalous, other])
+    return {k: v[chosen] for k, v in candidates.items()}
 
 
 def restore_model(config: ml_collections.ConfigDict, workdir: str, mesh) -> tuple[Any, dict, dict, str]:
