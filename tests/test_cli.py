@@ -86,3 +86,13 @@ def test_predict_on_a_missing_file_names_it(trained, tmp_path):
     result = subprocess.run([sys.executable, "-m", "xray_flax.main", "--workdir", workdir, "--mode", "predict",
                              "--inputs", str(tmp_path / "nope.png")], cwd=REPO, capture_output=True, text=True)
     assert result.returncode != 0 and "nope.png does not exist" in result.stderr
+
+
+def test_evaluate_any_saved_checkpoint(trained, tmp_path):
+    workdir, _ = trained
+    cache = json.load(open(os.path.join(workdir, "config.json")))["data"]["simulated"]["cache_dir"]
+    run_cli("--config", "configs/tiny.py", "--workdir", workdir, "--mode", "evaluate", "--output_dir", str(tmp_path),
+            f"--config.data.simulated.cache_dir={cache}",
+            f"--config.eval.checkpoint={os.path.join(workdir, 'checkpoints', '3')}")
+    report = json.load(open(tmp_path / "metrics.json"))
+    assert report["step"] == 3 and report["checkpoint"].endswith(os.path.join("checkpoints", "3"))

@@ -86,8 +86,31 @@ class Checkpointer:
         self.best.close()
 
 
-def restore_for_inference(workdir: str, abstract_state: Any) -> tuple[Any, dict, str]:
-    """The best checkpoint of a workdir (or the latest when no best was kept): (state, meta, path)."""
+def _restore_step(directory: str, step: int, abstract_state: Any) -> tuple[Any, dict]:
+    manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False))
+    try:
+        restored = manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+    except Exception as e:  # orbax raises several types for corrupt or mismatched files
+        raise CheckpointError(f"could not restore {directory}/{step}: {e}. If the config differs from the "
+                              "one the checkpoint was trained with (widths, levels, channels), pass that "
+                              "config (it is saved as config.json in the workdir).") from e
+    finally:
+        manager.close()
+    return restored["state"], dict(restored["meta"])
+
+
+def restore_for_inference(workdir: str, abstract_state: Any, checkpoint: str = "") -> tuple[Any, dict, str]:
+    """(state, meta, path) of `checkpoint` (a step directory such as <workdir>/checkpoints/300)
+    or, when it is empty, of the best checkpoint of `workdir` (the latest when no best was kept)."""
+    if checkpoint:
+        path = os.path.abspath(checkpoint)
+        name = os.path.basename(path.rstrip("/"))
+        if not os.path.isdir(path) or not name.isdigit():
+            raise CheckpointError(f"checkpoint {checkpoint} is not a step directory of a checkpoint folder "
+                                  f"(expected e.g. {os.path.join(workdir, LATEST_DIR, '300')})")
+        state, meta = _restore_step(os.path.dirname(path), int(name), abstract_state)
+        return state, meta, path
     for sub in (BEST_DIR, LATEST_DIR):
         directory = os.path.join(os.path.abspath(workdir), sub)
         if not os.path.isdir(directory):
@@ -95,17 +118,10 @@ def restore_for_inference(workdir: str, abstract_state: Any) -> tuple[Any, dict,
         manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False))
         step = manager.best_step() if sub == BEST_DIR else manager.latest_step()
         step = manager.latest_step() if step is None else step
+        manager.close()
         if step is None:
-            manager.close()
             continue
-        try:
-            restored = manager.restore(step, args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
-        except Exception as e:  # orbax raises several types for corrupt or mismatched files
-            raise CheckpointError(f"could not restore {directory}/{step}: {e}") from e
-        finally:
-            manager.close()
-        return restored["state"], dict(restored["meta"]), os.path.join(directory, str(step))
+        state, meta = _restore_step(directory, step, abstract_state)
+        return state, meta, os.path.join(directory, str(step))
     raise CheckpointError(f"no checkpoint in {os.path.abspath(workdir)} (looked for {BEST_DIR}/ and "
                           f"{LATEST_DIR}/); train first with --mode train --workdir {workdir}")
-

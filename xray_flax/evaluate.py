@@ -100,7 +100,7 @@ def restore_model(config: ml_collections.ConfigDict, workdir: str, mesh) -> tupl
     tx = steps.make_optimizer(config.optim, config.train.num_steps)
     abstract = steps.abstract_state(model, tx, config.data.patch_size, config.data.channels,
                                     parallel.replicated(mesh))
-    state, meta, path = checkpoint.restore_for_inference(workdir, abstract)
+    state, meta, path = checkpoint.restore_for_inference(workdir, abstract, config.eval.get("checkpoint", ""))
     return model, state_variables(state), meta, path
 
 

@@ -21,6 +21,10 @@ def defaults() -> ml_collections.ConfigDict:
     """Returns the `config.eval` section with every field documented inline."""
     cfg = ml_collections.ConfigDict()
 
+    # Checkpoint evaluated and used by predict: a step directory such as
+    # <workdir>/checkpoints/300; '' = the workdir's best (by validation ROC-AUC).
+    cfg.checkpoint = ''
+
     # --- image-level score: max of the mean-filtered anomaly map -----------------------
     # Side of the square mean filter (odd, stride 1, zero 'same' padding, divisor = full
     # window like torch avg_pool2d(count_include_pad=True)). 0 => scale DRAEM's 21 @ 256 px
