@@ -125,10 +125,15 @@ def main(argv=None) -> dict:
     p.add_argument("--skip-infer", action="store_true")
     p.add_argument("--max-foreign", type=float, default=0.05)
     p.add_argument("--wait-idle", type=float, default=900.0)
+    p.add_argument("--cache-dir", default="", help="persistent XLA compilation cache (second run: no recompile)")
+    p.add_argument("--compile-only", action="store_true", help="record compile times and FLOPs, time nothing")
     p.add_argument("--tag", default="", help="appended to the model name, e.g. an XLA flag being tried")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
 
+    if args.cache_dir:
+        jax.config.update("jax_compilation_cache_dir", args.cache_dir)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
     channels = args.channels or DEFAULT_CHANNELS[args.config]
     config = load_config(args.config, args.compute_dtype, channels)
     bench = ModelBench(config)
@@ -144,6 +149,12 @@ def main(argv=None) -> dict:
     rows, flops = [], {}
     for mode, size, batch in plan:
         fn, info = (bench.make_train if mode == "train" else bench.make_infer)(batch, size)
+        if args.compile_only:
+            rows.append({"mode": mode, "size": size, "batch": batch, "compile_s": info["compile_s"],
+                         "xla_flops_per_call": info["xla_flops_per_call"], "cache_dir": args.cache_dir})
+            print(f"[{MODEL_NAMES[args.config]}] {mode} size={size} batch={batch}: compile {info['compile_s']:.1f} s",
+                  flush=True)
+            continue
         times, contention = common.time_calls(fn, args.warmup, args.repeats, max_foreign=args.max_foreign,
                                               wait_idle_s=args.wait_idle)
         row = {"mode": mode, "size": size, "batch": batch, "warmup": args.warmup, "repeats": args.repeats,

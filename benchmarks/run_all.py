@@ -81,6 +81,9 @@ def main() -> None:
     p.add_argument("--skip-extras", action="store_true", help="skip synthesis and pipeline benches")
     p.add_argument("--skip-ours", action="store_true", help="only redo the peer side + tables")
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--batches", default="1", help="our train/infer batches (comma list)")
+    p.add_argument("--peer-batches", default="1",
+                   help="peer train/infer batches; batch 1 is the peers' best here (../shared/peers/RESULTS.md)")
     p.add_argument("--wait-idle", type=float, default=900.0)
     p.add_argument("--peers-on-gpu-host", action="store_true")
     args = p.parse_args()
@@ -114,7 +117,8 @@ def main() -> None:
         if not args.skip_ours:
             infer_sizes = sizes if config == "paper" else "256"
             run([py, os.path.join(HERE, "bench_model.py"), "--config", config, "--compute-dtype", dtype,
-                 "--infer-sizes", infer_sizes, "--repeats", repeats, *guard, "--out", out(name)],
+                 "--infer-sizes", infer_sizes, "--train-batches", args.batches, "--infer-batches", args.batches,
+                 "--repeats", repeats, *guard, "--out", out(name)],
                 out(name.replace(".json", ".log")))
         if os.path.exists(out(name)):
             ours.append((config, out(name)))
@@ -133,7 +137,8 @@ def main() -> None:
             peer_runs.append(("draem", "draem_torch_bench.py", "draem_torch.json"))
         for config, script, name in peer_runs:
             cmd = [args.peer_python, os.path.join(args.peers_dir, script), "--repeats", repeats,
-                   "--train-batches", "1,4", "--infer-sizes", sizes if config == "paper" else "256",
+                   "--train-batches", args.peer_batches, "--infer-batches", args.peer_batches,
+                   "--infer-sizes", sizes if config == "paper" else "256",
                    "--wait-idle", str(args.wait_idle), "--out", out(name)]
             if run(cmd, out(name.replace(".json", ".log"))) == 0:
                 peer_files[config] = out(name)
