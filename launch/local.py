@@ -18,7 +18,9 @@ interpreter, sys.executable); a free TCP port on 127.0.0.1 (picked automatically
 
 Signals: SIGTERM or SIGINT to the launcher is passed to every process; JAX's coordination
 service turns it into a preemption notice, and all processes save the same step and exit 0.
-If one process fails, the others are stopped (they would otherwise wait for it forever).
+If one process fails, the others get SIGTERM and, 10 s later, SIGKILL (a process blocked in a
+collective waiting for the failed one cannot stop by itself); if the launcher itself is killed,
+the kernel kills the processes too (Linux).
 Exit status: 0 when every process exits 0, else the first non-zero status.
 """
 
@@ -50,14 +52,25 @@ def process_environment(devices_per_process: int) -> dict[str, str]:
     return env
 
 
+def _die_with_the_launcher() -> None:
+    """Linux: the kernel kills a process when the launcher dies, even by SIGKILL (a test timeout),
+    so no training process is left waiting forever for a collective."""
+    if sys.platform.startswith("linux"):
+        import ctypes  # pylint: disable=g-import-not-at-top
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
 def launch(num_processes: int, main_args: list[str], devices_per_process: int = 1, port: int = 0,
-           grace_seconds: float = 30.0) -> int:
+           grace_seconds: float = 10.0) -> int:
     """Run the processes to the end; returns the exit status (see the module docstring)."""
     address = f"127.0.0.1:{port or free_port()}"
     env = process_environment(devices_per_process)
     procs = [subprocess.Popen([sys.executable, "-m", "xray_flax.main", *main_args,
                                f"--coordinator_address={address}", f"--num_processes={num_processes}",
-                               f"--process_id={i}"], cwd=REPO, env=env)
+                               f"--process_id={i}"], cwd=REPO, env=env,
+                              preexec_fn=_die_with_the_launcher)
              for i in range(num_processes)]
 
     def forward(signum, frame):

@@ -45,7 +45,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logs.configure(_VERBOSE.value)
-    _enable_compilation_cache()
+    parallel.enable_compilation_cache()
     try:
         parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
                                         force=_DISTRIBUTED.value)
@@ -56,10 +56,25 @@ def main(argv):
         # errors still come from all of them).
         logging.getLogger().setLevel(logging.WARNING)
 
+    try:
+        _run(_CONFIG.value)
+    except Exception:  # pylint: disable=broad-except
+        import jax  # pylint: disable=g-import-not-at-top
+
+        if jax.process_count() == 1:
+            raise
+        # A normal exit would wait in JAX's shutdown barrier for the other processes, which
+        # wait in a collective for this one: report, then leave at once, so that srun or
+        # launch/local.py sees the failure and stops the others.
+        logging.exception("process %d of %d failed", jax.process_index(), jax.process_count())
+        logging.shutdown()
+        os._exit(1)  # pylint: disable=protected-access
+
+
+def _run(config) -> None:
     # Imported after jax.distributed is initialised: they query devices at import time.
     from xray_flax import evaluate, predict, train
 
-    config = _CONFIG.value
     if _MODE.value == "train":
         if config is None:
             raise app.UsageError("--mode train needs --config (e.g. --config configs/default.py)")
@@ -73,18 +88,6 @@ def main(argv):
         if not _INPUTS.value:
             raise app.UsageError("--mode predict needs --inputs (scan files, folders or globs)")
         predict.predict(config, _WORKDIR.value, _INPUTS.value, _OUTPUT_DIR.value)
-
-
-def _enable_compilation_cache() -> None:
-    """JAX's persistent compilation cache: reruns, resumed runs and evaluations skip compiling."""
-    cache = os.environ.get("XRAY_FLAX_JAX_CACHE", os.path.join("~", ".cache", "xray_flax", "jax"))
-    if not cache:
-        return
-    import jax  # pylint: disable=g-import-not-at-top
-
-    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(cache))
-    # Only programs that took a while to compile are worth a disk entry.
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
 if __name__ == "__main__":

@@ -66,6 +66,22 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
     return jax.device_put(tree, replicated(mesh))
 
 
+def enable_compilation_cache() -> str | None:
+    """JAX's persistent compilation cache, so reruns, resumed runs and evaluations skip compiling.
+
+    ~/.cache/xray_flax/jax unless the environment variable XRAY_FLAX_JAX_CACHE names another
+    folder; XRAY_FLAX_JAX_CACHE= (empty) turns it off. Returns the folder or None.
+    """
+    cache = os.environ.get("XRAY_FLAX_JAX_CACHE", os.path.join("~", ".cache", "xray_flax", "jax"))
+    if not cache:
+        return None
+    cache = os.path.expanduser(cache)
+    jax.config.update("jax_compilation_cache_dir", cache)
+    # Only programs that took a while to compile are worth a disk entry.
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    return cache
+
+
 def _cluster_size_from_environment() -> int:
     """Processes a cluster launcher started (SLURM's srun, Open MPI's mpirun), 1 if none.
 

@@ -115,7 +115,9 @@ def prepare_splits(data_config, workdir: str | None) -> "Splits":
         if json.load(f) != new:
           logging.warning("%s differs from the split computed now (data or config changed); "
                           "overwriting it", path)
-    tmp = path + ".tmp"
+    # Every process of a multi-host run writes the same file: a tmp name of its own each,
+    # then an atomic rename.
+    tmp = f"{path}.{os.getpid()}.tmp"
     with open(tmp, "w") as f:
       json.dump(new, f, indent=1)
     os.replace(tmp, path)
