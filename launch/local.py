@@ -16,8 +16,9 @@ Expects: run from anywhere with the Python that has xray_flax installed (it uses
 interpreter, sys.executable); a free TCP port on 127.0.0.1 (picked automatically unless
 --port). The workdir is shared by all processes (one local disk).
 
-Signals: SIGTERM or SIGINT to the launcher is passed to every process; JAX's coordination
-service turns it into a preemption notice, and all processes save the same step and exit 0.
+Signals: SIGTERM or SIGINT (Ctrl-C) to the launcher reaches every process as SIGTERM; JAX's
+coordination service turns it into a preemption notice, and all processes save the same step
+and exit 0; the same command resumes.
 If one process fails, the others get SIGTERM and, 10 s later, SIGKILL (a process blocked in a
 collective waiting for the failed one cannot stop by itself); if the launcher itself is killed,
 the kernel kills the processes too (Linux).
@@ -70,13 +71,15 @@ def launch(num_processes: int, main_args: list[str], devices_per_process: int = 
     procs = [subprocess.Popen([sys.executable, "-m", "xray_flax.main", *main_args,
                                f"--coordinator_address={address}", f"--num_processes={num_processes}",
                                f"--process_id={i}"], cwd=REPO, env=env,
-                              preexec_fn=_die_with_the_launcher)
+                              preexec_fn=_die_with_the_launcher,
+                              start_new_session=True)  # a terminal's Ctrl-C reaches the launcher only
              for i in range(num_processes)]
 
     def forward(signum, frame):
+        # Ctrl-C too becomes SIGTERM: the processes save a checkpoint and stop together.
         for p in procs:
             if p.poll() is None:
-                p.send_signal(signum)
+                p.send_signal(signal.SIGTERM)
 
     previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
     try:

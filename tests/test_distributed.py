@@ -8,7 +8,7 @@ runs compute the same function up to reduction order: the first loss must agree 
 (per-device, unsynchronised BatchNorm statistics move it by ~1e-2). Adam then turns float
 noise into lr-sized steps of random sign wherever a gradient is exactly zero in exact
 arithmetic (conv biases before BatchNorm), so later parameters drift apart chaotically
-while the losses stay within ~1e-4; the test compares the loss curve, the parameters after
+while the losses stay within ~3e-4; the test compares the loss curve, the parameters after
 the first step, and how far the final parameters differ relative to how far training moved
 them.
 """
@@ -155,7 +155,7 @@ def test_two_processes_preempted_and_resumed_train_like_one_process(one_process_
     losses_2 = helpers.logged_losses(workdir)
     assert len(losses_1) == len(losses_2) == NUM_STEPS
     np.testing.assert_allclose(losses_2[0], losses_1[0], rtol=1e-6)
-    np.testing.assert_allclose(losses_2, losses_1, rtol=1e-3)
+    np.testing.assert_allclose(losses_2, losses_1, rtol=2e-3)  # measured: <= 3e-4
 
     # After one step: equal wherever the gradient is not float noise; elsewhere Adam's first
     # step is +-lr (see the module docstring).
