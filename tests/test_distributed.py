@@ -15,6 +15,7 @@ them.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import re
@@ -171,6 +172,9 @@ def test_two_processes_preempted_and_resumed_train_like_one_process(one_process_
     end_2 = flat_params(helpers.latest_state(workdir)[1])
     assert np.linalg.norm(end_2 - end_1) < 0.5 * np.linalg.norm(end_1 - start)
 
+    # Summaries come from process 0 only: one event file per run (stopped, resumed).
+    assert len(glob.glob(os.path.join(workdir, "events.out.tfevents.*"))) == 2
+    assert not glob.glob(os.path.join(workdir, "*.tmp"))
     # Evaluation ran on process 0's files only once, after the resumed run.
     with open(os.path.join(workdir, "metrics.json")) as f:
         assert json.load(f)["step"] is not None
