@@ -47,6 +47,73 @@ def scaled_width(base: int, multiplier: float) -> int:
     return max(1, int(round(base * multiplier)))
 
 
+# XLA:CPU computes a 3x3 conv's weight gradient as one convolution that contracts over every
+# pixel of the image; at 256-512 px that runs ~5x slower per FLOP than the forward conv
+# (docs/performance.md, benchmarks/bench_conv.py). Summing the weight gradients of row blocks of
+# about this many pixels keeps each contraction cache-sized: 3-4x faster, same result up to
+# float summation order.
+_WGRAD_BLOCK_PIXELS = 4096
+_NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+def _conv3x3_same(x: jax.Array, w: jax.Array) -> jax.Array:
+    return jax.lax.conv_general_dilated(x, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=_NHWC)
+
+
+def _weight_grad_rows(h: int, w: int) -> int:
+    rows = max(1, min(h, _WGRAD_BLOCK_PIXELS // max(w, 1)))
+    return rows if h % rows == 0 else h
+
+
+@jax.custom_vjp
+def conv3x3_same(x: jax.Array, w: jax.Array) -> jax.Array:
+    """3x3, stride 1, zero padding 1, NHWC/HWIO: lax's conv with a row-blocked weight gradient."""
+    return _conv3x3_same(x, w)
+
+
+def _conv3x3_fwd(x, w):
+    return _conv3x3_same(x, w), (x, w)
+
+
+def _conv3x3_bwd(residuals, g):
+    x, w = residuals
+    dx = jax.vjp(lambda x_: _conv3x3_same(x_, w), x)[1](g)[0]
+    b, h, width, cin = x.shape
+    rows = _weight_grad_rows(h, width)
+    padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    zero = jnp.zeros(w.shape, w.dtype)
+
+    def block_grad(start):
+        xb, gb = padded[:, start: start + rows + 2], g[:, start: start + rows]
+        valid = lambda k: jax.lax.conv_general_dilated(xb, k, (1, 1), "VALID", dimension_numbers=_NHWC)  # noqa: E731
+        return jax.vjp(valid, zero)[1](gb)[0].astype(jnp.float32)
+
+    # Unrolled on purpose: inside a fori_loop XLA:CPU runs these convs ~10x slower.
+    dw = sum(block_grad(start) for start in range(0, h, rows))
+    return dx, dw.astype(w.dtype)
+
+
+conv3x3_same.defvjp(_conv3x3_fwd, _conv3x3_bwd)
+
+
+def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                         dimension_numbers=None, feature_group_count=1, precision=None, **kwargs):
+    """Drop-in for lax.conv_general_dilated (nn.Conv's hook): the 3x3 'same' NHWC case that
+    every conv of these networks is goes through conv3x3_same; anything else goes to lax."""
+    plain = lambda: jax.lax.conv_general_dilated(  # noqa: E731
+        lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
+        dimension_numbers=dimension_numbers, feature_group_count=feature_group_count, precision=precision,
+        **kwargs)
+    if (kwargs or precision is not None or feature_group_count != 1 or lhs.ndim != 4 or rhs.shape[:2] != (3, 3)
+            or tuple(window_strides) != (1, 1) or isinstance(padding, str)
+            or tuple(map(tuple, padding)) != ((1, 1), (1, 1))
+            or any(d not in (None, (1, 1)) and tuple(d) != (1, 1) for d in (lhs_dilation, rhs_dilation))
+            or jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+            != jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)):
+        return plain()
+    return conv3x3_same(lhs, rhs)
+
+
 class ConvBNAct(nn.Module):
     """conv3x3 -> BatchNorm -> activation."""
 
@@ -58,7 +125,7 @@ class ConvBNAct(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         x = nn.Conv(self.features, (3, 3), padding=1, kernel_init=conv_kernel_init(self.init_scheme),
-                    dtype=self.dtype, param_dtype=jnp.float32)(x)
+                    dtype=self.dtype, param_dtype=jnp.float32, conv_general_dilated=conv_general_dilated)(x)
         # momentum 0.9 / eps 1e-5 are PyTorch's BatchNorm2d defaults (momentum=0.1 there).
         x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
                          scale_init=bn_scale_init(self.init_scheme), dtype=self.dtype,
