@@ -7,8 +7,11 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
+import time
 
 import jax
 import ml_collections
@@ -46,6 +49,30 @@ def run_cli(args: list[str], devices: int | None = None, timeout: float = 300) -
 def run_local_launcher(num_processes: int, args: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "launch/local.py", f"--num_processes={num_processes}", "--", *args],
                           cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def run_and_terminate(command: list[str], after_step: int, num_steps: int, timeout: float) -> tuple[int, str]:
+    """Start `command` (a training run, from the repository root), send it SIGTERM once it logs
+    step `after_step` of `num_steps`; (exit status, combined output)."""
+    proc = subprocess.Popen(command, cwd=REPO, env=cli_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    lines, sent = [], False
+    deadline = time.monotonic() + timeout
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if not sent and re.search(rf"\] step {after_step}/{num_steps} ", line):
+                proc.send_signal(signal.SIGTERM)
+                sent = True
+            if time.monotonic() > deadline:
+                break
+        status = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    output = "".join(lines)
+    assert sent, f"the run ended before it logged step {after_step}:\n{output[-4000:]}"
+    return status, output
 
 
 def latest_state(workdir: str, step: int | None = None):

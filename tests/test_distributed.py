@@ -19,7 +19,6 @@ import glob
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -106,26 +105,8 @@ def test_single_process_without_a_cluster_does_not_start_jax_distributed(monkeyp
 
 def start_two_processes_and_terminate(args: list[str], after_step: int, timeout: float = 240) -> tuple[int, str]:
     """launch/local.py with 2 processes; SIGTERM to the launcher once `after_step` is logged."""
-    proc = subprocess.Popen([sys.executable, "launch/local.py", "--num_processes=2", "--", *args],
-                            cwd=helpers.REPO, env=helpers.cli_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    lines, sent = [], False
-    deadline = time.monotonic() + timeout
-    try:
-        for line in proc.stdout:
-            lines.append(line)
-            if not sent and re.search(rf"\] step {after_step}/{NUM_STEPS} ", line):
-                proc.send_signal(signal.SIGTERM)
-                sent = True
-            if time.monotonic() > deadline:
-                break
-        status = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    output = "".join(lines)
-    assert sent, f"the run ended before it logged step {after_step}:\n{output[-4000:]}"
-    return status, output
+    return helpers.run_and_terminate([sys.executable, "launch/local.py", "--num_processes=2", "--", *args],
+                                     after_step, NUM_STEPS, timeout)
 
 
 def flat_params(state) -> np.ndarray:

@@ -5,11 +5,7 @@ are fold_in(seed, step) and the Grain iterator state is restored with the model)
 from __future__ import annotations
 
 import os
-import re
-import signal
-import subprocess
 import sys
-import time
 
 import jax
 import numpy as np
@@ -26,25 +22,9 @@ def train_args(workdir: str, cache: str) -> list[str]:
 
 
 def run_until_terminated(args: list[str], after_step: int, timeout: float = 120) -> tuple[int, str]:
-    """Start training, send SIGTERM once `after_step` is logged; (exit status, stderr)."""
-    proc = subprocess.Popen([sys.executable, "-m", "xray_flax.main", *args], cwd=helpers.REPO,
-                            env=helpers.cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines, sent = [], False
-    deadline = time.monotonic() + timeout
-    try:
-        for line in proc.stdout:
-            lines.append(line)
-            if not sent and re.search(rf"\] step {after_step}/{NUM_STEPS} ", line):
-                proc.send_signal(signal.SIGTERM)
-                sent = True
-            if time.monotonic() > deadline:
-                break
-        status = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert sent, "the run ended before it logged step %d:\n%s" % (after_step, "".join(lines[-30:]))
-    return status, "".join(lines)
+    """Start training, send SIGTERM once `after_step` is logged; (exit status, output)."""
+    return helpers.run_and_terminate([sys.executable, "-m", "xray_flax.main", *args], after_step, NUM_STEPS,
+                                     timeout)
 
 
 @pytest.mark.slow

@@ -210,6 +210,11 @@ def make_train_dataset(splits: Splits, data_config, *, batch_size: int, seed: in
   ds = ds.map(_train_example).batch(batch_size, drop_remainder=True)
   if process_count > 1:
     ds = ds[process_index::process_count]
+  return _to_iter_dataset(ds, data_config)
+
+
+def _to_iter_dataset(ds, data_config):
+  """Reading threads and prefetch, and worker processes when config.workers > 0."""
   read = grain.ReadOptions(num_threads=max(int(data_config.read_threads), 1),
                            prefetch_buffer_size=max(int(data_config.prefetch), 1))
   it_ds = ds.to_iter_dataset(read)
@@ -238,12 +243,4 @@ def iterate_eval_batches(splits: Splits, split: str, data_config, *,
   if len(source) == 0:
     return iter(())
   ds = grain.MapDataset.source(source).batch(batch_size, drop_remainder=False)
-  read = grain.ReadOptions(num_threads=max(int(data_config.read_threads), 1),
-                           prefetch_buffer_size=max(int(data_config.prefetch), 1))
-  it_ds = ds.to_iter_dataset(read)
-  if int(data_config.workers) > 0:
-    _ensure_absl_flags_parsed()
-    it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(
-        num_workers=int(data_config.workers),
-        per_worker_buffer_size=max(int(data_config.prefetch), 1)))
-  return iter(it_ds)
+  return iter(_to_iter_dataset(ds, data_config))
