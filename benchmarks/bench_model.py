@@ -86,6 +86,7 @@ class ModelBench:
         t0 = time.perf_counter()
         compiled = step.lower(holder["state"], {"image": images}, textures, jax.random.key(0)).compile()
         info = {"compile_s": time.perf_counter() - t0, "xla_flops_per_call": xla_flops(compiled)}
+        self.last_compiled = compiled  # for profile_step.py
 
         def call():
             holder["i"] += 1
@@ -107,6 +108,7 @@ class ModelBench:
         t0 = time.perf_counter()
         compiled = jax.jit(infer).lower(variables, images).compile()
         info = {"compile_s": time.perf_counter() - t0, "xla_flops_per_call": xla_flops(compiled)}
+        self.last_compiled = compiled  # for profile_step.py
         return (lambda: jax.block_until_ready(compiled(variables, images))), info
 
 
