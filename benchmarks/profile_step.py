@@ -8,19 +8,22 @@ trace it writes (one event per executed XLA thunk, named by its HLO instruction)
 event with that instruction in the optimized HLO (`compiled.as_text()`), so every millisecond is
 put in one bucket:
 
-  conv forward         3x3 convolutions computing activations (YNNPACK fusions)
-  conv input grad      convolutions computing d(loss)/d(input) (kernel flipped: `01oi`)
-  conv weight grad     convolutions whose output is a kernel (the row-blocked weight gradients)
+  conv                 3x3 convolutions computing activations (YNNPACK fusions)
+  conv input grad      convolutions of the backward pass computing d(loss)/d(input)
+  conv weight grad     convolutions whose window is a row block (narrow layers) and the nine
+                       matmuls of wide layers (models/layers.py: the two weight-gradient paths)
   ssim filters         the 11-tap Gaussian filters of the SSIM loss (plain `convolution`s)
   reductions           fusions with a reduce (BatchNorm statistics and their backward sums, loss)
-  elementwise          other loop fusions (BN apply, activations and their masks, Adam, concat)
-  gather / scatter     upsampling and its transpose, slicing
-  copies / other       layout copies, transposes, the rest
+  elementwise          other fusions (BN apply, activations and their masks, Adam, concat)
+  gather / scatter     upsampling and its transpose
+  copies, transposes   layout changes (e.g. activations into the layout a weight-gradient conv wants)
+  other                the rest
 
-Each bucket gets its time per call, its share of the step, and XLA's FLOP count per bucket where
-one exists (cost analysis of the whole executable gives the total); the 25 slowest
-instructions are listed with their shapes. Times are from one thread's thunk events: on CPU,
-XLA runs the thunks of one executable in order (the thread pool works inside each thunk).
+Each (phase, kind) cell gets its thunk time per call and its share; the slowest instructions
+are listed with their shapes. Phases come from the op_name metadata JAX writes into the HLO
+(forward, backward, optimizer and guard, synthesis). Thunk times are per thunk, from start to
+end: XLA:CPU runs independent thunks concurrently on its thread pool, so their sum is larger
+than the wall time of a call, and the shares are shares of thunk time, not of wall time.
 """
 
 from __future__ import annotations
@@ -109,7 +112,7 @@ def phase_of(lines: list[str]) -> str:
 def classify(name: str, instructions: dict, computations: dict) -> tuple[str, str, str]:
     """(phase, kind, short description) of one ENTRY instruction."""
     if name not in instructions:
-        return "optimizer, guard", "copies / other", name
+        return "optimizer, guard", "other", name
     shape, opcode, line = instructions[name]
     body = _body(line, computations) if opcode in ("fusion", "call", "custom-call") else [line]
     phase = phase_of(body + [line])
@@ -131,6 +134,9 @@ def classify(name: str, instructions: dict, computations: dict) -> tuple[str, st
             return "backward", "conv input grad", what
         return phase, "conv", what
     text = " ".join(body)
+    if opcode == "dot" or " dot(" in text:
+        # The model's only matmuls are the nine-tap weight gradients of wide layers (layers.py).
+        return phase, ("conv weight grad" if phase == "backward" else "matmul"), f"dot {shape}"
     if opcode in ("gather", "scatter") or " gather(" in text or " scatter(" in text:
         return phase, "gather / scatter", f"{opcode} {shape}"
     if opcode in ("copy", "transpose") or name.startswith(("transpose_copy", "bitcast_copy", "copy")):
