@@ -17,10 +17,14 @@ def _plain_conv(x, w):
     return jax.lax.conv_general_dilated(x, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
-# one row block; several row blocks; wide enough for the nine-matmul weight gradient
-@pytest.mark.parametrize("shape,out", [((2, 16, 12, 3), 5), ((1, 128, 64, 4), 5), ((2, 8, 6, 128), 256)])
+# one row block; several row blocks; several of the smaller blocks of 64+ channel layers; wide
+# enough for the nine-matmul weight gradient
+@pytest.mark.parametrize("shape,out", [((2, 16, 12, 3), 5), ((1, 128, 64, 4), 5), ((1, 64, 64, 64), 64),
+                                       ((2, 8, 6, 256), 256)])
 def test_fast_weight_gradients_match_xla(shape, out):
     assert (shape[-1] * out >= layers._WGRAD_DOT_MIN_CHANNEL_PRODUCT) == (out == 256)
+    if out == 64:
+        assert layers._weight_grad_rows(64, 64, 64, 64) == 32 < layers._weight_grad_rows(64, 64, 32, 64)  # 2 blocks
     x = jax.random.normal(jax.random.key(0), shape)
     w = jax.random.normal(jax.random.key(1), (3, 3, shape[-1], out)) * 0.1
     loss = lambda conv: lambda x, w: jnp.sum(jnp.sin(conv(x, w)))  # noqa: E731

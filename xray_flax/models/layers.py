@@ -51,13 +51,15 @@ def scaled_width(base: int, multiplier: float) -> int:
 # pixel of the image; at 256-512 px that runs ~5x slower per FLOP than the forward conv
 # (docs/performance.md, benchmarks/bench_conv.py). Summing the weight gradients of row blocks of
 # about this many pixels keeps each contraction cache-sized: 3-4x faster, same result up to
-# float summation order.
+# float summation order. Layers with at least 64 channels on both sides run fastest with half
+# that block (2x faster for 128->128 at 128-256 px; benchmarks/bench_weight_grad.py).
 _WGRAD_BLOCK_PIXELS = 4096
-# Wide layers (in x out channels at least this) take the weight gradient as nine matmuls
+_WGRAD_BLOCK_PIXELS_WIDE = 2048
+# The widest layers (in x out channels at least this) take the weight gradient as nine matmuls
 # instead, one per kernel tap, each contracting the shifted input with the output gradient over
 # the pixels: 3-4x faster than either conv form for 256-1024 channels at 32-128 px, slower for
 # the narrow full-resolution layers (benchmarks/bench_weight_grad.py).
-_WGRAD_DOT_MIN_CHANNEL_PRODUCT = 128 * 256
+_WGRAD_DOT_MIN_CHANNEL_PRODUCT = 256 * 256
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
 
@@ -65,8 +67,9 @@ def _conv3x3_same(x: jax.Array, w: jax.Array) -> jax.Array:
     return jax.lax.conv_general_dilated(x, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=_NHWC)
 
 
-def _weight_grad_rows(h: int, w: int) -> int:
-    rows = max(1, min(h, _WGRAD_BLOCK_PIXELS // max(w, 1)))
+def _weight_grad_rows(h: int, w: int, cin: int, cout: int) -> int:
+    pixels = _WGRAD_BLOCK_PIXELS_WIDE if min(cin, cout) >= 64 else _WGRAD_BLOCK_PIXELS
+    rows = max(1, min(h, pixels // max(w, 1)))
     return rows if h % rows == 0 else h
 
 
@@ -97,7 +100,7 @@ def _conv3x3_bwd(residuals, g):
     b, h, width, cin = x.shape
     if cin * w.shape[-1] >= _WGRAD_DOT_MIN_CHANNEL_PRODUCT:
         return dx, _weight_grad_dots(x, g).astype(w.dtype)
-    rows = _weight_grad_rows(h, width)
+    rows = _weight_grad_rows(h, width, cin, w.shape[-1])
     padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
     zero = jnp.zeros(w.shape, w.dtype)
 
