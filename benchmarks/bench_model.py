@@ -67,6 +67,7 @@ class ModelBench:
         self.tx = steps.make_optimizer(config.optim, config.train.num_steps)
         self.spec = SynthesisSpec.from_config(config.anomaly, self.channels)
         self._state = None
+        self.last_compiled = None  # the latest make_train/make_infer executable (profile_step.py)
 
     def fresh_state(self, size: int):
         sample = jnp.zeros((1, size, size, self.channels), jnp.float32)
@@ -86,7 +87,7 @@ class ModelBench:
         t0 = time.perf_counter()
         compiled = step.lower(holder["state"], {"image": images}, textures, jax.random.key(0)).compile()
         info = {"compile_s": time.perf_counter() - t0, "xla_flops_per_call": xla_flops(compiled)}
-        self.last_compiled = compiled  # for profile_step.py
+        self.last_compiled = compiled
 
         def call():
             holder["i"] += 1
@@ -108,7 +109,7 @@ class ModelBench:
         t0 = time.perf_counter()
         compiled = jax.jit(infer).lower(variables, images).compile()
         info = {"compile_s": time.perf_counter() - t0, "xla_flops_per_call": xla_flops(compiled)}
-        self.last_compiled = compiled  # for profile_step.py
+        self.last_compiled = compiled
         return (lambda: jax.block_until_ready(compiled(variables, images))), info
 
 

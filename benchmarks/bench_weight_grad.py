@@ -41,12 +41,7 @@ def _xla(x, g, w):
 
 
 def _row_blocks(x, g, w):
-    saved = layers._WGRAD_DOT_MIN_CHANNEL_PRODUCT
-    layers._WGRAD_DOT_MIN_CHANNEL_PRODUCT = float("inf")  # traced here, inside jit's first call
-    try:
-        return jax.vjp(lambda k: layers.conv3x3_same(x, k), w)[1](g)[0]
-    finally:
-        layers._WGRAD_DOT_MIN_CHANNEL_PRODUCT = saved
+    return layers._weight_grad_row_blocks(x, g, w).astype(w.dtype)
 
 
 def _nine_dots(x, g, w):

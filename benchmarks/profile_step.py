@@ -49,7 +49,6 @@ from bench_model import DEFAULT_CHANNELS, ModelBench, load_config  # noqa: E402
 _INSTR = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(\S+)\s+(\w[\w\-]*)\(")
 _COMPUTATION = re.compile(r"^\s*(?:ENTRY\s+)?%?([\w.\-]+)\s*(?:\(.*\))?.*\{\s*$")
 _CALLS = re.compile(r"calls=%?([\w.\-]+)")
-_DIM_LABELS = re.compile(r"dim_labels=(\S+?)[,\s]")
 
 
 def parse_hlo(text: str) -> tuple[dict, dict]:
@@ -119,8 +118,6 @@ def classify(name: str, instructions: dict, computations: dict) -> tuple[str, st
     convs = [b for b in body if " convolution(" in b]
     if convs:
         conv = convs[0]
-        labels = _DIM_LABELS.search(conv + " ")
-        labels = labels.group(1) if labels else "?"
         out_shape = conv.split("=", 1)[1].split()[0]
         window = re.search(r"window=\{size=([\dx]+)", conv)
         window = window.group(1) if window else "?"

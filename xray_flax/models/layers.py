@@ -94,12 +94,9 @@ def _weight_grad_dots(x: jax.Array, g: jax.Array) -> jax.Array:
     return jnp.stack(taps).reshape(3, 3, cin, g.shape[-1])
 
 
-def _conv3x3_bwd(residuals, g):
-    x, w = residuals
-    dx = jax.vjp(lambda x_: _conv3x3_same(x_, w), x)[1](g)[0]
-    b, h, width, cin = x.shape
-    if cin * w.shape[-1] >= _WGRAD_DOT_MIN_CHANNEL_PRODUCT:
-        return dx, _weight_grad_dots(x, g).astype(w.dtype)
+def _weight_grad_row_blocks(x: jax.Array, g: jax.Array, w: jax.Array) -> jax.Array:
+    """dL/dw of conv3x3_same as a sum of row-block weight gradients, in float32."""
+    _, h, width, cin = x.shape
     rows = _weight_grad_rows(h, width, cin, w.shape[-1])
     padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
     zero = jnp.zeros(w.shape, w.dtype)
@@ -110,7 +107,16 @@ def _conv3x3_bwd(residuals, g):
         return jax.vjp(valid, zero)[1](gb)[0].astype(jnp.float32)
 
     # Unrolled on purpose: inside a fori_loop XLA:CPU runs these convs ~10x slower.
-    dw = sum(block_grad(start) for start in range(0, h, rows))
+    return sum(block_grad(start) for start in range(0, h, rows))
+
+
+def _conv3x3_bwd(residuals, g):
+    x, w = residuals
+    dx = jax.vjp(lambda x_: _conv3x3_same(x_, w), x)[1](g)[0]
+    if x.shape[-1] * w.shape[-1] >= _WGRAD_DOT_MIN_CHANNEL_PRODUCT:
+        dw = _weight_grad_dots(x, g)
+    else:
+        dw = _weight_grad_row_blocks(x, g, w)
     return dx, dw.astype(w.dtype)
 
 
