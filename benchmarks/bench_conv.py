@@ -20,8 +20,17 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 # (batch, cin, cout, size): torch reference shapes first, then the paper model's.
-SHAPES = [(1, 512, 512, 32), (1, 256, 256, 128), (1, 128, 128, 256), (4, 64, 64, 256),
-          (1, 1, 32, 512), (1, 32, 32, 512), (1, 160, 32, 512), (1, 64, 64, 512), (1, 128, 64, 512)]
+SHAPES = [
+    (1, 512, 512, 32),
+    (1, 256, 256, 128),
+    (1, 128, 128, 256),
+    (4, 64, 64, 256),
+    (1, 1, 32, 512),
+    (1, 32, 32, 512),
+    (1, 160, 32, 512),
+    (1, 64, 64, 512),
+    (1, 128, 64, 512),
+]
 
 
 def conv(x, w):
@@ -45,16 +54,20 @@ def main() -> None:
         grad = jax.jit(jax.grad(lambda x, w: jnp.sum(conv(x, w).astype(jnp.float32) ** 2), argnums=(0, 1)))
         row = {"batch": b, "cin": cin, "cout": cout, "size": s, "dtype": args.dtype, "gflop_fwd": flops / 1e9}
         for name, fn, f in (("fwd", fwd, flops), ("fwd_bwd", grad, 3 * flops)):
-            times, info = common.time_calls(lambda: jax.block_until_ready(fn(x, w)), 1, args.repeats,
-                                            wait_idle_s=args.wait_idle)
+            times, info = common.time_calls(
+                lambda fn=fn, x=x, w=w: jax.block_until_ready(fn(x, w)), 1, args.repeats, wait_idle_s=args.wait_idle
+            )
             med = sorted(times)[len(times) // 2]
             row[f"{name}_ms"] = 1e3 * med
             row[f"{name}_gflop_per_s"] = f / med / 1e9
             row[f"{name}_max_foreign"] = info["max_foreign_cpu_frac"]
         rows.append(row)
-        print(f"b{b} {cin:>4}->{cout:<4} @{s:<4} fwd {row['fwd_ms']:8.1f} ms {row['fwd_gflop_per_s']:6.1f} GFLOP/s"
-              f" | fwd+bwd {row['fwd_bwd_ms']:8.1f} ms {row['fwd_bwd_gflop_per_s']:6.1f} GFLOP/s"
-              f" (foreign {row['fwd_max_foreign']:.2f}/{row['fwd_bwd_max_foreign']:.2f})", flush=True)
+        print(
+            f"b{b} {cin:>4}->{cout:<4} @{s:<4} fwd {row['fwd_ms']:8.1f} ms {row['fwd_gflop_per_s']:6.1f} GFLOP/s"
+            f" | fwd+bwd {row['fwd_bwd_ms']:8.1f} ms {row['fwd_bwd_gflop_per_s']:6.1f} GFLOP/s"
+            f" (foreign {row['fwd_max_foreign']:.2f}/{row['fwd_bwd_max_foreign']:.2f})",
+            flush=True,
+        )
     common.write_json(args.out, {"benchmark": "3x3 conv", "env": common.env_info(), "results": rows})
 
 

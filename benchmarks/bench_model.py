@@ -74,13 +74,20 @@ class ModelBench:
         return jax.jit(lambda k: steps.init_state(self.model, self.tx, k, sample))(jax.random.key(0))
 
     def num_params(self) -> int:
-        state = jax.eval_shape(lambda: steps.init_state(
-            self.model, self.tx, jax.random.key(0), jnp.zeros((1, 64, 64, self.channels), jnp.float32)))
+        state = jax.eval_shape(
+            lambda: steps.init_state(
+                self.model, self.tx, jax.random.key(0), jnp.zeros((1, 64, 64, self.channels), jnp.float32)
+            )
+        )
         return int(sum(np.prod(x.shape) for x in jax.tree.leaves(state.params)))
 
     def make_train(self, batch: int, size: int) -> tuple[callable, dict]:
-        step = jax.jit(functools.partial(steps.train_step, model=self.model, tx=self.tx, spec=self.spec,
-                                         loss_config=self.config.loss), donate_argnums=(0,))
+        step = jax.jit(
+            functools.partial(
+                steps.train_step, model=self.model, tx=self.tx, spec=self.spec, loss_config=self.config.loss
+            ),
+            donate_argnums=(0,),
+        )
         textures = jnp.asarray(load_texture_bank(self.config.anomaly, size, self.channels))
         images = jnp.asarray(np.random.default_rng(0).random((batch, size, size, self.channels), np.float32))
         holder = {"state": self.fresh_state(size), "i": 0}
@@ -91,9 +98,11 @@ class ModelBench:
 
         def call():
             holder["i"] += 1
-            holder["state"], metrics = compiled(holder["state"], {"image": images}, textures,
-                                                jax.random.key(holder["i"]))
+            holder["state"], metrics = compiled(
+                holder["state"], {"image": images}, textures, jax.random.key(holder["i"])
+            )
             jax.block_until_ready((holder["state"], metrics))
+
         return call, info
 
     def make_infer(self, batch: int, size: int) -> tuple[callable, dict]:
@@ -142,46 +151,74 @@ def main(argv=None) -> dict:
     bench = ModelBench(config)
     plan = []
     if not args.skip_train:
-        plan += [("train", s, b) for s in common.parse_list(args.train_sizes)
-                 for b in common.parse_list(args.train_batches)]
+        plan += [
+            ("train", s, b) for s in common.parse_list(args.train_sizes) for b in common.parse_list(args.train_batches)
+        ]
     if not args.skip_infer:
-        plan += [("infer", s, b) for s in common.parse_list(args.infer_sizes)
-                 for b in common.parse_list(args.infer_batches)]
+        plan += [
+            ("infer", s, b) for s in common.parse_list(args.infer_sizes) for b in common.parse_list(args.infer_batches)
+        ]
 
     name = f"{MODEL_NAMES[args.config]} {args.compute_dtype}{(' ' + args.tag) if args.tag else ''}"
     rows, flops = [], {}
     for mode, size, batch in plan:
         fn, info = (bench.make_train if mode == "train" else bench.make_infer)(batch, size)
         if args.compile_only:
-            rows.append({"mode": mode, "size": size, "batch": batch, "compile_s": info["compile_s"],
-                         "xla_flops_per_call": info["xla_flops_per_call"], "cache_dir": args.cache_dir})
-            print(f"[{MODEL_NAMES[args.config]}] {mode} size={size} batch={batch}: compile {info['compile_s']:.1f} s",
-                  flush=True)
+            rows.append(
+                {
+                    "mode": mode,
+                    "size": size,
+                    "batch": batch,
+                    "compile_s": info["compile_s"],
+                    "xla_flops_per_call": info["xla_flops_per_call"],
+                    "cache_dir": args.cache_dir,
+                }
+            )
+            print(
+                f"[{MODEL_NAMES[args.config]}] {mode} size={size} batch={batch}: compile {info['compile_s']:.1f} s",
+                flush=True,
+            )
             continue
-        times, contention = common.time_calls(fn, args.warmup, args.repeats, max_foreign=args.max_foreign,
-                                              wait_idle_s=args.wait_idle)
-        row = {"mode": mode, "size": size, "batch": batch, "warmup": args.warmup, "repeats": args.repeats,
-               "compute_dtype": args.compute_dtype, **common.summarize(times, batch), **contention,
-               "compile_s": info["compile_s"]}
+        times, contention = common.time_calls(
+            fn, args.warmup, args.repeats, max_foreign=args.max_foreign, wait_idle_s=args.wait_idle
+        )
+        row = {
+            "mode": mode,
+            "size": size,
+            "batch": batch,
+            "warmup": args.warmup,
+            "repeats": args.repeats,
+            "compute_dtype": args.compute_dtype,
+            **common.summarize(times, batch),
+            **contention,
+            "compile_s": info["compile_s"],
+        }
         if info["xla_flops_per_call"]:
             flops[f"{mode}@{size}"] = info["xla_flops_per_call"] / batch
             row["gflop_per_image"] = info["xla_flops_per_call"] / batch / 1e9
             row["achieved_gflop_per_s"] = row["gflop_per_image"] / row["median_s_per_image"]
         rows.append(row)
-        print(f"[{name}] {mode} size={size} batch={batch}: {row['median_s_per_image']:.3f} s/img "
-              f"(calls {', '.join(f'{t:.3f}' for t in times)}; compile {info['compile_s']:.1f} s; "
-              f"max foreign {row['max_foreign_cpu_frac']:.3f}, discarded {len(row['discarded_calls'])})",
-              flush=True)
+        print(
+            f"[{name}] {mode} size={size} batch={batch}: {row['median_s_per_image']:.3f} s/img "
+            f"(calls {', '.join(f'{t:.3f}' for t in times)}; compile {info['compile_s']:.1f} s; "
+            f"max foreign {row['max_foreign_cpu_frac']:.3f}, discarded {len(row['discarded_calls'])})",
+            flush=True,
+        )
         del fn
         gc.collect()
 
-    report = {"model": name, "config": f"configs/{args.config}.py", "channels": channels,
-              "compute_dtype": args.compute_dtype,
-              "env": common.env_info({"x64": bool(jax.config.jax_enable_x64)}),
-              "params": {"total": bench.num_params()}, "flops_per_image": flops,
-              "flop_source": "XLA cost_analysis of the compiled step (all ops), per image",
-              "peer_style_note": "peers count conv/matmul FLOPs only (torch FlopCounterMode)",
-              "results": rows}
+    report = {
+        "model": name,
+        "config": f"configs/{args.config}.py",
+        "channels": channels,
+        "compute_dtype": args.compute_dtype,
+        "env": common.env_info({"x64": bool(jax.config.jax_enable_x64)}),
+        "params": {"total": bench.num_params()},
+        "flops_per_image": flops,
+        "flop_source": "XLA cost_analysis of the compiled step (all ops), per image",
+        "peer_style_note": "peers count conv/matmul FLOPs only (torch FlopCounterMode)",
+        "results": rows,
+    }
     common.write_json(args.out, report)
     return report
 

@@ -21,8 +21,8 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import scipy.ndimage  # noqa: E402
-
 from bench_model import DEFAULT_CHANNELS, load_config  # noqa: E402
+
 from xray_flax import losses, steps  # noqa: E402
 from xray_flax.models import registry  # noqa: E402
 
@@ -53,26 +53,42 @@ def main() -> None:
         variables = model.init(jax.random.key(0), images[:1], train=False)
 
         def loss_fn(params, model=model, config=config, variables=variables):
-            (rec, logits), _ = model.apply({"params": params, "batch_stats": variables["batch_stats"]}, corrupted,
-                                           train=True, mutable=["batch_stats"])
+            (rec, logits), _ = model.apply(
+                {"params": params, "batch_stats": variables["batch_stats"]},
+                corrupted,
+                train=True,
+                mutable=["batch_stats"],
+            )
             return losses.draem_loss(images, rec, logits, mask, ssim_weight=config.loss.ssim_weight)
 
         (total, terms), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(variables["params"])
         maps, rec = jax.jit(lambda v, x, model=model: steps.predict_step(v, x, model=model))(variables, corrupted)
-        out[dtype] = {"terms": {k: float(v) for k, v in terms.items()}, "loss_dtype": str(total.dtype),
-                      "grads": jnp.concatenate([g.ravel() for g in jax.tree.leaves(grads)]), "maps": maps, "rec": rec}
+        out[dtype] = {
+            "terms": {k: float(v) for k, v in terms.items()},
+            "loss_dtype": str(total.dtype),
+            "grads": jnp.concatenate([g.ravel() for g in jax.tree.leaves(grads)]),
+            "maps": maps,
+            "rec": rec,
+        }
 
     a, b = out["float32"], out["bfloat16"]
     cosine = float(jnp.dot(a["grads"], b["grads"]) / (jnp.linalg.norm(a["grads"]) * jnp.linalg.norm(b["grads"])))
-    report = {"config": args.config, "size": args.size, "batch": args.batch, "env": common.env_info(),
-              "loss_terms_fp32": a["terms"], "loss_terms_bf16": b["terms"], "loss_dtype_bf16": b["loss_dtype"],
-              "reconstruction_max_abs_diff_over_std": float(jnp.max(jnp.abs(a["rec"] - b["rec"])) / jnp.std(a["rec"])),
-              "reconstruction_rms_diff_over_std": float(jnp.sqrt(jnp.mean((a["rec"] - b["rec"]) ** 2)) / jnp.std(a["rec"])),
-              "anomaly_map_max_abs_diff": float(jnp.max(jnp.abs(a["maps"] - b["maps"]))),
-              "anomaly_map_mean_abs_diff": float(jnp.mean(jnp.abs(a["maps"] - b["maps"]))),
-              "image_score_max_abs_diff": float(jnp.max(jnp.abs(a["maps"].max((1, 2)) - b["maps"].max((1, 2))))),
-              "gradient_cosine_similarity": cosine,
-              "gradient_norm_ratio_bf16_over_fp32": float(jnp.linalg.norm(b["grads"]) / jnp.linalg.norm(a["grads"]))}
+    report = {
+        "config": args.config,
+        "size": args.size,
+        "batch": args.batch,
+        "env": common.env_info(),
+        "loss_terms_fp32": a["terms"],
+        "loss_terms_bf16": b["terms"],
+        "loss_dtype_bf16": b["loss_dtype"],
+        "reconstruction_max_abs_diff_over_std": float(jnp.max(jnp.abs(a["rec"] - b["rec"])) / jnp.std(a["rec"])),
+        "reconstruction_rms_diff_over_std": float(jnp.sqrt(jnp.mean((a["rec"] - b["rec"]) ** 2)) / jnp.std(a["rec"])),
+        "anomaly_map_max_abs_diff": float(jnp.max(jnp.abs(a["maps"] - b["maps"]))),
+        "anomaly_map_mean_abs_diff": float(jnp.mean(jnp.abs(a["maps"] - b["maps"]))),
+        "image_score_max_abs_diff": float(jnp.max(jnp.abs(a["maps"].max((1, 2)) - b["maps"].max((1, 2))))),
+        "gradient_cosine_similarity": cosine,
+        "gradient_norm_ratio_bf16_over_fp32": float(jnp.linalg.norm(b["grads"]) / jnp.linalg.norm(a["grads"])),
+    }
     for k, v in report.items():
         if k != "env":
             print(f"{k}: {v}")

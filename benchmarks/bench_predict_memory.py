@@ -53,8 +53,13 @@ def write_test_tiff(path: str, height: int, width: int, tile: int = 256) -> None
             yield from _row_tiles(buffer, tile)
 
     tifffile.imwrite(
-        path, tiles(), shape=(height, width), dtype=np.uint16, tile=(tile, tile),
-        compression="zlib", photometric="minisblack",
+        path,
+        tiles(),
+        shape=(height, width),
+        dtype=np.uint16,
+        tile=(tile, tile),
+        compression="zlib",
+        photometric="minisblack",
     )
 
 
@@ -149,17 +154,24 @@ def child(args) -> dict:
         found = regions.find_regions(amap, 0.6, min_area=64, max_regions=50)
         n_regions = len(found)
         regions.write_regions_json(os.path.join(args.workdir, "regions.json"), found)
-        overlay.write_overlay_png(os.path.join(args.workdir, "overlay.png"), reader, amap, max_side=2048,
-                                  regions=found)
+        overlay.write_overlay_png(os.path.join(args.workdir, "overlay.png"), reader, amap, max_side=2048, regions=found)
         overlay.write_anomaly_map(os.path.join(args.workdir, "map.tif"), amap)
-        html.write_scan_report(os.path.join(args.workdir, "report.html"), reader, amap, found, title="bench",
-                               max_side=1024)
+        html.write_scan_report(
+            os.path.join(args.workdir, "report.html"), reader, amap, found, title="bench", max_side=1024
+        )
         report_seconds = time.perf_counter() - t0
     n_tiles = len(stitch.tile_origins(reader.height, args.patch, args.stride)) * len(
-        stitch.tile_origins(reader.width, args.patch, args.stride))
+        stitch.tile_origins(reader.width, args.patch, args.stride)
+    )
     return {
-        "height": reader.height, "width": reader.width, "patch": args.patch, "stride": args.stride,
-        "batch": args.batch, "tiles": n_tiles, "reader": reader_kind, "memmap_output": bool(args.memmap),
+        "height": reader.height,
+        "width": reader.width,
+        "patch": args.patch,
+        "stride": args.stride,
+        "batch": args.batch,
+        "tiles": n_tiles,
+        "reader": reader_kind,
+        "memmap_output": bool(args.memmap),
         "jax_backend": jax.default_backend(),
         "peak_rss_mib_after_imports": round(rss_after_imports, 1),
         "peak_rss_mib_after_stitch": round(rss_after_stitch, 1),
@@ -201,10 +213,25 @@ def main(argv=None) -> dict:
             tiff = os.path.join(workdir, f"scan_{args.height}x{args.width}_u16.tif")
             t0 = time.perf_counter()
             write_test_tiff(tiff, args.height, args.width)
-            print(f"wrote {tiff} ({os.path.getsize(tiff) / 2**20:.1f} MiB) in {time.perf_counter() - t0:.1f} s",
-                  file=sys.stderr)
-        command = [sys.executable, os.path.abspath(__file__), "--child", "--tiff", tiff, "--workdir", workdir,
-                   "--patch", str(args.patch), "--stride", str(args.stride), "--batch", str(args.batch)]
+            print(
+                f"wrote {tiff} ({os.path.getsize(tiff) / 2**20:.1f} MiB) in {time.perf_counter() - t0:.1f} s",
+                file=sys.stderr,
+            )
+        command = [
+            sys.executable,
+            os.path.abspath(__file__),
+            "--child",
+            "--tiff",
+            tiff,
+            "--workdir",
+            workdir,
+            "--patch",
+            str(args.patch),
+            "--stride",
+            str(args.stride),
+            "--batch",
+            str(args.batch),
+        ]
         command += ["--memmap"] * args.memmap + ["--no-report"] * args.no_report
         env = dict(os.environ)
         repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -38,19 +38,32 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default="tiny", help="a module of configs/ (tiny, default, paper, draem)")
-    parser.add_argument("--devices", default=None, help="comma-separated device counts (default: 1, 2, 4, .. up "
-                        "to all devices)")
+    parser.add_argument(
+        "--devices", default=None, help="comma-separated device counts (default: 1, 2, 4, .. up to all devices)"
+    )
     parser.add_argument("--global_batch", type=int, default=None, help="fixed global batch (strong scaling)")
-    parser.add_argument("--per_device_batch", type=int, default=None, help="images per device (weak scaling); "
-                        "default: the config's global batch, fixed")
+    parser.add_argument(
+        "--per_device_batch",
+        type=int,
+        default=None,
+        help="images per device (weak scaling); default: the config's global batch, fixed",
+    )
     parser.add_argument("--steps", type=int, default=10, help="timed steps per device count")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps after compiling")
     parser.add_argument("--simulate", type=int, default=0, help="CPU only: simulate this many devices")
-    parser.add_argument("--check", action="store_true", help="compare the loss curves of all device counts "
-                        "(same global batches and keys); exit 1 if they differ")
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="compare the loss curves of all device counts (same global batches and keys); exit 1 if they differ",
+    )
     parser.add_argument("--rtol", type=float, default=1e-3, help="--check: relative tolerance of later losses")
-    parser.add_argument("--first_rtol", type=float, default=1e-5, help="--check: relative tolerance of the "
-                        "first loss (before any update; unsynchronised BatchNorm moves it by ~1e-2)")
+    parser.add_argument(
+        "--first_rtol",
+        type=float,
+        default=1e-5,
+        help="--check: relative tolerance of the "
+        "first loss (before any update; unsynchronised BatchNorm moves it by ~1e-2)",
+    )
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args(argv)
     if args.global_batch and args.per_device_batch:
@@ -63,8 +76,9 @@ def main(argv=None) -> int:
     if args.simulate:
         # Must happen before JAX initialises its backends.
         os.environ["JAX_PLATFORMS"] = "cpu"
-        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                                   f" --xla_force_host_platform_device_count={args.simulate}").strip()
+        os.environ["XLA_FLAGS"] = (
+            os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={args.simulate}"
+        ).strip()
     sys.path.insert(0, REPO)
     import jax  # pylint: disable=g-import-not-at-top
     import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
@@ -82,8 +96,11 @@ def main(argv=None) -> int:
     else:
         counts = [1 << k for k in range(available.bit_length()) if 1 << k <= available]
     if max(counts) > available:
-        print(f"asked for {max(counts)} devices but {available} are visible"
-              f"{' (use --simulate N on CPU)' if jax.default_backend() == 'cpu' else ''}", file=sys.stderr)
+        print(
+            f"asked for {max(counts)} devices but {available} are visible"
+            f"{' (use --simulate N on CPU)' if jax.default_backend() == 'cpu' else ''}",
+            file=sys.stderr,
+        )
         return 2
 
     channels, patch = config.data.channels, config.data.patch_size
@@ -94,8 +111,9 @@ def main(argv=None) -> int:
     key = jax.random.key(config.seed)
 
     def run(n: int) -> dict:
-        batch_size = args.per_device_batch * n if args.per_device_batch else (args.global_batch or
-                                                                              config.train.batch_size)
+        batch_size = (
+            args.per_device_batch * n if args.per_device_batch else (args.global_batch or config.train.batch_size)
+        )
         config.mesh.data = n
         mesh = parallel.make_mesh(config.mesh)
         parallel.check_batch_size(batch_size, mesh)
@@ -103,14 +121,19 @@ def main(argv=None) -> int:
         textures = parallel.replicate(jnp.asarray(bank), mesh)
         sample = jnp.zeros((1, patch, patch, channels), jnp.float32)
         state = jax.jit(lambda k: steps.init_state(model, tx, k, sample), out_shardings=rep)(key)
-        step = jax.jit(functools.partial(steps.train_step, model=model, tx=tx, spec=spec, loss_config=config.loss),
-                       in_shardings=(rep, parallel.batch_sharded(mesh), rep, rep), out_shardings=(rep, rep),
-                       donate_argnums=(0,))
+        step = jax.jit(
+            functools.partial(steps.train_step, model=model, tx=tx, spec=spec, loss_config=config.loss),
+            in_shardings=(rep, parallel.batch_sharded(mesh), rep, rep),
+            out_shardings=(rep, rep),
+            donate_argnums=(0,),
+        )
         # Fixed images per step index, the same on every device count (the --check compares them).
         rng = np.random.default_rng(0)
         total = args.warmup + args.steps
-        batches = [parallel.global_batch({"image": rng.random((batch_size, patch, patch, channels),
-                                                              np.float32)}, mesh) for _ in range(min(total, 4))]
+        batches = [
+            parallel.global_batch({"image": rng.random((batch_size, patch, patch, channels), np.float32)}, mesh)
+            for _ in range(min(total, 4))
+        ]
         start = time.perf_counter()
         compiled = step.lower(state, batches[0], textures, key).compile()
         compile_s = time.perf_counter() - start
@@ -121,18 +144,26 @@ def main(argv=None) -> int:
             loss = float(metrics["loss"])  # waits for the step
             times.append(time.perf_counter() - start)
             losses.append(loss)
-        step_s = float(np.median(times[args.warmup:]))
-        return {"devices": n, "global_batch": batch_size, "per_device_batch": batch_size // n,
-                "compile_s": round(compile_s, 2), "step_ms": round(step_s * 1e3, 3),
-                "images_per_s": round(batch_size / step_s, 2), "losses": losses}
+        step_s = float(np.median(times[args.warmup :]))
+        return {
+            "devices": n,
+            "global_batch": batch_size,
+            "per_device_batch": batch_size // n,
+            "compile_s": round(compile_s, 2),
+            "step_ms": round(step_s * 1e3, 3),
+            "images_per_s": round(batch_size / step_s, 2),
+            "losses": losses,
+        }
 
     results = []
     for n in counts:
         results.append(run(n))
         r = results[-1]
-        print(f"devices {r['devices']:3d} | global batch {r['global_batch']:5d} ({r['per_device_batch']}/device) | "
-              f"step {r['step_ms']:9.2f} ms | {r['images_per_s']:9.1f} img/s | compile {r['compile_s']:.1f} s",
-              flush=True)
+        print(
+            f"devices {r['devices']:3d} | global batch {r['global_batch']:5d} ({r['per_device_batch']}/device) | "
+            f"step {r['step_ms']:9.2f} ms | {r['images_per_s']:9.1f} img/s | compile {r['compile_s']:.1f} s",
+            flush=True,
+        )
     base = results[0]
     for r in results:
         r["efficiency"] = round((r["images_per_s"] / r["devices"]) / (base["images_per_s"] / base["devices"]), 3)
@@ -140,8 +171,10 @@ def main(argv=None) -> int:
     print(f"\n{device}{' (simulated devices share the same cores: timings are not scaling)' if args.simulate else ''}")
     print("devices  global  step ms    img/s  efficiency")
     for r in results:
-        print(f"{r['devices']:7d} {r['global_batch']:7d} {r['step_ms']:8.2f} {r['images_per_s']:8.1f} "
-              f"{r['efficiency']:10.3f}")
+        print(
+            f"{r['devices']:7d} {r['global_batch']:7d} {r['step_ms']:8.2f} {r['images_per_s']:8.1f} "
+            f"{r['efficiency']:10.3f}"
+        )
 
     status = 0
     if args.check:
@@ -157,13 +190,18 @@ def main(argv=None) -> int:
             worst = float(np.max(np.abs(losses - reference) / np.abs(reference)))
             ok = first_ok and rest_ok
             status = status or (0 if ok else 1)
-            print(f"check {r['devices']} vs {base['devices']} devices: {'OK' if ok else 'MISMATCH'} "
-                  f"(largest relative loss difference {worst:.2e} over {len(losses)} steps, first step "
-                  f"{abs(losses[0] - reference[0]) / abs(reference[0]):.2e})")
+            print(
+                f"check {r['devices']} vs {base['devices']} devices: {'OK' if ok else 'MISMATCH'} "
+                f"(largest relative loss difference {worst:.2e} over {len(losses)} steps, first step "
+                f"{abs(losses[0] - reference[0]) / abs(reference[0]):.2e})"
+            )
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"device": device, "simulated": bool(args.simulate), "config": args.config,
-                       "results": results}, f, indent=2)
+            json.dump(
+                {"device": device, "simulated": bool(args.simulate), "config": args.config, "results": results},
+                f,
+                indent=2,
+            )
     return status
 
 

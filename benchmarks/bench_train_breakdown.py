@@ -24,8 +24,8 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
-
 from bench_model import DEFAULT_CHANNELS, ModelBench, load_config  # noqa: E402
+
 from xray_flax import losses, steps  # noqa: E402
 from xray_flax.anomaly import load_texture_bank, synthesize_batch  # noqa: E402
 
@@ -49,8 +49,9 @@ def main() -> None:
     synthetic = jax.jit(lambda k: synthesize_batch(k, images, textures, bench.spec))(jax.random.key(1))
 
     def loss(params, batch_stats):
-        (rec, logits), upd = model.apply({"params": params, "batch_stats": batch_stats}, synthetic["image"],
-                                         train=True, mutable=["batch_stats"])
+        (rec, logits), upd = model.apply(
+            {"params": params, "batch_stats": batch_stats}, synthetic["image"], train=True, mutable=["batch_stats"]
+        )
         total, _ = losses.draem_loss(images, rec, logits, synthetic["mask"], ssim_weight=cfg.loss.ssim_weight)
         return total, upd
 
@@ -74,15 +75,34 @@ def main() -> None:
     ]
     rows = []
     for name, fn, fn_args in pieces:
-        times, info = common.time_calls(lambda: jax.block_until_ready(fn(*fn_args)), 1, args.repeats,
-                                        wait_idle_s=args.wait_idle)
+        times, info = common.time_calls(
+            lambda fn=fn, fn_args=fn_args: jax.block_until_ready(fn(*fn_args)),
+            1,
+            args.repeats,
+            wait_idle_s=args.wait_idle,
+        )
         med = float(np.median(times))
-        rows.append({"piece": name, "median_s_per_call": med, "max_foreign_cpu_frac": info["max_foreign_cpu_frac"],
-                     "all_s_per_call": times})
+        rows.append(
+            {
+                "piece": name,
+                "median_s_per_call": med,
+                "max_foreign_cpu_frac": info["max_foreign_cpu_frac"],
+                "all_s_per_call": times,
+            }
+        )
         print(f"{name:14s} {med:7.3f} s  (foreign {info['max_foreign_cpu_frac']:.3f})", flush=True)
-    common.write_json(args.out, {"benchmark": "train step breakdown", "config": args.config, "size": args.size,
-                                 "batch": args.batch, "compute_dtype": args.compute_dtype,
-                                 "env": common.env_info(), "results": rows})
+    common.write_json(
+        args.out,
+        {
+            "benchmark": "train step breakdown",
+            "config": args.config,
+            "size": args.size,
+            "batch": args.batch,
+            "compute_dtype": args.compute_dtype,
+            "env": common.env_info(),
+            "results": rows,
+        },
+    )
 
 
 if __name__ == "__main__":

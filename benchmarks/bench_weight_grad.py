@@ -23,7 +23,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import common  # noqa: E402
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from xray_flax.models import layers  # noqa: E402
@@ -52,14 +51,12 @@ def _layers(x, g, w):
     return jax.vjp(lambda k: layers.conv3x3_same(x, k), w)[1](g)[0]
 
 
-VARIANTS = {"forward": _forward, "xla": _xla, "row_blocks": _row_blocks, "nine_dots": _nine_dots,
-            "layers": _layers}
+VARIANTS = {"forward": _forward, "xla": _xla, "row_blocks": _row_blocks, "nine_dots": _nine_dots, "layers": _layers}
 
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--shapes", default="512:32:32,256:64:64,256:128:128,128:128:128,128:256:256,64:512:256,"
-                                       "32:1024:512")
+    p.add_argument("--shapes", default="512:32:32,256:64:64,256:128:128,128:128:128,128:256:256,64:512:256,32:1024:512")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--wait-idle", type=float, default=60)
     p.add_argument("--out", default=None)
@@ -78,17 +75,35 @@ def main(argv=None) -> dict:
             out = np.asarray(f(x, g, w))
             if name == "xla":
                 reference = out
-            error = None if name == "forward" or reference is None else float(
-                np.max(np.abs(out - reference)) / np.max(np.abs(reference)))
-            times, load = common.time_calls(lambda: jax.block_until_ready(f(x, g, w)), 1, args.repeats,
-                                            wait_idle_s=args.wait_idle)
+            error = (
+                None
+                if name == "forward" or reference is None
+                else float(np.max(np.abs(out - reference)) / np.max(np.abs(reference)))
+            )
+            times, load = common.time_calls(
+                lambda f=f, x=x, g=g, w=w: jax.block_until_ready(f(x, g, w)),
+                1,
+                args.repeats,
+                wait_idle_s=args.wait_idle,
+            )
             median = float(np.median(times))
-            rows.append({"size": size, "in": cin, "out": cout, "variant": name, "ms": median * 1e3,
-                         "gflop_per_s": flops / median / 1e9, "rel_diff_from_xla": error,
-                         "max_foreign_cpu_frac": load["max_foreign_cpu_frac"]})
-            print(f"{size:4d} px {cin:5d}->{cout:<5d} {name:11s} {median * 1e3:8.1f} ms "
-                  f"{flops / median / 1e9:6.1f} GFLOP/s" + (f"  rel diff {error:.1e}" if error is not None else ""),
-                  flush=True)
+            rows.append(
+                {
+                    "size": size,
+                    "in": cin,
+                    "out": cout,
+                    "variant": name,
+                    "ms": median * 1e3,
+                    "gflop_per_s": flops / median / 1e9,
+                    "rel_diff_from_xla": error,
+                    "max_foreign_cpu_frac": load["max_foreign_cpu_frac"],
+                }
+            )
+            print(
+                f"{size:4d} px {cin:5d}->{cout:<5d} {name:11s} {median * 1e3:8.1f} ms "
+                f"{flops / median / 1e9:6.1f} GFLOP/s" + (f"  rel diff {error:.1e}" if error is not None else ""),
+                flush=True,
+            )
     result = {"env": common.env_info({"bench": "weight_grad"}), "rows": rows}
     common.write_json(args.out, result)
     return result

@@ -20,7 +20,7 @@ import platform
 import statistics
 import sys
 import time
-from typing import Callable
+from collections.abc import Callable
 
 _HZ = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 _NCPU = os.cpu_count() or 1
@@ -59,8 +59,15 @@ def wait_idle(timeout_s: float, threshold: float = 0.10, window_s: float = 2.0) 
     return time.perf_counter() - start
 
 
-def time_calls(fn: Callable[[], object], warmup: int, repeats: int, *, max_foreign: float = 0.05,
-               wait_idle_s: float = 900.0, max_redo: int = 3) -> tuple[list[float], dict]:
+def time_calls(
+    fn: Callable[[], object],
+    warmup: int,
+    repeats: int,
+    *,
+    max_foreign: float = 0.05,
+    wait_idle_s: float = 900.0,
+    max_redo: int = 3,
+) -> tuple[list[float], dict]:
     """Timed calls of fn (which must block until its result is ready) and contention stats."""
     waited = wait_idle(wait_idle_s) if wait_idle_s > 0 else 0.0
     for _ in range(warmup):
@@ -80,16 +87,26 @@ def time_calls(fn: Callable[[], object], warmup: int, repeats: int, *, max_forei
             continue
         times.append(dt)
         fractions.append(frac)
-    return times, {"foreign_cpu_frac_per_call": [round(x, 4) for x in fractions],
-                   "max_foreign_cpu_frac": max(fractions), "discarded_calls": discarded,
-                   "waited_for_idle_s": round(waited, 1), "steal_s": round(steal, 2),
-                   "load_average": list(os.getloadavg())}
+    return times, {
+        "foreign_cpu_frac_per_call": [round(x, 4) for x in fractions],
+        "max_foreign_cpu_frac": max(fractions),
+        "discarded_calls": discarded,
+        "waited_for_idle_s": round(waited, 1),
+        "steal_s": round(steal, 2),
+        "load_average": list(os.getloadavg()),
+    }
 
 
 def summarize(times: list[float], batch: int) -> dict:
     median = statistics.median(times)
-    return {"median_s_per_call": median, "median_s_per_image": median / batch, "images_per_s": batch / median,
-            "min_s_per_call": min(times), "max_s_per_call": max(times), "all_s_per_call": times}
+    return {
+        "median_s_per_call": median,
+        "median_s_per_image": median / batch,
+        "images_per_s": batch / median,
+        "min_s_per_call": min(times),
+        "max_s_per_call": max(times),
+        "all_s_per_call": times,
+    }
 
 
 def cpu_name() -> str:
@@ -107,12 +124,20 @@ def env_info(extra: dict | None = None) -> dict:
     import jax
     import jaxlib
 
-    info = {"date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S"),
-            "python": sys.version.split()[0], "jax": jax.__version__, "jaxlib": jaxlib.__version__,
-            "backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
-            "device_kind": jax.devices()[0].device_kind, "cpu": cpu_name(), "os_cpu_count": os.cpu_count(),
-            "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""), "load_average_at_start": list(os.getloadavg()),
-            "argv": sys.argv}
+    info = {
+        "date_utc": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S"),
+        "python": sys.version.split()[0],
+        "jax": jax.__version__,
+        "jaxlib": jaxlib.__version__,
+        "backend": jax.default_backend(),
+        "devices": [str(d) for d in jax.devices()],
+        "device_kind": jax.devices()[0].device_kind,
+        "cpu": cpu_name(),
+        "os_cpu_count": os.cpu_count(),
+        "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
+        "load_average_at_start": list(os.getloadavg()),
+        "argv": sys.argv,
+    }
     if extra:
         info.update(extra)
     return info

@@ -43,7 +43,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import common  # noqa: E402
 import jax  # noqa: E402
-
 from bench_model import DEFAULT_CHANNELS, ModelBench, load_config  # noqa: E402
 
 _INSTR = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(\S+)\s+(\w[\w\-]*)\(")
@@ -140,8 +139,17 @@ def classify(name: str, instructions: dict, computations: dict) -> tuple[str, st
         return phase, "copies, transposes", f"{opcode} {shape}"
     if " reduce(" in text or opcode in ("reduce", "reduce-window"):
         return phase, "reductions", f"{opcode} {shape}"
-    if opcode == "fusion" or opcode in ("add", "multiply", "select", "maximum", "dynamic-update-slice",
-                                        "concatenate", "slice", "pad", "broadcast"):
+    if opcode == "fusion" or opcode in (
+        "add",
+        "multiply",
+        "select",
+        "maximum",
+        "dynamic-update-slice",
+        "concatenate",
+        "slice",
+        "pad",
+        "broadcast",
+    ):
         return phase, "elementwise", f"{opcode} {shape}"
     return phase, "other", f"{opcode} {shape}"
 
@@ -218,27 +226,41 @@ def main(argv=None) -> dict:
         kinds[kind] += v
     result = {
         "env": common.env_info({"bench": "profile_step"}),
-        "config": args.config, "mode": args.mode, "size": args.size, "batch": args.batch,
-        "compute_dtype": args.compute_dtype, "runs_traced": runs,
-        "wall_s_per_call_under_profiler": wall, "thunk_s_per_call": profiled,
-        "xla_flops_per_call": info.get("xla_flops_per_call"), "max_foreign_cpu_frac": load["max_foreign_cpu_frac"],
-        "cells": [{"phase": ph, "kind": k, "s_per_call": v, "share": v / profiled, "instructions": count[(ph, k)]}
-                  for (ph, k), v in sorted(cells.items(), key=lambda kv: -kv[1])],
+        "config": args.config,
+        "mode": args.mode,
+        "size": args.size,
+        "batch": args.batch,
+        "compute_dtype": args.compute_dtype,
+        "runs_traced": runs,
+        "wall_s_per_call_under_profiler": wall,
+        "thunk_s_per_call": profiled,
+        "xla_flops_per_call": info.get("xla_flops_per_call"),
+        "max_foreign_cpu_frac": load["max_foreign_cpu_frac"],
+        "cells": [
+            {"phase": ph, "kind": k, "s_per_call": v, "share": v / profiled, "instructions": count[(ph, k)]}
+            for (ph, k), v in sorted(cells.items(), key=lambda kv: -kv[1])
+        ],
         "phases": {k: v for k, v in sorted(phases.items(), key=lambda kv: -kv[1])},
         "kinds": {k: v for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])},
         "top": top,
     }
     phase_names = list(result["phases"])
-    lines = [f"Profile: {args.config} {args.mode}, {args.size} px, batch {args.batch}, {args.compute_dtype}; "
-             f"{wall:.3f} s per call under the profiler, {profiled:.3f} s in XLA thunks "
-             f"({runs} calls traced). Milliseconds per call:", "",
-             "| kind | " + " | ".join(phase_names) + " | total | share |",
-             "|---|" + "---|" * (len(phase_names) + 2)]
+    lines = [
+        f"Profile: {args.config} {args.mode}, {args.size} px, batch {args.batch}, {args.compute_dtype}; "
+        f"{wall:.3f} s per call under the profiler, {profiled:.3f} s in XLA thunks "
+        f"({runs} calls traced). Milliseconds per call:",
+        "",
+        "| kind | " + " | ".join(phase_names) + " | total | share |",
+        "|---|" + "---|" * (len(phase_names) + 2),
+    ]
     for kind, total in result["kinds"].items():
         row = [f"{cells[(ph, kind)] * 1e3:.0f}" if (ph, kind) in cells else "" for ph in phase_names]
         lines.append(f"| {kind} | " + " | ".join(row) + f" | {total * 1e3:.0f} | {total / profiled:.1%} |")
-    lines.append("| **total** | " + " | ".join(f"{result['phases'][ph] * 1e3:.0f}" for ph in phase_names)
-                 + f" | {profiled * 1e3:.0f} | 100% |")
+    lines.append(
+        "| **total** | "
+        + " | ".join(f"{result['phases'][ph] * 1e3:.0f}" for ph in phase_names)
+        + f" | {profiled * 1e3:.0f} | 100% |"
+    )
     lines += ["", "| slowest instructions | phase | kind | ms per call | what |", "|---|---|---|---|---|"]
     for t in top:
         lines.append(f"| `{t['hlo']}` | {t['phase']} | {t['kind']} | {t['ms_per_call']:.1f} | `{t['what']}` |")

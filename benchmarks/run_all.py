@@ -51,8 +51,11 @@ def best_per(rows: list[dict], mode: str, size: int) -> dict | None:
 
 def ratio_table(pairs: list[tuple[str, str]], ceiling: float | None) -> str:
     """Markdown: for each (ours, peer) JSON pair, matching rows and each side's best batch."""
-    lines = ["| ours | peer | mode | size | batch (ours/peer) | ours s/img | peer s/img | speed-up vs peer "
-             "| ours GFLOP/s | ours % of ceiling |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| ours | peer | mode | size | batch (ours/peer) | ours s/img | peer s/img | speed-up vs peer "
+        "| ours GFLOP/s | ours % of ceiling |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for ours_path, peer_path in pairs:
         ours, peer = json.load(open(ours_path)), json.load(open(peer_path))
         keys = sorted({(r["mode"], r["size"]) for r in ours["results"]}, key=lambda k: (k[0] != "train", k[1]))
@@ -62,10 +65,12 @@ def ratio_table(pairs: list[tuple[str, str]], ceiling: float | None) -> str:
                 continue
             ach = a.get("achieved_gflop_per_s")
             frac = f"{100 * ach / ceiling:.0f}%" if ach and ceiling else "-"
-            lines.append(f"| {ours['model']} | {peer['model'].split(':')[0]} | {mode} | {size} | "
-                         f"{a['batch']}/{b['batch']} | {a['median_s_per_image']:.3f} | {b['median_s_per_image']:.3f} | "
-                         f"**{b['median_s_per_image'] / a['median_s_per_image']:.2f}x** | "
-                         f"{(f'{ach:.1f}' if ach else '-')} | {frac} |")
+            lines.append(
+                f"| {ours['model']} | {peer['model'].split(':')[0]} | {mode} | {size} | "
+                f"{a['batch']}/{b['batch']} | {a['median_s_per_image']:.3f} | {b['median_s_per_image']:.3f} | "
+                f"**{b['median_s_per_image'] / a['median_s_per_image']:.2f}x** | "
+                f"{(f'{ach:.1f}' if ach else '-')} | {frac} |"
+            )
     return "\n".join(lines)
 
 
@@ -82,8 +87,11 @@ def main() -> None:
     p.add_argument("--skip-ours", action="store_true", help="only redo the peer side + tables")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--batches", default="1", help="our train/infer batches (comma list)")
-    p.add_argument("--peer-batches", default="1",
-                   help="peer train/infer batches; batch 1 is the peers' best here (../shared/peers/RESULTS.md)")
+    p.add_argument(
+        "--peer-batches",
+        default="1",
+        help="peer train/infer batches; batch 1 is the peers' best here (../shared/peers/RESULTS.md)",
+    )
     p.add_argument("--wait-idle", type=float, default=900.0)
     p.add_argument("--peers-on-gpu-host", action="store_true")
     args = p.parse_args()
@@ -94,7 +102,9 @@ def main() -> None:
     os.makedirs(args.out, exist_ok=True)
     out = lambda name: os.path.join(args.out, name)  # noqa: E731
     py = sys.executable
-    have_peer = os.path.exists(args.peer_python) and os.path.isdir(args.peers_dir) and (on_cpu or args.peers_on_gpu_host)
+    have_peer = (
+        os.path.exists(args.peer_python) and os.path.isdir(args.peers_dir) and (on_cpu or args.peers_on_gpu_host)
+    )
     repeats = "3" if args.quick else str(args.repeats)
     sizes = "256" if args.quick else "256,512"
     guard = ["--wait-idle", str(args.wait_idle)]
@@ -116,10 +126,28 @@ def main() -> None:
     for config, dtype, name in model_runs:
         if not args.skip_ours:
             infer_sizes = sizes if config == "paper" else "256"
-            run([py, os.path.join(HERE, "bench_model.py"), "--config", config, "--compute-dtype", dtype,
-                 "--infer-sizes", infer_sizes, "--train-batches", args.batches, "--infer-batches", args.batches,
-                 "--repeats", repeats, *guard, "--out", out(name)],
-                out(name.replace(".json", ".log")))
+            run(
+                [
+                    py,
+                    os.path.join(HERE, "bench_model.py"),
+                    "--config",
+                    config,
+                    "--compute-dtype",
+                    dtype,
+                    "--infer-sizes",
+                    infer_sizes,
+                    "--train-batches",
+                    args.batches,
+                    "--infer-batches",
+                    args.batches,
+                    "--repeats",
+                    repeats,
+                    *guard,
+                    "--out",
+                    out(name),
+                ],
+                out(name.replace(".json", ".log")),
+            )
         if os.path.exists(out(name)):
             ours.append((config, out(name)))
 
@@ -136,10 +164,22 @@ def main() -> None:
         if args.peer_draem:
             peer_runs.append(("draem", "draem_torch_bench.py", "draem_torch.json"))
         for config, script, name in peer_runs:
-            cmd = [args.peer_python, os.path.join(args.peers_dir, script), "--repeats", repeats,
-                   "--train-batches", args.peer_batches, "--infer-batches", args.peer_batches,
-                   "--infer-sizes", sizes if config == "paper" else "256",
-                   "--wait-idle", str(args.wait_idle), "--out", out(name)]
+            cmd = [
+                args.peer_python,
+                os.path.join(args.peers_dir, script),
+                "--repeats",
+                repeats,
+                "--train-batches",
+                args.peer_batches,
+                "--infer-batches",
+                args.peer_batches,
+                "--infer-sizes",
+                sizes if config == "paper" else "256",
+                "--wait-idle",
+                str(args.wait_idle),
+                "--out",
+                out(name),
+            ]
             if run(cmd, out(name.replace(".json", ".log"))) == 0:
                 peer_files[config] = out(name)
     else:
@@ -147,11 +187,39 @@ def main() -> None:
 
     # 4. Synthesis and input pipeline.
     if not args.skip_extras:
-        run([py, os.path.join(HERE, "bench_synthesis.py"), "--sizes", "256", "512", "--batch", "8",
-             "--modes", "vmap", "--json", out("synthesis.json")], out("synthesis.log"))
+        run(
+            [
+                py,
+                os.path.join(HERE, "bench_synthesis.py"),
+                "--sizes",
+                "256",
+                "512",
+                "--batch",
+                "8",
+                "--modes",
+                "vmap",
+                "--json",
+                out("synthesis.json"),
+            ],
+            out("synthesis.log"),
+        )
         pipe_dir = "/tmp/xray_bench_pipeline"
-        if run([py, os.path.join(HERE, "bench_pipeline.py"), "--size", "4096", "--seconds", "10",
-                "--workdir", pipe_dir], out("pipeline.log")) == 0:
+        if (
+            run(
+                [
+                    py,
+                    os.path.join(HERE, "bench_pipeline.py"),
+                    "--size",
+                    "4096",
+                    "--seconds",
+                    "10",
+                    "--workdir",
+                    pipe_dir,
+                ],
+                out("pipeline.log"),
+            )
+            == 0
+        ):
             shutil.copy(os.path.join(pipe_dir, "bench_pipeline.json"), out("pipeline.json"))
 
     # 5. Tables.

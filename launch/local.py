@@ -63,17 +63,30 @@ def _die_with_the_launcher() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
 
 
-def launch(num_processes: int, main_args: list[str], devices_per_process: int = 1, port: int = 0,
-           grace_seconds: float = 10.0) -> int:
+def launch(
+    num_processes: int, main_args: list[str], devices_per_process: int = 1, port: int = 0, grace_seconds: float = 10.0
+) -> int:
     """Run the processes to the end; returns the exit status (see the module docstring)."""
     address = f"127.0.0.1:{port or free_port()}"
     env = process_environment(devices_per_process)
-    procs = [subprocess.Popen([sys.executable, "-m", "xray_flax.main", *main_args,
-                               f"--coordinator_address={address}", f"--num_processes={num_processes}",
-                               f"--process_id={i}"], cwd=REPO, env=env,
-                              preexec_fn=_die_with_the_launcher,
-                              start_new_session=True)  # a terminal's Ctrl-C reaches the launcher only
-             for i in range(num_processes)]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "xray_flax.main",
+                *main_args,
+                f"--coordinator_address={address}",
+                f"--num_processes={num_processes}",
+                f"--process_id={i}",
+            ],
+            cwd=REPO,
+            env=env,
+            preexec_fn=_die_with_the_launcher,
+            start_new_session=True,
+        )  # a terminal's Ctrl-C reaches the launcher only
+        for i in range(num_processes)
+    ]
 
     def forward(signum, frame):
         # Ctrl-C too becomes SIGTERM: the processes save a checkpoint and stop together.
@@ -88,8 +101,7 @@ def launch(num_processes: int, main_args: list[str], devices_per_process: int = 
             failed = [p.returncode for p in procs if p.returncode not in (None, 0)]
             if failed and not status:
                 status = failed[0]
-                print(f"launch/local.py: a process exited with status {status}; stopping the others",
-                      file=sys.stderr)
+                print(f"launch/local.py: a process exited with status {status}; stopping the others", file=sys.stderr)
                 forward(signal.SIGTERM, None)
                 deadline = time.monotonic() + grace_seconds
                 while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
@@ -105,8 +117,9 @@ def launch(num_processes: int, main_args: list[str], devices_per_process: int = 
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     usage="%(prog)s --num_processes N [options] -- MAIN_ARGS...")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], usage="%(prog)s --num_processes N [options] -- MAIN_ARGS..."
+    )
     parser.add_argument("--num_processes", type=int, required=True)
     parser.add_argument("--devices_per_process", type=int, default=1, help="simulated CPU devices each")
     parser.add_argument("--port", type=int, default=0, help="coordinator port on 127.0.0.1 (0: a free one)")

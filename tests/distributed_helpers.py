@@ -27,35 +27,53 @@ def cli_env(devices: int | None = None) -> dict[str, str]:
     """Environment of a training subprocess: CPU, the test session's compilation cache."""
     env = dict(os.environ)
     env["JAX_PLATFORMS"] = "cpu"
-    env["XRAY_FLAX_JAX_CACHE"] = os.environ.get("XRAY_FLAX_TEST_JAX_CACHE",
-                                                os.path.join(REPO, ".pytest_cache", "jax"))
+    env["XRAY_FLAX_JAX_CACHE"] = os.environ.get("XRAY_FLAX_TEST_JAX_CACHE", os.path.join(REPO, ".pytest_cache", "jax"))
     env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}" if devices else ""
     env["TF_CPP_MIN_LOG_LEVEL"] = "2"
     return env
 
 
 def tiny_args(workdir: str, simulated_cache: str, **train) -> list[str]:
-    args = ["--config", "configs/tiny.py", "--workdir", workdir,
-            f"--config.data.simulated.cache_dir={simulated_cache}",
-            "--config.train.predict_test_scans=0", "--config.train.image_summary_every=0"]
+    args = [
+        "--config",
+        "configs/tiny.py",
+        "--workdir",
+        workdir,
+        f"--config.data.simulated.cache_dir={simulated_cache}",
+        "--config.train.predict_test_scans=0",
+        "--config.train.image_summary_every=0",
+    ]
     return args + [f"--config.train.{k}={v}" for k, v in train.items()]
 
 
 def run_cli(args: list[str], devices: int | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "xray_flax.main", *args], cwd=REPO, env=cli_env(devices),
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "xray_flax.main", *args],
+        cwd=REPO,
+        env=cli_env(devices),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def run_local_launcher(num_processes: int, args: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "launch/local.py", f"--num_processes={num_processes}", "--", *args],
-                          cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "launch/local.py", f"--num_processes={num_processes}", "--", *args],
+        cwd=REPO,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def run_and_terminate(command: list[str], after_step: int, num_steps: int, timeout: float) -> tuple[int, str]:
     """Start `command` (a training run, from the repository root), send it SIGTERM once it logs
     step `after_step` of `num_steps`; (exit status, combined output)."""
-    proc = subprocess.Popen(command, cwd=REPO, env=cli_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        command, cwd=REPO, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     lines, sent = [], False
     deadline = time.monotonic() + timeout
     try:
@@ -82,8 +100,9 @@ def latest_state(workdir: str, step: int | None = None):
         config = ml_collections.ConfigDict(json.load(f))
     model = registry.build_model(config.model, config.data.channels)
     tx = steps.make_optimizer(config.optim, config.train.num_steps)
-    abstract = steps.abstract_state(model, tx, config.data.patch_size, config.data.channels,
-                                    jax.sharding.SingleDeviceSharding(jax.devices()[0]))
+    abstract = steps.abstract_state(
+        model, tx, config.data.patch_size, config.data.channels, jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    )
     manager = ocp.CheckpointManager(os.path.join(workdir, checkpoint.LATEST_DIR))
     step = manager.latest_step() if step is None else step
     restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))

@@ -17,8 +17,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def run_cli(*args, timeout=900):
-    result = subprocess.run([sys.executable, "-m", "xray_flax.main", *args], cwd=REPO, capture_output=True,
-                            text=True, timeout=timeout)
+    result = subprocess.run(
+        [sys.executable, "-m", "xray_flax.main", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout
+    )
     assert result.returncode == 0, result.stderr[-5000:]
     return result
 
@@ -83,16 +84,39 @@ def test_predict_writes_map_overlay_regions_and_report_for_a_16bit_scan(trained,
 
 def test_predict_on_a_missing_file_names_it(trained, tmp_path):
     workdir, _ = trained
-    result = subprocess.run([sys.executable, "-m", "xray_flax.main", "--workdir", workdir, "--mode", "predict",
-                             "--inputs", str(tmp_path / "nope.png")], cwd=REPO, capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "xray_flax.main",
+            "--workdir",
+            workdir,
+            "--mode",
+            "predict",
+            "--inputs",
+            str(tmp_path / "nope.png"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode != 0 and "nope.png does not exist" in result.stderr
 
 
 def test_evaluate_any_saved_checkpoint(trained, tmp_path):
     workdir, _ = trained
     cache = json.load(open(os.path.join(workdir, "config.json")))["data"]["simulated"]["cache_dir"]
-    run_cli("--config", "configs/tiny.py", "--workdir", workdir, "--mode", "evaluate", "--output_dir", str(tmp_path),
-            f"--config.data.simulated.cache_dir={cache}",
-            f"--config.eval.checkpoint={os.path.join(workdir, 'checkpoints', '3')}")
+    run_cli(
+        "--config",
+        "configs/tiny.py",
+        "--workdir",
+        workdir,
+        "--mode",
+        "evaluate",
+        "--output_dir",
+        str(tmp_path),
+        f"--config.data.simulated.cache_dir={cache}",
+        f"--config.eval.checkpoint={os.path.join(workdir, 'checkpoints', '3')}",
+    )
     report = json.load(open(tmp_path / "metrics.json"))
     assert report["step"] == 3 and report["checkpoint"].endswith(os.path.join("checkpoints", "3"))

@@ -4,8 +4,7 @@ import numpy as np
 import pytest
 
 from xray_flax.data import config as data_config_lib
-from xray_flax.data import pipeline
-from xray_flax.data import readers
+from xray_flax.data import pipeline, readers
 
 tfds_builder = pytest.importorskip("xray_flax.data.tfds_builder")
 pytest.importorskip("tensorflow_datasets")
@@ -13,56 +12,56 @@ pytest.importorskip("tensorflow_datasets")
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
-  c = data_config_lib.defaults()
-  c.simulated.cache_dir = str(tmp_path_factory.mktemp("sim"))
-  c.simulated.n_scans, c.simulated.height, c.simulated.width = 3, 224, 256
-  c.simulated.paint_losses, c.simulated.white_spots, c.simulated.nails = 2, 2, 1
-  c.patch_size, c.stride, c.border = 32, 24, "shift"  # overlapping tiles
-  c.split_fractions = (1, 1, 1)
-  data_dir = str(tmp_path_factory.mktemp("tfds"))
-  tfds_builder.build_tfds(c, data_dir)
-  t = c.copy_and_resolve_references()
-  t.source, t.tfds.data_dir = "tfds", data_dir
-  return c, t
+    c = data_config_lib.defaults()
+    c.simulated.cache_dir = str(tmp_path_factory.mktemp("sim"))
+    c.simulated.n_scans, c.simulated.height, c.simulated.width = 3, 224, 256
+    c.simulated.paint_losses, c.simulated.white_spots, c.simulated.nails = 2, 2, 1
+    c.patch_size, c.stride, c.border = 32, 24, "shift"  # overlapping tiles
+    c.split_fractions = (1, 1, 1)
+    data_dir = str(tmp_path_factory.mktemp("tfds"))
+    tfds_builder.build_tfds(c, data_dir)
+    t = c.copy_and_resolve_references()
+    t.source, t.tfds.data_dir = "tfds", data_dir
+    return c, t
 
 
 def test_round_trip_equals_direct_reading(built):
-  direct_cfg, tfds_cfg = built
-  direct = pipeline.prepare_splits(direct_cfg, None)
-  stored = pipeline.prepare_splits(tfds_cfg, None)
-  assert stored.tfds_dir and stored.to_json()["train"] == direct.to_json()["train"]
-  for split in ("train", "val", "test"):
-    assert pipeline.count_tiles(stored, split, tfds_cfg) == pipeline.count_tiles(direct, split, direct_cfg) > 0
-    a = list(pipeline.iterate_eval_batches(direct, split, direct_cfg, batch_size=16))
-    b = list(pipeline.iterate_eval_batches(stored, split, tfds_cfg, batch_size=16))
-    assert len(a) == len(b)
-    for x, y in zip(a, b):
-      assert set(x) == set(y)
-      for k in x:
-        np.testing.assert_array_equal(x[k], y[k], err_msg=f"{split}/{k}")  # bit for bit (16-bit)
-  # Training reads the same normal tiles in the same order.
-  ta = pipeline.make_train_iterator(direct, direct_cfg, batch_size=4, seed=0)
-  tb = pipeline.make_train_iterator(stored, tfds_cfg, batch_size=4, seed=0)
-  for _ in range(5):
-    x, y = next(ta), next(tb)
-    for k in x:
-      np.testing.assert_array_equal(x[k], y[k])
+    direct_cfg, tfds_cfg = built
+    direct = pipeline.prepare_splits(direct_cfg, None)
+    stored = pipeline.prepare_splits(tfds_cfg, None)
+    assert stored.tfds_dir and stored.to_json()["train"] == direct.to_json()["train"]
+    for split in ("train", "val", "test"):
+        assert pipeline.count_tiles(stored, split, tfds_cfg) == pipeline.count_tiles(direct, split, direct_cfg) > 0
+        a = list(pipeline.iterate_eval_batches(direct, split, direct_cfg, batch_size=16))
+        b = list(pipeline.iterate_eval_batches(stored, split, tfds_cfg, batch_size=16))
+        assert len(a) == len(b)
+        for x, y in zip(a, b):
+            assert set(x) == set(y)
+            for k in x:
+                np.testing.assert_array_equal(x[k], y[k], err_msg=f"{split}/{k}")  # bit for bit (16-bit)
+    # Training reads the same normal tiles in the same order.
+    ta = pipeline.make_train_iterator(direct, direct_cfg, batch_size=4, seed=0)
+    tb = pipeline.make_train_iterator(stored, tfds_cfg, batch_size=4, seed=0)
+    for _ in range(5):
+        x, y = next(ta), next(tb)
+        for k in x:
+            np.testing.assert_array_equal(x[k], y[k])
 
 
 def test_rebuild_with_other_tiling_is_refused(built):
-  direct_cfg, tfds_cfg = built
-  other = direct_cfg.copy_and_resolve_references()
-  other.stride = 32
-  with pytest.raises(readers.DataError, match="already here"):
-    tfds_builder.build_tfds(other, tfds_cfg.tfds.data_dir)
-  wrong = tfds_cfg.copy_and_resolve_references()
-  wrong.patch_size = 64
-  with pytest.raises(readers.DataError, match="patch_size"):
-    pipeline.prepare_splits(wrong, None)
+    direct_cfg, tfds_cfg = built
+    other = direct_cfg.copy_and_resolve_references()
+    other.stride = 32
+    with pytest.raises(readers.DataError, match="already here"):
+        tfds_builder.build_tfds(other, tfds_cfg.tfds.data_dir)
+    wrong = tfds_cfg.copy_and_resolve_references()
+    wrong.patch_size = 64
+    with pytest.raises(readers.DataError, match="patch_size"):
+        pipeline.prepare_splits(wrong, None)
 
 
 def test_missing_dataset_names_the_folder(tmp_path):
-  c = data_config_lib.defaults()
-  c.source, c.tfds.data_dir = "tfds", str(tmp_path)
-  with pytest.raises(readers.LayoutError, match=str(tmp_path)):
-    pipeline.prepare_splits(c, None)
+    c = data_config_lib.defaults()
+    c.source, c.tfds.data_dir = "tfds", str(tmp_path)
+    with pytest.raises(readers.LayoutError, match=str(tmp_path)):
+        pipeline.prepare_splits(c, None)

@@ -23,14 +23,14 @@ import subprocess
 import sys
 import time
 
+import distributed_helpers as helpers
 import jax
 import numpy as np
 import pytest
 
-import distributed_helpers as helpers
 from xray_flax import parallel
-from xray_flax.data import pipeline
 from xray_flax.data import config as data_config_lib
+from xray_flax.data import pipeline
 
 NUM_STEPS = 8
 LEARNING_RATE = 1e-3  # configs/tiny.py
@@ -38,8 +38,15 @@ LEARNING_RATE = 1e-3  # configs/tiny.py
 
 def train_args(workdir: str, cache: str) -> list[str]:
     # Every step logged and kept, validation (the multi-process Inferencer) half way.
-    return helpers.tiny_args(workdir, cache, num_steps=NUM_STEPS, log_every=1, checkpoint_every=1,
-                             keep_checkpoints=NUM_STEPS, eval_every=NUM_STEPS // 2)
+    return helpers.tiny_args(
+        workdir,
+        cache,
+        num_steps=NUM_STEPS,
+        log_every=1,
+        checkpoint_every=1,
+        keep_checkpoints=NUM_STEPS,
+        eval_every=NUM_STEPS // 2,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -62,8 +69,10 @@ def test_global_batches_do_not_depend_on_the_process_count(tmp_path):
     c.patch_size, c.stride = 32, 32
     splits = pipeline.prepare_splits(c, None)
     one = pipeline.make_train_iterator(splits, c, batch_size=6, seed=0)
-    shards = [pipeline.make_train_iterator(splits, c, batch_size=2, seed=0, process_index=p, process_count=3)
-              for p in range(3)]
+    shards = [
+        pipeline.make_train_iterator(splits, c, batch_size=2, seed=0, process_index=p, process_count=3)
+        for p in range(3)
+    ]
     for _ in range(12):  # past the end of the first epoch
         expected = next(one)["image"]
         assembled = np.concatenate([next(s)["image"] for s in shards])  # process order, as the mesh has it
@@ -71,8 +80,10 @@ def test_global_batches_do_not_depend_on_the_process_count(tmp_path):
     # Each process restores its own iterator state and goes on with the same global batches.
     states = [s.get_state() for s in shards]
     expected = [next(one)["image"] for _ in range(3)]
-    fresh = [pipeline.make_train_iterator(splits, c, batch_size=2, seed=0, process_index=p, process_count=3)
-             for p in range(3)]
+    fresh = [
+        pipeline.make_train_iterator(splits, c, batch_size=2, seed=0, process_index=p, process_count=3)
+        for p in range(3)
+    ]
     for s, state in zip(fresh, states):
         s.set_state(state)
     for e in expected:
@@ -81,11 +92,14 @@ def test_global_batches_do_not_depend_on_the_process_count(tmp_path):
         pipeline.make_train_iterator(splits, c, batch_size=2, seed=0, process_index=3, process_count=3)
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"num_processes": 2}, "go together"),
-    ({"coordinator_address": "127.0.0.1:1234", "num_processes": 2}, "go together"),
-    ({"coordinator_address": "127.0.0.1:1234", "num_processes": 2, "process_id": 2}, "0..1"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"num_processes": 2}, "go together"),
+        ({"coordinator_address": "127.0.0.1:1234", "num_processes": 2}, "go together"),
+        ({"coordinator_address": "127.0.0.1:1234", "num_processes": 2, "process_id": 2}, "0..1"),
+    ],
+)
 def test_incomplete_multi_process_flags_are_a_clear_error(kwargs, message):
     with pytest.raises(ValueError, match=message):
         parallel.initialize_distributed(**kwargs)
@@ -105,8 +119,9 @@ def test_single_process_without_a_cluster_does_not_start_jax_distributed(monkeyp
 
 def start_two_processes_and_terminate(args: list[str], after_step: int, timeout: float = 240) -> tuple[int, str]:
     """launch/local.py with 2 processes; SIGTERM to the launcher once `after_step` is logged."""
-    return helpers.run_and_terminate([sys.executable, "launch/local.py", "--num_processes=2", "--", *args],
-                                     after_step, NUM_STEPS, timeout)
+    return helpers.run_and_terminate(
+        [sys.executable, "launch/local.py", "--num_processes=2", "--", *args], after_step, NUM_STEPS, timeout
+    )
 
 
 def flat_params(state) -> np.ndarray:
@@ -182,9 +197,23 @@ def test_evaluation_in_two_processes_equals_one_process(one_process_run, tmp_pat
 @pytest.mark.slow
 def test_loss_curve_is_the_same_on_1_2_and_8_simulated_devices(tmp_path):
     result = subprocess.run(
-        [sys.executable, "benchmarks/bench_scaling.py", "--simulate=8", "--devices=1,2,8", "--global_batch=8",
-         "--check", "--warmup=1", "--steps=3", f"--json={tmp_path / 'scaling.json'}"],
-        cwd=helpers.REPO, env=helpers.cli_env(), capture_output=True, text=True, timeout=400)
+        [
+            sys.executable,
+            "benchmarks/bench_scaling.py",
+            "--simulate=8",
+            "--devices=1,2,8",
+            "--global_batch=8",
+            "--check",
+            "--warmup=1",
+            "--steps=3",
+            f"--json={tmp_path / 'scaling.json'}",
+        ],
+        cwd=helpers.REPO,
+        env=helpers.cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
     assert result.returncode == 0, result.stdout + result.stderr[-4000:]
     assert result.stdout.count(": OK (") == 2, result.stdout
     with open(tmp_path / "scaling.json") as f:
@@ -195,8 +224,9 @@ def test_loss_curve_is_the_same_on_1_2_and_8_simulated_devices(tmp_path):
 @pytest.mark.slow
 def test_a_failing_multi_process_run_exits_with_an_error_instead_of_hanging(tmp_path):
     start = time.monotonic()
-    result = helpers.run_local_launcher(2, ["--mode", "evaluate", "--config", "configs/tiny.py",
-                                            "--workdir", str(tmp_path / "empty")], timeout=120)
+    result = helpers.run_local_launcher(
+        2, ["--mode", "evaluate", "--config", "configs/tiny.py", "--workdir", str(tmp_path / "empty")], timeout=120
+    )
     assert result.returncode != 0
     assert "no checkpoint in" in result.stderr
     assert time.monotonic() - start < 100  # not JAX's shutdown barrier or heartbeat timeout

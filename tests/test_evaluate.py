@@ -9,8 +9,12 @@ from xray_flax.evaluate import _best_of_each_class, _gallery_rows
 
 
 def batch(rng, n):
-    return {"score": rng.random(n), "label": (rng.random(n) < 0.2).astype(np.int32),
-            "image": rng.random((n, 4, 4, 1)), "map": rng.random((n, 4, 4))}
+    return {
+        "score": rng.random(n),
+        "label": (rng.random(n) < 0.2).astype(np.int32),
+        "image": rng.random((n, 4, 4, 1)),
+        "map": rng.random((n, 4, 4)),
+    }
 
 
 @pytest.mark.parametrize("rows", [1, 4, 8])

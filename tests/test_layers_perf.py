@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
-import flax.linen as nn
 
 from xray_flax.models import layers
 from xray_flax.models.layers import _align_corners_matrix, conv3x3_same, conv_general_dilated, max_pool2, upsample2x
@@ -19,8 +18,9 @@ def _plain_conv(x, w):
 
 # one row block; several row blocks; several of the smaller blocks of 64+ channel layers; wide
 # enough for the nine-matmul weight gradient
-@pytest.mark.parametrize("shape,out", [((2, 16, 12, 3), 5), ((1, 128, 64, 4), 5), ((1, 64, 64, 64), 64),
-                                       ((2, 8, 6, 256), 256)])
+@pytest.mark.parametrize(
+    "shape,out", [((2, 16, 12, 3), 5), ((1, 128, 64, 4), 5), ((1, 64, 64, 64), 64), ((2, 8, 6, 256), 256)]
+)
 def test_fast_weight_gradients_match_xla(shape, out):
     assert (shape[-1] * out >= layers._WGRAD_DOT_MIN_CHANNEL_PRODUCT) == (out == 256)
     if out == 64:

@@ -15,8 +15,9 @@ from xray_flax import losses
 
 
 def skimage_ssim(a: np.ndarray, b: np.ndarray) -> float:
-    return structural_similarity(a, b, gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
-                                 data_range=1.0, channel_axis=-1)
+    return structural_similarity(
+        a, b, gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1.0, channel_axis=-1
+    )
 
 
 def test_ssim_matches_skimage_on_random_images():
@@ -62,8 +63,9 @@ def test_total_loss_combines_terms_with_lambda():
     rec = np.clip(clean + 0.1 * rng.standard_normal(clean.shape), 0, 1).astype(np.float32)
     logits = rng.standard_normal((2, 32, 32, 2)).astype(np.float32)
     mask = (rng.random((2, 32, 32, 1)) > 0.9).astype(np.float32)
-    total, terms = losses.draem_loss(jnp.asarray(clean), jnp.asarray(rec), jnp.asarray(logits), jnp.asarray(mask),
-                                     ssim_weight=2.0)
+    total, terms = losses.draem_loss(
+        jnp.asarray(clean), jnp.asarray(rec), jnp.asarray(logits), jnp.asarray(mask), ssim_weight=2.0
+    )
     ssim = np.mean([skimage_ssim(clean[i], rec[i]) for i in range(2)])
     l2 = np.mean((clean - rec) ** 2)
     focal = numpy_focal(logits, mask[..., 0], 2.0)

@@ -47,9 +47,7 @@ def test_classification_metrics_match_sklearn(labels, scores):
         ours = metrics.classification_metrics(labels, scores, threshold)
         predicted = (scores >= threshold).astype(int)
         assert ours["accuracy"] == pytest.approx(skm.accuracy_score(labels, predicted), abs=1e-12)
-        assert ours["precision"] == pytest.approx(
-            skm.precision_score(labels, predicted, zero_division=0), abs=1e-12
-        )
+        assert ours["precision"] == pytest.approx(skm.precision_score(labels, predicted, zero_division=0), abs=1e-12)
         assert ours["recall"] == pytest.approx(skm.recall_score(labels, predicted, zero_division=0), abs=1e-12)
         assert ours["f1"] == pytest.approx(skm.f1_score(labels, predicted, zero_division=0), abs=1e-12)
         assert ours["confusion_matrix"] == skm.confusion_matrix(labels, predicted, labels=[0, 1]).tolist()
@@ -73,9 +71,7 @@ def test_labels_are_validated():
 
 
 def _best_f1_brute_force(labels, scores):
-    return max(
-        skm.f1_score(labels, (scores >= t).astype(int), zero_division=0) for t in np.unique(scores)
-    )
+    return max(skm.f1_score(labels, (scores >= t).astype(int), zero_division=0) for t in np.unique(scores))
 
 
 @pytest.mark.parametrize("labels,scores", CASES)
@@ -139,9 +135,7 @@ def test_image_scores_match_scipy_uniform_filter(filter_size):
     maps = rng.random((3, 40, 33)).astype(np.float32)
     maps[1, 0:5, 0:5] = 5.0  # a corner hot spot: border handling decides the score
     maps[2, 18:22, 14:18] = 3.0
-    expected = [
-        ndimage.uniform_filter(m.astype(np.float64), filter_size, mode="constant").max() for m in maps
-    ]
+    expected = [ndimage.uniform_filter(m.astype(np.float64), filter_size, mode="constant").max() for m in maps]
     got = np.asarray(metrics.image_scores(maps, filter_size))
     np.testing.assert_allclose(got, expected, rtol=1e-5)
 

@@ -45,18 +45,47 @@ def unet_count(cin: int) -> int:
 
 
 def draem_reconstructive_count(c: int, b: int = 128) -> int:
-    enc = vgg(c, b, b) + vgg(b, 2 * b, 2 * b) + vgg(2 * b, 4 * b, 4 * b) + vgg(4 * b, 8 * b, 8 * b) + vgg(8 * b, 8 * b, 8 * b)
-    dec = (conv_bn(8 * b, 8 * b) + vgg(8 * b, 8 * b, 4 * b) + conv_bn(4 * b, 4 * b) + vgg(4 * b, 4 * b, 2 * b)
-           + conv_bn(2 * b, 2 * b) + vgg(2 * b, 2 * b, b) + conv_bn(b, b) + vgg(b, b, b))
+    enc = (
+        vgg(c, b, b)
+        + vgg(b, 2 * b, 2 * b)
+        + vgg(2 * b, 4 * b, 4 * b)
+        + vgg(4 * b, 8 * b, 8 * b)
+        + vgg(8 * b, 8 * b, 8 * b)
+    )
+    dec = (
+        conv_bn(8 * b, 8 * b)
+        + vgg(8 * b, 8 * b, 4 * b)
+        + conv_bn(4 * b, 4 * b)
+        + vgg(4 * b, 4 * b, 2 * b)
+        + conv_bn(2 * b, 2 * b)
+        + vgg(2 * b, 2 * b, b)
+        + conv_bn(b, b)
+        + vgg(b, b, b)
+    )
     return enc + dec + 9 * b * c + c
 
 
 def draem_discriminative_count(c: int, b: int = 64) -> int:
-    enc = (vgg(c, b, b) + vgg(b, 2 * b, 2 * b) + vgg(2 * b, 4 * b, 4 * b) + vgg(4 * b, 8 * b, 8 * b)
-           + vgg(8 * b, 8 * b, 8 * b) + vgg(8 * b, 8 * b, 8 * b))
-    dec = (conv_bn(8 * b, 8 * b) + vgg(16 * b, 8 * b, 8 * b) + conv_bn(8 * b, 4 * b) + vgg(12 * b, 4 * b, 4 * b)
-           + conv_bn(4 * b, 2 * b) + vgg(6 * b, 2 * b, 2 * b) + conv_bn(2 * b, b) + vgg(3 * b, b, b)
-           + conv_bn(b, b) + vgg(2 * b, b, b))
+    enc = (
+        vgg(c, b, b)
+        + vgg(b, 2 * b, 2 * b)
+        + vgg(2 * b, 4 * b, 4 * b)
+        + vgg(4 * b, 8 * b, 8 * b)
+        + vgg(8 * b, 8 * b, 8 * b)
+        + vgg(8 * b, 8 * b, 8 * b)
+    )
+    dec = (
+        conv_bn(8 * b, 8 * b)
+        + vgg(16 * b, 8 * b, 8 * b)
+        + conv_bn(8 * b, 4 * b)
+        + vgg(12 * b, 4 * b, 4 * b)
+        + conv_bn(4 * b, 2 * b)
+        + vgg(6 * b, 2 * b, 2 * b)
+        + conv_bn(2 * b, b)
+        + vgg(3 * b, b, b)
+        + conv_bn(b, b)
+        + vgg(2 * b, b, b)
+    )
     return enc + dec + 9 * b * 2 + 2
 
 
@@ -67,7 +96,9 @@ def test_paper_networks_match_layer_lists_and_pytorch_counts():
 
 
 def test_draem_networks_match_layer_lists_and_anomalib_counts():
-    assert param_count(DraemReconstructive(out_channels=3), (1, 32, 32, 3)) == draem_reconstructive_count(3) == 69_048_579
+    assert (
+        param_count(DraemReconstructive(out_channels=3), (1, 32, 32, 3)) == draem_reconstructive_count(3) == 69_048_579
+    )
     assert param_count(DraemDiscriminative(), (1, 32, 32, 6)) == draem_discriminative_count(6) == 28_374_146
 
 

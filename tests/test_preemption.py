@@ -7,24 +7,23 @@ from __future__ import annotations
 import os
 import sys
 
+import distributed_helpers as helpers
 import jax
 import numpy as np
 import pytest
-
-import distributed_helpers as helpers
 
 NUM_STEPS = 40
 
 
 def train_args(workdir: str, cache: str) -> list[str]:
-    return helpers.tiny_args(workdir, cache, num_steps=NUM_STEPS, log_every=1, checkpoint_every=10,
-                             eval_every=1000, keep_checkpoints=2)
+    return helpers.tiny_args(
+        workdir, cache, num_steps=NUM_STEPS, log_every=1, checkpoint_every=10, eval_every=1000, keep_checkpoints=2
+    )
 
 
 def run_until_terminated(args: list[str], after_step: int, timeout: float = 120) -> tuple[int, str]:
     """Start training, send SIGTERM once `after_step` is logged; (exit status, output)."""
-    return helpers.run_and_terminate([sys.executable, "-m", "xray_flax.main", *args], after_step, NUM_STEPS,
-                                     timeout)
+    return helpers.run_and_terminate([sys.executable, "-m", "xray_flax.main", *args], after_step, NUM_STEPS, timeout)
 
 
 @pytest.mark.slow

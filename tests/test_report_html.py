@@ -14,7 +14,6 @@ from PIL import Image
 
 from xray_flax.report import gallery, html, overlay, regions, stitch
 
-
 # --- colour maps and overlays ------------------------------------------------------------
 
 
@@ -144,7 +143,9 @@ def test_report_is_self_contained(report_file):
     # The only http(s) string is the SVG namespace, which is an identifier, not a fetch.
     assert set(re.findall(r"https?://[^\s\"']+", page)) == {"http://www.w3.org/2000/svg"}
     assert "scan &lt;A&amp;B&gt;" in page  # title escaped
-    data = json.loads(re.search(r'<script type="application/json" id="report-data">(.*?)</script>', page, re.S).group(1))
+    data = json.loads(
+        re.search(r'<script type="application/json" id="report-data">(.*?)</script>', page, re.S).group(1)
+    )
     assert [r["id"] for r in data["regions"]] == [r.id for r in found] == [1, 2]
     assert data["regions"][0]["crop"].startswith("data:image/png;base64,")
     assert data["scale"] == pytest.approx(0.5)
@@ -169,9 +170,17 @@ def chromium_or_skip():
 
 def run_chromium(binary, tmp_path, *args):
     command = [
-        binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        f"--user-data-dir={tmp_path / 'chromium-profile'}", *args,
+        binary,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'chromium-profile'}",
+        *args,
     ]
     return subprocess.run(command, capture_output=True, text=True, timeout=120, check=True)
 

@@ -155,8 +155,22 @@ def test_memory_benchmark_runs_at_small_scale(tmp_path):
     spec = importlib.util.spec_from_file_location("bench_predict_memory", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    result = bench.main(["--height", "300", "--width", "200", "--patch", "64", "--stride", "32",
-                         "--batch", "4", "--workdir", str(tmp_path)])
+    result = bench.main(
+        [
+            "--height",
+            "300",
+            "--width",
+            "200",
+            "--patch",
+            "64",
+            "--stride",
+            "32",
+            "--batch",
+            "4",
+            "--workdir",
+            str(tmp_path),
+        ]
+    )
     assert (result["height"], result["width"]) == (300, 200)
     assert result["max_abs_map_error"] < 1e-5
     assert 0 < result["peak_rss_mib_end"] < 2048

@@ -119,7 +119,8 @@ SHARDING_SCRIPT = textwrap.dedent("""
         mesh = parallel.make_mesh(config.mesh)
         rep = parallel.replicated(mesh)
         textures = parallel.replicate(jnp.asarray(load_texture_bank(config.anomaly, size, 1)), mesh)
-        state = jax.jit(lambda k: steps.init_state(model, tx, k, jnp.zeros((1, size, size, 1))), out_shardings=rep)(jax.random.key(0))
+        sample = jnp.zeros((1, size, size, 1))
+        state = jax.jit(lambda k: steps.init_state(model, tx, k, sample), out_shardings=rep)(jax.random.key(0))
         step = jax.jit(functools.partial(steps.train_step, model=model, tx=tx, spec=spec, loss_config=config.loss),
                        in_shardings=(rep, parallel.batch_sharded(mesh), rep, rep), out_shardings=(rep, rep))
         losses, first = [], None
@@ -148,15 +149,17 @@ SHARDING_SCRIPT = textwrap.dedent("""
 
 
 def test_train_step_on_4_devices_equals_1_device():
-    result = subprocess.run([sys.executable, "-c", SHARDING_SCRIPT], cwd=REPO, capture_output=True, text=True,
-                            timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-c", SHARDING_SCRIPT], cwd=REPO, capture_output=True, text=True, timeout=600
+    )
     assert result.returncode == 0, result.stdout + result.stderr[-4000:]
     assert "SHARDING OK" in result.stdout
 
 
 def run_cli(*args, timeout=600):
-    return subprocess.run([sys.executable, "-m", "xray_flax.main", *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "xray_flax.main", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def test_unknown_config_key_is_a_clear_error(tmp_path):

@@ -32,8 +32,12 @@ def _latest_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
 
 def _best_manager(workdir: str) -> ocp.CheckpointManager:
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=1, create=True, best_fn=lambda m: m[BEST_METRIC], best_mode="max",
-        keep_checkpoints_without_metrics=False)
+        max_to_keep=1,
+        create=True,
+        best_fn=lambda m: m[BEST_METRIC],
+        best_mode="max",
+        keep_checkpoints_without_metrics=False,
+    )
     return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), BEST_DIR), options=options)
 
 
@@ -46,9 +50,11 @@ class Checkpointer:
         self.best = _best_manager(workdir)
 
     def save_latest(self, step: int, state: Any, data_iterator: Any, meta: dict) -> None:
-        args = ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                  data_iterator=grain.checkpoint.CheckpointSave(data_iterator),
-                                  meta=ocp.args.JsonSave(meta))
+        args = ocp.args.Composite(
+            state=ocp.args.StandardSave(state),
+            data_iterator=grain.checkpoint.CheckpointSave(data_iterator),
+            meta=ocp.args.JsonSave(meta),
+        )
         self._save(self.latest, step, args)
 
     def save_best(self, step: int, state: Any, meta: dict) -> bool:
@@ -63,17 +69,21 @@ class Checkpointer:
         try:
             manager.save(step, args=args, metrics=metrics, force=True)
         except OSError as e:
-            raise CheckpointError(f"could not write checkpoint step {step} to {manager.directory}: {e}. "
-                                  "Earlier checkpoints there are intact.") from e
+            raise CheckpointError(
+                f"could not write checkpoint step {step} to {manager.directory}: {e}. "
+                "Earlier checkpoints there are intact."
+            ) from e
 
     def latest_step(self) -> int | None:
         return self.latest.latest_step()
 
     def restore_latest(self, abstract_state: Any, data_iterator: Any) -> tuple[Any, dict]:
         step = self.latest.latest_step()
-        args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
-                                  data_iterator=grain.checkpoint.CheckpointRestore(data_iterator),
-                                  meta=ocp.args.JsonRestore())
+        args = ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state),
+            data_iterator=grain.checkpoint.CheckpointRestore(data_iterator),
+            meta=ocp.args.JsonRestore(),
+        )
         restored = self.latest.restore(step, args=args)
         return restored["state"], dict(restored["meta"])
 
@@ -89,12 +99,15 @@ class Checkpointer:
 def _restore_step(directory: str, step: int, abstract_state: Any) -> tuple[Any, dict]:
     manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False))
     try:
-        restored = manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+        restored = manager.restore(
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore())
+        )
     except Exception as e:  # orbax raises several types for corrupt or mismatched files
-        raise CheckpointError(f"could not restore {directory}/{step}: {e}. If the config differs from the "
-                              "one the checkpoint was trained with (widths, levels, channels), pass that "
-                              "config (it is saved as config.json in the workdir).") from e
+        raise CheckpointError(
+            f"could not restore {directory}/{step}: {e}. If the config differs from the "
+            "one the checkpoint was trained with (widths, levels, channels), pass that "
+            "config (it is saved as config.json in the workdir)."
+        ) from e
     finally:
         manager.close()
     return restored["state"], dict(restored["meta"])
@@ -107,8 +120,10 @@ def restore_for_inference(workdir: str, abstract_state: Any, checkpoint: str = "
         path = os.path.abspath(checkpoint)
         name = os.path.basename(path.rstrip("/"))
         if not os.path.isdir(path) or not name.isdigit():
-            raise CheckpointError(f"checkpoint {checkpoint} is not a step directory of a checkpoint folder "
-                                  f"(expected e.g. {os.path.join(workdir, LATEST_DIR, '300')})")
+            raise CheckpointError(
+                f"checkpoint {checkpoint} is not a step directory of a checkpoint folder "
+                f"(expected e.g. {os.path.join(workdir, LATEST_DIR, '300')})"
+            )
         state, meta = _restore_step(os.path.dirname(path), int(name), abstract_state)
         return state, meta, path
     for sub in (BEST_DIR, LATEST_DIR):
@@ -123,5 +138,7 @@ def restore_for_inference(workdir: str, abstract_state: Any, checkpoint: str = "
             continue
         state, meta = _restore_step(directory, step, abstract_state)
         return state, meta, os.path.join(directory, str(step))
-    raise CheckpointError(f"no checkpoint in {os.path.abspath(workdir)} (looked for {BEST_DIR}/ and "
-                          f"{LATEST_DIR}/); train first with --mode train --workdir {workdir}")
+    raise CheckpointError(
+        f"no checkpoint in {os.path.abspath(workdir)} (looked for {BEST_DIR}/ and "
+        f"{LATEST_DIR}/); train first with --mode train --workdir {workdir}"
+    )

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from xray_flax.report import tables
 
@@ -32,7 +32,9 @@ def default_names(workdirs: Sequence[str], reports: Sequence[dict]) -> list[str]
     return names
 
 
-def comparison_markdown(workdirs: Sequence[str], names: Sequence[str] | None = None, include_paper: bool = False) -> str:
+def comparison_markdown(
+    workdirs: Sequence[str], names: Sequence[str] | None = None, include_paper: bool = False
+) -> str:
     if not workdirs:
         raise ValueError("give at least one workdir")
     if names is not None and len(names) != len(workdirs):

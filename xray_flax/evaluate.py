@@ -33,15 +33,16 @@ log = logging.getLogger(__name__)
 
 @dataclasses.dataclass
 class SplitScores:
-    labels: np.ndarray          # [n] int, 1 = anomalous
-    scores: np.ndarray          # [n] image scores
-    maps: list[np.ndarray]      # subsampled anomaly maps of patches with known masks
-    masks: list[np.ndarray]     # matching subsampled ground-truth masks
+    labels: np.ndarray  # [n] int, 1 = anomalous
+    scores: np.ndarray  # [n] image scores
+    maps: list[np.ndarray]  # subsampled anomaly maps of patches with known masks
+    masks: list[np.ndarray]  # matching subsampled ground-truth masks
     gallery: dict[str, np.ndarray]  # a few patches for the figure
 
 
-def score_split(infer: Inferencer, splits: Any, split: str, config: ml_collections.ConfigDict,
-                keep_gallery: int = 0) -> SplitScores:
+def score_split(
+    infer: Inferencer, splits: Any, split: str, config: ml_collections.ConfigDict, keep_gallery: int = 0
+) -> SplitScores:
     """Anomaly maps and image scores of every tile of a split, in a deterministic order.
 
     Memory stays bounded on large splits: pixel maps are subsampled, and only the
@@ -61,18 +62,26 @@ def score_split(infer: Inferencer, splits: Any, split: str, config: ml_collectio
                 maps.append(batch_maps[i, ::step, ::step])
                 masks.append(batch["mask"][i, ::step, ::step, 0] > 0.5)
         if keep_gallery:
-            candidates = {"image": batch["image"], "reconstruction": recon, "map": batch_maps,
-                          "mask": batch["mask"][..., 0], "label": batch["label"], "score": batch_scores}
+            candidates = {
+                "image": batch["image"],
+                "reconstruction": recon,
+                "map": batch_maps,
+                "mask": batch["mask"][..., 0],
+                "label": batch["label"],
+                "score": batch_scores,
+            }
             kept = _best_of_each_class([kept, candidates] if kept else [candidates], keep_gallery)
         done += len(batch_scores)
         if total and done / total >= next_report and done < total:
             next_report += 0.25
-            log.info("%s split: %d/%d tiles scored (%.0f tiles/s)", split, done, total,
-                     done / (time.perf_counter() - start))
+            log.info(
+                "%s split: %d/%d tiles scored (%.0f tiles/s)", split, done, total, done / (time.perf_counter() - start)
+            )
     if not labels:
         raise ValueError(f"the {split!r} split has no tiles; check config.data (split fractions, patch size)")
-    return SplitScores(np.concatenate(labels), np.concatenate(scores), maps, masks,
-                       _gallery_rows(kept, keep_gallery) if kept else {})
+    return SplitScores(
+        np.concatenate(labels), np.concatenate(scores), maps, masks, _gallery_rows(kept, keep_gallery) if kept else {}
+    )
 
 
 def _best_of_each_class(parts: list[dict[str, np.ndarray]], rows: int) -> dict[str, np.ndarray]:
@@ -98,8 +107,7 @@ def restore_model(config: ml_collections.ConfigDict, workdir: str, mesh) -> tupl
     """(model, variables, checkpoint meta, checkpoint path) of the best checkpoint in workdir."""
     model = registry.build_model(config.model, config.data.channels)
     tx = steps.make_optimizer(config.optim, config.train.num_steps)
-    abstract = steps.abstract_state(model, tx, config.data.patch_size, config.data.channels,
-                                    parallel.replicated(mesh))
+    abstract = steps.abstract_state(model, tx, config.data.patch_size, config.data.channels, parallel.replicated(mesh))
     state, meta, path = checkpoint.restore_for_inference(workdir, abstract, config.eval.get("checkpoint", ""))
     return model, state_variables(state), meta, path
 
@@ -117,18 +125,32 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, output_dir: str | 
     val = score_split(infer, splits, "val", config)
     test = score_split(infer, splits, "test", config, keep_gallery=8)
     result = metrics.evaluate_scores(
-        test.labels, test.scores, val.labels, val.scores,
-        masks=test.masks or None, maps=test.maps or None,
-        fixed_threshold=config.eval.fixed_threshold, threshold_metric=config.eval.threshold_metric,
-        fpr_limit=config.eval.aupro_fpr_limit, exact_max_pixels=config.eval.pixel_exact_max_pixels,
-        n_bins=config.eval.pixel_histogram_bins)
-    timing = infer.seconds_per_patch(test.gallery["image"], config.eval.timing_batches,
-                                     config.eval.timing_warmup_batches)
+        test.labels,
+        test.scores,
+        val.labels,
+        val.scores,
+        masks=test.masks or None,
+        maps=test.maps or None,
+        fixed_threshold=config.eval.fixed_threshold,
+        threshold_metric=config.eval.threshold_metric,
+        fpr_limit=config.eval.aupro_fpr_limit,
+        exact_max_pixels=config.eval.pixel_exact_max_pixels,
+        n_bins=config.eval.pixel_histogram_bins,
+    )
+    timing = infer.seconds_per_patch(
+        test.gallery["image"], config.eval.timing_batches, config.eval.timing_warmup_batches
+    )
     result["seconds_per_patch"] = timing.pop("seconds_per_patch")
-    report = {"method": config.method, "checkpoint": path, "step": meta.get("step"),
-              "score_filter_size": filter_size, "patch_size": config.data.patch_size,
-              "test": result, "val": {"roc_auc": metrics.roc_auc(val.labels, val.scores), "n": int(val.labels.size)},
-              "timing": timing}
+    report = {
+        "method": config.method,
+        "checkpoint": path,
+        "step": meta.get("step"),
+        "score_filter_size": filter_size,
+        "patch_size": config.data.patch_size,
+        "test": result,
+        "val": {"roc_auc": metrics.roc_auc(val.labels, val.scores), "n": int(val.labels.size)},
+        "timing": timing,
+    }
     if jax.process_index() == 0:
         write_reports(report, test, output_dir)
     return report
@@ -139,8 +161,14 @@ def write_reports(report: dict, test: SplitScores, output_dir: str) -> None:
     _write_atomic(os.path.join(output_dir, "metrics.json"), json.dumps(report, indent=2, allow_nan=False))
     _write_atomic(os.path.join(output_dir, "metrics.md"), tables.metrics_markdown(report))
     g = test.gallery
-    gallery.write_patch_gallery(os.path.join(output_dir, "heatmaps_test_patches.png"), g["image"],
-                                g["reconstruction"], g["map"], g["mask"], max_rows=len(g["image"]))
+    gallery.write_patch_gallery(
+        os.path.join(output_dir, "heatmaps_test_patches.png"),
+        g["image"],
+        g["reconstruction"],
+        g["map"],
+        g["mask"],
+        max_rows=len(g["image"]),
+    )
     log.info("wrote metrics.json, metrics.md and heatmaps_test_patches.png to %s", output_dir)
 
 

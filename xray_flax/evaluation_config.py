@@ -23,7 +23,7 @@ def defaults() -> ml_collections.ConfigDict:
 
     # Checkpoint evaluated and used by predict: a step directory such as
     # <workdir>/checkpoints/300; '' = the workdir's best (by validation ROC-AUC).
-    cfg.checkpoint = ''
+    cfg.checkpoint = ""
 
     # --- image-level score: max of the mean-filtered anomaly map -----------------------
     # Side of the square mean filter (odd, stride 1, zero 'same' padding, divisor = full
@@ -38,7 +38,7 @@ def defaults() -> ml_collections.ConfigDict:
     cfg.fixed_threshold = 0.5
     # Criterion maximised on the validation split to pick the image threshold:
     # 'f1' (argmax F1, anomalib's F1AdaptiveThreshold) or 'youden' (argmax TPR - FPR).
-    cfg.threshold_metric = 'f1'
+    cfg.threshold_metric = "f1"
 
     # --- pixel metrics (only when ground-truth masks exist) ------------------------------
     # Up to this many pixels the pixel AUROC / AUPRO are exact (sort of all scores); above
@@ -66,7 +66,7 @@ def defaults() -> ml_collections.ConfigDict:
     predict.overlap = 0.5
     # Blend window used to average overlapping tiles: 'hann', 'triangle' or 'flat'
     # (see report.stitch.blend_window; never exactly zero so scan borders stay covered).
-    predict.window = 'hann'
+    predict.window = "hann"
     # Tiles per anomaly-map call; the last batch is padded to it (one compilation).
     predict.batch_size = 8
     # Pixels at or above this anomaly value form candidate regions. 0 => the image-score
@@ -80,9 +80,9 @@ def defaults() -> ml_collections.ConfigDict:
     # Heatmap opacity in the overlay PNG (the HTML report has a slider).
     predict.overlay_alpha = 0.5
     # Colour map of heatmaps: 'inferno' or 'jet'.
-    predict.colormap = 'inferno'
+    predict.colormap = "inferno"
     # Format of the full-resolution float32 anomaly map: 'tiff' or 'npy'.
-    predict.map_format = 'tiff'
+    predict.map_format = "tiff"
     # Regions listed (with crops) in the HTML report, highest max score first.
     predict.report_max_regions = 50
     # Context in pixels added around each region's bounding box for its crop.
@@ -99,10 +99,10 @@ def resolve_score_filter_size(filter_size: int | None, patch_size: int) -> int:
     """
     if filter_size:
         if filter_size < 0 or filter_size % 2 == 0:
-            raise ValueError(f'score_filter_size must be a positive odd int, got {filter_size}')
+            raise ValueError(f"score_filter_size must be a positive odd int, got {filter_size}")
         return int(filter_size)
     if patch_size <= 0:
-        raise ValueError(f'patch_size must be positive, got {patch_size}')
+        raise ValueError(f"patch_size must be positive, got {patch_size}")
     size = max(1, int(round(DRAEM_FILTER_SIZE * patch_size / DRAEM_PATCH_SIZE)))
     return size if size % 2 == 1 else size + 1
 
@@ -111,8 +111,8 @@ def resolve_stride(stride: int, overlap: float, patch_size: int) -> int:
     """Concrete tile stride: `stride` if > 0, else round(patch_size * (1 - overlap))."""
     if stride and stride > 0:
         if stride > patch_size:
-            raise ValueError(f'stride {stride} > patch_size {patch_size} would leave gaps')
+            raise ValueError(f"stride {stride} > patch_size {patch_size} would leave gaps")
         return int(stride)
     if not 0.0 <= overlap < 1.0:
-        raise ValueError(f'overlap must be in [0, 1), got {overlap}')
+        raise ValueError(f"overlap must be in [0, 1), got {overlap}")
     return max(1, int(round(patch_size * (1.0 - overlap))))

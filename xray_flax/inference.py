@@ -25,8 +25,9 @@ def to_host(x: jax.Array) -> np.ndarray:
 
 
 class Inferencer:
-    def __init__(self, model: nn.Module, variables: Any, mesh: jax.sharding.Mesh, batch_size: int,
-                 score_filter_size: int):
+    def __init__(
+        self, model: nn.Module, variables: Any, mesh: jax.sharding.Mesh, batch_size: int, score_filter_size: int
+    ):
         devices = mesh.devices.size
         self.batch_size = -(-batch_size // devices) * devices
         self.mesh = mesh
@@ -37,11 +38,14 @@ class Inferencer:
             maps, reconstruction = steps.predict_step(variables, images, model=model)
             return maps, metrics.image_scores(maps, score_filter_size), reconstruction
 
-        self._infer = jax.jit(infer, in_shardings=(parallel.replicated(mesh), self._sharding),
-                              out_shardings=(self._sharding,) * 3)
-        self._maps = jax.jit(lambda v, x: steps.predict_step(v, x, model=model)[0],
-                             in_shardings=(parallel.replicated(mesh), self._sharding),
-                             out_shardings=self._sharding)
+        self._infer = jax.jit(
+            infer, in_shardings=(parallel.replicated(mesh), self._sharding), out_shardings=(self._sharding,) * 3
+        )
+        self._maps = jax.jit(
+            lambda v, x: steps.predict_step(v, x, model=model)[0],
+            in_shardings=(parallel.replicated(mesh), self._sharding),
+            out_shardings=self._sharding,
+        )
 
     def set_variables(self, variables: Any) -> None:
         """Swap in new weights (same shapes) without recompiling, e.g. during training."""
@@ -83,10 +87,14 @@ class Inferencer:
             jax.block_until_ready(self._infer(self.variables, array))
             times.append(time.perf_counter() - start)
         median = float(np.median(times))
-        return {"seconds_per_patch": median / self.batch_size, "batch_size": self.batch_size,
-                "timed_batches": batches, "median_seconds_per_batch": median,
-                "device": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
-                "includes": "anomaly map + image score on device; excludes reading and tiling"}
+        return {
+            "seconds_per_patch": median / self.batch_size,
+            "batch_size": self.batch_size,
+            "timed_batches": batches,
+            "median_seconds_per_batch": median,
+            "device": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
+            "includes": "anomaly map + image score on device; excludes reading and tiling",
+        }
 
 
 def state_variables(state: Any) -> dict:

@@ -41,9 +41,18 @@ def focal(logits: jax.Array, mask: jax.Array, *, gamma: float = 2.0, alpha: floa
     return jnp.mean(loss)
 
 
-def draem_loss(original: jax.Array, reconstruction: jax.Array, logits: jax.Array, mask: jax.Array, *,
-               ssim_weight: float, ssim_window: int = 11, ssim_sigma: float = 1.5,
-               focal_gamma: float = 2.0, focal_alpha: float | None = None) -> tuple[jax.Array, dict]:
+def draem_loss(
+    original: jax.Array,
+    reconstruction: jax.Array,
+    logits: jax.Array,
+    mask: jax.Array,
+    *,
+    ssim_weight: float,
+    ssim_window: int = 11,
+    ssim_sigma: float = 1.5,
+    focal_gamma: float = 2.0,
+    focal_alpha: float | None = None,
+) -> tuple[jax.Array, dict]:
     """Total loss and its terms. mask is [B, H, W, 1] or [B, H, W]."""
     mask = mask[..., 0] if mask.ndim == logits.ndim else mask
     ssim_value = jnp.mean(ssim(original, reconstruction, window=ssim_window, sigma=ssim_sigma))

@@ -30,14 +30,22 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.", required=True)
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "evaluate", "predict"], "What to do.")
 _INPUTS = flags.DEFINE_list("inputs", [], "predict: scan files, folders or glob patterns (PNG/TIFF, 8/16-bit).")
-_OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "evaluate/predict: where to write (default: the workdir, "
-                                  "predict: <workdir>/predictions).")
-_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "Multi-process: host:port of process 0 "
-                                   "(auto-detected on SLURM, Open MPI and Cloud TPU).")
+_OUTPUT_DIR = flags.DEFINE_string(
+    "output_dir", None, "evaluate/predict: where to write (default: the workdir, predict: <workdir>/predictions)."
+)
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address",
+    None,
+    "Multi-process: host:port of process 0 (auto-detected on SLURM, Open MPI and Cloud TPU).",
+)
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-process: number of processes.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-process: index of this process.")
-_DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Multi-process with JAX's cluster auto-detection even "
-                                 "without SLURM/Open MPI variables (Cloud TPU VM slices: launch/tpu_vm.sh).")
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed",
+    False,
+    "Multi-process with JAX's cluster auto-detection even "
+    "without SLURM/Open MPI variables (Cloud TPU VM slices: launch/tpu_vm.sh).",
+)
 _VERBOSE = flags.DEFINE_bool("verbose", False, "Also show the INFO logs of orbax, grain and absl.")
 
 
@@ -47,8 +55,9 @@ def main(argv):
     logs.configure(_VERBOSE.value)
     parallel.enable_compilation_cache()
     try:
-        parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
-                                        force=_DISTRIBUTED.value)
+        parallel.initialize_distributed(
+            _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, force=_DISTRIBUTED.value
+        )
     except ValueError as e:
         raise app.UsageError(str(e)) from e
     if not parallel.is_main_process():

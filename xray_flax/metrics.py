@@ -76,12 +76,8 @@ def image_scores(maps: jax.Array, filter_size: int) -> jax.Array:
         raise ValueError(f"filter_size must be odd for a centred 'same' filter, got {filter_size}")
     k = int(filter_size)
     pad = k // 2
-    rows = jax.lax.reduce_window(
-        maps, 0.0, jax.lax.add, (1, k, 1), (1, 1, 1), ((0, 0), (pad, pad), (0, 0))
-    )
-    sums = jax.lax.reduce_window(
-        rows, 0.0, jax.lax.add, (1, 1, k), (1, 1, 1), ((0, 0), (0, 0), (pad, pad))
-    )
+    rows = jax.lax.reduce_window(maps, 0.0, jax.lax.add, (1, k, 1), (1, 1, 1), ((0, 0), (pad, pad), (0, 0)))
+    sums = jax.lax.reduce_window(rows, 0.0, jax.lax.add, (1, 1, k), (1, 1, 1), ((0, 0), (0, 0), (pad, pad)))
     return jnp.max(sums, axis=(1, 2)) / float(k * k)
 
 
@@ -295,9 +291,7 @@ def _bin_index(amap: np.ndarray, lo: float, hi: float, n_bins: int) -> np.ndarra
     return np.clip(scaled.astype(np.int64), 0, n_bins - 1)
 
 
-def pixel_auroc_with_bound(
-    masks, maps, exact_max_pixels: int = 4_000_000, n_bins: int = 65_536
-) -> tuple[float, float]:
+def pixel_auroc_with_bound(masks, maps, exact_max_pixels: int = 4_000_000, n_bins: int = 65_536) -> tuple[float, float]:
     """Pixel AUROC over all pixels of all images, and a bound on its approximation error.
 
     Up to `exact_max_pixels` pixels the AUROC is exact (one sort, memory ~40 bytes/pixel)

@@ -33,8 +33,10 @@ def make_mesh(mesh_config: ml_collections.ConfigDict) -> Mesh:
     if n < 1 or n > jax.device_count():
         raise ValueError(f"config.mesh.data={mesh_config.data} but {jax.device_count()} devices are visible")
     if jax.process_count() > 1 and n != jax.device_count():
-        raise ValueError(f"config.mesh.data={mesh_config.data}: a run of {jax.process_count()} processes uses "
-                         f"all {jax.device_count()} devices; set config.mesh.data=-1")
+        raise ValueError(
+            f"config.mesh.data={mesh_config.data}: a run of {jax.process_count()} processes uses "
+            f"all {jax.device_count()} devices; set config.mesh.data=-1"
+        )
     devices = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))[:n]
     return Mesh(np.asarray(devices), (DATA_AXIS,))
 
@@ -51,8 +53,10 @@ def check_batch_size(global_batch: int, mesh: Mesh) -> int:
     """Per-process batch size; the global batch must split evenly over devices and processes."""
     devices = mesh.devices.size
     if global_batch % devices:
-        raise ValueError(f"config.train.batch_size={global_batch} is not divisible by the {devices} devices "
-                         f"of the mesh; use a multiple of {devices}")
+        raise ValueError(
+            f"config.train.batch_size={global_batch} is not divisible by the {devices} devices "
+            f"of the mesh; use a multiple of {devices}"
+        )
     return global_batch // jax.process_count()
 
 
@@ -95,8 +99,12 @@ def _cluster_size_from_environment() -> int:
     return len(hosts.split(",")) if hosts else 1
 
 
-def initialize_distributed(coordinator_address: str | None = None, num_processes: int | None = None,
-                           process_id: int | None = None, force: bool = False) -> bool:
+def initialize_distributed(
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    force: bool = False,
+) -> bool:
     """Start jax.distributed when this is one of several processes; must run before any JAX op.
 
     Explicit arguments win; whatever is left out, JAX's own cluster detection fills in
@@ -107,15 +115,18 @@ def initialize_distributed(coordinator_address: str | None = None, num_processes
     if not (explicit or force) and _cluster_size_from_environment() <= 1:
         return False
     if explicit and not (coordinator_address and num_processes and process_id is not None):
-        raise ValueError("multi-process flags go together: --coordinator_address=HOST:PORT (of process 0), "
-                         "--num_processes=N and --process_id=I (0..N-1), the same address and count in "
-                         "every process; or none of them under SLURM, Open MPI or on a Cloud TPU VM")
+        raise ValueError(
+            "multi-process flags go together: --coordinator_address=HOST:PORT (of process 0), "
+            "--num_processes=N and --process_id=I (0..N-1), the same address and count in "
+            "every process; or none of them under SLURM, Open MPI or on a Cloud TPU VM"
+        )
     if explicit and not 0 <= process_id < num_processes:
         raise ValueError(f"--process_id={process_id} must be in 0..{num_processes - 1} (--num_processes)")
     # Cross-process collectives on CPU need gloo; GPU and TPU backends ignore the setting.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
-                               process_id=process_id)
+    jax.distributed.initialize(
+        coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id
+    )
     return True
 
 

@@ -47,8 +47,11 @@ def expand_inputs(inputs: list[str], mask_suffix: str = "_mask") -> list[str]:
             found = [item]
         else:
             raise FileNotFoundError(f"--inputs: {item} does not exist")
-        scans = [p for p in found if p.lower().endswith(IMAGE_SUFFIXES)
-                 and not os.path.splitext(os.path.basename(p))[0].endswith(mask_suffix)]
+        scans = [
+            p
+            for p in found
+            if p.lower().endswith(IMAGE_SUFFIXES) and not os.path.splitext(os.path.basename(p))[0].endswith(mask_suffix)
+        ]
         if not scans:
             raise FileNotFoundError(f"--inputs: no PNG or TIFF scans in {item}")
         paths.extend(scans)
@@ -76,8 +79,15 @@ class _ProgressLog:
         self.next_fraction = done / total + 0.1
         elapsed = time.perf_counter() - self.start
         rate = done / max(elapsed, 1e-9)
-        log.info("%s: %d/%d tiles (%.0f%%), %.1f tiles/s, ETA %.0fs", self.name, done, total,
-                 100 * done / total, rate, (total - done) / max(rate, 1e-9))
+        log.info(
+            "%s: %d/%d tiles (%.0f%%), %.1f tiles/s, ETA %.0fs",
+            self.name,
+            done,
+            total,
+            100 * done / total,
+            rate,
+            (total - done) / max(rate, 1e-9),
+        )
 
 
 def region_threshold(configured: float, workdir: str) -> tuple[float, str]:
@@ -93,8 +103,9 @@ def region_threshold(configured: float, workdir: str) -> tuple[float, str]:
     return 0.5, "default 0.5 (no metrics.json in the workdir)"
 
 
-def predict_scan(infer: Inferencer, path: str, out_dir: str, config: ml_collections.ConfigDict,
-                 threshold: float, metadata: dict) -> dict:
+def predict_scan(
+    infer: Inferencer, path: str, out_dir: str, config: ml_collections.ConfigDict, threshold: float, metadata: dict
+) -> dict:
     """Anomaly map and reports of one scan; returns a summary of what was written."""
     opts = config.eval.predict
     patch = config.data.patch_size
@@ -103,24 +114,56 @@ def predict_scan(infer: Inferencer, path: str, out_dir: str, config: ml_collecti
     os.makedirs(out_dir, exist_ok=True)
     name = os.path.basename(path)
     start = time.perf_counter()
-    anomaly_map, map_path = _map_file(os.path.join(out_dir, "anomaly_map"), (reader.height, reader.width),
-                                      opts.map_format)
-    stitch.stitch_anomaly_map(reader, infer.anomaly_maps, patch, stride, infer.batch_size,
-                              window=opts.window, progress=_ProgressLog(name), out=anomaly_map)
+    anomaly_map, map_path = _map_file(
+        os.path.join(out_dir, "anomaly_map"), (reader.height, reader.width), opts.map_format
+    )
+    stitch.stitch_anomaly_map(
+        reader,
+        infer.anomaly_maps,
+        patch,
+        stride,
+        infer.batch_size,
+        window=opts.window,
+        progress=_ProgressLog(name),
+        out=anomaly_map,
+    )
     anomaly_map.flush()
     found = regions.find_regions(anomaly_map, threshold, opts.min_region_area)
     regions.write_regions_json(os.path.join(out_dir, "regions.json"), found, {"scan": path, "threshold": threshold})
     regions.write_regions_csv(os.path.join(out_dir, "regions.csv"), found)
-    overlay.write_overlay_png(os.path.join(out_dir, "overlay.png"), reader, anomaly_map, opts.overlay_max_side,
-                              opts.overlay_alpha, opts.colormap, found)
-    html.write_scan_report(os.path.join(out_dir, "report.html"), reader, anomaly_map, found, title=name,
-                           metadata={"scan": path, **metadata},
-                           max_side=opts.overlay_max_side, colormap=opts.colormap, alpha=opts.overlay_alpha,
-                           max_regions=opts.report_max_regions, crop_margin=opts.crop_margin)
+    overlay.write_overlay_png(
+        os.path.join(out_dir, "overlay.png"),
+        reader,
+        anomaly_map,
+        opts.overlay_max_side,
+        opts.overlay_alpha,
+        opts.colormap,
+        found,
+    )
+    html.write_scan_report(
+        os.path.join(out_dir, "report.html"),
+        reader,
+        anomaly_map,
+        found,
+        title=name,
+        metadata={"scan": path, **metadata},
+        max_side=opts.overlay_max_side,
+        colormap=opts.colormap,
+        alpha=opts.overlay_alpha,
+        max_regions=opts.report_max_regions,
+        crop_margin=opts.crop_margin,
+    )
     seconds = time.perf_counter() - start
-    summary = {"scan": path, "height": reader.height, "width": reader.width, "anomaly_map": map_path,
-               "max_score": float(np.max(anomaly_map)), "regions": len(found), "seconds": round(seconds, 2),
-               "report": os.path.join(out_dir, "report.html")}
+    summary = {
+        "scan": path,
+        "height": reader.height,
+        "width": reader.width,
+        "anomaly_map": map_path,
+        "max_score": float(np.max(anomaly_map)),
+        "regions": len(found),
+        "seconds": round(seconds, 2),
+        "report": os.path.join(out_dir, "report.html"),
+    }
     del anomaly_map
     log.info("%s: %d regions, max score %.3f, %.1fs -> %s", name, len(found), summary["max_score"], seconds, out_dir)
     return summary
@@ -132,12 +175,14 @@ def _scan_dir_names(paths: list[str]) -> list[str]:
     return [s if stems.count(s) == 1 else f"{s}_{i}" for i, s in enumerate(stems)]
 
 
-def predict(config: ml_collections.ConfigDict, workdir: str, inputs: list[str],
-            output_dir: str | None = None) -> list[dict]:
+def predict(
+    config: ml_collections.ConfigDict, workdir: str, inputs: list[str], output_dir: str | None = None
+) -> list[dict]:
     """Predict every scan in `inputs` with the best checkpoint of `workdir`."""
     if jax.process_count() > 1:
-        raise RuntimeError("--mode predict runs as a single process (it writes files); start it without "
-                           "--num_processes / outside srun")
+        raise RuntimeError(
+            "--mode predict runs as a single process (it writes files); start it without --num_processes / outside srun"
+        )
     paths = expand_inputs(inputs, config.data.mask_suffix)
     output_dir = output_dir or os.path.join(workdir, "predictions")
     mesh = parallel.make_mesh(config.mesh)
@@ -145,12 +190,16 @@ def predict(config: ml_collections.ConfigDict, workdir: str, inputs: list[str],
     filter_size = evaluation_config.resolve_score_filter_size(config.eval.score_filter_size, config.data.patch_size)
     infer = Inferencer(model, variables, mesh, config.eval.predict.batch_size, filter_size)
     threshold, source = region_threshold(config.eval.predict.region_threshold, workdir)
-    log.info("predicting %d scan(s) with %s; region threshold %.4f, %s", len(paths), checkpoint_path,
-             threshold, source)
-    metadata = {"checkpoint": checkpoint_path, "method": config.method,
-                "region threshold": f"{threshold:.4f} ({source})"}
-    summaries = [predict_scan(infer, path, os.path.join(output_dir, name), config, threshold, metadata)
-                 for path, name in zip(paths, _scan_dir_names(paths))]
+    log.info("predicting %d scan(s) with %s; region threshold %.4f, %s", len(paths), checkpoint_path, threshold, source)
+    metadata = {
+        "checkpoint": checkpoint_path,
+        "method": config.method,
+        "region threshold": f"{threshold:.4f} ({source})",
+    }
+    summaries = [
+        predict_scan(infer, path, os.path.join(output_dir, name), config, threshold, metadata)
+        for path, name in zip(paths, _scan_dir_names(paths))
+    ]
     with open(os.path.join(output_dir, "predictions.json"), "w") as f:
         json.dump(summaries, f, indent=2)
     return summaries

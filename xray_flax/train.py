@@ -53,8 +53,10 @@ def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
 def validate_config(config: ml_collections.ConfigDict) -> None:
     multiple = registry.size_multiple(config.model)
     if config.data.patch_size % multiple:
-        raise ValueError(f"config.data.patch_size={config.data.patch_size} must be a multiple of {multiple} "
-                         f"for this model (one halving per pooling level)")
+        raise ValueError(
+            f"config.data.patch_size={config.data.patch_size} must be a multiple of {multiple} "
+            f"for this model (one halving per pooling level)"
+        )
     if config.train.num_steps < 1:
         raise ValueError(f"config.train.num_steps must be >= 1, got {config.train.num_steps}")
 
@@ -72,8 +74,10 @@ class _Progress:
         self.last_step, self.last_time = step, now
         eta = (self.total - step) / rate if rate > 0 else float("inf")
         terms = " ".join(f"{k} {scalars[k]:.4f}" for k in ("loss", "ssim", "l2", "focal") if k in scalars)
-        return (f"step {step}/{self.total} | {terms} | {rate:.2f} steps/s, "
-                f"{rate * self.batch_size:.1f} img/s | ETA {_format_duration(eta)}"), rate
+        return (
+            f"step {step}/{self.total} | {terms} | {rate:.2f} steps/s, "
+            f"{rate * self.batch_size:.1f} img/s | ETA {_format_duration(eta)}"
+        ), rate
 
 
 class _StopRequest:
@@ -132,8 +136,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
 
     splits = pipeline.prepare_splits(config.data, workdir)
     train_iter = pipeline.make_train_iterator(
-        splits, config.data, batch_size=per_process_batch, seed=config.seed,
-        process_index=jax.process_index(), process_count=jax.process_count())
+        splits,
+        config.data,
+        batch_size=per_process_batch,
+        seed=config.seed,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
 
     replicated = parallel.replicated(mesh)
     init_key, train_key, preview_key = jax.random.split(jax.random.key(config.seed), 3)
@@ -145,7 +154,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
         except Exception as e:
             raise checkpoint.CheckpointError(
                 f"could not resume from {ckpt.latest.directory}: {e}. If the config changed (model widths, "
-                f"patch size), train into a new --workdir.") from e
+                f"patch size), train into a new --workdir."
+            ) from e
         log.info("resumed from step %d of %s", int(state.step), workdir)
     else:
         sample = jnp.zeros((1, patch, patch, channels), jnp.float32)
@@ -157,10 +167,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
     train_step = jax.jit(
         functools.partial(steps.train_step, model=model, tx=tx, spec=spec, loss_config=config.loss),
         in_shardings=(replicated, batch_sharding, replicated, replicated),
-        out_shardings=(replicated, replicated), donate_argnums=(0,))
-    preview_step = jax.jit(functools.partial(steps.preview_step, model=model, spec=spec),
-                           in_shardings=(replicated, batch_sharding, replicated, replicated),
-                           out_shardings=replicated)
+        out_shardings=(replicated, replicated),
+        donate_argnums=(0,),
+    )
+    preview_step = jax.jit(
+        functools.partial(steps.preview_step, model=model, spec=spec),
+        in_shardings=(replicated, batch_sharding, replicated, replicated),
+        out_shardings=replicated,
+    )
     filter_size = evaluation_config.resolve_score_filter_size(config.eval.score_filter_size, patch)
     infer = Inferencer(model, state_variables(state), mesh, config.eval.batch_size, filter_size)
 
@@ -179,19 +193,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
         bad = scalars.pop("nonfinite")
         pending.clear()
         if bad > 0:
-            where = (f"the last good checkpoint is step {last_good_step} in {ckpt.latest.directory}"
-                     if last_good_step is not None else "no checkpoint was written yet")
+            where = (
+                f"the last good checkpoint is step {last_good_step} in {ckpt.latest.directory}"
+                if last_good_step is not None
+                else "no checkpoint was written yet"
+            )
             raise TrainingDivergedError(
                 f"non-finite loss or gradient in the steps before {step} (mean loss {scalars['loss']}); "
                 f"the update was skipped and nothing was saved after it: {where}. Lower "
-                f"config.optim.learning_rate or check the input data for NaNs.")
+                f"config.optim.learning_rate or check the input data for NaNs."
+            )
         return scalars
 
     # Step metrics come out of the jitted step already reduced over the global batch (every
     # device of every process) and replicated, so each process sees the same values and all
     # stop together on a non-finite loss; only process 0 writes summaries and logs progress.
-    log.info("training steps %d..%d, global batch %d on %d device(s) in %d process(es)", step, num_steps,
-             config.train.batch_size, mesh.devices.size, jax.process_count())
+    log.info(
+        "training steps %d..%d, global batch %d on %d device(s) in %d process(es)",
+        step,
+        num_steps,
+        config.train.batch_size,
+        mesh.devices.size,
+        jax.process_count(),
+    )
     stop = _StopRequest()
     try:
         while step < num_steps and (halt is None or step < halt):
@@ -216,8 +240,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
                 val = evaluate.score_split(infer, splits, "val", config)
                 val_auc = metrics.roc_auc(val.labels, val.scores)
                 if not np.isfinite(val_auc):
-                    log.warning("validation split has one class only: ROC-AUC undefined, the newest "
-                            "checkpoint counts as the best")
+                    log.warning(
+                        "validation split has one class only: ROC-AUC undefined, the newest "
+                        "checkpoint counts as the best"
+                    )
                     ranking = step / num_steps - 2.0
                 else:
                     ranking = val_auc
@@ -244,8 +270,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
         return None
     report = evaluate.evaluate(config, workdir)
     test = report["test"]
-    log.info("test ROC-AUC %.4f | accuracy %.4f | F1 %.4f | %.4f s/patch", test["roc_auc"],
-             test["accuracy"], test["f1"], test["seconds_per_patch"])
+    log.info(
+        "test ROC-AUC %.4f | accuracy %.4f | F1 %.4f | %.4f s/patch",
+        test["roc_auc"],
+        test["accuracy"],
+        test["f1"],
+        test["seconds_per_patch"],
+    )
     if config.train.predict_test_scans and jax.process_count() == 1:
         predict.predict(config, workdir, [record.path for record in splits.test[: config.train.predict_test_scans]])
     return report
@@ -254,7 +285,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
 def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:
     path = os.path.join(workdir, "config.json")
     if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} not found: pass --config, or point --workdir at a directory "
-                                f"written by --mode train")
+        raise FileNotFoundError(
+            f"{path} not found: pass --config, or point --workdir at a directory written by --mode train"
+        )
     with open(path) as f:
         return ml_collections.ConfigDict(json.load(f))

@@ -8,18 +8,19 @@ See docs/anomaly_synthesis.md.
 """
 
 from xray_flax.anomaly.config import defaults
-from xray_flax.anomaly.perlin import perlin_from_gradients
-from xray_flax.anomaly.perlin import perlin_mask
-from xray_flax.anomaly.perlin import perlin_noise
-from xray_flax.anomaly.synthesize import blend
-from xray_flax.anomaly.synthesize import SynthesisSpec
-from xray_flax.anomaly.synthesize import synthesize_batch
-from xray_flax.anomaly.synthesize import synthesize_one
-from xray_flax.anomaly.textures import load_texture_bank
-from xray_flax.anomaly.textures import procedural_texture
+from xray_flax.anomaly.perlin import perlin_from_gradients, perlin_mask, perlin_noise
+from xray_flax.anomaly.synthesize import SynthesisSpec, blend, synthesize_batch, synthesize_one
+from xray_flax.anomaly.textures import load_texture_bank, procedural_texture
 
 __all__ = [
-    'SynthesisSpec', 'blend', 'defaults', 'load_texture_bank', 'perlin_mask',
-    'perlin_from_gradients', 'perlin_noise', 'procedural_texture',
-    'synthesize_batch', 'synthesize_one',
+    "SynthesisSpec",
+    "blend",
+    "defaults",
+    "load_texture_bank",
+    "perlin_mask",
+    "perlin_from_gradients",
+    "perlin_noise",
+    "procedural_texture",
+    "synthesize_batch",
+    "synthesize_one",
 ]

@@ -10,77 +10,85 @@ import ml_collections
 
 
 def defaults() -> ml_collections.ConfigDict:
-  """Returns the `config.anomaly` section with documented defaults."""
-  c = ml_collections.ConfigDict()
+    """Returns the `config.anomaly` section with documented defaults."""
+    c = ml_collections.ConfigDict()
 
-  # --- Perlin mask -------------------------------------------------------
-  # Per-axis lattice resolution is 2**k, k drawn uniformly and independently
-  # per axis from this inclusive range. [DRAEM code: torch.randint(0, 6) -> 0..5]
-  c.scale_exponent_range = (0, 5)
-  # Noise (in [-1, 1] after the sqrt(2) scaling) above this becomes anomaly.
-  # [DRAEM code: threshold = 0.5]
-  c.threshold = 0.5
-  # The noise image is rotated by an angle drawn uniformly from this range, in
-  # degrees, before thresholding. [DRAEM code: iaa.Affine(rotate=(-90, 90))]
-  c.mask_rotation_range = (-90.0, 90.0)
+    # --- Perlin mask -------------------------------------------------------
+    # Per-axis lattice resolution is 2**k, k drawn uniformly and independently
+    # per axis from this inclusive range. [DRAEM code: torch.randint(0, 6) -> 0..5]
+    c.scale_exponent_range = (0, 5)
+    # Noise (in [-1, 1] after the sqrt(2) scaling) above this becomes anomaly.
+    # [DRAEM code: threshold = 0.5]
+    c.threshold = 0.5
+    # The noise image is rotated by an angle drawn uniformly from this range, in
+    # degrees, before thresholding. [DRAEM code: iaa.Affine(rotate=(-90, 90))]
+    c.mask_rotation_range = (-90.0, 90.0)
 
-  # --- Blend ---------------------------------------------------------------
-  # 'paper': I_a = I(1-M) + beta*A*M + (1-beta)*I*M, beta weights the TEXTURE.
-  #          [paper eq. (1), beta ~ U[0.2, 1]]
-  # 'draem': I_a = I(1-M) + (1-beta)*A*M + beta*I*M, beta weights the ORIGINAL.
-  #          [DRAEM code: beta = rand * 0.8, i.e. beta_range = (0.0, 0.8)]
-  c.blend = 'paper'
-  # beta ~ U[beta_range). Set (0.0, 0.8) together with blend='draem'.
-  # [paper: (0.2, 1.0)]
-  c.beta_range = (0.2, 1.0)
-  # Probability that a sample gets an anomaly; otherwise the image is returned
-  # unchanged with a zero mask and has_anomaly = 0. [DRAEM code: 0.5]
-  c.anomaly_probability = 0.5
-  # Probability that the normal image is rotated before the anomaly is pasted.
-  # [DRAEM code: 0.3] -- [ours: 0.0] because the rotation fills the corners
-  # with black, and black regions are exactly what paint loss looks like in an
-  # X-ray: the model would learn "black corner = normal".
-  c.rotate_normal_probability = 0.0
-  # Angle range for that rotation, degrees. [DRAEM code: (-90, 90)]
-  c.normal_rotation_range = (-90.0, 90.0)
+    # --- Blend ---------------------------------------------------------------
+    # 'paper': I_a = I(1-M) + beta*A*M + (1-beta)*I*M, beta weights the TEXTURE.
+    #          [paper eq. (1), beta ~ U[0.2, 1]]
+    # 'draem': I_a = I(1-M) + (1-beta)*A*M + beta*I*M, beta weights the ORIGINAL.
+    #          [DRAEM code: beta = rand * 0.8, i.e. beta_range = (0.0, 0.8)]
+    c.blend = "paper"
+    # beta ~ U[beta_range). Set (0.0, 0.8) together with blend='draem'.
+    # [paper: (0.2, 1.0)]
+    c.beta_range = (0.2, 1.0)
+    # Probability that a sample gets an anomaly; otherwise the image is returned
+    # unchanged with a zero mask and has_anomaly = 0. [DRAEM code: 0.5]
+    c.anomaly_probability = 0.5
+    # Probability that the normal image is rotated before the anomaly is pasted.
+    # [DRAEM code: 0.3] -- [ours: 0.0] because the rotation fills the corners
+    # with black, and black regions are exactly what paint loss looks like in an
+    # X-ray: the model would learn "black corner = normal".
+    c.rotate_normal_probability = 0.0
+    # Angle range for that rotation, degrees. [DRAEM code: (-90, 90)]
+    c.normal_rotation_range = (-90.0, 90.0)
 
-  # --- Texture sources (relative weights, renormalised) -------------------
-  # dtd: a random image from the DTD-layout bank (needs dtd_root). [DRAEM code]
-  # procedural: fractal noise / stripes / blobs / fibres made on the device.
-  #   [ours: no files needed; X-ray-like structure]
-  # batch: another patch of the same batch (self-similar anomalies). [ours]
-  # A source whose input is missing (dtd without dtd_root) gets weight 0.
-  c.texture_sources = ml_collections.ConfigDict(
-      dict(dtd=0.5, procedural=0.3, batch=0.2))
-  # Kinds of procedural texture, drawn uniformly. [ours; see textures.py]
-  c.procedural_kinds = ('fractal', 'stripes', 'blobs', 'fibres')
-  # Root of a DTD-layout folder: <dtd_root>/images/<category>/*.jpg.
-  # '' -> no DTD; load_texture_bank then returns a 1-entry grey placeholder.
-  c.dtd_root = ''
-  # At most this many DTD images are kept in the device-resident bank (a
-  # seeded, category-balanced choice). 256 grey 512x512 float32 = 256 MiB.
-  # [ours: DRAEM uses all 5640 images, which is ~5.6 GiB at 512x512 grey]
-  c.max_textures = 256
-  # Seed of the choice of bank images (not of the per-step randomness).
-  c.texture_seed = 0
+    # --- Texture sources (relative weights, renormalised) -------------------
+    # dtd: a random image from the DTD-layout bank (needs dtd_root). [DRAEM code]
+    # procedural: fractal noise / stripes / blobs / fibres made on the device.
+    #   [ours: no files needed; X-ray-like structure]
+    # batch: another patch of the same batch (self-similar anomalies). [ours]
+    # A source whose input is missing (dtd without dtd_root) gets weight 0.
+    c.texture_sources = ml_collections.ConfigDict(dict(dtd=0.5, procedural=0.3, batch=0.2))
+    # Kinds of procedural texture, drawn uniformly. [ours; see textures.py]
+    c.procedural_kinds = ("fractal", "stripes", "blobs", "fibres")
+    # Root of a DTD-layout folder: <dtd_root>/images/<category>/*.jpg.
+    # '' -> no DTD; load_texture_bank then returns a 1-entry grey placeholder.
+    c.dtd_root = ""
+    # At most this many DTD images are kept in the device-resident bank (a
+    # seeded, category-balanced choice). 256 grey 512x512 float32 = 256 MiB.
+    # [ours: DRAEM uses all 5640 images, which is ~5.6 GiB at 512x512 grey]
+    c.max_textures = 256
+    # Seed of the choice of bank images (not of the per-step randomness).
+    c.texture_seed = 0
 
-  # --- Texture augmentations ----------------------------------------------
-  # How many augmentations, drawn without replacement and applied in random
-  # order, per texture. [DRAEM code: 3]
-  c.num_augmentations = 3
-  # The pool. [DRAEM code: these ten imgaug ops; see augment.py for the
-  # parameters and where our versions differ] 'hue_saturation' is skipped
-  # automatically for 1-channel images.
-  c.augmentations = ('gamma', 'brightness_contrast', 'sharpen',
-                     'hue_saturation', 'solarize', 'posterize', 'invert',
-                     'autocontrast', 'equalize', 'rotate')
+    # --- Texture augmentations ----------------------------------------------
+    # How many augmentations, drawn without replacement and applied in random
+    # order, per texture. [DRAEM code: 3]
+    c.num_augmentations = 3
+    # The pool. [DRAEM code: these ten imgaug ops; see augment.py for the
+    # parameters and where our versions differ] 'hue_saturation' is skipped
+    # automatically for 1-channel images.
+    c.augmentations = (
+        "gamma",
+        "brightness_contrast",
+        "sharpen",
+        "hue_saturation",
+        "solarize",
+        "posterize",
+        "invert",
+        "autocontrast",
+        "equalize",
+        "rotate",
+    )
 
-  # --- Execution -----------------------------------------------------------
-  # 'map': samples one after another (lax.map); lax.switch then runs only the
-  #        chosen augmentation -- cheapest on CPU.
-  # 'vmap': samples in parallel; a batched lax.switch evaluates EVERY branch
-  #        and selects -- more FLOPs but no serial loop, better on GPU.
-  # 'auto': 'map' on a single CPU device, 'vmap' otherwise (GPU/TPU, or a
-  #        multi-device mesh where the batch axis is sharded). [ours]
-  c.batch_mode = 'auto'
-  return c
+    # --- Execution -----------------------------------------------------------
+    # 'map': samples one after another (lax.map); lax.switch then runs only the
+    #        chosen augmentation -- cheapest on CPU.
+    # 'vmap': samples in parallel; a batched lax.switch evaluates EVERY branch
+    #        and selects -- more FLOPs but no serial loop, better on GPU.
+    # 'auto': 'map' on a single CPU device, 'vmap' otherwise (GPU/TPU, or a
+    #        multi-device mesh where the batch axis is sharded). [ours]
+    c.batch_mode = "auto"
+    return c

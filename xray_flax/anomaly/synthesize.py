@@ -28,244 +28,236 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from xray_flax.anomaly import augment
-from xray_flax.anomaly import perlin
+from xray_flax.anomaly import augment, perlin
 from xray_flax.anomaly import textures as textures_lib
 
-SOURCES = ('dtd', 'procedural', 'batch')
-BLENDS = ('paper', 'draem')
-BATCH_MODES = ('auto', 'map', 'vmap')
+SOURCES = ("dtd", "procedural", "batch")
+BLENDS = ("paper", "draem")
+BATCH_MODES = ("auto", "map", "vmap")
 
 
 @dataclasses.dataclass(frozen=True)
 class SynthesisSpec:
-  """Static description of the generator (hashable: a static jit argument).
+    """Static description of the generator (hashable: a static jit argument).
 
-  Build it with `SynthesisSpec.from_config(config.anomaly, channels)`; field
-  meanings are documented in anomaly/config.py.
-  """
-  channels: int
-  scale_exponent_range: tuple[int, int] = (0, 5)
-  threshold: float = 0.5
-  mask_rotation_range: tuple[float, float] = (-90.0, 90.0)
-  blend: str = 'paper'
-  beta_range: tuple[float, float] = (0.2, 1.0)
-  anomaly_probability: float = 0.5
-  rotate_normal_probability: float = 0.0
-  normal_rotation_range: tuple[float, float] = (-90.0, 90.0)
-  # Normalised weights of (dtd, procedural, batch); dtd is 0 without dtd_root.
-  source_weights: tuple[float, float, float] = (0.0, 1.0, 0.0)
-  procedural_kinds: tuple[str, ...] = textures_lib.PROCEDURAL_KINDS
-  # Augmentation pool after dropping ops that do not apply to `channels`.
-  augmentations: tuple[str, ...] = tuple(augment.OPS)
-  num_augmentations: int = 3
-  batch_mode: str = 'auto'
+    Build it with `SynthesisSpec.from_config(config.anomaly, channels)`; field
+    meanings are documented in anomaly/config.py.
+    """
 
-  def __post_init__(self):
-    if self.channels not in (1, 3):
-      raise ValueError(f'channels must be 1 or 3, got {self.channels}')
-    lo, hi = self.scale_exponent_range
-    if not 0 <= lo <= hi <= 10:
-      raise ValueError(f'scale_exponent_range {self.scale_exponent_range} '
-                       'must satisfy 0 <= lo <= hi <= 10')
-    if self.blend not in BLENDS:
-      raise ValueError(f'blend must be one of {BLENDS}, got {self.blend!r}')
-    if not 0.0 <= self.beta_range[0] <= self.beta_range[1] <= 1.0:
-      raise ValueError(f'beta_range {self.beta_range} must lie in [0, 1]')
-    for name in ('anomaly_probability', 'rotate_normal_probability'):
-      if not 0.0 <= getattr(self, name) <= 1.0:
-        raise ValueError(f'{name} must be in [0, 1]')
-    if len(self.source_weights) != len(SOURCES) or min(
-        self.source_weights) < 0 or sum(self.source_weights) <= 0:
-      raise ValueError(f'source_weights {self.source_weights} must be 3 '
-                       'non-negative numbers with a positive sum')
-    # Raises on unknown names; drops RGB-only ops for grey images, so a spec
-    # built directly (not from_config) is valid too.
-    object.__setattr__(self, 'augmentations', augment.usable_ops(
-        tuple(self.augmentations), self.channels))
-    unknown = set(self.procedural_kinds) - set(textures_lib.PROCEDURAL_KINDS)
-    if unknown or not self.procedural_kinds:
-      raise ValueError(f'procedural_kinds {self.procedural_kinds}: each must '
-                       f'be one of {textures_lib.PROCEDURAL_KINDS}')
-    if not 0 <= self.num_augmentations <= len(self.augmentations):
-      raise ValueError(
-          f'num_augmentations={self.num_augmentations} but only '
-          f'{len(self.augmentations)} augmentations are usable: '
-          f'{self.augmentations}')
-    if self.batch_mode not in BATCH_MODES:
-      raise ValueError(f'batch_mode must be one of {BATCH_MODES}')
+    channels: int
+    scale_exponent_range: tuple[int, int] = (0, 5)
+    threshold: float = 0.5
+    mask_rotation_range: tuple[float, float] = (-90.0, 90.0)
+    blend: str = "paper"
+    beta_range: tuple[float, float] = (0.2, 1.0)
+    anomaly_probability: float = 0.5
+    rotate_normal_probability: float = 0.0
+    normal_rotation_range: tuple[float, float] = (-90.0, 90.0)
+    # Normalised weights of (dtd, procedural, batch); dtd is 0 without dtd_root.
+    source_weights: tuple[float, float, float] = (0.0, 1.0, 0.0)
+    procedural_kinds: tuple[str, ...] = textures_lib.PROCEDURAL_KINDS
+    # Augmentation pool after dropping ops that do not apply to `channels`.
+    augmentations: tuple[str, ...] = tuple(augment.OPS)
+    num_augmentations: int = 3
+    batch_mode: str = "auto"
 
-  @classmethod
-  def from_config(cls, anomaly_config: ml_collections.ConfigDict,
-                  channels: int) -> 'SynthesisSpec':
-    c = anomaly_config
-    weights = {name: float(c.texture_sources[name]) for name in SOURCES}
-    if not c.dtd_root:
-      weights['dtd'] = 0.0  # no bank: the placeholder must never be drawn
-    total = sum(weights.values())
-    if total <= 0:
-      raise ValueError(
-          'No texture source left: texture_sources weights are '
-          f'{dict(c.texture_sources)} and dtd_root is '
-          f'{c.dtd_root!r} (dtd needs a root).')
-    return cls(
-        channels=channels,
-        scale_exponent_range=tuple(int(v) for v in c.scale_exponent_range),
-        threshold=float(c.threshold),
-        mask_rotation_range=tuple(float(v) for v in c.mask_rotation_range),
-        blend=c.blend,
-        beta_range=tuple(float(v) for v in c.beta_range),
-        anomaly_probability=float(c.anomaly_probability),
-        rotate_normal_probability=float(c.rotate_normal_probability),
-        normal_rotation_range=tuple(
-            float(v) for v in c.normal_rotation_range),
-        source_weights=tuple(weights[name] / total for name in SOURCES),
-        procedural_kinds=tuple(c.procedural_kinds),
-        augmentations=augment.usable_ops(tuple(c.augmentations), channels),
-        num_augmentations=int(c.num_augmentations),
-        batch_mode=c.batch_mode,
-    )
+    def __post_init__(self):
+        if self.channels not in (1, 3):
+            raise ValueError(f"channels must be 1 or 3, got {self.channels}")
+        lo, hi = self.scale_exponent_range
+        if not 0 <= lo <= hi <= 10:
+            raise ValueError(f"scale_exponent_range {self.scale_exponent_range} must satisfy 0 <= lo <= hi <= 10")
+        if self.blend not in BLENDS:
+            raise ValueError(f"blend must be one of {BLENDS}, got {self.blend!r}")
+        if not 0.0 <= self.beta_range[0] <= self.beta_range[1] <= 1.0:
+            raise ValueError(f"beta_range {self.beta_range} must lie in [0, 1]")
+        for name in ("anomaly_probability", "rotate_normal_probability"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1]")
+        if len(self.source_weights) != len(SOURCES) or min(self.source_weights) < 0 or sum(self.source_weights) <= 0:
+            raise ValueError(f"source_weights {self.source_weights} must be 3 non-negative numbers with a positive sum")
+        # Raises on unknown names; drops RGB-only ops for grey images, so a spec
+        # built directly (not from_config) is valid too.
+        object.__setattr__(self, "augmentations", augment.usable_ops(tuple(self.augmentations), self.channels))
+        unknown = set(self.procedural_kinds) - set(textures_lib.PROCEDURAL_KINDS)
+        if unknown or not self.procedural_kinds:
+            raise ValueError(
+                f"procedural_kinds {self.procedural_kinds}: each must be one of {textures_lib.PROCEDURAL_KINDS}"
+            )
+        if not 0 <= self.num_augmentations <= len(self.augmentations):
+            raise ValueError(
+                f"num_augmentations={self.num_augmentations} but only "
+                f"{len(self.augmentations)} augmentations are usable: "
+                f"{self.augmentations}"
+            )
+        if self.batch_mode not in BATCH_MODES:
+            raise ValueError(f"batch_mode must be one of {BATCH_MODES}")
+
+    @classmethod
+    def from_config(cls, anomaly_config: ml_collections.ConfigDict, channels: int) -> "SynthesisSpec":
+        c = anomaly_config
+        weights = {name: float(c.texture_sources[name]) for name in SOURCES}
+        if not c.dtd_root:
+            weights["dtd"] = 0.0  # no bank: the placeholder must never be drawn
+        total = sum(weights.values())
+        if total <= 0:
+            raise ValueError(
+                "No texture source left: texture_sources weights are "
+                f"{dict(c.texture_sources)} and dtd_root is "
+                f"{c.dtd_root!r} (dtd needs a root)."
+            )
+        return cls(
+            channels=channels,
+            scale_exponent_range=tuple(int(v) for v in c.scale_exponent_range),
+            threshold=float(c.threshold),
+            mask_rotation_range=tuple(float(v) for v in c.mask_rotation_range),
+            blend=c.blend,
+            beta_range=tuple(float(v) for v in c.beta_range),
+            anomaly_probability=float(c.anomaly_probability),
+            rotate_normal_probability=float(c.rotate_normal_probability),
+            normal_rotation_range=tuple(float(v) for v in c.normal_rotation_range),
+            source_weights=tuple(weights[name] / total for name in SOURCES),
+            procedural_kinds=tuple(c.procedural_kinds),
+            augmentations=augment.usable_ops(tuple(c.augmentations), channels),
+            num_augmentations=int(c.num_augmentations),
+            batch_mode=c.batch_mode,
+        )
 
 
-def blend(image: jax.Array, texture: jax.Array, mask: jax.Array,
-          beta: jax.Array, mode: str) -> jax.Array:
-  """Pastes `texture` into `image` inside `mask` (see module docstring)."""
-  texture_weight = beta if mode == 'paper' else 1.0 - beta
-  inside = texture_weight * texture + (1.0 - texture_weight) * image
-  return image * (1.0 - mask) + inside * mask
+def blend(image: jax.Array, texture: jax.Array, mask: jax.Array, beta: jax.Array, mode: str) -> jax.Array:
+    """Pastes `texture` into `image` inside `mask` (see module docstring)."""
+    texture_weight = beta if mode == "paper" else 1.0 - beta
+    inside = texture_weight * texture + (1.0 - texture_weight) * image
+    return image * (1.0 - mask) + inside * mask
 
 
-def _choose_texture(key: jax.Array, textures: jax.Array,
-                    batch_images: jax.Array, index: jax.Array,
-                    spec: SynthesisSpec) -> jax.Array:
-  """One texture [H, W, C] from a source drawn by spec.source_weights."""
-  shape = batch_images.shape[1:3]
-  batch_size = batch_images.shape[0]
-  key_choice, key_procedural = jax.random.split(key)
-  u = jax.random.uniform(key_choice, (2,))
+def _choose_texture(
+    key: jax.Array, textures: jax.Array, batch_images: jax.Array, index: jax.Array, spec: SynthesisSpec
+) -> jax.Array:
+    """One texture [H, W, C] from a source drawn by spec.source_weights."""
+    shape = batch_images.shape[1:3]
+    batch_size = batch_images.shape[0]
+    key_choice, key_procedural = jax.random.split(key)
+    u = jax.random.uniform(key_choice, (2,))
 
-  def pick(u, count):
-    return jnp.minimum(jnp.floor(u * count).astype(jnp.int32), count - 1)
+    def pick(u, count):
+        return jnp.minimum(jnp.floor(u * count).astype(jnp.int32), count - 1)
 
-  def from_dtd():
-    return textures[pick(u[1], textures.shape[0])]
+    def from_dtd():
+        return textures[pick(u[1], textures.shape[0])]
 
-  def from_procedural():
-    return textures_lib.procedural_texture(key_procedural, shape,
-                                           spec.channels,
-                                           spec.procedural_kinds)
+    def from_procedural():
+        return textures_lib.procedural_texture(key_procedural, shape, spec.channels, spec.procedural_kinds)
 
-  def from_batch():
-    # Another patch of the batch (itself when the batch has one patch).
-    offset = 1 + pick(u[1], max(batch_size - 1, 1))
-    return batch_images[(index + offset) % batch_size]
+    def from_batch():
+        # Another patch of the batch (itself when the batch has one patch).
+        offset = 1 + pick(u[1], max(batch_size - 1, 1))
+        return batch_images[(index + offset) % batch_size]
 
-  makers = dict(dtd=from_dtd, procedural=from_procedural, batch=from_batch)
-  # Only sources with weight > 0 become branches: a batched lax.switch runs
-  # every branch, so dropping unused ones is free speed.
-  used = [(name, w) for name, w in zip(SOURCES, spec.source_weights) if w > 0]
-  if len(used) == 1:
-    return makers[used[0][0]]()
-  cumulative = jnp.cumsum(jnp.array([w for _, w in used]))
-  source = jnp.minimum(jnp.sum(u[0] * cumulative[-1] >= cumulative),
-                       len(used) - 1)
-  return jax.lax.switch(source, [makers[name] for name, _ in used])
+    makers = dict(dtd=from_dtd, procedural=from_procedural, batch=from_batch)
+    # Only sources with weight > 0 become branches: a batched lax.switch runs
+    # every branch, so dropping unused ones is free speed.
+    used = [(name, w) for name, w in zip(SOURCES, spec.source_weights) if w > 0]
+    if len(used) == 1:
+        return makers[used[0][0]]()
+    cumulative = jnp.cumsum(jnp.array([w for _, w in used]))
+    source = jnp.minimum(jnp.sum(u[0] * cumulative[-1] >= cumulative), len(used) - 1)
+    return jax.lax.switch(source, [makers[name] for name, _ in used])
 
 
-def synthesize_one(key: jax.Array, image: jax.Array, index: jax.Array,
-                   textures: jax.Array, batch_images: jax.Array,
-                   spec: SynthesisSpec) -> dict[str, jax.Array]:
-  """One sample; `batch_images` is the whole batch (for the batch source)."""
-  key_draws, key_mask, key_texture, key_augment = jax.random.split(key, 4)
-  # [rotate normal?, normal angle, anomaly?, beta]
-  u = jax.random.uniform(key_draws, (4,))
-  if spec.rotate_normal_probability > 0:
-    lo, hi = spec.normal_rotation_range
-    rotated = jnp.clip(
-        perlin.rotate_degrees(image, lo + (hi - lo) * u[1]), 0.0, 1.0)
-    image = jnp.where(u[0] < spec.rotate_normal_probability, rotated, image)
-  lo, hi = spec.beta_range
-  beta = lo + (hi - lo) * u[3]
+def synthesize_one(
+    key: jax.Array,
+    image: jax.Array,
+    index: jax.Array,
+    textures: jax.Array,
+    batch_images: jax.Array,
+    spec: SynthesisSpec,
+) -> dict[str, jax.Array]:
+    """One sample; `batch_images` is the whole batch (for the batch source)."""
+    key_draws, key_mask, key_texture, key_augment = jax.random.split(key, 4)
+    # [rotate normal?, normal angle, anomaly?, beta]
+    u = jax.random.uniform(key_draws, (4,))
+    if spec.rotate_normal_probability > 0:
+        lo, hi = spec.normal_rotation_range
+        rotated = jnp.clip(perlin.rotate_degrees(image, lo + (hi - lo) * u[1]), 0.0, 1.0)
+        image = jnp.where(u[0] < spec.rotate_normal_probability, rotated, image)
+    lo, hi = spec.beta_range
+    beta = lo + (hi - lo) * u[3]
 
-  def with_anomaly(image):
-    mask = perlin.perlin_mask(key_mask, image.shape[:2],
-                              spec.scale_exponent_range, spec.threshold,
-                              spec.mask_rotation_range)[..., None]
-    texture = _choose_texture(key_texture, textures, batch_images, index,
-                              spec)
-    texture = augment.augment(key_augment, texture, spec.augmentations,
-                              spec.num_augmentations)
-    has_anomaly = (jnp.sum(mask) > 0).astype(jnp.float32)
-    return blend(image, texture, mask, beta, spec.blend), mask, has_anomaly
+    def with_anomaly(image):
+        mask = perlin.perlin_mask(
+            key_mask, image.shape[:2], spec.scale_exponent_range, spec.threshold, spec.mask_rotation_range
+        )[..., None]
+        texture = _choose_texture(key_texture, textures, batch_images, index, spec)
+        texture = augment.augment(key_augment, texture, spec.augmentations, spec.num_augmentations)
+        has_anomaly = (jnp.sum(mask) > 0).astype(jnp.float32)
+        return blend(image, texture, mask, beta, spec.blend), mask, has_anomaly
 
-  def without_anomaly(image):
-    return (image, jnp.zeros(image.shape[:2] + (1,), jnp.float32),
-            jnp.zeros((), jnp.float32))
+    def without_anomaly(image):
+        return (image, jnp.zeros(image.shape[:2] + (1,), jnp.float32), jnp.zeros((), jnp.float32))
 
-  # lax.cond: under lax.map the texture work is skipped for normal samples;
-  # under vmap it turns into a select (both sides computed).
-  out_image, mask, has_anomaly = jax.lax.cond(
-      u[2] < spec.anomaly_probability, with_anomaly, without_anomaly, image)
-  return dict(image=jnp.clip(out_image, 0.0, 1.0), mask=mask,
-              has_anomaly=has_anomaly)
+    # lax.cond: under lax.map the texture work is skipped for normal samples;
+    # under vmap it turns into a select (both sides computed).
+    out_image, mask, has_anomaly = jax.lax.cond(u[2] < spec.anomaly_probability, with_anomaly, without_anomaly, image)
+    return dict(image=jnp.clip(out_image, 0.0, 1.0), mask=mask, has_anomaly=has_anomaly)
 
 
 def _resolved_batch_mode(spec: SynthesisSpec) -> str:
-  if spec.batch_mode != 'auto':
-    return spec.batch_mode
-  # lax.map walks the batch axis serially; with several devices the batch is
-  # sharded across them and a serial walk would gather it, so use vmap there.
-  single_cpu = jax.default_backend() == 'cpu' and jax.device_count() == 1
-  return 'map' if single_cpu else 'vmap'
+    if spec.batch_mode != "auto":
+        return spec.batch_mode
+    # lax.map walks the batch axis serially; with several devices the batch is
+    # sharded across them and a serial walk would gather it, so use vmap there.
+    single_cpu = jax.default_backend() == "cpu" and jax.device_count() == 1
+    return "map" if single_cpu else "vmap"
 
 
-@functools.partial(jax.jit, static_argnames='spec')
-def synthesize_batch(key: jax.Array, images: jax.Array, textures: jax.Array,
-                     spec: SynthesisSpec) -> dict[str, Any]:
-  """Synthetic anomalies for a batch.
+@functools.partial(jax.jit, static_argnames="spec")
+def synthesize_batch(key: jax.Array, images: jax.Array, textures: jax.Array, spec: SynthesisSpec) -> dict[str, Any]:
+    """Synthetic anomalies for a batch.
 
-  Args:
-    key: PRNG key; the output is a deterministic function of it.
-    images: float32 [B, H, W, C] in [0, 1] (normal patches).
-    textures: float32 [N, H, W, C] in [0, 1] from load_texture_bank (same H,
-      W, C as images); not read when the dtd source weight is 0.
-    spec: SynthesisSpec (static).
+    Args:
+      key: PRNG key; the output is a deterministic function of it.
+      images: float32 [B, H, W, C] in [0, 1] (normal patches).
+      textures: float32 [N, H, W, C] in [0, 1] from load_texture_bank (same H,
+        W, C as images); not read when the dtd source weight is 0.
+      spec: SynthesisSpec (static).
 
-  Returns:
-    dict(image=[B, H, W, C] in [0, 1], mask=[B, H, W, 1] in {0, 1},
-    has_anomaly=[B] in {0, 1}), all float32.
-  """
-  images = jnp.asarray(images, jnp.float32)
-  if images.ndim != 4 or images.shape[-1] != spec.channels:
-    raise ValueError(f'images must be [B, H, W, {spec.channels}], got '
-                     f'{images.shape}')
-  if spec.source_weights[0] > 0 and textures.shape[1:] != images.shape[1:]:
-    raise ValueError(f'texture bank {textures.shape} does not match images '
-                     f'{images.shape}: load it with the same patch size and '
-                     'channels')
-  textures = jnp.asarray(textures, jnp.float32)
-  batch_size = images.shape[0]
-  keys = jax.random.split(key, batch_size)
-  indices = jnp.arange(batch_size)
-  if _explicitly_sharded_batch(images):
-    raise ValueError(
-        'synthesize_batch got a batch with an Explicit-axis sharding '
-        '(jax.make_mesh\'s default axis type). The per-sample texture choice '
-        'indexes across the batch, which Explicit sharding forbids; build the '
-        'mesh with Auto axes (jax.sharding.Mesh(devices, names), as '
-        'xray_flax.parallel does) and let XLA place the work.')
-  mode = _resolved_batch_mode(spec)
-  one = functools.partial(synthesize_one, textures=textures,
-                          batch_images=images, spec=spec)
-  if mode == 'vmap':
-    return jax.vmap(one)(keys, images, indices)
-  return jax.lax.map(lambda args: one(*args), (keys, images, indices))
+    Returns:
+      dict(image=[B, H, W, C] in [0, 1], mask=[B, H, W, 1] in {0, 1},
+      has_anomaly=[B] in {0, 1}), all float32.
+    """
+    images = jnp.asarray(images, jnp.float32)
+    if images.ndim != 4 or images.shape[-1] != spec.channels:
+        raise ValueError(f"images must be [B, H, W, {spec.channels}], got {images.shape}")
+    if spec.source_weights[0] > 0 and textures.shape[1:] != images.shape[1:]:
+        raise ValueError(
+            f"texture bank {textures.shape} does not match images "
+            f"{images.shape}: load it with the same patch size and "
+            "channels"
+        )
+    textures = jnp.asarray(textures, jnp.float32)
+    batch_size = images.shape[0]
+    keys = jax.random.split(key, batch_size)
+    indices = jnp.arange(batch_size)
+    if _explicitly_sharded_batch(images):
+        raise ValueError(
+            "synthesize_batch got a batch with an Explicit-axis sharding "
+            "(jax.make_mesh's default axis type). The per-sample texture choice "
+            "indexes across the batch, which Explicit sharding forbids; build the "
+            "mesh with Auto axes (jax.sharding.Mesh(devices, names), as "
+            "xray_flax.parallel does) and let XLA place the work."
+        )
+    mode = _resolved_batch_mode(spec)
+    one = functools.partial(synthesize_one, textures=textures, batch_images=images, spec=spec)
+    if mode == "vmap":
+        return jax.vmap(one)(keys, images, indices)
+    return jax.lax.map(lambda args: one(*args), (keys, images, indices))
 
 
 def _explicitly_sharded_batch(images: jax.Array) -> bool:
-  """True when the batch axis is sharded over an Explicit mesh axis."""
-  try:
-    spec = jax.typeof(images).sharding.spec
-  except AttributeError:
-    return False
-  return bool(len(spec)) and spec[0] is not None
+    """True when the batch axis is sharded over an Explicit mesh axis."""
+    try:
+        spec = jax.typeof(images).sharding.spec
+    except AttributeError:
+        return False
+    return bool(len(spec)) and spec[0] is not None

@@ -16,102 +16,102 @@ BACKGROUND_RULES = ("none", "dark_fraction", "low_std")
 
 
 def defaults() -> ml_collections.ConfigDict:
-  """Returns the `config.data` section with every field documented."""
-  c = ml_collections.ConfigDict()
+    """Returns the `config.data` section with every field documented."""
+    c = ml_collections.ConfigDict()
 
-  # --- where the images come from -------------------------------------------------------
-  # 'simulated': procedural X-radiographs of paintings generated into `simulated.cache_dir`
-  #              (NOT real data; see docs/data.md). Laid out like 'scans'.
-  # 'scans':     `root` holds full scans (*.png/*.tif/*.tiff) with optional `<name>_mask.png`
-  #              pixel masks and/or a CSV of per-patch labels (`labels_csv`).
-  # 'mvtec':     MVTec AD category folder: train/good, test/<type>, ground_truth/<type>.
-  # 'folder':    `root` holds normal images only (everything labelled normal).
-  # 'tfds':      an array_record dataset written by `xray_flax.data.tfds_builder` under
-  #              `tfds.data_dir`; patches are read back through the same Grain pipeline.
-  c.source = "simulated"
-  c.root = ""
-  # CSV with columns image,x,y,label (x, y = top-left corner of a patch_size patch; label 0/1),
-  # as the paper's expert labels. Relative paths are resolved against `root`. '' = look for
-  # `<root>/labels.csv`, use it when present.
-  c.labels_csv = ""
-  # Suffix that marks a pixel mask next to its scan: `<stem><mask_suffix>.png`.
-  c.mask_suffix = "_mask"
+    # --- where the images come from -------------------------------------------------------
+    # 'simulated': procedural X-radiographs of paintings generated into `simulated.cache_dir`
+    #              (NOT real data; see docs/data.md). Laid out like 'scans'.
+    # 'scans':     `root` holds full scans (*.png/*.tif/*.tiff) with optional `<name>_mask.png`
+    #              pixel masks and/or a CSV of per-patch labels (`labels_csv`).
+    # 'mvtec':     MVTec AD category folder: train/good, test/<type>, ground_truth/<type>.
+    # 'folder':    `root` holds normal images only (everything labelled normal).
+    # 'tfds':      an array_record dataset written by `xray_flax.data.tfds_builder` under
+    #              `tfds.data_dir`; patches are read back through the same Grain pipeline.
+    c.source = "simulated"
+    c.root = ""
+    # CSV with columns image,x,y,label (x, y = top-left corner of a patch_size patch; label 0/1),
+    # as the paper's expert labels. Relative paths are resolved against `root`. '' = look for
+    # `<root>/labels.csv`, use it when present.
+    c.labels_csv = ""
+    # Suffix that marks a pixel mask next to its scan: `<stem><mask_suffix>.png`.
+    c.mask_suffix = "_mask"
 
-  # --- how pixels are read ---------------------------------------------------------------
-  c.channels = 1  # 1 = grayscale (RGB converted with `rgb_to_gray`), 3 = RGB (gray repeated).
-  c.rgb_to_gray = "luminance"  # 'luminance' (ITU-R 601 weights) | 'mean'.
-  # 'bit_depth': value / (2**bits - 1); keeps the scanner's absolute scale across scans.
-  # 'percentile': per-image (v - p_lo) / (p_hi - p_lo), clipped to [0, 1]; evens out exposure
-  # differences between scans at the cost of comparability of absolute density.
-  c.normalization = "bit_depth"
-  c.percentiles = (0.5, 99.5)
-  # Decoded PNGs (which cannot be read by region) kept per worker process.
-  c.png_cache_images = 8
+    # --- how pixels are read ---------------------------------------------------------------
+    c.channels = 1  # 1 = grayscale (RGB converted with `rgb_to_gray`), 3 = RGB (gray repeated).
+    c.rgb_to_gray = "luminance"  # 'luminance' (ITU-R 601 weights) | 'mean'.
+    # 'bit_depth': value / (2**bits - 1); keeps the scanner's absolute scale across scans.
+    # 'percentile': per-image (v - p_lo) / (p_hi - p_lo), clipped to [0, 1]; evens out exposure
+    # differences between scans at the cost of comparability of absolute density.
+    c.normalization = "bit_depth"
+    c.percentiles = (0.5, 99.5)
+    # Decoded PNGs (which cannot be read by region) kept per worker process.
+    c.png_cache_images = 8
 
-  # --- tiling --------------------------------------------------------------------------
-  c.patch_size = 64  # The paper uses 512; the CPU default run uses 64-96.
-  # stride < patch_size gives overlapping tiles; stride > patch_size samples sparsely (gaps
-  # between tiles, e.g. to thin out a huge scan).
-  c.stride = 64
-  # Tiles that would cross the right/bottom border:
-  # 'pad'   - keep them, pixels outside the image are zeros (every pixel covered once more);
-  # 'shift' - move the last tile inside so it ends at the border (more overlap, no padding);
-  # 'drop'  - discard them (the border strip narrower than a stride is never seen).
-  c.border = "shift"
-  # Skip tiles that are background (panel margins, film border) by a configurable rule:
-  # 'dark_fraction': skip when >= `background.max_fraction` of its pixels are < `threshold`.
-  # 'low_std':       skip when the tile's std of values is < `threshold` (flat areas).
-  # 'none':          keep every tile.
-  c.background = ml_collections.ConfigDict()
-  c.background.rule = "dark_fraction"
-  c.background.threshold = 0.08
-  c.background.max_fraction = 0.5
-  # A tile is anomalous when at least this fraction of its pixels is masked (mask layouts).
-  c.min_anomalous_fraction = 0.002
-  # Training tiles must be clean: drop any tile with a single masked pixel, even when it is
-  # below `min_anomalous_fraction`, because DRAEM learns "normal" from these.
-  c.train_exclude_any_masked = True
-  # Tiles of scans without any label source (no mask, no CSV row): use them for training as
-  # normal (True) or leave them out of training (False). They get label -1 in evaluation.
-  c.train_on_unlabelled = True
+    # --- tiling --------------------------------------------------------------------------
+    c.patch_size = 64  # The paper uses 512; the CPU default run uses 64-96.
+    # stride < patch_size gives overlapping tiles; stride > patch_size samples sparsely (gaps
+    # between tiles, e.g. to thin out a huge scan).
+    c.stride = 64
+    # Tiles that would cross the right/bottom border:
+    # 'pad'   - keep them, pixels outside the image are zeros (every pixel covered once more);
+    # 'shift' - move the last tile inside so it ends at the border (more overlap, no padding);
+    # 'drop'  - discard them (the border strip narrower than a stride is never seen).
+    c.border = "shift"
+    # Skip tiles that are background (panel margins, film border) by a configurable rule:
+    # 'dark_fraction': skip when >= `background.max_fraction` of its pixels are < `threshold`.
+    # 'low_std':       skip when the tile's std of values is < `threshold` (flat areas).
+    # 'none':          keep every tile.
+    c.background = ml_collections.ConfigDict()
+    c.background.rule = "dark_fraction"
+    c.background.threshold = 0.08
+    c.background.max_fraction = 0.5
+    # A tile is anomalous when at least this fraction of its pixels is masked (mask layouts).
+    c.min_anomalous_fraction = 0.002
+    # Training tiles must be clean: drop any tile with a single masked pixel, even when it is
+    # below `min_anomalous_fraction`, because DRAEM learns "normal" from these.
+    c.train_exclude_any_masked = True
+    # Tiles of scans without any label source (no mask, no CSV row): use them for training as
+    # normal (True) or leave them out of training (False). They get label -1 in evaluation.
+    c.train_on_unlabelled = True
 
-  # --- splits (always by image, never by patch) ------------------------------------------
-  c.split_fractions = (0.6, 0.2, 0.2)  # train, val, test
-  c.split_seed = 0
+    # --- splits (always by image, never by patch) ------------------------------------------
+    c.split_fractions = (0.6, 0.2, 0.2)  # train, val, test
+    c.split_seed = 0
 
-  # --- loading -------------------------------------------------------------------------
-  c.workers = 0  # 0 = in-process; N > 0 = N Grain worker processes (mp_prefetch).
-  c.prefetch = 4  # Per-worker buffer (workers > 0) or thread prefetch buffer (workers = 0).
-  c.read_threads = 2  # Threads reading tiles inside each process.
-  c.shuffle_seed = 0
+    # --- loading -------------------------------------------------------------------------
+    c.workers = 0  # 0 = in-process; N > 0 = N Grain worker processes (mp_prefetch).
+    c.prefetch = 4  # Per-worker buffer (workers > 0) or thread prefetch buffer (workers = 0).
+    c.read_threads = 2  # Threads reading tiles inside each process.
+    c.shuffle_seed = 0
 
-  # --- simulated scans (source='simulated') ------------------------------------------------
-  c.simulated = ml_collections.ConfigDict()
-  c.simulated.n_scans = 8
-  c.simulated.height = 1280
-  c.simulated.width = 1024
-  c.simulated.support = "mixed"  # 'panel' | 'canvas' | 'mixed' (alternate per scan).
-  # Anomalies per scan, per kind (the kinds the paper names), for a 1280x1024 scan; with
-  # scale_counts_to_area other sizes get counts scaled by area (>= 1 of each kind asked for),
-  # which keeps ~20 % of 64 px tiles anomalous at any scan size.
-  c.simulated.scale_counts_to_area = True
-  # 1.0: anomalies at full strength (easy: a hand-made max-deviation score already separates
-  # them); lower values (e.g. 0.3) make them subtle.
-  c.simulated.anomaly_contrast = 1.0
-  c.simulated.paint_losses = 8
-  c.simulated.white_spots = 10
-  c.simulated.nails = 5
-  c.simulated.foreign_objects = 3
-  c.simulated.margin = 0.04  # Dark film margin around the panel, fraction of each side.
-  c.simulated.seed = 0
-  # 'png' (16-bit PNG, like the paper's scans; decoded once per worker) or 'tiff' (tiled,
-  # zlib; read region by region).
-  c.simulated.file_format = "png"
-  # '' = ~/.cache/xray_flax/simulated/<hash of these params>; XRAY_FLAX_CACHE overrides ~/.cache.
-  c.simulated.cache_dir = ""
+    # --- simulated scans (source='simulated') ------------------------------------------------
+    c.simulated = ml_collections.ConfigDict()
+    c.simulated.n_scans = 8
+    c.simulated.height = 1280
+    c.simulated.width = 1024
+    c.simulated.support = "mixed"  # 'panel' | 'canvas' | 'mixed' (alternate per scan).
+    # Anomalies per scan, per kind (the kinds the paper names), for a 1280x1024 scan; with
+    # scale_counts_to_area other sizes get counts scaled by area (>= 1 of each kind asked for),
+    # which keeps ~20 % of 64 px tiles anomalous at any scan size.
+    c.simulated.scale_counts_to_area = True
+    # 1.0: anomalies at full strength (easy: a hand-made max-deviation score already separates
+    # them); lower values (e.g. 0.3) make them subtle.
+    c.simulated.anomaly_contrast = 1.0
+    c.simulated.paint_losses = 8
+    c.simulated.white_spots = 10
+    c.simulated.nails = 5
+    c.simulated.foreign_objects = 3
+    c.simulated.margin = 0.04  # Dark film margin around the panel, fraction of each side.
+    c.simulated.seed = 0
+    # 'png' (16-bit PNG, like the paper's scans; decoded once per worker) or 'tiff' (tiled,
+    # zlib; read region by region).
+    c.simulated.file_format = "png"
+    # '' = ~/.cache/xray_flax/simulated/<hash of these params>; XRAY_FLAX_CACHE overrides ~/.cache.
+    c.simulated.cache_dir = ""
 
-  # --- TFDS / array_record (source='tfds') -------------------------------------------------
-  c.tfds = ml_collections.ConfigDict()
-  c.tfds.data_dir = ""  # Where `tfds_builder.build_tfds` wrote the dataset.
-  c.tfds.name = "xray_patches"
-  return c
+    # --- TFDS / array_record (source='tfds') -------------------------------------------------
+    c.tfds = ml_collections.ConfigDict()
+    c.tfds.data_dir = ""  # Where `tfds_builder.build_tfds` wrote the dataset.
+    c.tfds.name = "xray_patches"
+    return c

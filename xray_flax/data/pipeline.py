@@ -1,15 +1,15 @@
 """Splits and Grain pipelines: what training and evaluation consume.
 
-  prepare_splits(data_config, workdir) -> Splits        (by image, deterministic, splits.json)
-  make_train_iterator(splits, data_config, *, batch_size, seed, process_index, process_count)
-      -> grain DatasetIterator of {'image', 'label', 'mask'}; infinite, normal tiles only,
-         reshuffled every epoch; with several processes, each yields its contiguous slice of
-         every global batch (the global batches do not depend on the process count);
-         checkpointable (get_state / set_state, grain.checkpoint.CheckpointSave /
-         CheckpointRestore in an orbax Composite).
-  iterate_eval_batches(splits, split, data_config, *, batch_size) -> Iterator[dict]
-      all tiles of 'val' / 'test' in a fixed order, with 'scan_index', 'y', 'x'.
-  count_tiles(splits, split, data_config) -> int
+prepare_splits(data_config, workdir) -> Splits        (by image, deterministic, splits.json)
+make_train_iterator(splits, data_config, *, batch_size, seed, process_index, process_count)
+    -> grain DatasetIterator of {'image', 'label', 'mask'}; infinite, normal tiles only,
+       reshuffled every epoch; with several processes, each yields its contiguous slice of
+       every global batch (the global batches do not depend on the process count);
+       checkpointable (get_state / set_state, grain.checkpoint.CheckpointSave /
+       CheckpointRestore in an orbax Composite).
+iterate_eval_batches(splits, split, data_config, *, batch_size) -> Iterator[dict]
+    all tiles of 'val' / 'test' in a fixed order, with 'scan_index', 'y', 'x'.
+count_tiles(splits, split, data_config) -> int
 """
 
 from __future__ import annotations
@@ -18,15 +18,12 @@ import dataclasses
 import json
 import logging
 import os
-from typing import Iterator
+from collections.abc import Iterator
 
 import grain
 import numpy as np
 
-from xray_flax.data import layouts
-from xray_flax.data import readers
-from xray_flax.data import simulate
-from xray_flax.data import tiling
+from xray_flax.data import layouts, readers, simulate, tiling
 from xray_flax.data.layouts import ScanRecord
 
 SPLIT_NAMES = ("train", "val", "test")
@@ -35,93 +32,101 @@ TRAIN_KEYS = ("image", "label", "mask")
 
 @dataclasses.dataclass(frozen=True)
 class Splits:
-  """Scan records per split. `tfds_dir` is set when source == 'tfds' (patches are then read
-  from the array_record dataset; the records describe the scans the patches came from)."""
+    """Scan records per split. `tfds_dir` is set when source == 'tfds' (patches are then read
+    from the array_record dataset; the records describe the scans the patches came from)."""
 
-  train: list
-  val: list
-  test: list
-  root: str = ""
-  tfds_dir: str | None = None
+    train: list
+    val: list
+    test: list
+    root: str = ""
+    tfds_dir: str | None = None
 
-  def get(self, name: str) -> list:
-    if name not in SPLIT_NAMES:
-      raise ValueError(f"unknown split {name!r}; use one of {SPLIT_NAMES}")
-    return getattr(self, name)
+    def get(self, name: str) -> list:
+        if name not in SPLIT_NAMES:
+            raise ValueError(f"unknown split {name!r}; use one of {SPLIT_NAMES}")
+        return getattr(self, name)
 
-  def to_json(self) -> dict:
-    return {"root": self.root, "tfds_dir": self.tfds_dir,
-            **{n: [r.to_json() for r in self.get(n)] for n in SPLIT_NAMES}}
+    def to_json(self) -> dict:
+        return {
+            "root": self.root,
+            "tfds_dir": self.tfds_dir,
+            **{n: [r.to_json() for r in self.get(n)] for n in SPLIT_NAMES},
+        }
 
-  @staticmethod
-  def from_json(d: dict) -> "Splits":
-    return Splits(*([ScanRecord.from_json(r) for r in d[n]] for n in SPLIT_NAMES),
-                  root=d.get("root", ""), tfds_dir=d.get("tfds_dir"))
+    @staticmethod
+    def from_json(d: dict) -> Splits:
+        return Splits(
+            *([ScanRecord.from_json(r) for r in d[n]] for n in SPLIT_NAMES),
+            root=d.get("root", ""),
+            tfds_dir=d.get("tfds_dir"),
+        )
 
 
 def _resolve_records(data_config):
-  """(train, val, test) scan records and the root folder for the configured source."""
-  source = data_config.source
-  fractions, seed = tuple(data_config.split_fractions), int(data_config.split_seed)
-  if source == "simulated":
-    params = simulate.SimulationParams.from_config(data_config.simulated)
-    root = simulate.ensure_simulated(params, data_config.simulated.cache_dir)
-    records = layouts.scans_layout(root, mask_suffix="_mask")
-    return (*layouts.split_by_image(records, fractions, seed), root)
-  root = os.path.expanduser(data_config.root)
-  if not root:
-    raise readers.LayoutError("<config.data.root>", f"source {source!r} needs config.data.root")
-  if source == "scans":
-    records = layouts.scans_layout(root, labels_csv=data_config.labels_csv,
-                                   mask_suffix=data_config.mask_suffix)
-    return (*layouts.split_by_image(records, fractions, seed), root)
-  if source == "folder":
-    records = layouts.folder_layout(root)
-    return (*layouts.split_by_image(records, fractions, seed), root)
-  if source == "mvtec":
-    train, test_pool = layouts.mvtec_layout(root, data_config.mask_suffix)
-    # MVTec's own train/test partition is kept; its test images are split by image into
-    # val and test with the val:test ratio of split_fractions.
-    _, f_val, f_test = fractions
-    val, test = layouts.split_by_image(test_pool, (f_val, f_test), seed) if f_val > 0 else ([], test_pool)
-    return train, val, test, root
-  raise ValueError(f"unknown data source {source!r}")
+    """(train, val, test) scan records and the root folder for the configured source."""
+    source = data_config.source
+    fractions, seed = tuple(data_config.split_fractions), int(data_config.split_seed)
+    if source == "simulated":
+        params = simulate.SimulationParams.from_config(data_config.simulated)
+        root = simulate.ensure_simulated(params, data_config.simulated.cache_dir)
+        records = layouts.scans_layout(root, mask_suffix="_mask")
+        return (*layouts.split_by_image(records, fractions, seed), root)
+    root = os.path.expanduser(data_config.root)
+    if not root:
+        raise readers.LayoutError("<config.data.root>", f"source {source!r} needs config.data.root")
+    if source == "scans":
+        records = layouts.scans_layout(root, labels_csv=data_config.labels_csv, mask_suffix=data_config.mask_suffix)
+        return (*layouts.split_by_image(records, fractions, seed), root)
+    if source == "folder":
+        records = layouts.folder_layout(root)
+        return (*layouts.split_by_image(records, fractions, seed), root)
+    if source == "mvtec":
+        train, test_pool = layouts.mvtec_layout(root, data_config.mask_suffix)
+        # MVTec's own train/test partition is kept; its test images are split by image into
+        # val and test with the val:test ratio of split_fractions.
+        _, f_val, f_test = fractions
+        val, test = layouts.split_by_image(test_pool, (f_val, f_test), seed) if f_val > 0 else ([], test_pool)
+        return train, val, test, root
+    raise ValueError(f"unknown data source {source!r}")
 
 
-def prepare_splits(data_config, workdir: str | None) -> "Splits":
-  """Resolves the layout, splits by image (deterministic in split_seed) and writes
-  <workdir>/splits.json. For source='tfds' the splits are those the dataset was built with."""
-  if data_config.source == "tfds":
-    from xray_flax.data import tfds_builder  # pylint: disable=g-import-not-at-top
+def prepare_splits(data_config, workdir: str | None) -> Splits:
+    """Resolves the layout, splits by image (deterministic in split_seed) and writes
+    <workdir>/splits.json. For source='tfds' the splits are those the dataset was built with."""
+    if data_config.source == "tfds":
+        from xray_flax.data import tfds_builder  # pylint: disable=g-import-not-at-top
 
-    splits = tfds_builder.load_splits(data_config)
-  else:
-    train, val, test, root = _resolve_records(data_config)
-    splits = Splits(train, val, test, root=root)
-  for name, fraction in zip(SPLIT_NAMES, tuple(data_config.split_fractions)):
-    if fraction > 0 and not splits.get(name):
-      raise readers.EmptySplitError(splits.root or "<data>",
-                                    f"split {name!r} has no images (fractions "
-                                    f"{tuple(data_config.split_fractions)}, "
-                                    f"{sum(len(splits.get(n)) for n in SPLIT_NAMES)} images)")
-  names = {n: {r.path for r in splits.get(n)} for n in SPLIT_NAMES}
-  assert not (names["train"] & names["val"] or names["train"] & names["test"] or names["val"] & names["test"])
-  if workdir:
-    os.makedirs(workdir, exist_ok=True)
-    path = os.path.join(workdir, "splits.json")
-    new = splits.to_json()
-    if os.path.isfile(path):
-      with open(path) as f:
-        if json.load(f) != new:
-          logging.warning("%s differs from the split computed now (data or config changed); "
-                          "overwriting it", path)
-    # Every process of a multi-host run writes the same file: a tmp name of its own each,
-    # then an atomic rename.
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
-      json.dump(new, f, indent=1)
-    os.replace(tmp, path)
-  return splits
+        splits = tfds_builder.load_splits(data_config)
+    else:
+        train, val, test, root = _resolve_records(data_config)
+        splits = Splits(train, val, test, root=root)
+    for name, fraction in zip(SPLIT_NAMES, tuple(data_config.split_fractions)):
+        if fraction > 0 and not splits.get(name):
+            raise readers.EmptySplitError(
+                splits.root or "<data>",
+                f"split {name!r} has no images (fractions "
+                f"{tuple(data_config.split_fractions)}, "
+                f"{sum(len(splits.get(n)) for n in SPLIT_NAMES)} images)",
+            )
+    names = {n: {r.path for r in splits.get(n)} for n in SPLIT_NAMES}
+    assert not (names["train"] & names["val"] or names["train"] & names["test"] or names["val"] & names["test"])
+    if workdir:
+        os.makedirs(workdir, exist_ok=True)
+        path = os.path.join(workdir, "splits.json")
+        new = splits.to_json()
+        if os.path.isfile(path):
+            with open(path) as f:
+                if json.load(f) != new:
+                    logging.warning(
+                        "%s differs from the split computed now (data or config changed); overwriting it", path
+                    )
+        # Every process of a multi-host run writes the same file: a tmp name of its own each,
+        # then an atomic rename.
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w") as f:
+            json.dump(new, f, indent=1)
+        os.replace(tmp, path)
+    return splits
 
 
 # ------------------------------------------------------------------------------------------
@@ -130,117 +135,131 @@ def prepare_splits(data_config, workdir: str | None) -> "Splits":
 
 _TABLE_CACHE: dict = {}
 
-_TABLE_FIELDS = ("patch_size", "stride", "border", "min_anomalous_fraction", "channels",
-                 "normalization", "rgb_to_gray")
+_TABLE_FIELDS = ("patch_size", "stride", "border", "min_anomalous_fraction", "channels", "normalization", "rgb_to_gray")
 
 
 def _table_key(records, data_config):
-  cfg = tuple(str(data_config[k]) for k in _TABLE_FIELDS)
-  cfg += (str(tuple(data_config.percentiles)), str(data_config.background.to_dict()))
-  files = tuple((r.path, r.mask_path, r.patch_labels, r.known_normal,
-                 os.path.getmtime(r.path) if os.path.exists(r.path) else 0) for r in records)
-  return (cfg, files)
+    cfg = tuple(str(data_config[k]) for k in _TABLE_FIELDS)
+    cfg += (str(tuple(data_config.percentiles)), str(data_config.background.to_dict()))
+    files = tuple(
+        (r.path, r.mask_path, r.patch_labels, r.known_normal, os.path.getmtime(r.path) if os.path.exists(r.path) else 0)
+        for r in records
+    )
+    return (cfg, files)
 
 
 def split_tiles(splits: Splits, split: str, data_config) -> tiling.TileTable:
-  """The tile table of one split (every tile, all labels)."""
-  records = splits.get(split)
-  key = _table_key(records, data_config)
-  if key not in _TABLE_CACHE:
-    _TABLE_CACHE[key] = tiling.build_tile_table(records, data_config)
-  return _TABLE_CACHE[key]
+    """The tile table of one split (every tile, all labels)."""
+    records = splits.get(split)
+    key = _table_key(records, data_config)
+    if key not in _TABLE_CACHE:
+        _TABLE_CACHE[key] = tiling.build_tile_table(records, data_config)
+    return _TABLE_CACHE[key]
 
 
 def count_tiles(splits: Splits, split: str, data_config) -> int:
-  """Number of tiles iterate_eval_batches yields for `split`."""
-  if splits.tfds_dir:
-    from xray_flax.data import tfds_builder  # pylint: disable=g-import-not-at-top
+    """Number of tiles iterate_eval_batches yields for `split`."""
+    if splits.tfds_dir:
+        from xray_flax.data import tfds_builder  # pylint: disable=g-import-not-at-top
 
-    return len(tfds_builder.patch_source(splits, split, data_config))
-  return len(split_tiles(splits, split, data_config))
+        return len(tfds_builder.patch_source(splits, split, data_config))
+    return len(split_tiles(splits, split, data_config))
 
 
 def _source(splits, split, data_config, train: bool):
-  """Grain random-access source of tile dicts for `split` (training: clean normal tiles only)."""
-  if splits.tfds_dir:
-    from xray_flax.data import tfds_builder  # pylint: disable=g-import-not-at-top
+    """Grain random-access source of tile dicts for `split` (training: clean normal tiles only)."""
+    if splits.tfds_dir:
+        from xray_flax.data import tfds_builder  # pylint: disable=g-import-not-at-top
 
-    return tfds_builder.patch_source(splits, split, data_config, train=train)
-  table = split_tiles(splits, split, data_config)
-  if train:
-    table = table.select(tiling.training_rows(table, data_config))
-  return tiling.TileSource(splits.get(split), table, data_config)
+        return tfds_builder.patch_source(splits, split, data_config, train=train)
+    table = split_tiles(splits, split, data_config)
+    if train:
+        table = table.select(tiling.training_rows(table, data_config))
+    return tiling.TileSource(splits.get(split), table, data_config)
 
 
 def _train_example(element: dict) -> dict:
-  return {k: element[k] for k in TRAIN_KEYS}
+    return {k: element[k] for k in TRAIN_KEYS}
 
 
 def _shuffle_seed(data_config, seed: int) -> int:
-  # Mixes the data seed and the run seed into the 32-bit seed Grain's shuffle wants.
-  return int(np.random.SeedSequence([int(data_config.shuffle_seed), int(seed)]).generate_state(1)[0])
+    # Mixes the data seed and the run seed into the 32-bit seed Grain's shuffle wants.
+    return int(np.random.SeedSequence([int(data_config.shuffle_seed), int(seed)]).generate_state(1)[0])
 
 
 def _ensure_absl_flags_parsed():
-  """Grain's mp_prefetch reads absl flags; outside absl.app.run they are unparsed."""
-  from absl import flags  # pylint: disable=g-import-not-at-top
+    """Grain's mp_prefetch reads absl flags; outside absl.app.run they are unparsed."""
+    from absl import flags  # pylint: disable=g-import-not-at-top
 
-  if not flags.FLAGS.is_parsed():
-    flags.FLAGS.mark_as_parsed()
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
 
 
-def make_train_dataset(splits: Splits, data_config, *, batch_size: int, seed: int,
-                       process_index: int = 0, process_count: int = 1) -> grain.IterDataset:
-  """The training IterDataset (see make_train_iterator)."""
-  source = _source(splits, "train", data_config, train=True)
-  if len(source) == 0:
-    raise readers.EmptySplitError(splits.root or "<data>", "the train split has no normal tiles "
-                                  "(all background, anomalous or unlabelled)")
-  if process_index not in range(process_count):
-    raise ValueError(f"process_index={process_index} is not in range(process_count={process_count})")
-  # Every process shuffles the same global sequence of tiles (same seed) and cuts it into
-  # chunks of its per-process batch; global batch g is chunks g*P .. g*P+P-1, and process p
-  # reads only chunk g*P+p. make_array_from_process_local_data concatenates the chunks in
-  # process order, so the global batch is the same for any number of processes (1 process
-  # with batch B sees exactly what P processes with B/P each see together), so runs on any
-  # number of hosts are comparable. Data must be readable by every host (a shared disk).
-  # Slicing a lazy MapDataset only selects indices: no process reads another's tiles.
-  ds = grain.MapDataset.source(source)
-  ds = ds.shuffle(seed=_shuffle_seed(data_config, seed)).repeat()  # new order every epoch
-  ds = ds.map(_train_example).batch(batch_size, drop_remainder=True)
-  if process_count > 1:
-    ds = ds[process_index::process_count]
-  return _to_iter_dataset(ds, data_config)
+def make_train_dataset(
+    splits: Splits, data_config, *, batch_size: int, seed: int, process_index: int = 0, process_count: int = 1
+) -> grain.IterDataset:
+    """The training IterDataset (see make_train_iterator)."""
+    source = _source(splits, "train", data_config, train=True)
+    if len(source) == 0:
+        raise readers.EmptySplitError(
+            splits.root or "<data>", "the train split has no normal tiles (all background, anomalous or unlabelled)"
+        )
+    if process_index not in range(process_count):
+        raise ValueError(f"process_index={process_index} is not in range(process_count={process_count})")
+    # Every process shuffles the same global sequence of tiles (same seed) and cuts it into
+    # chunks of its per-process batch; global batch g is chunks g*P .. g*P+P-1, and process p
+    # reads only chunk g*P+p. make_array_from_process_local_data concatenates the chunks in
+    # process order, so the global batch is the same for any number of processes (1 process
+    # with batch B sees exactly what P processes with B/P each see together), so runs on any
+    # number of hosts are comparable. Data must be readable by every host (a shared disk).
+    # Slicing a lazy MapDataset only selects indices: no process reads another's tiles.
+    ds = grain.MapDataset.source(source)
+    ds = ds.shuffle(seed=_shuffle_seed(data_config, seed)).repeat()  # new order every epoch
+    ds = ds.map(_train_example).batch(batch_size, drop_remainder=True)
+    if process_count > 1:
+        ds = ds[process_index::process_count]
+    return _to_iter_dataset(ds, data_config)
 
 
 def _to_iter_dataset(ds, data_config):
-  """Reading threads and prefetch, and worker processes when config.workers > 0."""
-  read = grain.ReadOptions(num_threads=max(int(data_config.read_threads), 1),
-                           prefetch_buffer_size=max(int(data_config.prefetch), 1))
-  it_ds = ds.to_iter_dataset(read)
-  if int(data_config.workers) > 0:
-    _ensure_absl_flags_parsed()
-    it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(
-        num_workers=int(data_config.workers),
-        per_worker_buffer_size=max(int(data_config.prefetch), 1)))
-  return it_ds
+    """Reading threads and prefetch, and worker processes when config.workers > 0."""
+    read = grain.ReadOptions(
+        num_threads=max(int(data_config.read_threads), 1), prefetch_buffer_size=max(int(data_config.prefetch), 1)
+    )
+    it_ds = ds.to_iter_dataset(read)
+    if int(data_config.workers) > 0:
+        _ensure_absl_flags_parsed()
+        it_ds = it_ds.mp_prefetch(
+            grain.MultiprocessingOptions(
+                num_workers=int(data_config.workers), per_worker_buffer_size=max(int(data_config.prefetch), 1)
+            )
+        )
+    return it_ds
 
 
-def make_train_iterator(splits: Splits, data_config, *, batch_size: int, seed: int,
-                        process_index: int = 0, process_count: int = 1):
-  """Infinite iterator of training batches {'image' [b,P,P,C], 'label' [b], 'mask' [b,P,P,1]}
-  from normal tiles of the train split. A grain DatasetIterator: get_state()/set_state(),
-  and grain.checkpoint.CheckpointSave(it) / CheckpointRestore(it) inside orbax."""
-  return iter(make_train_dataset(splits, data_config, batch_size=batch_size, seed=seed,
-                                 process_index=process_index, process_count=process_count))
+def make_train_iterator(
+    splits: Splits, data_config, *, batch_size: int, seed: int, process_index: int = 0, process_count: int = 1
+):
+    """Infinite iterator of training batches {'image' [b,P,P,C], 'label' [b], 'mask' [b,P,P,1]}
+    from normal tiles of the train split. A grain DatasetIterator: get_state()/set_state(),
+    and grain.checkpoint.CheckpointSave(it) / CheckpointRestore(it) inside orbax."""
+    return iter(
+        make_train_dataset(
+            splits,
+            data_config,
+            batch_size=batch_size,
+            seed=seed,
+            process_index=process_index,
+            process_count=process_count,
+        )
+    )
 
 
-def iterate_eval_batches(splits: Splits, split: str, data_config, *,
-                         batch_size: int) -> Iterator[dict]:
-  """All tiles of `split` in a fixed order (scan, then row-major), batched; the last batch may
-  be smaller. Keys: image, label, mask, scan_index, y, x."""
-  source = _source(splits, split, data_config, train=False)
-  if len(source) == 0:
-    return iter(())
-  ds = grain.MapDataset.source(source).batch(batch_size, drop_remainder=False)
-  return iter(_to_iter_dataset(ds, data_config))
+def iterate_eval_batches(splits: Splits, split: str, data_config, *, batch_size: int) -> Iterator[dict]:
+    """All tiles of `split` in a fixed order (scan, then row-major), batched; the last batch may
+    be smaller. Keys: image, label, mask, scan_index, y, x."""
+    source = _source(splits, split, data_config, train=False)
+    if len(source) == 0:
+        return iter(())
+    ds = grain.MapDataset.source(source).batch(batch_size, drop_remainder=False)
+    return iter(_to_iter_dataset(ds, data_config))

@@ -17,7 +17,7 @@ from __future__ import annotations
 import collections
 import os
 import threading
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image
@@ -34,35 +34,35 @@ IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
 
 
 class DataError(Exception):
-  """Base class of input-pipeline errors; `path` is the file (or folder) at fault."""
+    """Base class of input-pipeline errors; `path` is the file (or folder) at fault."""
 
-  def __init__(self, path, message: str):
-    self.path = str(path)
-    super().__init__(f"{self.path}: {message}")
+    def __init__(self, path, message: str):
+        self.path = str(path)
+        super().__init__(f"{self.path}: {message}")
 
 
 class UnreadableImageError(DataError):
-  """The file is missing, not an image, or truncated."""
+    """The file is missing, not an image, or truncated."""
 
 
 class UnsupportedImageError(DataError):
-  """Bit depth or pixel mode the pipeline does not handle."""
+    """Bit depth or pixel mode the pipeline does not handle."""
 
 
 class MaskShapeError(DataError):
-  """A mask whose size differs from its scan."""
+    """A mask whose size differs from its scan."""
 
 
 class CsvLabelError(DataError):
-  """A malformed CSV label row, or a row whose patch lies outside its image."""
+    """A malformed CSV label row, or a row whose patch lies outside its image."""
 
 
 class EmptySplitError(DataError):
-  """A split (train/val/test) without images or without usable tiles."""
+    """A split (train/val/test) without images or without usable tiles."""
 
 
 class LayoutError(DataError):
-  """A folder that does not follow the configured layout."""
+    """A folder that does not follow the configured layout."""
 
 
 # ------------------------------------------------------------------------------------------
@@ -70,29 +70,29 @@ class LayoutError(DataError):
 
 
 def to_channels(pixels: np.ndarray, channels: int, rgb_to_gray: str = "luminance") -> np.ndarray:
-  """[h, w] or [h, w, c] float32 -> [h, w, channels]; alpha is dropped."""
-  if pixels.ndim == 2:
-    pixels = pixels[..., None]
-  c = pixels.shape[-1]
-  if c in (2, 4):  # gray+alpha, rgb+alpha
-    pixels = pixels[..., : c - 1]
-    c -= 1
-  if c == channels:
-    return pixels
-  if c == 1 and channels == 3:
-    return np.repeat(pixels, 3, axis=-1)
-  if c == 3 and channels == 1:
-    if rgb_to_gray == "mean":
-      return pixels.mean(axis=-1, keepdims=True, dtype=np.float32)
-    weights = np.asarray([0.299, 0.587, 0.114], np.float32)
-    return (pixels @ weights)[..., None].astype(np.float32)
-  raise ValueError(f"cannot convert {c} channels to {channels}")
+    """[h, w] or [h, w, c] float32 -> [h, w, channels]; alpha is dropped."""
+    if pixels.ndim == 2:
+        pixels = pixels[..., None]
+    c = pixels.shape[-1]
+    if c in (2, 4):  # gray+alpha, rgb+alpha
+        pixels = pixels[..., : c - 1]
+        c -= 1
+    if c == channels:
+        return pixels
+    if c == 1 and channels == 3:
+        return np.repeat(pixels, 3, axis=-1)
+    if c == 3 and channels == 1:
+        if rgb_to_gray == "mean":
+            return pixels.mean(axis=-1, keepdims=True, dtype=np.float32)
+        weights = np.asarray([0.299, 0.587, 0.114], np.float32)
+        return (pixels @ weights)[..., None].astype(np.float32)
+    raise ValueError(f"cannot convert {c} channels to {channels}")
 
 
 def normalize(raw: np.ndarray, scale_lo: float, scale_hi: float) -> np.ndarray:
-  """Integer samples -> float32 in [0, 1] by a linear map [scale_lo, scale_hi] -> [0, 1]."""
-  out = (raw.astype(np.float32) - np.float32(scale_lo)) * np.float32(1.0 / (scale_hi - scale_lo))
-  return np.clip(out, 0.0, 1.0, out=out)
+    """Integer samples -> float32 in [0, 1] by a linear map [scale_lo, scale_hi] -> [0, 1]."""
+    out = (raw.astype(np.float32) - np.float32(scale_lo)) * np.float32(1.0 / (scale_hi - scale_lo))
+    return np.clip(out, 0.0, 1.0, out=out)
 
 
 # ------------------------------------------------------------------------------------------
@@ -100,192 +100,205 @@ def normalize(raw: np.ndarray, scale_lo: float, scale_hi: float) -> np.ndarray:
 
 
 class ScanReader:
-  """Region access to one scan. Subclasses implement `_read_raw(y0, x0, y1, x1)` for an
-  in-bounds window, returning the stored integer samples [h, w, c_stored]."""
+    """Region access to one scan. Subclasses implement `_read_raw(y0, x0, y1, x1)` for an
+    in-bounds window, returning the stored integer samples [h, w, c_stored]."""
 
-  def __init__(self, path, height, width, stored_channels, bit_depth, channels,
-               normalization, percentiles, rgb_to_gray):
-    if channels not in (1, 3):
-      raise UnsupportedImageError(path, f"channels must be 1 or 3, got {channels}")
-    if normalization not in ("bit_depth", "percentile"):
-      raise ValueError(f"unknown normalization {normalization!r}")
-    self.path = str(path)
-    self.height = int(height)
-    self.width = int(width)
-    self.stored_channels = int(stored_channels)
-    self.bit_depth = int(bit_depth)
-    self.channels = int(channels)
-    self.normalization = normalization
-    self.rgb_to_gray = rgb_to_gray
-    self._scale = (0.0, float(2**self.bit_depth - 1))
-    if normalization == "percentile":
-      self._scale = self._percentile_scale(percentiles)
+    def __init__(
+        self, path, height, width, stored_channels, bit_depth, channels, normalization, percentiles, rgb_to_gray
+    ):
+        if channels not in (1, 3):
+            raise UnsupportedImageError(path, f"channels must be 1 or 3, got {channels}")
+        if normalization not in ("bit_depth", "percentile"):
+            raise ValueError(f"unknown normalization {normalization!r}")
+        self.path = str(path)
+        self.height = int(height)
+        self.width = int(width)
+        self.stored_channels = int(stored_channels)
+        self.bit_depth = int(bit_depth)
+        self.channels = int(channels)
+        self.normalization = normalization
+        self.rgb_to_gray = rgb_to_gray
+        self._scale = (0.0, float(2**self.bit_depth - 1))
+        if normalization == "percentile":
+            self._scale = self._percentile_scale(percentiles)
 
-  @property
-  def shape(self):
-    return (self.height, self.width, self.channels)
+    @property
+    def shape(self):
+        return (self.height, self.width, self.channels)
 
-  def _read_raw(self, y0, x0, y1, x1) -> np.ndarray:
-    raise NotImplementedError
+    def _read_raw(self, y0, x0, y1, x1) -> np.ndarray:
+        raise NotImplementedError
 
-  def close(self):
-    pass
+    def close(self):
+        pass
 
-  def read_raw_region(self, y: int, x: int, h: int, w: int) -> np.ndarray:
-    """Stored samples of a window, zero outside the image: [h, w, stored_channels]."""
-    out = np.zeros((h, w, self.stored_channels), self._dtype)
-    y0, x0 = max(y, 0), max(x, 0)
-    y1, x1 = min(y + h, self.height), min(x + w, self.width)
-    if y1 > y0 and x1 > x0:
-      out[y0 - y : y1 - y, x0 - x : x1 - x] = self._read_raw(y0, x0, y1, x1)
-    return out
+    def read_raw_region(self, y: int, x: int, h: int, w: int) -> np.ndarray:
+        """Stored samples of a window, zero outside the image: [h, w, stored_channels]."""
+        out = np.zeros((h, w, self.stored_channels), self._dtype)
+        y0, x0 = max(y, 0), max(x, 0)
+        y1, x1 = min(y + h, self.height), min(x + w, self.width)
+        if y1 > y0 and x1 > x0:
+            out[y0 - y : y1 - y, x0 - x : x1 - x] = self._read_raw(y0, x0, y1, x1)
+        return out
 
-  def read_region(self, y: int, x: int, h: int, w: int) -> np.ndarray:
-    """float32 [h, w, channels] in [0, 1]; zeros where the window leaves the image."""
-    raw = self.read_raw_region(y, x, h, w)
-    inside = np.zeros((h, w), bool)
-    inside[max(-y, 0) : max(min(self.height - y, h), 0), max(-x, 0) : max(min(self.width - x, w), 0)] = True
-    pixels = to_channels(normalize(raw, *self._scale), self.channels, self.rgb_to_gray)
-    if self.normalization == "percentile" and not inside.all():
-      pixels[~inside] = 0.0  # padding stays 0 even when p_lo > 0 would map it elsewhere
-    return pixels
+    def read_region(self, y: int, x: int, h: int, w: int) -> np.ndarray:
+        """float32 [h, w, channels] in [0, 1]; zeros where the window leaves the image."""
+        raw = self.read_raw_region(y, x, h, w)
+        inside = np.zeros((h, w), bool)
+        inside[max(-y, 0) : max(min(self.height - y, h), 0), max(-x, 0) : max(min(self.width - x, w), 0)] = True
+        pixels = to_channels(normalize(raw, *self._scale), self.channels, self.rgb_to_gray)
+        if self.normalization == "percentile" and not inside.all():
+            pixels[~inside] = 0.0  # padding stays 0 even when p_lo > 0 would map it elsewhere
+        return pixels
 
-  def _percentile_scale(self, percentiles: Sequence[float]):
-    """Percentiles from up to 64 evenly spaced 256x256 windows (whole image if smaller)."""
-    n = 8
-    size = 256
-    ys = np.linspace(0, max(self.height - size, 0), n).astype(int)
-    xs = np.linspace(0, max(self.width - size, 0), n).astype(int)
-    samples = []
-    for y in np.unique(ys):
-      for x in np.unique(xs):
-        h, w = min(size, self.height - y), min(size, self.width - x)
-        samples.append(self._read_raw(y, x, y + h, x + w).reshape(-1, self.stored_channels))
-    values = np.concatenate(samples)
-    if self.stored_channels >= 3:
-      values = values[:, :3].mean(axis=1)
-    lo, hi = np.percentile(values, percentiles)
-    if hi <= lo:
-      hi = lo + 1.0
-    return float(lo), float(hi)
+    def _percentile_scale(self, percentiles: Sequence[float]):
+        """Percentiles from up to 64 evenly spaced 256x256 windows (whole image if smaller)."""
+        n = 8
+        size = 256
+        ys = np.linspace(0, max(self.height - size, 0), n).astype(int)
+        xs = np.linspace(0, max(self.width - size, 0), n).astype(int)
+        samples = []
+        for y in np.unique(ys):
+            for x in np.unique(xs):
+                h, w = min(size, self.height - y), min(size, self.width - x)
+                samples.append(self._read_raw(y, x, y + h, x + w).reshape(-1, self.stored_channels))
+        values = np.concatenate(samples)
+        if self.stored_channels >= 3:
+            values = values[:, :3].mean(axis=1)
+        lo, hi = np.percentile(values, percentiles)
+        if hi <= lo:
+            hi = lo + 1.0
+        return float(lo), float(hi)
 
 
 class ArrayScanReader(ScanReader):
-  """A scan decoded into memory (PNG and other whole-file formats)."""
+    """A scan decoded into memory (PNG and other whole-file formats)."""
 
-  def __init__(self, path, array, bit_depth, **kw):
-    if array.ndim == 2:
-      array = array[..., None]
-    self._array = array
-    self._dtype = array.dtype
-    super().__init__(path, array.shape[0], array.shape[1], array.shape[2], bit_depth, **kw)
+    def __init__(self, path, array, bit_depth, **kw):
+        if array.ndim == 2:
+            array = array[..., None]
+        self._array = array
+        self._dtype = array.dtype
+        super().__init__(path, array.shape[0], array.shape[1], array.shape[2], bit_depth, **kw)
 
-  def _read_raw(self, y0, x0, y1, x1):
-    return self._array[y0:y1, x0:x1]
+    def _read_raw(self, y0, x0, y1, x1):
+        return self._array[y0:y1, x0:x1]
 
 
 class TiffScanReader(ScanReader):
-  """Reads only the TIFF segments (tiles or strips) a region touches, or memory-maps."""
+    """Reads only the TIFF segments (tiles or strips) a region touches, or memory-maps."""
 
-  def __init__(self, path, **kw):
-    import tifffile  # pylint: disable=g-import-not-at-top
+    def __init__(self, path, **kw):
+        import tifffile  # pylint: disable=g-import-not-at-top
 
-    self._lock = threading.Lock()
-    try:
-      self._tif = tifffile.TiffFile(path)
-      page = self._tif.pages[0]
-    except Exception as e:  # tifffile raises several types for broken files
-      raise UnreadableImageError(path, f"not a readable TIFF ({e})") from e
-    self._page = page
-    bits = int(page.bitspersample)
-    if page.dtype is None or page.dtype.kind not in "u" or bits not in (8, 16):
-      raise UnsupportedImageError(
-          path, f"unsupported sample type {page.dtype} ({bits} bits); need 8- or 16-bit unsigned")
-    samples = int(page.samplesperpixel)
-    if samples not in (1, 2, 3, 4):
-      raise UnsupportedImageError(path, f"unsupported samples per pixel {samples}")
-    photometric = int(page.photometric)
-    # 0 = min-is-white (inverted gray, common for radiographs), 1 = min-is-black, 2 = RGB.
-    if photometric not in (0, 1, 2):
-      raise UnsupportedImageError(path, f"unsupported photometric interpretation "
-                                  f"{page.photometric!r}; need gray or RGB")
-    self._invert = photometric == 0
-    self._dtype = page.dtype
-    height, width = int(page.imagelength), int(page.imagewidth)
-    file_size = os.path.getsize(path)
-    ends = np.asarray(page.dataoffsets, np.int64) + np.asarray(page.databytecounts, np.int64)
-    if len(ends) == 0 or ends.max() > file_size or min(page.databytecounts) == 0:
-      raise UnreadableImageError(path, f"truncated TIFF: image data extends to byte "
-                                 f"{int(ends.max()) if len(ends) else 0} but the file has {file_size}")
-    self._memmap = None
-    if page.is_contiguous and page.compression == 1 and page.planarconfig == 1 and not page.is_tiled:
-      # Uncompressed, one contiguous block: let the OS page it in on demand.
-      self._memmap = np.memmap(path, dtype=page.dtype.newbyteorder(page.parent.byteorder),
-                               mode="r", offset=page.dataoffsets[0],
-                               shape=(height, width, samples))
-    self._planes = samples if page.planarconfig == 2 else 1
-    if page.is_tiled:
-      self._seg_h, self._seg_w = int(page.tilelength), int(page.tilewidth)
-    else:
-      self._seg_h, self._seg_w = int(page.rowsperstrip or height), width
-      self._seg_h = min(self._seg_h, height)
-    self.segments_read = 0  # instrumentation: lets tests prove reads stay local
-    self._seg_rows = -(-height // self._seg_h)
-    self._seg_cols = -(-width // self._seg_w)
-    try:
-      tifffile.TIFF.DECOMPRESSORS[page.compression]
-    except Exception as e:  # KeyError, or ImportError for an optional codec package
-      # e.g. JPEG or LZW without the optional imagecodecs package: fail here, naming the
-      # file, rather than deep inside a Grain worker.
-      raise UnsupportedImageError(path, f"no decoder for TIFF compression {page.compression!r} "
-                                  f"(install imagecodecs, or rewrite the file with zlib)") from e
-    super().__init__(path, height, width, samples, bits, **kw)
+        self._lock = threading.Lock()
+        try:
+            self._tif = tifffile.TiffFile(path)
+            page = self._tif.pages[0]
+        except Exception as e:  # tifffile raises several types for broken files
+            raise UnreadableImageError(path, f"not a readable TIFF ({e})") from e
+        self._page = page
+        bits = int(page.bitspersample)
+        if page.dtype is None or page.dtype.kind not in "u" or bits not in (8, 16):
+            raise UnsupportedImageError(
+                path, f"unsupported sample type {page.dtype} ({bits} bits); need 8- or 16-bit unsigned"
+            )
+        samples = int(page.samplesperpixel)
+        if samples not in (1, 2, 3, 4):
+            raise UnsupportedImageError(path, f"unsupported samples per pixel {samples}")
+        photometric = int(page.photometric)
+        # 0 = min-is-white (inverted gray, common for radiographs), 1 = min-is-black, 2 = RGB.
+        if photometric not in (0, 1, 2):
+            raise UnsupportedImageError(
+                path, f"unsupported photometric interpretation {page.photometric!r}; need gray or RGB"
+            )
+        self._invert = photometric == 0
+        self._dtype = page.dtype
+        height, width = int(page.imagelength), int(page.imagewidth)
+        file_size = os.path.getsize(path)
+        ends = np.asarray(page.dataoffsets, np.int64) + np.asarray(page.databytecounts, np.int64)
+        if len(ends) == 0 or ends.max() > file_size or min(page.databytecounts) == 0:
+            raise UnreadableImageError(
+                path,
+                f"truncated TIFF: image data extends to byte "
+                f"{int(ends.max()) if len(ends) else 0} but the file has {file_size}",
+            )
+        self._memmap = None
+        if page.is_contiguous and page.compression == 1 and page.planarconfig == 1 and not page.is_tiled:
+            # Uncompressed, one contiguous block: let the OS page it in on demand.
+            self._memmap = np.memmap(
+                path,
+                dtype=page.dtype.newbyteorder(page.parent.byteorder),
+                mode="r",
+                offset=page.dataoffsets[0],
+                shape=(height, width, samples),
+            )
+        self._planes = samples if page.planarconfig == 2 else 1
+        if page.is_tiled:
+            self._seg_h, self._seg_w = int(page.tilelength), int(page.tilewidth)
+        else:
+            self._seg_h, self._seg_w = int(page.rowsperstrip or height), width
+            self._seg_h = min(self._seg_h, height)
+        self.segments_read = 0  # instrumentation: lets tests prove reads stay local
+        self._seg_rows = -(-height // self._seg_h)
+        self._seg_cols = -(-width // self._seg_w)
+        try:
+            tifffile.TIFF.DECOMPRESSORS[page.compression]
+        except Exception as e:  # KeyError, or ImportError for an optional codec package
+            # e.g. JPEG or LZW without the optional imagecodecs package: fail here, naming the
+            # file, rather than deep inside a Grain worker.
+            raise UnsupportedImageError(
+                path,
+                f"no decoder for TIFF compression {page.compression!r} "
+                f"(install imagecodecs, or rewrite the file with zlib)",
+            ) from e
+        super().__init__(path, height, width, samples, bits, **kw)
 
-  def __getstate__(self):
-    raise TypeError("readers hold open files; open them in each process")
+    def __getstate__(self):
+        raise TypeError("readers hold open files; open them in each process")
 
-  def _read_raw(self, y0, x0, y1, x1):
-    raw = self._read_stored(y0, x0, y1, x1)
-    if self._invert:
-      np.subtract(np.iinfo(raw.dtype).max, raw, out=raw)
-    return raw
+    def _read_raw(self, y0, x0, y1, x1):
+        raw = self._read_stored(y0, x0, y1, x1)
+        if self._invert:
+            np.subtract(np.iinfo(raw.dtype).max, raw, out=raw)
+        return raw
 
-  def _read_stored(self, y0, x0, y1, x1):
-    if self._memmap is not None:
-      return np.array(self._memmap[y0:y1, x0:x1])
-    page = self._page
-    out = np.empty((y1 - y0, x1 - x0, self.stored_channels), self._dtype)
-    r0, r1 = y0 // self._seg_h, (y1 - 1) // self._seg_h
-    c0, c1 = x0 // self._seg_w, (x1 - 1) // self._seg_w
-    per_plane = self._seg_rows * self._seg_cols
-    fh = self._tif.filehandle
-    for plane in range(self._planes):
-      for r in range(r0, r1 + 1):
-        for c in range(c0, c1 + 1):
-          index = plane * per_plane + r * self._seg_cols + c
-          with self._lock:  # the file handle's position is shared by reading threads
-            fh.seek(page.dataoffsets[index])
-            data = fh.read(page.databytecounts[index])
-            self.segments_read += 1
-          try:
-            segment = page.decode(data, index)[0]  # [1, seg_h, seg_w, s]
-          except Exception as e:
-            raise UnreadableImageError(self.path, f"cannot decode segment {index} ({e})") from e
-          if segment is None:
-            raise UnreadableImageError(self.path, f"segment {index} is empty")
-          segment = segment[0]
-          sy, sx = r * self._seg_h, c * self._seg_w
-          ay0, ay1 = max(y0, sy), min(y1, sy + segment.shape[0], sy + self._seg_h)
-          ax0, ax1 = max(x0, sx), min(x1, sx + segment.shape[1], sx + self._seg_w)
-          block = segment[ay0 - sy : ay1 - sy, ax0 - sx : ax1 - sx]
-          if self._planes > 1:
-            out[ay0 - y0 : ay1 - y0, ax0 - x0 : ax1 - x0, plane] = block[..., 0]
-          else:
-            out[ay0 - y0 : ay1 - y0, ax0 - x0 : ax1 - x0] = block
-    return out
+    def _read_stored(self, y0, x0, y1, x1):
+        if self._memmap is not None:
+            return np.array(self._memmap[y0:y1, x0:x1])
+        page = self._page
+        out = np.empty((y1 - y0, x1 - x0, self.stored_channels), self._dtype)
+        r0, r1 = y0 // self._seg_h, (y1 - 1) // self._seg_h
+        c0, c1 = x0 // self._seg_w, (x1 - 1) // self._seg_w
+        per_plane = self._seg_rows * self._seg_cols
+        fh = self._tif.filehandle
+        for plane in range(self._planes):
+            for r in range(r0, r1 + 1):
+                for c in range(c0, c1 + 1):
+                    index = plane * per_plane + r * self._seg_cols + c
+                    with self._lock:  # the file handle's position is shared by reading threads
+                        fh.seek(page.dataoffsets[index])
+                        data = fh.read(page.databytecounts[index])
+                        self.segments_read += 1
+                    try:
+                        segment = page.decode(data, index)[0]  # [1, seg_h, seg_w, s]
+                    except Exception as e:
+                        raise UnreadableImageError(self.path, f"cannot decode segment {index} ({e})") from e
+                    if segment is None:
+                        raise UnreadableImageError(self.path, f"segment {index} is empty")
+                    segment = segment[0]
+                    sy, sx = r * self._seg_h, c * self._seg_w
+                    ay0, ay1 = max(y0, sy), min(y1, sy + segment.shape[0], sy + self._seg_h)
+                    ax0, ax1 = max(x0, sx), min(x1, sx + segment.shape[1], sx + self._seg_w)
+                    block = segment[ay0 - sy : ay1 - sy, ax0 - sx : ax1 - sx]
+                    if self._planes > 1:
+                        out[ay0 - y0 : ay1 - y0, ax0 - x0 : ax1 - x0, plane] = block[..., 0]
+                    else:
+                        out[ay0 - y0 : ay1 - y0, ax0 - x0 : ax1 - x0] = block
+        return out
 
-  def close(self):
-    self._tif.close()
+    def close(self):
+        self._tif.close()
 
 
 # ------------------------------------------------------------------------------------------
@@ -293,128 +306,133 @@ class TiffScanReader(ScanReader):
 
 
 def _png_header(path):
-  """(bit depth, color type) from the IHDR chunk, or None for a non-PNG file."""
-  with open(path, "rb") as f:
-    head = f.read(33)
-  if len(head) < 33 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
-    return None
-  return head[24], head[25]
+    """(bit depth, color type) from the IHDR chunk, or None for a non-PNG file."""
+    with open(path, "rb") as f:
+        head = f.read(33)
+    if len(head) < 33 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
+        return None
+    return head[24], head[25]
 
 
 def _decode_png_16bit_color(path):
-  # Pillow reduces 16-bit RGB PNGs to 8 bits; TensorFlow decodes them at full depth.
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    # Pillow reduces 16-bit RGB PNGs to 8 bits; TensorFlow decodes them at full depth.
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
-  data = tf.io.read_file(path)
-  return tf.io.decode_png(data, dtype=tf.uint16).numpy()
+    data = tf.io.read_file(path)
+    return tf.io.decode_png(data, dtype=tf.uint16).numpy()
 
 
 def decode_whole_image(path):
-  """Decodes a non-TIFF image: (array uint8/uint16 [H, W] or [H, W, C], bit depth)."""
-  header = _png_header(path)
-  if header is not None:
-    depth, color_type = header
-    if depth not in (1, 2, 4, 8, 16):
-      raise UnsupportedImageError(path, f"unsupported PNG bit depth {depth}")
-    if depth == 16 and color_type in (2, 6, 4):  # RGB, RGBA, gray+alpha at 16 bits
-      try:
-        return _decode_png_16bit_color(path), 16
-      except Exception as e:
-        raise UnreadableImageError(path, f"cannot decode 16-bit PNG ({e})") from e
-  try:
-    with Image.open(path) as im:
-      im.load()
-      mode = im.mode
-      if mode in ("I;16", "I;16B", "I;16L"):
-        return np.asarray(im, dtype=np.uint16), 16
-      if mode == "I":
-        arr = np.asarray(im)
-        if header is not None and header[0] == 16:
-          return arr.astype(np.uint16), 16
-        raise UnsupportedImageError(path, "32-bit integer images are not supported")
-      if mode == "1":
-        return np.asarray(im, dtype=np.uint8) * 255, 8
-      if mode == "P":
-        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
-        mode = im.mode
-      if mode in ("L", "LA", "RGB", "RGBA"):
-        return np.asarray(im, dtype=np.uint8), 8
-      raise UnsupportedImageError(path, f"unsupported image mode {mode!r}")
-  except DataError:
-    raise
-  except FileNotFoundError as e:
-    raise UnreadableImageError(path, "file not found") from e
-  except Exception as e:  # PIL: UnidentifiedImageError, OSError('truncated'), SyntaxError
-    raise UnreadableImageError(path, f"cannot decode image ({e})") from e
+    """Decodes a non-TIFF image: (array uint8/uint16 [H, W] or [H, W, C], bit depth)."""
+    header = _png_header(path)
+    if header is not None:
+        depth, color_type = header
+        if depth not in (1, 2, 4, 8, 16):
+            raise UnsupportedImageError(path, f"unsupported PNG bit depth {depth}")
+        if depth == 16 and color_type in (2, 6, 4):  # RGB, RGBA, gray+alpha at 16 bits
+            try:
+                return _decode_png_16bit_color(path), 16
+            except Exception as e:
+                raise UnreadableImageError(path, f"cannot decode 16-bit PNG ({e})") from e
+    try:
+        with Image.open(path) as im:
+            im.load()
+            mode = im.mode
+            if mode in ("I;16", "I;16B", "I;16L"):
+                return np.asarray(im, dtype=np.uint16), 16
+            if mode == "I":
+                arr = np.asarray(im)
+                if header is not None and header[0] == 16:
+                    return arr.astype(np.uint16), 16
+                raise UnsupportedImageError(path, "32-bit integer images are not supported")
+            if mode == "1":
+                return np.asarray(im, dtype=np.uint8) * 255, 8
+            if mode == "P":
+                im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+                mode = im.mode
+            if mode in ("L", "LA", "RGB", "RGBA"):
+                return np.asarray(im, dtype=np.uint8), 8
+            raise UnsupportedImageError(path, f"unsupported image mode {mode!r}")
+    except DataError:
+        raise
+    except FileNotFoundError as e:
+        raise UnreadableImageError(path, "file not found") from e
+    except Exception as e:  # PIL: UnidentifiedImageError, OSError('truncated'), SyntaxError
+        raise UnreadableImageError(path, f"cannot decode image ({e})") from e
 
 
-_PNG_CACHE: "collections.OrderedDict[tuple, np.ndarray]" = collections.OrderedDict()
+_PNG_CACHE: collections.OrderedDict[tuple, np.ndarray] = collections.OrderedDict()
 _PNG_CACHE_LOCK = threading.Lock()
 
 
 def _cached_decode(path, cache_images):
-  key = (os.path.abspath(path), os.path.getmtime(path))
-  with _PNG_CACHE_LOCK:
-    if key in _PNG_CACHE:
-      _PNG_CACHE.move_to_end(key)
-      return _PNG_CACHE[key]
-  decoded = decode_whole_image(path)
-  with _PNG_CACHE_LOCK:
-    _PNG_CACHE[key] = decoded
-    while len(_PNG_CACHE) > max(cache_images, 1):
-      _PNG_CACHE.popitem(last=False)
-  return decoded
+    key = (os.path.abspath(path), os.path.getmtime(path))
+    with _PNG_CACHE_LOCK:
+        if key in _PNG_CACHE:
+            _PNG_CACHE.move_to_end(key)
+            return _PNG_CACHE[key]
+    decoded = decode_whole_image(path)
+    with _PNG_CACHE_LOCK:
+        _PNG_CACHE[key] = decoded
+        while len(_PNG_CACHE) > max(cache_images, 1):
+            _PNG_CACHE.popitem(last=False)
+    return decoded
 
 
-def open_scan(path, channels: int = 1, normalization: str = "bit_depth", *,
-              percentiles: Sequence[float] = (0.5, 99.5), rgb_to_gray: str = "luminance",
-              png_cache_images: int = 8) -> ScanReader:
-  """Opens a scan for region reads. TIFFs are read lazily; other formats are decoded once
-  per process and cached (LRU of `png_cache_images`)."""
-  path = os.fspath(path)
-  if not os.path.isfile(path):
-    raise UnreadableImageError(path, "file not found")
-  kw = dict(channels=channels, normalization=normalization, percentiles=percentiles,
-            rgb_to_gray=rgb_to_gray)
-  if path.lower().endswith(TIFF_SUFFIXES):
-    return TiffScanReader(path, **kw)
-  array, bits = _cached_decode(path, png_cache_images)
-  if array.ndim == 3 and array.shape[-1] not in (1, 2, 3, 4):
-    raise UnsupportedImageError(path, f"unsupported channel count {array.shape[-1]}")
-  return ArrayScanReader(path, array, bits, **kw)
+def open_scan(
+    path,
+    channels: int = 1,
+    normalization: str = "bit_depth",
+    *,
+    percentiles: Sequence[float] = (0.5, 99.5),
+    rgb_to_gray: str = "luminance",
+    png_cache_images: int = 8,
+) -> ScanReader:
+    """Opens a scan for region reads. TIFFs are read lazily; other formats are decoded once
+    per process and cached (LRU of `png_cache_images`)."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise UnreadableImageError(path, "file not found")
+    kw = dict(channels=channels, normalization=normalization, percentiles=percentiles, rgb_to_gray=rgb_to_gray)
+    if path.lower().endswith(TIFF_SUFFIXES):
+        return TiffScanReader(path, **kw)
+    array, bits = _cached_decode(path, png_cache_images)
+    if array.ndim == 3 and array.shape[-1] not in (1, 2, 3, 4):
+        raise UnsupportedImageError(path, f"unsupported channel count {array.shape[-1]}")
+    return ArrayScanReader(path, array, bits, **kw)
 
 
 def image_size(path) -> tuple[int, int]:
-  """(height, width) without decoding pixels where the format allows it."""
-  path = os.fspath(path)
-  if not os.path.isfile(path):
-    raise UnreadableImageError(path, "file not found")
-  if path.lower().endswith(TIFF_SUFFIXES):
-    reader = open_scan(path)
-    reader.close()
-    return reader.height, reader.width
-  try:
-    with Image.open(path) as im:
-      return im.height, im.width
-  except Exception as e:
-    raise UnreadableImageError(path, f"cannot decode image ({e})") from e
+    """(height, width) without decoding pixels where the format allows it."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise UnreadableImageError(path, "file not found")
+    if path.lower().endswith(TIFF_SUFFIXES):
+        reader = open_scan(path)
+        reader.close()
+        return reader.height, reader.width
+    try:
+        with Image.open(path) as im:
+            return im.height, im.width
+    except Exception as e:
+        raise UnreadableImageError(path, f"cannot decode image ({e})") from e
 
 
 def read_mask(path, expected_hw) -> np.ndarray:
-  """A pixel mask as bool [H, W] (any non-zero sample is anomalous).
+    """A pixel mask as bool [H, W] (any non-zero sample is anomalous).
 
-  Raises MaskShapeError when its size is not `expected_hw` (the scan's height, width)."""
-  path = os.fspath(path)
-  if path.lower().endswith(TIFF_SUFFIXES):
-    reader = open_scan(path)
-    raw = reader.read_raw_region(0, 0, reader.height, reader.width)
-    reader.close()
-  else:
-    raw, _ = decode_whole_image(path)
-  if raw.ndim == 3:
-    raw = raw.max(axis=-1)
-  if tuple(raw.shape) != tuple(expected_hw):
-    raise MaskShapeError(path, f"mask is {raw.shape[0]}x{raw.shape[1]} (HxW) but its scan is "
-                         f"{expected_hw[0]}x{expected_hw[1]}")
-  return raw > 0
-
+    Raises MaskShapeError when its size is not `expected_hw` (the scan's height, width)."""
+    path = os.fspath(path)
+    if path.lower().endswith(TIFF_SUFFIXES):
+        reader = open_scan(path)
+        raw = reader.read_raw_region(0, 0, reader.height, reader.width)
+        reader.close()
+    else:
+        raw, _ = decode_whole_image(path)
+    if raw.ndim == 3:
+        raw = raw.max(axis=-1)
+    if tuple(raw.shape) != tuple(expected_hw):
+        raise MaskShapeError(
+            path, f"mask is {raw.shape[0]}x{raw.shape[1]} (HxW) but its scan is {expected_hw[0]}x{expected_hw[1]}"
+        )
+    return raw > 0

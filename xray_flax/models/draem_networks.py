@@ -17,8 +17,9 @@ from xray_flax.models.layers import ConvBNAct, DoubleConv, Dtype, conv_kernel_in
 
 
 def _final_conv(features: int, init: str, dtype: Dtype, name: str) -> nn.Conv:
-    return nn.Conv(features, (3, 3), padding=1, kernel_init=conv_kernel_init(init), dtype=dtype,
-                   param_dtype=jnp.float32, name=name)
+    return nn.Conv(
+        features, (3, 3), padding=1, kernel_init=conv_kernel_init(init), dtype=dtype, param_dtype=jnp.float32, name=name
+    )
 
 
 class DraemReconstructive(nn.Module):

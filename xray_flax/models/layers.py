@@ -8,7 +8,8 @@ of what the tests compare against the papers' networks.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -88,9 +89,16 @@ def _weight_grad_dots(x: jax.Array, g: jax.Array) -> jax.Array:
     _, h, width, cin = x.shape
     padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
     g2 = g.reshape(-1, g.shape[-1])
-    taps = [jax.lax.dot_general(padded[:, kh:kh + h, kw:kw + width, :].reshape(-1, cin), g2,
-                                (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32)
-            for kh in range(3) for kw in range(3)]
+    taps = [
+        jax.lax.dot_general(
+            padded[:, kh : kh + h, kw : kw + width, :].reshape(-1, cin),
+            g2,
+            (((0,), (0,)), ((), ())),
+            preferred_element_type=jnp.float32,
+        )
+        for kh in range(3)
+        for kw in range(3)
+    ]
     return jnp.stack(taps).reshape(3, 3, cin, g.shape[-1])
 
 
@@ -102,7 +110,7 @@ def _weight_grad_row_blocks(x: jax.Array, g: jax.Array, w: jax.Array) -> jax.Arr
     zero = jnp.zeros(w.shape, w.dtype)
 
     def block_grad(start):
-        xb, gb = padded[:, start: start + rows + 2], g[:, start: start + rows]
+        xb, gb = padded[:, start : start + rows + 2], g[:, start : start + rows]
         valid = lambda k: jax.lax.conv_general_dilated(xb, k, (1, 1), "VALID", dimension_numbers=_NHWC)  # noqa: E731
         return jax.vjp(valid, zero)[1](gb)[0].astype(jnp.float32)
 
@@ -123,20 +131,45 @@ def _conv3x3_bwd(residuals, g):
 conv3x3_same.defvjp(_conv3x3_fwd, _conv3x3_bwd)
 
 
-def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
-                         dimension_numbers=None, feature_group_count=1, precision=None, **kwargs):
+def conv_general_dilated(
+    lhs,
+    rhs,
+    window_strides,
+    padding,
+    lhs_dilation=None,
+    rhs_dilation=None,
+    dimension_numbers=None,
+    feature_group_count=1,
+    precision=None,
+    **kwargs,
+):
     """Drop-in for lax.conv_general_dilated (nn.Conv's hook): the 3x3 'same' NHWC case that
     every conv of these networks is goes through conv3x3_same; anything else goes to lax."""
     plain = lambda: jax.lax.conv_general_dilated(  # noqa: E731
-        lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
-        dimension_numbers=dimension_numbers, feature_group_count=feature_group_count, precision=precision,
-        **kwargs)
-    if (kwargs or precision is not None or feature_group_count != 1 or lhs.ndim != 4 or rhs.shape[:2] != (3, 3)
-            or tuple(window_strides) != (1, 1) or isinstance(padding, str)
-            or tuple(map(tuple, padding)) != ((1, 1), (1, 1))
-            or any(d not in (None, (1, 1)) and tuple(d) != (1, 1) for d in (lhs_dilation, rhs_dilation))
-            or jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
-            != jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)):
+        lhs,
+        rhs,
+        window_strides,
+        padding,
+        lhs_dilation=lhs_dilation,
+        rhs_dilation=rhs_dilation,
+        dimension_numbers=dimension_numbers,
+        feature_group_count=feature_group_count,
+        precision=precision,
+        **kwargs,
+    )
+    if (
+        kwargs
+        or precision is not None
+        or feature_group_count != 1
+        or lhs.ndim != 4
+        or rhs.shape[:2] != (3, 3)
+        or tuple(window_strides) != (1, 1)
+        or isinstance(padding, str)
+        or tuple(map(tuple, padding)) != ((1, 1), (1, 1))
+        or any(d not in (None, (1, 1)) and tuple(d) != (1, 1) for d in (lhs_dilation, rhs_dilation))
+        or jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+        != jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)
+    ):
         return plain()
     return conv3x3_same(lhs, rhs)
 
@@ -151,12 +184,24 @@ class ConvBNAct(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        x = nn.Conv(self.features, (3, 3), padding=1, kernel_init=conv_kernel_init(self.init_scheme),
-                    dtype=self.dtype, param_dtype=jnp.float32, conv_general_dilated=conv_general_dilated)(x)
+        x = nn.Conv(
+            self.features,
+            (3, 3),
+            padding=1,
+            kernel_init=conv_kernel_init(self.init_scheme),
+            dtype=self.dtype,
+            param_dtype=jnp.float32,
+            conv_general_dilated=conv_general_dilated,
+        )(x)
         # momentum 0.9 / eps 1e-5 are PyTorch's BatchNorm2d defaults (momentum=0.1 there).
-        x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                         scale_init=bn_scale_init(self.init_scheme), dtype=self.dtype,
-                         param_dtype=jnp.float32)(x)
+        x = nn.BatchNorm(
+            use_running_average=not train,
+            momentum=0.9,
+            epsilon=1e-5,
+            scale_init=bn_scale_init(self.init_scheme),
+            dtype=self.dtype,
+            param_dtype=jnp.float32,
+        )(x)
         return activation(self.act)(x)
 
 
@@ -229,7 +274,7 @@ def _apply_band(x: jax.Array, axis: int, index: np.ndarray, weight: np.ndarray) 
     return out
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _interpolation_op(n_in: int, axis: int) -> Callable[[jax.Array], jax.Array]:
     """x -> align-corners linear x2 interpolation along `axis`, with a gather-based transpose.
 

@@ -10,7 +10,7 @@ on X[0, 1..L-1] are averaged (UNet++ paper); the paper's model uses it off.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
@@ -31,12 +31,15 @@ class NestedUNet(nn.Module):
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         levels = len(self.filters)
         if x.shape[1] % 2 ** (levels - 1) or x.shape[2] % 2 ** (levels - 1):
-            raise ValueError(f"NestedUNet with {levels} levels needs height and width divisible by "
-                             f"{2 ** (levels - 1)}, got {x.shape[1]}x{x.shape[2]}")
+            raise ValueError(
+                f"NestedUNet with {levels} levels needs height and width divisible by "
+                f"{2 ** (levels - 1)}, got {x.shape[1]}x{x.shape[2]}"
+            )
 
         def node(i: int, j: int, inp: jax.Array) -> jax.Array:
-            return DoubleConv(self.filters[i], act="leaky_relu", init_scheme=self.init_scheme, dtype=self.dtype,
-                              name=f"X_{i}_{j}")(inp, train)
+            return DoubleConv(
+                self.filters[i], act="leaky_relu", init_scheme=self.init_scheme, dtype=self.dtype, name=f"X_{i}_{j}"
+            )(inp, train)
 
         nodes: dict[tuple[int, int], jax.Array] = {}
         h = x
@@ -50,8 +53,14 @@ class NestedUNet(nn.Module):
                 nodes[i, j] = node(i, j, jnp.concatenate(inputs, axis=-1))
 
         def head(name: str, feat: jax.Array) -> jax.Array:
-            return nn.Conv(self.out_channels, (1, 1), kernel_init=conv_kernel_init(self.init_scheme),
-                           dtype=self.dtype, param_dtype=jnp.float32, name=name)(feat)
+            return nn.Conv(
+                self.out_channels,
+                (1, 1),
+                kernel_init=conv_kernel_init(self.init_scheme),
+                dtype=self.dtype,
+                param_dtype=jnp.float32,
+                name=name,
+            )(feat)
 
         if self.deep_supervision:
             outs = [head(f"head_{j}", nodes[0, j]) for j in range(1, levels)]

@@ -31,24 +31,38 @@ def _widths(base: tuple[int, ...], levels: int, multiplier: float) -> tuple[int,
 def build_reconstructive(cfg: ml_collections.ConfigDict, channels: int) -> nn.Module:
     dtype = compute_dtype(cfg.compute_dtype)
     if cfg.reconstructive == "nested_unet":
-        return NestedUNet(out_channels=channels,
-                          filters=_widths((32, 64, 128, 256, 512), cfg.nested_unet_levels, cfg.width_multiplier),
-                          deep_supervision=cfg.deep_supervision, align_corners=cfg.align_corners,
-                          init_scheme=cfg.init_scheme, dtype=dtype)
+        return NestedUNet(
+            out_channels=channels,
+            filters=_widths((32, 64, 128, 256, 512), cfg.nested_unet_levels, cfg.width_multiplier),
+            deep_supervision=cfg.deep_supervision,
+            align_corners=cfg.align_corners,
+            init_scheme=cfg.init_scheme,
+            dtype=dtype,
+        )
     if cfg.reconstructive == "draem":
-        return DraemReconstructive(out_channels=channels, base_width=scaled_width(128, cfg.width_multiplier),
-                                   init_scheme=cfg.init_scheme, dtype=dtype)
+        return DraemReconstructive(
+            out_channels=channels,
+            base_width=scaled_width(128, cfg.width_multiplier),
+            init_scheme=cfg.init_scheme,
+            dtype=dtype,
+        )
     raise ValueError(f"config.model.reconstructive={cfg.reconstructive!r}; expected 'nested_unet' or 'draem'")
 
 
 def build_discriminative(cfg: ml_collections.ConfigDict) -> nn.Module:
     dtype = compute_dtype(cfg.compute_dtype)
     if cfg.discriminative == "unet":
-        return UNet(out_channels=2, widths=_widths((64, 128, 256, 512), cfg.unet_levels, cfg.width_multiplier),
-                    align_corners=cfg.align_corners, init_scheme=cfg.init_scheme, dtype=dtype)
+        return UNet(
+            out_channels=2,
+            widths=_widths((64, 128, 256, 512), cfg.unet_levels, cfg.width_multiplier),
+            align_corners=cfg.align_corners,
+            init_scheme=cfg.init_scheme,
+            dtype=dtype,
+        )
     if cfg.discriminative == "draem":
-        return DraemDiscriminative(out_channels=2, base_width=scaled_width(64, cfg.width_multiplier),
-                                   init_scheme=cfg.init_scheme, dtype=dtype)
+        return DraemDiscriminative(
+            out_channels=2, base_width=scaled_width(64, cfg.width_multiplier), init_scheme=cfg.init_scheme, dtype=dtype
+        )
     raise ValueError(f"config.model.discriminative={cfg.discriminative!r}; expected 'unet' or 'draem'")
 
 
@@ -61,5 +75,5 @@ def build_model(cfg: ml_collections.ConfigDict, channels: int) -> Draem:
 def size_multiple(cfg: ml_collections.ConfigDict) -> int:
     """Patch sizes must be multiples of this (every max-pool halves the size exactly)."""
     rec = 2 ** (cfg.nested_unet_levels - 1) if cfg.reconstructive == "nested_unet" else 16
-    disc = 2 ** cfg.unet_levels if cfg.discriminative == "unet" else 32
+    disc = 2**cfg.unet_levels if cfg.discriminative == "unet" else 32
     return max(rec, disc)

@@ -9,7 +9,7 @@ two class logits (normal, anomalous).
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
@@ -29,10 +29,12 @@ class UNet(nn.Module):
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         depth = len(self.widths)
         if x.shape[1] % 2**depth or x.shape[2] % 2**depth:
-            raise ValueError(f"UNet with {depth} pools needs height and width divisible by "
-                             f"{2 ** depth}, got {x.shape[1]}x{x.shape[2]}")
+            raise ValueError(
+                f"UNet with {depth} pools needs height and width divisible by {2**depth}, got {x.shape[1]}x{x.shape[2]}"
+            )
         block = lambda f, mid=None, name=None: DoubleConv(  # noqa: E731
-            f, mid, act="relu", init_scheme=self.init_scheme, dtype=self.dtype, name=name)
+            f, mid, act="relu", init_scheme=self.init_scheme, dtype=self.dtype, name=name
+        )
 
         encoder_widths = list(self.widths) + [self.widths[-1]]
         skips = [block(encoder_widths[0], name="enc_0")(x, train)]
@@ -45,6 +47,12 @@ class UNet(nn.Module):
             h = jnp.concatenate([skip, upsample2x(h, self.align_corners)], axis=-1)
             out = self.widths[depth - 2 - k] if k < depth - 1 else self.widths[0]
             h = block(out, h.shape[-1] // 2, name=f"dec_{k}")(h, train)
-        logits = nn.Conv(self.out_channels, (1, 1), kernel_init=conv_kernel_init(self.init_scheme),
-                         dtype=self.dtype, param_dtype=jnp.float32, name="logits")(h)
+        logits = nn.Conv(
+            self.out_channels,
+            (1, 1),
+            kernel_init=conv_kernel_init(self.init_scheme),
+            dtype=self.dtype,
+            param_dtype=jnp.float32,
+            name="logits",
+        )(h)
         return logits.astype(jnp.float32)

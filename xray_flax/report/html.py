@@ -16,7 +16,7 @@ import html
 import io
 import json
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -267,8 +267,14 @@ def write_scan_report(
     rows = []
     for region in shown:
         row = {
-            "id": region.id, "x0": region.x0, "y0": region.y0, "x1": region.x1, "y1": region.y1,
-            "area": region.area, "mean_score": region.mean_score, "max_score": region.max_score,
+            "id": region.id,
+            "x0": region.x0,
+            "y0": region.y0,
+            "x1": region.x1,
+            "y1": region.y1,
+            "area": region.area,
+            "mean_score": region.mean_score,
+            "max_score": region.max_score,
         }
         crop = region_crop(reader, anomaly_map, region, crop_margin, crop_max_side, colormap, alpha, limits)
         row["crop"] = png_data_uri(crop)
@@ -278,7 +284,7 @@ def write_scan_report(
         "display scale": f"1/{factor}",
         "regions": f"{len(regions)} found, {len(shown)} shown",
         **(metadata or {}),
-        "generated": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "generated": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
     }
     page = render_report_html(
         title=title,

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -27,7 +27,15 @@ COLORMAPS = ("inferno", "jet", "gray")
 # table interpolates linearly between them (max deviation from matplotlib's table is a
 # few levels out of 255, invisible in a heatmap).
 _INFERNO_ANCHORS = (
-    "#000004", "#1f0c48", "#550f6d", "#88226a", "#ba3655", "#e35933", "#f98e09", "#f9cb35", "#fcffa4",
+    "#000004",
+    "#1f0c48",
+    "#550f6d",
+    "#88226a",
+    "#ba3655",
+    "#e35933",
+    "#f98e09",
+    "#f9cb35",
+    "#fcffa4",
 )
 
 # Band height (in source pixels, times width and channels) kept per read: ~64 MiB float32.
@@ -43,9 +51,7 @@ def colormap_lut(name: str) -> np.ndarray:
         rgb = np.stack([np.interp(x, positions, anchors[:, c]) for c in range(3)], axis=-1)
     elif name == "jet":
         # The classic MATLAB jet: piecewise-linear ramps for r, g, b.
-        rgb = 255.0 * np.stack(
-            [np.clip(1.5 - np.abs(4.0 * x - c), 0.0, 1.0) for c in (3.0, 2.0, 1.0)], axis=-1
-        )
+        rgb = 255.0 * np.stack([np.clip(1.5 - np.abs(4.0 * x - c), 0.0, 1.0) for c in (3.0, 2.0, 1.0)], axis=-1)
     elif name == "gray":
         rgb = 255.0 * np.stack([x, x, x], axis=-1)
     else:
@@ -62,7 +68,9 @@ def apply_colormap(values: np.ndarray, name: str = "inferno", vmin: float = 0.0,
     return colormap_lut(name)[index]
 
 
-def display_limits(image: np.ndarray, low_percentile: float = 0.5, high_percentile: float = 99.5) -> tuple[float, float]:
+def display_limits(
+    image: np.ndarray, low_percentile: float = 0.5, high_percentile: float = 99.5
+) -> tuple[float, float]:
     """Contrast-stretch limits of an X-ray: X-ray scans often use a narrow part of the
     16-bit range, so the display maps these percentiles to black and white."""
     image = np.asarray(image, np.float32)
@@ -201,8 +209,12 @@ def draw_region_boxes(image: Image.Image, regions: Sequence, scale: float, color
     draw = ImageDraw.Draw(image)
     text = font(max(10, min(16, image.height // 50)))
     for region in regions:
-        box = [region.x0 * scale, region.y0 * scale, max(region.x1 * scale, region.x0 * scale + 2) - 1,
-               max(region.y1 * scale, region.y0 * scale + 2) - 1]
+        box = [
+            region.x0 * scale,
+            region.y0 * scale,
+            max(region.x1 * scale, region.x0 * scale + 2) - 1,
+            max(region.y1 * scale, region.y0 * scale + 2) - 1,
+        ]
         draw.rectangle(box, outline=color, width=2)
         draw.text((box[0], max(0, box[1] - 2)), str(region.id), fill=color, font=text, anchor="lb")
 
@@ -264,8 +276,9 @@ def write_anomaly_map(path: str | os.PathLike, anomaly_map: np.ndarray) -> None:
         import tifffile
 
         tile = (256, 256) if min(data.shape) >= 256 else None
-        tifffile.imwrite(path, data, photometric="minisblack", compression="zlib",
-                         compressionargs={"level": 1}, tile=tile)
+        tifffile.imwrite(
+            path, data, photometric="minisblack", compression="zlib", compressionargs={"level": 1}, tile=tile
+        )
     elif suffix == "npy":
         np.save(path, data)
     else:

@@ -12,7 +12,7 @@ import csv
 import dataclasses
 import json
 import os
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -78,10 +78,15 @@ def find_regions(
         peak_y, peak_x = np.unravel_index(flat_peak, inside.shape)
         found.append(
             dict(
-                x0=int(cols.start), y0=int(rows.start), x1=int(cols.stop), y1=int(rows.stop),
-                area=area, mean_score=float(np.sum(values[inside], dtype=np.float64) / area),
+                x0=int(cols.start),
+                y0=int(rows.start),
+                x1=int(cols.stop),
+                y1=int(rows.stop),
+                area=area,
+                mean_score=float(np.sum(values[inside], dtype=np.float64) / area),
                 max_score=float(values[peak_y, peak_x]),
-                peak_x=int(cols.start + peak_x), peak_y=int(rows.start + peak_y),
+                peak_x=int(cols.start + peak_x),
+                peak_y=int(rows.start + peak_y),
             )
         )
     found.sort(key=lambda r: (-r["max_score"], -r["area"], r["y0"], r["x0"]))

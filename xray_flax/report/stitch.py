@@ -14,7 +14,8 @@ e.g. a `np.memmap`).
 
 from __future__ import annotations
 
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 import numpy as np
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 TABLE2_COLUMNS = ("Method", "ROC-AUC", "Acc", "F1", "Precision", "Recall", "s/patch")
 # Keys of the "test" dict behind each numeric column.
@@ -110,8 +110,11 @@ def metrics_markdown(report: dict) -> str:
     fixed = test.get("fixed_threshold")
     if isinstance(fixed, dict):
         details += [
-            (f"at fixed threshold {format_number(fixed.get('threshold'), 2)}: acc / F1 / precision / recall",
-             " / ".join(format_number(fixed.get(k)) for k in ("accuracy", "f1", "precision", "recall")), None),
+            (
+                f"at fixed threshold {format_number(fixed.get('threshold'), 2)}: acc / F1 / precision / recall",
+                " / ".join(format_number(fixed.get(k)) for k in ("accuracy", "f1", "precision", "recall")),
+                None,
+            ),
             ("confusion matrix at fixed threshold", fixed.get("confusion_matrix", MISSING), None),
         ]
     if "pixel_auroc" in test:
