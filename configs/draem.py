@@ -13,7 +13,7 @@ def get_config():
     config.method = "DRAEM (Zavrtanik et al. 2021)"
     config.model.reconstructive = "draem"
     config.model.discriminative = "draem"
-    config.anomaly.blend = "draem"
-    config.anomaly.beta_range = (0.0, 0.8)  # DRAEM code: beta ~ U[0, 0.8)
-    config.anomaly.rotate_normal_probability = 0.3  # DRAEM code: rotate the normal image with p = 0.3
+    config.synthesis.blend = "draem"
+    config.synthesis.beta_range = (0.0, 0.8)  # DRAEM code: beta ~ U[0, 0.8)
+    config.synthesis.rotate_normal_probability = 0.3  # DRAEM code: rotate the normal image with p = 0.3
     return config

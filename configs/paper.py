@@ -18,8 +18,8 @@ def get_config():
     config.model.unet_levels = 4
     config.loss.ssim_weight = 2.0  # paper: lambda = 2
     config.loss.focal_gamma = 2.0  # paper: gamma = 2
-    config.anomaly.blend = "paper"  # eq. (1)
-    config.anomaly.beta_range = (0.2, 1.0)  # paper: beta in [0.2, 1]
+    config.synthesis.blend = "paper"  # eq. (1)
+    config.synthesis.beta_range = (0.2, 1.0)  # paper: beta in [0.2, 1]
     config.optim.learning_rate = 1e-4  # paper: Adam 1e-4
     config.train.batch_size = 8  # DRAEM's batch size (the paper keeps DRAEM's training setup)
     # DRAEM trains 700 epochs; over the paper's 11,988 normal patches at batch 8 that is

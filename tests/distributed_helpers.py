@@ -17,8 +17,7 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
-from xray_flax import checkpoint, steps
-from xray_flax.models import registry
+from xray_flax import checkpoint, detectors, steps
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -94,20 +93,24 @@ def run_and_terminate(command: list[str], after_step: int, num_steps: int, timeo
 
 
 def latest_state(workdir: str, step: int | None = None):
-    """(step, TrainState) of a checkpoint in workdir/checkpoints (default: the latest), restored
-    onto this process's first device whatever topology wrote it."""
+    """(step, {'variables', 'opt_state'}) of a checkpoint in workdir/checkpoints (default: the
+    latest), restored onto this process's first device whatever topology wrote it."""
     with open(os.path.join(workdir, "config.json")) as f:
         config = ml_collections.ConfigDict(json.load(f))
-    model = registry.build_model(config.model, config.data.channels)
-    tx = steps.make_optimizer(config.optim, config.train.num_steps)
-    abstract = steps.abstract_state(
-        model, tx, config.data.patch_size, config.data.channels, jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    )
+    detector = detectors.build(config)
+    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    variables = steps.with_sharding(detector.abstract_variables(config.data.patch_size, config.data.channels), sharding)
+    opt_state = steps.abstract_opt_state(detector, variables, sharding)
     manager = ocp.CheckpointManager(os.path.join(workdir, checkpoint.LATEST_DIR))
     step = manager.latest_step() if step is None else step
-    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
+    restored = manager.restore(
+        step,
+        args=ocp.args.Composite(
+            variables=ocp.args.StandardRestore(variables), opt_state=ocp.args.StandardRestore(opt_state)
+        ),
+    )
     manager.close()
-    return step, restored["state"]
+    return step, {"variables": restored["variables"], "opt_state": restored["opt_state"]}
 
 
 def logged_scalars(workdir: str, tag: str) -> dict[int, float]:

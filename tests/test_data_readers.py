@@ -163,3 +163,23 @@ def test_tiff_codec_without_decoder(tmp_path):
     data[offset : offset + 2] = (7).to_bytes(2, "little")  # claim JPEG: needs imagecodecs here
     path.write_bytes(bytes(data))
     _raises(readers.UnsupportedImageError, path, lambda: readers.open_scan(path))
+
+
+def test_array_reader_returns_values_as_stored_or_normalised():
+    # Without a bit depth: float values as stored (negative, above 1, any channel count).
+    values = np.random.default_rng(0).normal(size=(5, 7, 2))
+    r = readers.ArrayScanReader(values)
+    assert (r.height, r.width, r.channels, r.bit_depth) == (5, 7, 2, None)
+    region = r.read_region(-1, 3, 4, 6)
+    assert region.dtype == np.float32 and region.shape == (4, 6, 2)
+    np.testing.assert_array_equal(region[1:, :4], values[:3, 3:].astype(np.float32))
+    assert not region[0].any() and not region[:, 4:].any()  # zeros outside the image
+    with pytest.raises(ValueError, match="as stored"):
+        readers.ArrayScanReader(values, channels=1)
+    # With one: integer samples normalised and converted like a decoded PNG.
+    raw = _ramp16(4, 6)
+    n = readers.ArrayScanReader(raw, 16, channels=3, normalization="bit_depth")
+    assert n.shape == (4, 6, 3)
+    np.testing.assert_array_equal(
+        n.read_region(0, 0, 4, 6), np.repeat(readers.normalize(raw[..., None], 0, 65535), 3, -1)
+    )

@@ -55,7 +55,7 @@ def _scan_with(kind_counts, seed=0):
     return clean.astype(np.float64), scan.astype(np.float64), mask
 
 
-def test_anomaly_kinds_have_the_expected_contrast():
+def test_synthesis_kinds_have_the_expected_contrast():
     clean, scan, mask = _scan_with({"paint_losses": 3})
     assert mask.sum() > 200
     assert scan[mask].mean() < clean[mask].mean() - 5000  # paint loss: much darker
@@ -159,7 +159,7 @@ def test_counts_scale_with_area():
     assert literal.anomaly_counts()["white_spots"] == 10
 
 
-def test_anomaly_contrast_scales_the_departure():
+def test_synthesis_contrast_scales_the_departure():
     full = simulate.SimulationParams(**{**SMALL.__dict__, "n_scans": 1})
     faint = simulate.SimulationParams(**{**full.__dict__, "anomaly_contrast": 0.3})
     clean = simulate.SimulationParams(

@@ -9,11 +9,11 @@ import pytest
 import scipy.ndimage
 
 from configs import base
-from xray_flax.models import registry
-from xray_flax.models.draem_networks import DraemDiscriminative, DraemReconstructive
-from xray_flax.models.layers import upsample2x
-from xray_flax.models.nested_unet import NestedUNet
-from xray_flax.models.unet import UNet
+from xray_flax.detectors.draem import model as draem_model
+from xray_flax.detectors.draem.networks import DraemDiscriminative, DraemReconstructive
+from xray_flax.nn.layers import upsample2x
+from xray_flax.nn.nested_unet import NestedUNet
+from xray_flax.nn.unet import UNet
 
 
 def param_count(module, shape) -> int:
@@ -107,7 +107,7 @@ def test_draem_networks_match_layer_lists_and_anomalib_counts():
 def test_detector_output_shapes(reconstructive, discriminative, channels):
     cfg = base.get_base_config().model
     cfg.reconstructive, cfg.discriminative, cfg.width_multiplier = reconstructive, discriminative, 1 / 16
-    model = registry.build_model(cfg, channels)
+    model = draem_model.build_model(cfg, channels)
     x = jnp.linspace(0, 1, 2 * 64 * 64 * channels).reshape(2, 64, 64, channels)
     variables = model.init(jax.random.key(0), x, train=False)
     (rec, logits), _ = model.apply(variables, x, train=True, mutable=["batch_stats"])
@@ -119,7 +119,7 @@ def test_detector_output_shapes(reconstructive, discriminative, channels):
 def test_width_multiplier_and_levels_shrink_the_network():
     cfg = base.get_base_config().model
     cfg.width_multiplier, cfg.nested_unet_levels = 0.25, 4
-    rec = registry.build_reconstructive(cfg, 1)
+    rec = draem_model.build_reconstructive(cfg, 1)
     assert rec.filters == (8, 16, 32, 64)
     assert param_count(rec, (1, 32, 32, 1)) == nested_unet_count(1, (8, 16, 32, 64))
 
@@ -136,7 +136,7 @@ def test_bad_sizes_and_names_raise_clear_errors():
     cfg = base.get_base_config().model
     cfg.reconstructive = "resnet"
     with pytest.raises(ValueError, match="reconstructive='resnet'"):
-        registry.build_model(cfg, 1)
+        draem_model.build_model(cfg, 1)
 
 
 def test_upsample_align_corners_matches_scipy_zoom():

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from xray_flax.report import gallery, html, overlay, regions, stitch
+from xray_flax.data.readers import ArrayScanReader
+from xray_flax.report import gallery, html, overlay, regions
 
 # --- colour maps and overlays ------------------------------------------------------------
 
@@ -36,7 +37,7 @@ def test_colormaps_have_the_right_ends_and_order():
 def test_thumbnail_is_the_block_mean_and_map_the_block_max():
     rng = np.random.default_rng(0)
     image = rng.random((23, 17, 2)).astype(np.float32)
-    thumb, factor = overlay.read_thumbnail(stitch.ArrayReader(image), max_side=6)
+    thumb, factor = overlay.read_thumbnail(ArrayScanReader(image), max_side=6)
     assert factor == 4 and thumb.shape == (6, 5, 2)
     assert thumb[0, 0] == pytest.approx(image[:4, :4].mean(axis=(0, 1)), rel=1e-5)
     # Edge blocks average only the pixels inside the image (no dark zero-padding rim).
@@ -48,7 +49,7 @@ def test_thumbnail_is_the_block_mean_and_map_the_block_max():
 
 
 def test_overlay_png_is_viewable_size_with_colorbar(tmp_path):
-    reader = stitch.ArrayReader(np.full((300, 500), 0.5, np.float32))
+    reader = ArrayScanReader(np.full((300, 500), 0.5, np.float32))
     amap = np.zeros((300, 500), np.float32)
     amap[100:140, 200:260] = 1.0
     found = regions.find_regions(amap, 0.5)
@@ -74,7 +75,7 @@ def test_display_stretch_and_blend():
 
 
 @pytest.mark.parametrize("name", ["map.tif", "map.npy"])
-def test_anomaly_map_round_trip(tmp_path, name):
+def test_synthesis_map_round_trip(tmp_path, name):
     amap = np.random.default_rng(1).random((300, 270)).astype(np.float32)
     overlay.write_anomaly_map(tmp_path / name, amap)
     back = overlay.read_anomaly_map(tmp_path / name)
@@ -129,7 +130,7 @@ def report_file(tmp_path):
     found = regions.find_regions(amap, 0.5, min_area=4)
     path = tmp_path / "report.html"
     html.write_scan_report(
-        path, stitch.ArrayReader(scan), amap, found, title="scan <A&B>", metadata={"threshold": 0.5}, max_side=160
+        path, ArrayScanReader(scan), amap, found, title="scan <A&B>", metadata={"threshold": 0.5}, max_side=160
     )
     return path, found
 
@@ -218,7 +219,7 @@ def test_report_edge_cases_rgb_tiny_scan_no_regions(tmp_path):
     rgb = np.random.default_rng(0).random((20, 30, 3)).astype(np.float32)
     amap = np.zeros((20, 30), np.float32)
     amap[0:3, 0:2] = 0.9  # region in the corner: its crop margin leaves the scan
-    reader = stitch.ArrayReader(rgb)
+    reader = ArrayScanReader(rgb)
     found = regions.find_regions(amap, 0.5)
     html.write_scan_report(tmp_path / "a.html", reader, amap, found, title="rgb", crop_margin=50)
     data = re.search(r'id="report-data">(.*?)</script>', (tmp_path / "a.html").read_text(), re.S).group(1)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from xray_flax.data import tiling
+from xray_flax.data.readers import ArrayScanReader
 from xray_flax.report import stitch
 
 
@@ -23,7 +25,7 @@ class CountingFn:
 @pytest.mark.parametrize("window", stitch.WINDOWS)
 @pytest.mark.parametrize("height,width", [(100, 77), (33, 50), (20, 12), (64, 64)])
 def test_constant_map_is_constant_everywhere(window, height, width):
-    reader = stitch.ArrayReader(np.zeros((height, width), np.float32))
+    reader = ArrayScanReader(np.zeros((height, width), np.float32))
     fn = CountingFn(lambda tiles: np.full(tiles.shape[:3], 0.7, np.float32))
     out = stitch.stitch_anomaly_map(reader, fn, patch_size=32, stride=12, batch_size=5, window=window)
     assert out.shape == (height, width) and out.dtype == np.float32
@@ -35,7 +37,7 @@ def test_identity_fn_reconstructs_the_image(window):
     yy, xx = np.mgrid[0:150, 0:91].astype(np.float32)
     image = np.stack([np.sin(yy / 9.0) * np.cos(xx / 13.0), xx / 91.0], axis=-1).astype(np.float32)
     fn = CountingFn()
-    out = stitch.stitch_anomaly_map(stitch.ArrayReader(image), fn, 40, 15, batch_size=4, window=window)
+    out = stitch.stitch_anomaly_map(ArrayScanReader(image), fn, 40, 15, batch_size=4, window=window)
     np.testing.assert_allclose(out, image[..., 0], atol=1e-5)
     # Exactly batch_size tiles per call, channels passed through.
     assert set(fn.shapes) == {(4, 40, 40, 2)}
@@ -45,7 +47,7 @@ def test_blending_hides_seams_between_disagreeing_tiles():
     # Each tile reports its own origin-dependent constant: a flat window leaves steps at
     # tile edges; the Hann window turns them into a smooth ramp.
     image = np.zeros((64, 200), np.float32)
-    reader = stitch.ArrayReader(image)
+    reader = ArrayScanReader(image)
 
     def per_tile_constant(tiles):
         per_tile_constant.calls += 1
@@ -61,9 +63,14 @@ def test_blending_hides_seams_between_disagreeing_tiles():
     assert max_step("hann") < 0.1
 
 
+def _origins(length, patch, stride):
+    # The grid stitch_anomaly_map uses.
+    return tiling.tile_starts(length, patch, stride, "shift").tolist()
+
+
 def test_tiles_cover_every_pixel_and_stay_inside():
     for length, patch, stride in [(100, 32, 12), (32, 32, 8), (31, 32, 8), (1000, 256, 256), (257, 256, 128)]:
-        origins = stitch.tile_origins(length, patch, stride)
+        origins = _origins(length, patch, stride)
         covered = np.zeros(length, bool)
         for o in origins:
             covered[o : o + patch] = True
@@ -74,11 +81,11 @@ def test_tiles_cover_every_pixel_and_stay_inside():
             assert origins[-1] + patch == length
         assert max(np.diff(origins), default=0) <= stride
     with pytest.raises(ValueError, match="gaps"):
-        stitch.tile_origins(100, 10, 11)
+        stitch.stitch_anomaly_map(ArrayScanReader(np.zeros((100, 100))), lambda t: t[..., 0], 10, 11, 1)
 
 
 def test_every_tile_visited_once_and_progress_reported():
-    reader = stitch.ArrayReader(np.zeros((70, 45), np.float32))
+    reader = ArrayScanReader(np.zeros((70, 45), np.float32))
     seen = []
 
     def record(tiles):
@@ -87,7 +94,7 @@ def test_every_tile_visited_once_and_progress_reported():
 
     progress = []
     stitch.stitch_anomaly_map(reader, record, 20, 10, batch_size=4, progress=lambda d, t: progress.append((d, t)))
-    n_tiles = len(stitch.tile_origins(70, 20, 10)) * len(stitch.tile_origins(45, 20, 10))
+    n_tiles = len(_origins(70, 20, 10)) * len(_origins(45, 20, 10))
     assert progress[-1] == (n_tiles, n_tiles)
     assert len(seen) == -(-n_tiles // 4)
     # Padding tiles of the last batch are zero.
@@ -99,14 +106,14 @@ def test_every_tile_visited_once_and_progress_reported():
 def test_writes_into_a_memmap(tmp_path):
     image = np.random.default_rng(0).random((90, 70)).astype(np.float32)
     out = np.lib.format.open_memmap(tmp_path / "map.npy", mode="w+", dtype=np.float32, shape=(90, 70))
-    result = stitch.stitch_anomaly_map(stitch.ArrayReader(image), lambda t: t[..., 0], 32, 16, 3, out=out)
+    result = stitch.stitch_anomaly_map(ArrayScanReader(image), lambda t: t[..., 0], 32, 16, 3, out=out)
     assert result is out
     out.flush()
     np.testing.assert_allclose(np.load(tmp_path / "map.npy"), image, atol=1e-5)
 
 
 def test_bad_anomaly_fn_output_is_reported():
-    reader = stitch.ArrayReader(np.zeros((40, 40), np.float32))
+    reader = ArrayScanReader(np.zeros((40, 40), np.float32))
     with pytest.raises(ValueError, match="anomaly_fn must return"):
         stitch.stitch_anomaly_map(reader, lambda t: t[:, :10, :10, 0], 32, 16, 2)
 
@@ -130,10 +137,10 @@ def test_streaming_equals_full_canvas_blend(height, width, stride):
     def tile_dependent(tiles):
         return tiles[..., 0] * 2.0 + tiles[..., 0].mean(axis=(1, 2), keepdims=True)
 
-    got = stitch.stitch_anomaly_map(stitch.ArrayReader(image), tile_dependent, patch, stride, 3)
+    got = stitch.stitch_anomaly_map(ArrayScanReader(image), tile_dependent, patch, stride, 3)
     weights = stitch.blend_window("hann", patch).astype(np.float64)
-    reader = stitch.ArrayReader(image)
-    rows, cols = stitch.tile_origins(height, patch, stride), stitch.tile_origins(width, patch, stride)
+    reader = ArrayScanReader(image)
+    rows, cols = _origins(height, patch, stride), _origins(width, patch, stride)
     canvas = np.zeros((rows[-1] + patch, cols[-1] + patch))
     total = np.zeros_like(canvas)
     for y in rows:

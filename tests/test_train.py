@@ -36,9 +36,11 @@ def tiny_config(tmp_path, **train_overrides):
 def latest_params(workdir: str) -> tuple[int, dict]:
     manager = ocp.CheckpointManager(os.path.join(workdir, checkpoint.LATEST_DIR))
     step = manager.latest_step()
-    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    restored = manager.restore(
+        step, args=ocp.args.Composite(variables=ocp.args.StandardRestore(), opt_state=ocp.args.StandardRestore())
+    )
     manager.close()
-    return step, restored["state"]
+    return step, {"variables": restored["variables"], "opt_state": restored["opt_state"]}
 
 
 def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path):
@@ -99,36 +101,37 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(tmp_pat
 SHARDING_SCRIPT = textwrap.dedent("""
     import os, sys
     os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
-    import functools, jax, jax.numpy as jnp, numpy as np, optax
+    import dataclasses, functools, jax, jax.numpy as jnp, numpy as np, optax
     from configs import tiny
-    from xray_flax import parallel, steps
-    from xray_flax.anomaly import SynthesisSpec, load_texture_bank
-    from xray_flax.models import registry
+    from xray_flax import detectors, parallel, steps
+    from xray_flax.detectors.draem import model as draem_model, steps as draem_steps
+    from xray_flax.synthesis import SynthesisSpec, load_texture_bank
 
     config = tiny.get_config()
-    model = registry.build_model(config.model, 1)
-    spec = SynthesisSpec.from_config(config.anomaly, 1)
+    model = draem_model.build_model(config.model, 1)
+    spec = SynthesisSpec.from_config(config.synthesis, 1)
     size = config.data.patch_size
     images = np.random.default_rng(0).random((8, size, size, 1)).astype(np.float32)
 
     tx = optax.sgd(0.05)
+    detector = dataclasses.replace(
+        detectors.build(config), optimizer=tx,
+        train_step=functools.partial(draem_steps.train_step, model=model, tx=tx, spec=spec, loss_config=config.loss))
 
     def run(n_devices):
-        # Losses of 3 steps and the parameters after the first one.
+        # Losses of 3 steps and the parameters after the first one, through the loop's own
+        # compiled step (NaN guard, shardings).
         config.mesh.data = n_devices
         mesh = parallel.make_mesh(config.mesh)
-        rep = parallel.replicated(mesh)
-        textures = parallel.replicate(jnp.asarray(load_texture_bank(config.anomaly, size, 1)), mesh)
-        sample = jnp.zeros((1, size, size, 1))
-        state = jax.jit(lambda k: steps.init_state(model, tx, k, sample), out_shardings=rep)(jax.random.key(0))
-        step = jax.jit(functools.partial(steps.train_step, model=model, tx=tx, spec=spec, loss_config=config.loss),
-                       in_shardings=(rep, parallel.batch_sharded(mesh), rep, rep), out_shardings=(rep, rep))
+        textures = parallel.replicate(jnp.asarray(load_texture_bank(config.synthesis, size, 1)), mesh)
+        state = steps.init_train_state(detector, jax.random.key(0), size, 1, mesh)
+        step = steps.compile_train_step(detector, mesh, donate=False)
         losses, first = [], None
         for i in range(3):
             batch = parallel.global_batch({"image": images}, mesh)
-            state, m = step(state, batch, textures, jax.random.key(i))
+            state, m = step(state, batch, jax.random.key(i), textures)
             losses.append(float(m["loss"]))
-            first = first or [np.asarray(x) for x in jax.tree.leaves((state.params, state.batch_stats))]
+            first = first or [np.asarray(x) for x in jax.tree.leaves(state.variables)]
         return losses, first
 
     assert jax.device_count() == 4

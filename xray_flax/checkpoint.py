@@ -1,7 +1,13 @@
 """Checkpoints: orbax CheckpointManagers for the latest and the best training state.
 
-    <workdir>/checkpoints/<step>/   latest N: train state + data-iterator state + metadata (resume)
-    <workdir>/best/<step>/          best by validation ROC-AUC: train state + metadata (evaluate)
+    <workdir>/checkpoints/<step>/   latest N (resume): variables/ (trainable params and every other
+                                    collection), opt_state/, data_iterator/, meta/ (step, seed)
+    <workdir>/best/<step>/          best by validation ROC-AUC (evaluate, predict): variables/ and
+                                    meta/ (step, val_roc_auc, score normalisation); no optimiser
+
+Inference restores only `variables`, from either folder, with the detector's
+`abstract_variables` (jax.eval_shape of its init) as the target: nothing of the optimiser is
+built or read.
 
 Orbax writes each step into a temporary directory and renames it when complete, so an
 interrupted or failed save (a full disk, a killed job) never leaves a half-written
@@ -49,17 +55,18 @@ class Checkpointer:
         self.latest = _latest_manager(workdir, keep)
         self.best = _best_manager(workdir)
 
-    def save_latest(self, step: int, state: Any, data_iterator: Any, meta: dict) -> None:
+    def save_latest(self, step: int, variables: Any, opt_state: Any, data_iterator: Any, meta: dict) -> None:
         args = ocp.args.Composite(
-            state=ocp.args.StandardSave(state),
+            variables=ocp.args.StandardSave(variables),
+            opt_state=ocp.args.StandardSave(opt_state),
             data_iterator=grain.checkpoint.CheckpointSave(data_iterator),
             meta=ocp.args.JsonSave(meta),
         )
         self._save(self.latest, step, args)
 
-    def save_best(self, step: int, state: Any, meta: dict) -> bool:
-        """Keeps the state if its validation ROC-AUC beats the best so far; returns whether it did."""
-        args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
+    def save_best(self, step: int, variables: Any, meta: dict) -> bool:
+        """Keeps the variables if their validation ROC-AUC beats the best so far; returns whether it did."""
+        args = ocp.args.Composite(variables=ocp.args.StandardSave(variables), meta=ocp.args.JsonSave(meta))
         before = self.best.best_step()
         self._save(self.best, step, args, metrics={BEST_METRIC: float(meta[BEST_METRIC])})
         self.best.wait_until_finished()
@@ -77,15 +84,17 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self.latest.latest_step()
 
-    def restore_latest(self, abstract_state: Any, data_iterator: Any) -> tuple[Any, dict]:
+    def restore_latest(self, abstract_variables: Any, abstract_opt_state: Any, data_iterator: Any):
+        """(variables, opt_state, meta) of the latest checkpoint; the data iterator is restored in place."""
         step = self.latest.latest_step()
         args = ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state),
+            variables=ocp.args.StandardRestore(abstract_variables),
+            opt_state=ocp.args.StandardRestore(abstract_opt_state),
             data_iterator=grain.checkpoint.CheckpointRestore(data_iterator),
             meta=ocp.args.JsonRestore(),
         )
         restored = self.latest.restore(step, args=args)
-        return restored["state"], dict(restored["meta"])
+        return restored["variables"], restored["opt_state"], dict(restored["meta"])
 
     def wait(self) -> None:
         self.latest.wait_until_finished()
@@ -96,11 +105,14 @@ class Checkpointer:
         self.best.close()
 
 
-def _restore_step(directory: str, step: int, abstract_state: Any) -> tuple[Any, dict]:
+def _restore_step(directory: str, step: int, abstract_variables: Any) -> tuple[Any, dict]:
     manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False))
     try:
         restored = manager.restore(
-            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore())
+            step,
+            args=ocp.args.Composite(
+                variables=ocp.args.StandardRestore(abstract_variables), meta=ocp.args.JsonRestore()
+            ),
         )
     except Exception as e:  # orbax raises several types for corrupt or mismatched files
         raise CheckpointError(
@@ -110,11 +122,11 @@ def _restore_step(directory: str, step: int, abstract_state: Any) -> tuple[Any, 
         ) from e
     finally:
         manager.close()
-    return restored["state"], dict(restored["meta"])
+    return restored["variables"], dict(restored["meta"])
 
 
-def restore_for_inference(workdir: str, abstract_state: Any, checkpoint: str = "") -> tuple[Any, dict, str]:
-    """(state, meta, path) of `checkpoint` (a step directory such as <workdir>/checkpoints/300)
+def restore_for_inference(workdir: str, abstract_variables: Any, checkpoint: str = "") -> tuple[Any, dict, str]:
+    """(variables, meta, path) of `checkpoint` (a step directory such as <workdir>/checkpoints/300)
     or, when it is empty, of the best checkpoint of `workdir` (the latest when no best was kept)."""
     if checkpoint:
         path = os.path.abspath(checkpoint)
@@ -124,8 +136,8 @@ def restore_for_inference(workdir: str, abstract_state: Any, checkpoint: str = "
                 f"checkpoint {checkpoint} is not a step directory of a checkpoint folder "
                 f"(expected e.g. {os.path.join(workdir, LATEST_DIR, '300')})"
             )
-        state, meta = _restore_step(os.path.dirname(path), int(name), abstract_state)
-        return state, meta, path
+        variables, meta = _restore_step(os.path.dirname(path), int(name), abstract_variables)
+        return variables, meta, path
     for sub in (BEST_DIR, LATEST_DIR):
         directory = os.path.join(os.path.abspath(workdir), sub)
         if not os.path.isdir(directory):
@@ -136,8 +148,8 @@ def restore_for_inference(workdir: str, abstract_state: Any, checkpoint: str = "
         manager.close()
         if step is None:
             continue
-        state, meta = _restore_step(directory, step, abstract_state)
-        return state, meta, os.path.join(directory, str(step))
+        variables, meta = _restore_step(directory, step, abstract_variables)
+        return variables, meta, os.path.join(directory, str(step))
     raise CheckpointError(
         f"no checkpoint in {os.path.abspath(workdir)} (looked for {BEST_DIR}/ and "
         f"{LATEST_DIR}/); train first with --mode train --workdir {workdir}"

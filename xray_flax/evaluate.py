@@ -1,43 +1,62 @@
-"""Evaluation from a checkpoint: anomaly maps on a split -> metrics.json, tables, galleries.
+"""Evaluation from a checkpoint, for any detector: maps on a split -> metrics, per-tile CSV, reports.
 
 Runs without any training code: it needs a config (the one saved in the workdir by
-default), the checkpoint, and the data. Thresholds are chosen on the validation split and
-applied to the test split, as the paper reports its accuracy, precision, recall and F1.
+default), the checkpoint's variables (no optimiser is built or read) and the data.
+Thresholds are chosen on the validation split and applied to the test split, as the paper
+reports its accuracy, precision, recall and F1. Maps are normalised first with the
+normalisation stored beside the best checkpoint (xray_flax/normalization.py); a checkpoint
+without one (a `checkpoints/<step>` directory) gets it fitted on the validation split here.
+
+Writes to the output directory:
+
+    metrics.json, metrics.md     test metrics (tile level; image level where image labels exist)
+    scores.csv                   every scored tile: split, image, tile origin, label, score, prediction
+    heatmaps_test_patches.png    gallery of the best-scored anomalous and normal test tiles
 """
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import io
 import json
 import logging
 import os
-import time
 from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
 
-from xray_flax import checkpoint, evaluation_config, metrics, parallel, steps
+from xray_flax import checkpoint, detectors, evaluation_config, files, metrics, normalization, parallel, progress, steps
 from xray_flax.data import pipeline
-from xray_flax.inference import Inferencer, state_variables
-from xray_flax.models import registry
+from xray_flax.inference import Inferencer
+from xray_flax.normalization import IDENTITY, ScoreNormalization
 from xray_flax.report import gallery, tables
 
 # Pixel metrics use maps subsampled to at most this side per patch, which bounds the memory
 # of a large test split; the pixel AUROC of a smooth map barely changes (docs/evaluation.md).
 PIXEL_METRIC_SIDE = 64
+GALLERY_ROWS = 8
 
 log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
 class SplitScores:
-    labels: np.ndarray  # [n] int, 1 = anomalous
+    labels: np.ndarray  # [n] int, 1 = anomalous, 0 = normal, -1 = unknown
     scores: np.ndarray  # [n] image scores
-    maps: list[np.ndarray]  # subsampled anomaly maps of patches with known masks
+    scan_index: np.ndarray  # [n] index of each tile's image in the split's records
+    ys: np.ndarray  # [n] tile origins
+    xs: np.ndarray
+    maps: list[np.ndarray]  # subsampled anomaly maps of tiles whose pixel truth is known
     masks: list[np.ndarray]  # matching subsampled ground-truth masks
-    gallery: dict[str, np.ndarray]  # a few patches for the figure
+    normal_medians: np.ndarray  # [n normal tiles] median of each normal tile's map
+    gallery: dict[str, np.ndarray]  # a few tiles for the figure
+
+
+def score_filter_size(config: ml_collections.ConfigDict) -> int:
+    return evaluation_config.resolve_score_filter_size(config.eval.score_filter_size, config.data.patch_size)
 
 
 def score_split(
@@ -49,38 +68,53 @@ def score_split(
     candidates of the gallery (the best-scored anomalous and normal tiles) are kept.
     """
     total = pipeline.count_tiles(splits, split, config.data)
-    labels, scores, maps, masks = [], [], [], []
+    columns: dict[str, list] = {"label": [], "score": [], "scan_index": [], "y": [], "x": []}
+    maps, masks, medians = [], [], []
     kept: dict[str, np.ndarray] = {}
-    done, next_report, start = 0, 0.25, time.perf_counter()
+    report = progress.ReportProgress(f"{split} split", total, unit="tiles", every_secs=10.0)
+    report(0)
+    done = 0
     for batch in pipeline.iterate_eval_batches(splits, split, config.data, batch_size=infer.batch_size):
-        batch_maps, batch_scores, recon = infer(batch["image"])
-        labels.append(batch["label"])
-        scores.append(batch_scores)
+        out = infer(batch["image"])
+        batch_maps, batch_scores = out["map"], out["score"]
+        for key, value in (("label", batch["label"]), ("score", batch_scores)):
+            columns[key].append(value)
+        for key in ("scan_index", "y", "x"):
+            columns[key].append(batch[key])
         step = max(1, batch_maps.shape[1] // PIXEL_METRIC_SIDE)
         for i in range(len(batch_scores)):
-            if batch["label"][i] >= 0 and (batch["mask"][i].any() or batch["label"][i] == 0):
+            label = batch["label"][i]
+            if label == 0:
+                medians.append(float(np.median(batch_maps[i, ::step, ::step])))
+            if label >= 0 and (batch["mask"][i].any() or label == 0):
                 maps.append(batch_maps[i, ::step, ::step])
                 masks.append(batch["mask"][i, ::step, ::step, 0] > 0.5)
         if keep_gallery:
             candidates = {
                 "image": batch["image"],
-                "reconstruction": recon,
                 "map": batch_maps,
                 "mask": batch["mask"][..., 0],
                 "label": batch["label"],
                 "score": batch_scores,
             }
+            if "reconstruction" in out:
+                candidates["reconstruction"] = out["reconstruction"]
             kept = _best_of_each_class([kept, candidates] if kept else [candidates], keep_gallery)
         done += len(batch_scores)
-        if total and done / total >= next_report and done < total:
-            next_report += 0.25
-            log.info(
-                "%s split: %d/%d tiles scored (%.0f tiles/s)", split, done, total, done / (time.perf_counter() - start)
-            )
-    if not labels:
+        report(done)
+    if not columns["label"]:
         raise ValueError(f"the {split!r} split has no tiles; check config.data (split fractions, patch size)")
+    c = {k: np.concatenate(v) for k, v in columns.items()}
     return SplitScores(
-        np.concatenate(labels), np.concatenate(scores), maps, masks, _gallery_rows(kept, keep_gallery) if kept else {}
+        c["label"],
+        c["score"],
+        c["scan_index"],
+        c["y"],
+        c["x"],
+        maps,
+        masks,
+        np.asarray(medians, np.float64),
+        _gallery_rows(kept, keep_gallery) if kept else {},
     )
 
 
@@ -103,78 +137,153 @@ def _gallery_rows(candidates: dict[str, np.ndarray], rows: int) -> dict[str, np.
     return {k: v[chosen] for k, v in candidates.items()}
 
 
-def restore_model(config: ml_collections.ConfigDict, workdir: str, mesh) -> tuple[Any, dict, dict, str]:
-    """(model, variables, checkpoint meta, checkpoint path) of the best checkpoint in workdir."""
-    model = registry.build_model(config.model, config.data.channels)
-    tx = steps.make_optimizer(config.optim, config.train.num_steps)
-    abstract = steps.abstract_state(model, tx, config.data.patch_size, config.data.channels, parallel.replicated(mesh))
-    state, meta, path = checkpoint.restore_for_inference(workdir, abstract, config.eval.get("checkpoint", ""))
-    return model, state_variables(state), meta, path
+def fit_normalization(
+    detector: detectors.Detector, config: ml_collections.ConfigDict, raw_val: SplitScores
+) -> ScoreNormalization:
+    """The score normalisation config.eval.normalization asks for, from raw validation scores."""
+    mode = config.eval.normalization
+    if mode not in ("auto", "none", normalization.NORMAL_QUANTILE_RULE):
+        raise ValueError(f"config.eval.normalization={mode!r}; expected 'auto', 'none' or 'normal_quantile'")
+    if mode == "none" or (mode == "auto" and detector.bounded_map):
+        return IDENTITY
+    normal = raw_val.labels == 0
+    return normalization.fit(raw_val.normal_medians, raw_val.scores[normal], config.eval.normalization_quantile)
+
+
+def restore_inferencer(config: ml_collections.ConfigDict, workdir: str, mesh, batch_size: int):
+    """(detector, Inferencer, checkpoint meta, checkpoint path) of the checkpoint to evaluate.
+
+    The normalisation is the one stored with the checkpoint; a checkpoint without one (a
+    `checkpoints/<step>` directory) gets it fitted on the validation split now.
+    """
+    detector = detectors.build(config)
+    abstract = steps.replicated_abstract(
+        detector.abstract_variables(config.data.patch_size, config.data.channels), mesh
+    )
+    variables, meta, path = checkpoint.restore_for_inference(workdir, abstract, config.eval.get("checkpoint", ""))
+    infer = Inferencer(detector, variables, mesh, batch_size, score_filter_size(config), IDENTITY)
+    stored = meta.get("normalization")
+    if stored:
+        norm = ScoreNormalization.from_json(stored)
+    else:
+        splits = pipeline.prepare_splits(config.data, None)
+        norm = fit_normalization(detector, config, score_split(infer, splits, "val", config))
+        log.info("score normalisation fitted on the validation split: %s", norm)
+    infer.set_variables(variables, norm)
+    return detector, infer, meta, path
+
+
+def _image_level(splits: Any, split: str, scores: SplitScores) -> tuple[np.ndarray, np.ndarray] | None:
+    """(labels, scores) per image — the max over its tiles — for images whose label the layout
+    gives (MVTec, Folder); None when the split has no such images."""
+    records = splits.get(split)
+    labels = np.asarray([getattr(r, "image_label", None) for r in records], dtype=object)
+    known = np.flatnonzero([label is not None for label in labels])
+    if known.size == 0 or known.size == len(records) and np.bincount(scores.scan_index).max() == 1:
+        # No image labels, or one tile per image: the tile metrics are the image metrics.
+        return None
+    best = np.full(len(records), -np.inf)
+    np.maximum.at(best, scores.scan_index, scores.scores)
+    known = known[np.isfinite(best[known])]
+    return labels[known].astype(np.int64), best[known]
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str, output_dir: str | None = None) -> dict:
-    """Evaluate the best checkpoint of `workdir` on the test split; writes metrics.json and reports."""
+    """Evaluate the best checkpoint of `workdir` on the test split; writes metrics, scores and reports."""
     output_dir = output_dir or workdir
     mesh = parallel.make_mesh(config.mesh)
-    model, variables, meta, path = restore_model(config, workdir, mesh)
-    log.info("evaluating %s (step %s)", path, meta.get("step"))
+    detector, infer, meta, path = restore_inferencer(config, workdir, mesh, config.eval.batch_size)
+    log.info("evaluating %s (%s, step %s)", path, detector.name, meta.get("step"))
     splits = pipeline.prepare_splits(config.data, None)
-    filter_size = evaluation_config.resolve_score_filter_size(config.eval.score_filter_size, config.data.patch_size)
-    infer = Inferencer(model, variables, mesh, config.eval.batch_size, filter_size)
 
     val = score_split(infer, splits, "val", config)
-    test = score_split(infer, splits, "test", config, keep_gallery=8)
+    test = score_split(infer, splits, "test", config, keep_gallery=GALLERY_ROWS)
+    has_pixel_truth = any(m.any() for m in test.masks)
     result = metrics.evaluate_scores(
-        test.labels,
-        test.scores,
-        val.labels,
-        val.scores,
-        masks=test.masks or None,
-        maps=test.maps or None,
+        test.labels[test.labels >= 0],
+        test.scores[test.labels >= 0],
+        val.labels[val.labels >= 0],
+        val.scores[val.labels >= 0],
+        masks=test.masks if has_pixel_truth else None,
+        maps=test.maps if has_pixel_truth else None,
         fixed_threshold=config.eval.fixed_threshold,
         threshold_metric=config.eval.threshold_metric,
         fpr_limit=config.eval.aupro_fpr_limit,
         exact_max_pixels=config.eval.pixel_exact_max_pixels,
         n_bins=config.eval.pixel_histogram_bins,
     )
+    if not has_pixel_truth:
+        result["pixel_metrics"] = "not available: no pixel masks of anomalous test tiles"
     timing = infer.seconds_per_patch(
         test.gallery["image"], config.eval.timing_batches, config.eval.timing_warmup_batches
     )
     result["seconds_per_patch"] = timing.pop("seconds_per_patch")
     report = {
         "method": config.method,
+        "detector": detector.name,
         "checkpoint": path,
         "step": meta.get("step"),
-        "score_filter_size": filter_size,
+        "score_filter_size": score_filter_size(config),
+        "normalization": infer.normalization.to_json(),
         "patch_size": config.data.patch_size,
         "test": result,
-        "val": {"roc_auc": metrics.roc_auc(val.labels, val.scores), "n": int(val.labels.size)},
+        "val": {
+            "roc_auc": metrics.roc_auc(val.labels[val.labels >= 0], val.scores[val.labels >= 0]),
+            "n": int(val.labels.size),
+        },
         "timing": timing,
     }
+    images = _image_level(splits, "test", test)
+    val_images = _image_level(splits, "val", val)
+    if images is not None:
+        report["test_images"] = metrics.evaluate_scores(
+            *images,
+            *(val_images if val_images is not None else (None, None)),
+            fixed_threshold=config.eval.fixed_threshold,
+            threshold_metric=config.eval.threshold_metric,
+        )
     if jax.process_index() == 0:
         write_reports(report, test, output_dir)
+        write_scores_csv(
+            os.path.join(output_dir, "scores.csv"), splits, {"val": val, "test": test}, result["threshold"]
+        )
     return report
+
+
+def write_scores_csv(path: str, splits: Any, scored: dict[str, SplitScores], threshold: float) -> None:
+    """One row per scored tile: split, image, tile origin, label (-1 unknown), score, prediction."""
+    text = io.StringIO()
+    writer = csv.writer(text)
+    writer.writerow(["split", "image", "y", "x", "label", "score", "predicted_anomalous"])
+    for split, s in scored.items():
+        paths = [r.path for r in splits.get(split)]
+        for i in range(s.labels.size):
+            score = float(s.scores[i])
+            writer.writerow(
+                [
+                    split,
+                    paths[s.scan_index[i]],
+                    int(s.ys[i]),
+                    int(s.xs[i]),
+                    int(s.labels[i]),
+                    f"{score:.6g}",
+                    int(score >= threshold),
+                ]
+            )
+    files.write_text_atomic(path, text.getvalue())
 
 
 def write_reports(report: dict, test: SplitScores, output_dir: str) -> None:
     os.makedirs(output_dir, exist_ok=True)
-    _write_atomic(os.path.join(output_dir, "metrics.json"), json.dumps(report, indent=2, allow_nan=False))
-    _write_atomic(os.path.join(output_dir, "metrics.md"), tables.metrics_markdown(report))
+    files.write_text_atomic(os.path.join(output_dir, "metrics.json"), json.dumps(report, indent=2, allow_nan=False))
+    files.write_text_atomic(os.path.join(output_dir, "metrics.md"), tables.metrics_markdown(report))
     g = test.gallery
     gallery.write_patch_gallery(
         os.path.join(output_dir, "heatmaps_test_patches.png"),
         g["image"],
-        g["reconstruction"],
+        g.get("reconstruction"),
         g["map"],
         g["mask"],
         max_rows=len(g["image"]),
     )
-    log.info("wrote metrics.json, metrics.md and heatmaps_test_patches.png to %s", output_dir)
-
-
-def _write_atomic(path: str, text: str) -> None:
-    """Write-then-rename, so a crash or a full disk never leaves a truncated result file."""
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    log.info("wrote metrics.json, metrics.md, scores.csv and heatmaps_test_patches.png to %s", output_dir)

@@ -32,9 +32,19 @@ def defaults() -> ml_collections.ConfigDict:
     # 1 => plain max of the map.
     cfg.score_filter_size = 0
 
+    # --- score normalisation (xray_flax/normalization.py) ---------------------------------
+    # 'auto': the identity for detectors whose maps are probabilities cut at 0.5 (DRAEM),
+    # else 'normal_quantile'. 'normal_quantile': fitted on the validation split's normal
+    # tiles and stored with the best checkpoint, applied before thresholds, regions and
+    # colour scales. 'none': raw maps (a fixed threshold then means nothing for unbounded maps).
+    cfg.normalization = "auto"
+    # The normal validation tiles' image-score quantile that maps to 0.5. [ours: 0.99, so one
+    # outlying normal tile does not set the scale]
+    cfg.normalization_quantile = 0.99
+
     # --- thresholds ----------------------------------------------------------------------
-    # Threshold reported next to the chosen one (maps are in [0, 1]; 0.5 is the natural cut
-    # of a 2-class softmax map, and anomalib normalises scores so 0.5 is its cut too).
+    # Threshold reported next to the chosen one (normalised maps: 0.5 is the natural cut of a
+    # 2-class softmax map and the highest normal validation score of a normalised one).
     cfg.fixed_threshold = 0.5
     # Criterion maximised on the validation split to pick the image threshold:
     # 'f1' (argmax F1, anomalib's F1AdaptiveThreshold) or 'youden' (argmax TPR - FPR).

@@ -1,7 +1,10 @@
-"""Batched, mesh-sharded anomaly maps for evaluation and whole-scan prediction.
+"""Batched, mesh-sharded anomaly maps of any detector, for validation, evaluation and predict.
 
-One `Inferencer` compiles the model's inference step once for a fixed global batch size and
-pads smaller batches up to it, so a run never recompiles for the last partial batch.
+One `Inferencer` compiles the detector's `anomaly_map` once for a fixed global batch size and
+pads smaller batches up to it, so a run never recompiles for the last partial batch. The
+score normalisation (xray_flax/normalization.py) is applied on the device, before the image
+score, so every consumer sees normalised maps; its shift and scale are arguments of the
+compiled function, so a new normalisation (or new weights) needs no recompilation.
 """
 
 from __future__ import annotations
@@ -9,12 +12,14 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
-from xray_flax import metrics, parallel, steps
+from xray_flax import metrics, parallel
+from xray_flax.detectors import Detector
+from xray_flax.normalization import IDENTITY, ScoreNormalization
 
 
 def to_host(x: jax.Array) -> np.ndarray:
@@ -26,30 +31,43 @@ def to_host(x: jax.Array) -> np.ndarray:
 
 class Inferencer:
     def __init__(
-        self, model: nn.Module, variables: Any, mesh: jax.sharding.Mesh, batch_size: int, score_filter_size: int
+        self,
+        detector: Detector,
+        variables: Any,
+        mesh: jax.sharding.Mesh,
+        batch_size: int,
+        score_filter_size: int,
+        normalization: ScoreNormalization = IDENTITY,
     ):
         devices = mesh.devices.size
         self.batch_size = -(-batch_size // devices) * devices
         self.mesh = mesh
-        self.variables = parallel.replicate(variables, mesh)
         self._sharding = parallel.batch_sharded(mesh)
+        self.set_variables(variables, normalization)
+        replicated = parallel.replicated(mesh)
 
-        def infer(variables, images):
-            maps, reconstruction = steps.predict_step(variables, images, model=model)
-            return maps, metrics.image_scores(maps, score_filter_size), reconstruction
+        def outputs(variables, shift_scale, images):
+            out = dict(detector.anomaly_map(variables, images))
+            shift, scale = shift_scale[0], shift_scale[1]
+            out["map"] = (out["map"].astype(jnp.float32) - shift) * scale
+            if "score" in out:
+                out["score"] = (out["score"].astype(jnp.float32) - shift) * scale
+            else:
+                out["score"] = metrics.image_scores(out["map"], score_filter_size)
+            return out
 
-        self._infer = jax.jit(
-            infer, in_shardings=(parallel.replicated(mesh), self._sharding), out_shardings=(self._sharding,) * 3
-        )
+        self._infer = jax.jit(outputs, in_shardings=(replicated, replicated, self._sharding))
         self._maps = jax.jit(
-            lambda v, x: steps.predict_step(v, x, model=model)[0],
-            in_shardings=(parallel.replicated(mesh), self._sharding),
-            out_shardings=self._sharding,
+            lambda v, n, x: outputs(v, n, x)["map"], in_shardings=(replicated, replicated, self._sharding)
         )
 
-    def set_variables(self, variables: Any) -> None:
-        """Swap in new weights (same shapes) without recompiling, e.g. during training."""
+    def set_variables(self, variables: Any, normalization: ScoreNormalization = IDENTITY) -> None:
+        """Swap in new weights (same shapes) and normalisation without recompiling."""
         self.variables = parallel.replicate(variables, self.mesh)
+        self.normalization = normalization
+        self._shift_scale = parallel.replicate(
+            jnp.asarray([normalization.shift, normalization.scale], jnp.float32), self.mesh
+        )
 
     def _device_batch(self, images: np.ndarray) -> tuple[jax.Array, int]:
         n = images.shape[0]
@@ -63,28 +81,29 @@ class Inferencer:
         array = jax.make_array_from_callback(images.shape, self._sharding, lambda index: images[index])
         return array, n
 
-    def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """images [b, H, W, C] -> (maps [b, H, W], image scores [b], reconstructions [b, H, W, C])."""
+    def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        """images [b, H, W, C] -> {'map' [b, H, W], 'score' [b], and the detector's extras}."""
         array, n = self._device_batch(images)
-        maps, scores, reconstruction = self._infer(self.variables, array)
-        return to_host(maps)[:n], to_host(scores)[:n], to_host(reconstruction)[:n]
+        out = self._infer(self.variables, self._shift_scale, array)
+        return {k: to_host(v)[:n] for k, v in out.items()}
 
     def anomaly_maps(self, images: np.ndarray) -> jax.Array | np.ndarray:
         """Maps only, [b, H, W]; on one process left on the device so the caller can overlap
         reading the next tiles with this computation (np.asarray waits for it)."""
         array, n = self._device_batch(images)
-        maps = self._maps(self.variables, array)
+        maps = self._maps(self.variables, self._shift_scale, array)
         return to_host(maps)[:n] if jax.process_count() > 1 else maps[:n]
 
     def seconds_per_patch(self, images: np.ndarray, batches: int, warmup: int) -> dict:
         """Warm inference time per patch: median over `batches` timed calls of a full batch."""
         array, _ = self._device_batch(images[: self.batch_size])
+        call = lambda: jax.block_until_ready(self._infer(self.variables, self._shift_scale, array))  # noqa: E731
         for _ in range(max(1, warmup)):
-            jax.block_until_ready(self._infer(self.variables, array))
+            call()
         times = []
         for _ in range(batches):
             start = time.perf_counter()
-            jax.block_until_ready(self._infer(self.variables, array))
+            call()
             times.append(time.perf_counter() - start)
         median = float(np.median(times))
         return {
@@ -95,7 +114,3 @@ class Inferencer:
             "device": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
             "includes": "anomaly map + image score on device; excludes reading and tiling",
         }
-
-
-def state_variables(state: Any) -> dict:
-    return {"params": state.params, "batch_stats": state.batch_stats}

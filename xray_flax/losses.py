@@ -1,6 +1,4 @@
-"""Losses of DRAEM and Mezina et al. 2025 as pure functions of arrays.
-
-    L = lambda * (1 - SSIM(I, I_r)) + L2(I, I_r) + focal(softmax(logits), M)
+"""Loss terms shared by the detectors, as pure functions of arrays (ssim, l2, focal).
 
 SSIM is dm-pix's Gaussian SSIM (window 11, sigma 1.5, K1 0.01, K2 0.03, data range 1). It
 averages over the 'valid' part of the image, which is exactly scikit-image's
@@ -39,24 +37,3 @@ def focal(logits: jax.Array, mask: jax.Array, *, gamma: float = 2.0, alpha: floa
     if alpha is not None:
         loss = loss * (target * alpha + (1.0 - target) * (1.0 - alpha))
     return jnp.mean(loss)
-
-
-def draem_loss(
-    original: jax.Array,
-    reconstruction: jax.Array,
-    logits: jax.Array,
-    mask: jax.Array,
-    *,
-    ssim_weight: float,
-    ssim_window: int = 11,
-    ssim_sigma: float = 1.5,
-    focal_gamma: float = 2.0,
-    focal_alpha: float | None = None,
-) -> tuple[jax.Array, dict]:
-    """Total loss and its terms. mask is [B, H, W, 1] or [B, H, W]."""
-    mask = mask[..., 0] if mask.ndim == logits.ndim else mask
-    ssim_value = jnp.mean(ssim(original, reconstruction, window=ssim_window, sigma=ssim_sigma))
-    l2_value = l2(original, reconstruction)
-    focal_value = focal(logits, mask, gamma=focal_gamma, alpha=focal_alpha)
-    total = ssim_weight * (1.0 - ssim_value) + l2_value + focal_value
-    return total, {"loss": total, "ssim": ssim_value, "l2": l2_value, "focal": focal_value}

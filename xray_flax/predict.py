@@ -5,7 +5,7 @@ the jitted model, and blended back with a smooth window (report.stitch). The map
 straight into a memory-mapped file, so memory stays bounded by a band of tiles however
 large the scan. Per scan, in <output_dir>/<scan name>/:
 
-    anomaly_map.tif | .npy   float32 map in [0, 1], full resolution
+    anomaly_map.tif | .npy   float32 normalised map (0.5 = the fixed cut), full resolution
     overlay.png              heatmap over the X-ray at a viewable size, with a colour bar
     regions.json, .csv       connected regions above the threshold, highest score first
     report.html              self-contained report: overlay with opacity slider, region table
@@ -24,9 +24,9 @@ import ml_collections
 import numpy as np
 import tifffile
 
-from xray_flax import evaluation_config, parallel
+from xray_flax import evaluation_config, files, parallel, progress
 from xray_flax.data import readers
-from xray_flax.evaluate import restore_model
+from xray_flax.evaluate import restore_inferencer
 from xray_flax.inference import Inferencer
 from xray_flax.report import html, overlay, regions, stitch
 
@@ -69,25 +69,17 @@ def _map_file(path_stem: str, shape: tuple[int, int], fmt: str) -> tuple[np.ndar
     raise ValueError(f"config.eval.predict.map_format={fmt!r}; expected 'tiff' or 'npy'")
 
 
-class _ProgressLog:
-    def __init__(self, name: str):
-        self.name, self.start, self.next_fraction = name, time.perf_counter(), 0.1
+def _tile_progress(name: str):
+    """stitch's progress(done, total) callback as a clu-timed progress line every 10 s."""
+    reports: list[progress.ReportProgress] = []
 
-    def __call__(self, done: int, total: int) -> None:
-        if done < total and done / total < self.next_fraction:
-            return
-        self.next_fraction = done / total + 0.1
-        elapsed = time.perf_counter() - self.start
-        rate = done / max(elapsed, 1e-9)
-        log.info(
-            "%s: %d/%d tiles (%.0f%%), %.1f tiles/s, ETA %.0fs",
-            self.name,
-            done,
-            total,
-            100 * done / total,
-            rate,
-            (total - done) / max(rate, 1e-9),
-        )
+    def update(done: int, total: int) -> None:
+        if not reports:
+            reports.append(progress.ReportProgress(name, total, unit="tiles", every_secs=10.0))
+            reports[0](0)
+        reports[0](done)
+
+    return update
 
 
 def region_threshold(configured: float, workdir: str) -> tuple[float, str]:
@@ -124,7 +116,7 @@ def predict_scan(
         stride,
         infer.batch_size,
         window=opts.window,
-        progress=_ProgressLog(name),
+        progress=_tile_progress(name),
         out=anomaly_map,
     )
     anomaly_map.flush()
@@ -186,20 +178,17 @@ def predict(
     paths = expand_inputs(inputs, config.data.mask_suffix)
     output_dir = output_dir or os.path.join(workdir, "predictions")
     mesh = parallel.make_mesh(config.mesh)
-    model, variables, meta, checkpoint_path = restore_model(config, workdir, mesh)
-    filter_size = evaluation_config.resolve_score_filter_size(config.eval.score_filter_size, config.data.patch_size)
-    infer = Inferencer(model, variables, mesh, config.eval.predict.batch_size, filter_size)
+    detector, infer, meta, checkpoint_path = restore_inferencer(config, workdir, mesh, config.eval.predict.batch_size)
     threshold, source = region_threshold(config.eval.predict.region_threshold, workdir)
     log.info("predicting %d scan(s) with %s; region threshold %.4f, %s", len(paths), checkpoint_path, threshold, source)
     metadata = {
         "checkpoint": checkpoint_path,
-        "method": config.method,
+        "method": f"{config.method} ({detector.name})",
         "region threshold": f"{threshold:.4f} ({source})",
     }
     summaries = [
         predict_scan(infer, path, os.path.join(output_dir, name), config, threshold, metadata)
         for path, name in zip(paths, _scan_dir_names(paths))
     ]
-    with open(os.path.join(output_dir, "predictions.json"), "w") as f:
-        json.dump(summaries, f, indent=2)
+    files.write_text_atomic(os.path.join(output_dir, "predictions.json"), json.dumps(summaries, indent=2))
     return summaries

@@ -1,31 +1,35 @@
-"""The training loop: state, restore, iterate, log, validate, checkpoint, then evaluate.
+"""The training loop, one for every detector: state, restore, iterate, log, validate, checkpoint.
 
-`train_and_evaluate(config, workdir)` is the whole job. It resumes from the latest
-checkpoint in `workdir` when there is one, with the data iterator restored too, and per-step
-keys derived from (seed, step), so a resumed run continues exactly where it stopped.
+`train_and_evaluate(config, workdir)` is the whole job, for any detector of
+`xray_flax.detectors`:
+
+* gradient kind: optimiser steps on batches of clean normal tiles. It resumes from the latest
+  checkpoint in `workdir` when there is one, with the data iterator restored too, and per-step
+  keys derived from (seed, step), so a resumed run continues exactly where it stopped.
+* fit kind: one finite pass over the clean training tiles, no optimiser, saved once.
+
+Both then validate (ROC-AUC on the val split, the score normalisation fitted on its normal
+tiles), keep the best checkpoint, evaluate it on the test split and predict test scans.
 """
 
 from __future__ import annotations
 
-import functools
+import collections
 import json
 import logging
 import os
 import signal
 import threading
-import time
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from clu import metric_writers
 
-from xray_flax import checkpoint, evaluate, evaluation_config, metrics, parallel, predict, steps
-from xray_flax.anomaly import SynthesisSpec, load_texture_bank
+from xray_flax import checkpoint, detectors, evaluate, files, metrics, parallel, predict, progress, steps
 from xray_flax.data import pipeline
-from xray_flax.inference import Inferencer, state_variables
-from xray_flax.models import registry
+from xray_flax.inference import Inferencer
+from xray_flax.normalization import IDENTITY
 
 log = logging.getLogger(__name__)
 
@@ -34,50 +38,21 @@ class TrainingDivergedError(RuntimeError):
     """The loss or the gradients became NaN or infinite."""
 
 
-def _format_duration(seconds: float) -> str:
-    seconds = int(max(0, seconds))
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
-
-
 def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
     """The workdir keeps its config, so evaluate/predict need nothing but the workdir."""
     if jax.process_index() == 0:
-        path = os.path.join(workdir, "config.json")
-        with open(path + ".tmp", "w") as f:
-            f.write(config.to_json_best_effort(indent=2))
-        os.replace(path + ".tmp", path)
+        files.write_text_atomic(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
 
 
-def validate_config(config: ml_collections.ConfigDict) -> None:
-    multiple = registry.size_multiple(config.model)
+def validate_config(config: ml_collections.ConfigDict, detector: detectors.Detector) -> None:
+    multiple = detector.size_multiple
     if config.data.patch_size % multiple:
         raise ValueError(
             f"config.data.patch_size={config.data.patch_size} must be a multiple of {multiple} "
-            f"for this model (one halving per pooling level)"
+            f"for the {detector.name} detector as configured (one halving per pooling level)"
         )
     if config.train.num_steps < 1:
         raise ValueError(f"config.train.num_steps must be >= 1, got {config.train.num_steps}")
-
-
-class _Progress:
-    """Progress lines with steps/s, images/s and ETA, measured between log points."""
-
-    def __init__(self, total: int, start_step: int, batch_size: int):
-        self.total, self.batch_size = total, batch_size
-        self.last_step, self.last_time = start_step, time.perf_counter()
-
-    def line(self, step: int, scalars: dict) -> tuple[str, float]:
-        now = time.perf_counter()
-        rate = (step - self.last_step) / max(now - self.last_time, 1e-9)
-        self.last_step, self.last_time = step, now
-        eta = (self.total - step) / rate if rate > 0 else float("inf")
-        terms = " ".join(f"{k} {scalars[k]:.4f}" for k in ("loss", "ssim", "l2", "focal") if k in scalars)
-        return (
-            f"step {step}/{self.total} | {terms} | {rate:.2f} steps/s, "
-            f"{rate * self.batch_size:.1f} img/s | ETA {_format_duration(eta)}"
-        ), rate
 
 
 class _StopRequest:
@@ -115,26 +90,77 @@ def _mean_metrics(pending: list[dict]) -> dict[str, float]:
     return {k: float(np.mean([m[k] for m in host])) for k in host[0]}
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict | None:
-    """Train (resuming if possible), keep the best checkpoint by validation ROC-AUC, evaluate it.
+class _Validator:
+    """Scores the val split with the current variables, fits the score normalisation on its
+    normal tiles and keeps the best checkpoint (variables + normalisation, no optimiser)."""
 
-    Returns the test report of evaluate.evaluate, or None when the run halted early
-    (config.train.halt_after_steps).
+    def __init__(self, detector, config, splits, mesh, ckpt, writer, initial_variables):
+        self.detector, self.config, self.splits, self.ckpt, self.writer = detector, config, splits, ckpt, writer
+        filter_size = evaluate.score_filter_size(config)
+        self.infer = Inferencer(detector, initial_variables, mesh, config.eval.batch_size, filter_size)
+
+    def __call__(self, step: int, variables, rank_fraction: float) -> None:
+        self.infer.set_variables(variables, IDENTITY)
+        val = evaluate.score_split(self.infer, self.splits, "val", self.config)
+        normalization = evaluate.fit_normalization(self.detector, self.config, val)
+        val_auc = metrics.roc_auc(val.labels, val.scores)
+        if not np.isfinite(val_auc):
+            log.warning(
+                "validation split has one class only: ROC-AUC undefined, the newest checkpoint counts as the best"
+            )
+            ranking = rank_fraction - 2.0
+        else:
+            ranking = val_auc
+        meta = {"step": step, checkpoint.BEST_METRIC: ranking, "normalization": normalization.to_json()}
+        improved = self.ckpt.save_best(step, variables, meta)
+        self.writer.write_scalars(step, {"val_roc_auc": val_auc})
+        log.info("step %d: validation ROC-AUC %.4f%s", step, val_auc, " (best so far)" if improved else "")
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict | None:
+    """Train or fit (resuming if possible), keep the best checkpoint by validation ROC-AUC, evaluate it.
+
+    Returns the test report of evaluate.evaluate, or None when the run stopped early
+    (config.train.halt_after_steps, or a termination request).
     """
-    validate_config(config)
+    detector = detectors.build(config)
+    validate_config(config, detector)
     os.makedirs(workdir, exist_ok=True)
     save_config(config, workdir)
     mesh = parallel.make_mesh(config.mesh)
+    splits = pipeline.prepare_splits(config.data, workdir)
+    ckpt = checkpoint.Checkpointer(workdir, keep=config.train.keep_checkpoints)
+    writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+    run = _train if detector.kind == detectors.GRADIENT else _fit
+    try:
+        finished = run(detector, config, workdir, splits, mesh, ckpt, writer)
+    finally:
+        # Even when stopping on an error, finish the checkpoint writes already started.
+        writer.flush()
+        ckpt.wait()
+        ckpt.close()
+    if not finished:
+        return None
+    report = evaluate.evaluate(config, workdir)
+    test = report["test"]
+    log.info(
+        "test ROC-AUC %.4f | accuracy %.4f | F1 %.4f | %.4f s/patch",
+        test["roc_auc"] if test["roc_auc"] is not None else float("nan"),
+        test["accuracy"],
+        test["f1"],
+        test["seconds_per_patch"],
+    )
+    if config.train.predict_test_scans and jax.process_count() == 1:
+        predict.predict(config, workdir, [record.path for record in splits.test[: config.train.predict_test_scans]])
+    return report
+
+
+def _train(detector, config, workdir, splits, mesh, ckpt, writer) -> bool:
+    """Optimiser steps until config.train.num_steps; False when it stopped early with a checkpoint."""
     per_process_batch = parallel.check_batch_size(config.train.batch_size, mesh)
     channels, patch = config.data.channels, config.data.patch_size
     num_steps = config.train.num_steps
-
-    model = registry.build_model(config.model, channels)
-    tx = steps.make_optimizer(config.optim, num_steps)
-    spec = SynthesisSpec.from_config(config.anomaly, channels)
-    textures = parallel.replicate(jnp.asarray(load_texture_bank(config.anomaly, patch, channels)), mesh)
-
-    splits = pipeline.prepare_splits(config.data, workdir)
+    aux = parallel.replicate(detector.make_aux(), mesh) if detector.make_aux is not None else None
     train_iter = pipeline.make_train_iterator(
         splits,
         config.data,
@@ -143,46 +169,37 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
         process_index=jax.process_index(),
         process_count=jax.process_count(),
     )
-
-    replicated = parallel.replicated(mesh)
     init_key, train_key, preview_key = jax.random.split(jax.random.key(config.seed), 3)
-    ckpt = checkpoint.Checkpointer(workdir, keep=config.train.keep_checkpoints)
     if ckpt.latest_step() is not None:
-        abstract = steps.abstract_state(model, tx, patch, channels, replicated)
+        abstract = steps.replicated_abstract(detector.abstract_variables(patch, channels), mesh)
         try:
-            state, meta = ckpt.restore_latest(abstract, train_iter)
+            variables, opt_state, meta = ckpt.restore_latest(
+                abstract, steps.abstract_opt_state(detector, abstract, parallel.replicated(mesh)), train_iter
+            )
         except Exception as e:
             raise checkpoint.CheckpointError(
-                f"could not resume from {ckpt.latest.directory}: {e}. If the config changed (model widths, "
-                f"patch size), train into a new --workdir."
+                f"could not resume from {ckpt.latest.directory}: {e}. If the config changed (detector, model "
+                f"widths, patch size), train into a new --workdir."
             ) from e
-        log.info("resumed from step %d of %s", int(state.step), workdir)
+        params, collections_ = detectors.base.split_variables(variables)
+        step_array = parallel.replicate(np.asarray(meta["step"], np.int32), mesh)
+        state = detectors.TrainState(step=step_array, params=params, collections=collections_, opt_state=opt_state)
+        log.info("resumed from step %d of %s", int(meta["step"]), workdir)
     else:
-        sample = jnp.zeros((1, patch, patch, channels), jnp.float32)
-        state = jax.jit(lambda k: steps.init_state(model, tx, k, sample), out_shardings=replicated)(init_key)
+        state = steps.init_train_state(detector, init_key, patch, channels, mesh)
         n_params = sum(x.size for x in jax.tree.leaves(state.params))
-        log.info("initialised %s: %s parameters", config.method, f"{n_params:,}")
+        log.info("initialised %s (%s): %s trainable parameters", config.method, detector.name, f"{n_params:,}")
 
-    batch_sharding = parallel.batch_sharded(mesh)
-    train_step = jax.jit(
-        functools.partial(steps.train_step, model=model, tx=tx, spec=spec, loss_config=config.loss),
-        in_shardings=(replicated, batch_sharding, replicated, replicated),
-        out_shardings=(replicated, replicated),
-        donate_argnums=(0,),
-    )
-    preview_step = jax.jit(
-        functools.partial(steps.preview_step, model=model, spec=spec),
-        in_shardings=(replicated, batch_sharding, replicated, replicated),
-        out_shardings=replicated,
-    )
-    filter_size = evaluation_config.resolve_score_filter_size(config.eval.score_filter_size, patch)
-    infer = Inferencer(model, state_variables(state), mesh, config.eval.batch_size, filter_size)
+    train_step = steps.compile_train_step(detector, mesh)
+    preview_step = steps.compile_preview(detector, mesh) if config.train.image_summary_every else None
+    validate = _Validator(detector, config, splits, mesh, ckpt, writer, state.variables)
 
-    writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
     step = int(state.step)
     halt = config.train.halt_after_steps
-    progress = _Progress(num_steps, step, config.train.batch_size)
+    report = progress.ReportProgress("train", num_steps, every_steps=config.train.log_every, every_secs=None)
+    report(step)
     pending: list[dict] = []
+    in_flight: collections.deque = collections.deque()
     last_good_step = ckpt.latest_step()
 
     def check_finite() -> dict[str, float] | None:
@@ -221,65 +238,82 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
         while step < num_steps and (halt is None or step < halt):
             host_batch = next(train_iter)
             batch = parallel.global_batch({"image": host_batch["image"]}, mesh)
-            state, step_metrics = train_step(state, batch, textures, jax.random.fold_in(train_key, step))
+            state, step_metrics = train_step(state, batch, jax.random.fold_in(train_key, step), aux)
             pending.append(step_metrics)
+            # Bound how far the host runs ahead of the device, so a stop request is served
+            # after at most max_steps_in_flight more steps.
+            in_flight.append(step_metrics["loss"])
+            while len(in_flight) > max(1, config.train.max_steps_in_flight):
+                jax.block_until_ready(in_flight.popleft())
             step += 1
-            final = step == num_steps or step == halt or stop.requested(ckpt, step)
+            stopping = stop.requested(ckpt, step)
+            final = step == num_steps or step == halt or stopping
 
             if step % config.train.log_every == 0 or final:
                 scalars = check_finite()
-                line, rate = progress.line(step, scalars)
-                log.info(line)
-                writer.write_scalars(step, {**scalars, "steps_per_sec": rate})
-            if config.train.image_summary_every and (step % config.train.image_summary_every == 0 or final):
-                images = preview_step(state, batch, textures, jax.random.fold_in(preview_key, step))
+                report.detail = " ".join(f"{k} {scalars[k]:.4f}" for k in detector.metric_names if k in scalars)
+                writer.write_scalars(step, scalars)
+            report(step)
+            # Stopping on a signal compiles and runs nothing more than the checkpoint needs.
+            every = config.train.image_summary_every
+            if preview_step is not None and not stopping and (step % every == 0 or final):
+                images = preview_step(state.variables, batch, jax.random.fold_in(preview_key, step), aux)
                 writer.write_images(step, {k: np.asarray(v)[:4] for k, v in images.items()})
-            if step % config.train.eval_every == 0 or step == num_steps:
+            if not stopping and (step % config.train.eval_every == 0 or step == num_steps):
                 check_finite()
-                infer.set_variables(state_variables(state))
-                val = evaluate.score_split(infer, splits, "val", config)
-                val_auc = metrics.roc_auc(val.labels, val.scores)
-                if not np.isfinite(val_auc):
-                    log.warning(
-                        "validation split has one class only: ROC-AUC undefined, the newest "
-                        "checkpoint counts as the best"
-                    )
-                    ranking = step / num_steps - 2.0
-                else:
-                    ranking = val_auc
-                improved = ckpt.save_best(step, state, {"step": step, checkpoint.BEST_METRIC: ranking})
-                writer.write_scalars(step, {"val_roc_auc": val_auc})
-                log.info("step %d: validation ROC-AUC %.4f%s", step, val_auc, " (best so far)" if improved else "")
+                validate(step, state.variables, step / num_steps)
             if step % config.train.checkpoint_every == 0 or final:
                 check_finite()
-                ckpt.save_latest(step, state, train_iter, {"step": step, "seed": config.seed})
+                ckpt.save_latest(
+                    step, state.variables, state.opt_state, train_iter, {"step": step, "seed": config.seed}
+                )
                 last_good_step = step
             if final:
                 # Not `stop.received`: a signal that lands after `final` was decided would
                 # stop without a checkpoint; it is seen at the next step, which then saves.
                 break
     finally:
-        # Even when stopping on an error, finish the checkpoint writes already started.
         stop.restore()
-        writer.flush()
-        ckpt.wait()
-        ckpt.close()
     if step < num_steps:
         why = "on a termination request" if stop.received else "(config.train.halt_after_steps)"
         log.info("stopped at step %d of %d %s with a checkpoint; the same command resumes", step, num_steps, why)
-        return None
-    report = evaluate.evaluate(config, workdir)
-    test = report["test"]
-    log.info(
-        "test ROC-AUC %.4f | accuracy %.4f | F1 %.4f | %.4f s/patch",
-        test["roc_auc"],
-        test["accuracy"],
-        test["f1"],
-        test["seconds_per_patch"],
-    )
-    if config.train.predict_test_scans and jax.process_count() == 1:
-        predict.predict(config, workdir, [record.path for record in splits.test[: config.train.predict_test_scans]])
-    return report
+        return False
+    return True
+
+
+FIT_STEP = 1  # the checkpoint step of a fitted detector: one pass
+
+
+def _fit(detector, config, workdir, splits, mesh, ckpt, writer) -> bool:
+    """One pass over the clean training tiles, then validation and the best checkpoint, once."""
+    if ckpt.best.latest_step() is not None:
+        log.info("%s is fitted already (%s); evaluating it", detector.name, ckpt.best.directory)
+        return True
+    channels, patch = config.data.channels, config.data.patch_size
+    init_key = jax.random.split(jax.random.key(config.seed), 3)[0]
+    variables = steps.init_variables(detector, init_key, patch, channels, mesh)
+    total = pipeline.count_training_tiles(splits, config.data)
+    report = progress.ReportProgress(f"fit {detector.name}", total, unit="tiles", every_secs=10.0)
+    report(0)
+
+    def batches():
+        done = 0
+        for host_batch in pipeline.iterate_fit_batches(
+            splits,
+            config.data,
+            batch_size=parallel.check_batch_size(config.train.batch_size, mesh),
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+        ):
+            yield parallel.global_batch(host_batch, mesh)
+            done = min(total, done + config.train.batch_size)
+            report(done)
+
+    log.info("fitting %s (%s) on %d training tiles", config.method, detector.name, total)
+    variables = detector.fit(variables, batches())
+    validate = _Validator(detector, config, splits, mesh, ckpt, writer, variables)
+    validate(FIT_STEP, variables, 1.0)
+    return True
 
 
 def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:
@@ -289,4 +323,10 @@ def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:
             f"{path} not found: pass --config, or point --workdir at a directory written by --mode train"
         )
     with open(path) as f:
-        return ml_collections.ConfigDict(json.load(f))
+        config = ml_collections.ConfigDict(json.load(f))
+    if "detector" not in config:
+        raise ValueError(
+            f"{path} has no 'detector' field: it was written by an earlier version of xray_flax; pass "
+            f"--config (e.g. configs/default.py) together with --workdir, or retrain into a new workdir"
+        )
+    return config

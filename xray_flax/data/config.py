@@ -24,8 +24,10 @@ def defaults() -> ml_collections.ConfigDict:
     #              (NOT real data; see docs/data.md). Laid out like 'scans'.
     # 'scans':     `root` holds full scans (*.png/*.tif/*.tiff) with optional `<name>_mask.png`
     #              pixel masks and/or a CSV of per-patch labels (`labels_csv`).
-    # 'mvtec':     MVTec AD category folder: train/good, test/<type>, ground_truth/<type>.
-    # 'folder':    `root` holds normal images only (everything labelled normal).
+    # 'mvtec':     MVTec AD category folder: train/good, test/<type>, ground_truth/<type>; a
+    #              defect type without ground_truth/<type>/ has image labels only.
+    # 'folder':    anomalib-style folders of normal / abnormal images (`folder` below); with
+    #              only `root` set, `root` holds normal images only (everything labelled normal).
     # 'tfds':      an array_record dataset written by `xray_flax.data.tfds_builder` under
     #              `tfds.data_dir`; patches are read back through the same Grain pipeline.
     c.source = "simulated"
@@ -36,6 +38,27 @@ def defaults() -> ml_collections.ConfigDict:
     c.labels_csv = ""
     # Suffix that marks a pixel mask next to its scan: `<stem><mask_suffix>.png`.
     c.mask_suffix = "_mask"
+
+    # --- source='folder': anomalib's Folder layout ----------------------------------------
+    # Datasets sorted into folders by image label, without MVTec's fixed names. Each folder
+    # is searched recursively; relative paths are relative to `root` when `root` is set.
+    # With normal_dir '' the folder source falls back to `root` = normal images only.
+    c.folder = ml_collections.ConfigDict()
+    # Normal images (image label 0), split by image into train/val/test by split_fractions,
+    # or into train/val by their train:val ratio when normal_test_dir is given.
+    c.folder.normal_dir = ""
+    # Anomalous images (image label 1), '' = none. They never train: they go to val and
+    # test by the val:test ratio of split_fractions (all to test when the val fraction is 0).
+    c.folder.abnormal_dir = ""
+    # Normal images held out for the test split, '' = none: keeps a fixed test set (e.g. a
+    # benchmark's) apart from the normals that train.
+    c.folder.normal_test_dir = ""
+    # Pixel masks of the abnormal images, '' = none (then image labels only: tiles of an
+    # abnormal image are unknown, -1, unless the image is a single tile). A mask has the
+    # image's stem, with or without `mask_suffix`, in the same subfolder as the image below
+    # abnormal_dir. An abnormal image without one is an error: mask_dir promises pixel
+    # labels, and a misnamed mask would otherwise quietly leave that image's tiles unknown.
+    c.folder.mask_dir = ""
 
     # --- how pixels are read ---------------------------------------------------------------
     c.channels = 1  # 1 = grayscale (RGB converted with `rgb_to_gray`), 3 = RGB (gray repeated).

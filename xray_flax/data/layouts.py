@@ -3,7 +3,15 @@
 * scans:  `root/*.{png,tif,tiff}` full scans; `<stem>_mask.png` (or .tif) next to a scan is
           its pixel mask; an optional CSV `image,x,y,label` gives per-patch expert labels.
 * mvtec:  `root/train/good/*`, `root/test/<type>/*`, `root/ground_truth/<type>/<stem>_mask.png`.
-* folder: `root/*` normal images only.
+          A defect type without a `ground_truth/<type>/` folder has image labels only.
+* folder: like anomalib's Folder datamodule: `normal_dir` (normal images), optional
+          `abnormal_dir` (anomalous images), `normal_test_dir` (normal images kept for
+          testing) and `mask_dir` (pixel masks of the abnormal images, `<stem>.png` or
+          `<stem><mask_suffix>.png`, in the same subfolder as the image below abnormal_dir).
+          Each folder is searched recursively. With only a root: `root/**` normal images.
+
+Every record carries `image_label` where the layout knows it: 0 for a normal image (MVTec
+good, folder normal dirs), 1 for an anomalous one (MVTec defect types, folder abnormal_dir).
 """
 
 from __future__ import annotations
@@ -21,12 +29,17 @@ from xray_flax.data import readers
 @dataclasses.dataclass(frozen=True)
 class ScanRecord:
     """One full image. `patch_labels`: tuple of (x, y, label) from a CSV, or None.
-    `known_normal`: the layout says the whole image is anomaly-free (MVTec good, folder)."""
+    `image_label`: the label of the whole image when the layout knows it (0: known normal,
+    e.g. MVTec good; 1: anomalous image, e.g. an MVTec defect type), else None."""
 
     path: str
     mask_path: str | None = None
     patch_labels: tuple | None = None
-    known_normal: bool = False
+    image_label: int | None = None
+
+    def __post_init__(self):
+        if self.image_label not in (None, 0, 1):
+            raise ValueError(f"{self.path}: image_label must be None, 0 or 1, got {self.image_label!r}")
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
@@ -37,11 +50,14 @@ class ScanRecord:
     @staticmethod
     def from_json(d: dict) -> ScanRecord:
         labels = d.get("patch_labels")
+        image_label = d.get("image_label")
+        if image_label is None and d.get("known_normal"):
+            image_label = 0  # splits.json / TFDS index written before image_label existed
         return ScanRecord(
             d["path"],
             d.get("mask_path"),
             None if labels is None else tuple(tuple(int(v) for v in r) for r in labels),
-            bool(d.get("known_normal", False)),
+            None if image_label is None else int(image_label),
         )
 
 
@@ -49,11 +65,13 @@ def _is_image(name: str) -> bool:
     return name.lower().endswith(readers.IMAGE_SUFFIXES) and not name.startswith(".")
 
 
-def _find_mask(folder: str, stem: str, suffix: str) -> str | None:
-    for ext in (".png", ".tif", ".tiff"):
-        p = os.path.join(folder, stem + suffix + ext)
-        if os.path.isfile(p):
-            return p
+def _find_mask(folder: str, stem: str, suffixes: Sequence[str]) -> str | None:
+    """The first `<folder>/<stem><suffix>.{png,tif,tiff}` that exists, trying `suffixes` in order."""
+    for suffix in suffixes:
+        for ext in (".png", ".tif", ".tiff"):
+            p = os.path.join(folder, stem + suffix + ext)
+            if os.path.isfile(p):
+                return p
     return None
 
 
@@ -99,7 +117,9 @@ def scans_layout(root: str, *, labels_csv: str = "", mask_suffix: str = "_mask")
         path = os.path.normpath(os.path.join(root, name))
         patch_labels = labels.pop(path, None)
         records.append(
-            ScanRecord(path, _find_mask(root, stem, mask_suffix), None if patch_labels is None else tuple(patch_labels))
+            ScanRecord(
+                path, _find_mask(root, stem, [mask_suffix]), None if patch_labels is None else tuple(patch_labels)
+            )
         )
     if labels:
         image = sorted(labels)[0]
@@ -109,18 +129,74 @@ def scans_layout(root: str, *, labels_csv: str = "", mask_suffix: str = "_mask")
     return records
 
 
-def folder_layout(root: str) -> list[ScanRecord]:
-    """All images in `root` (recursive), every one normal."""
-    if not os.path.isdir(root):
-        raise readers.LayoutError(root, "image folder not found")
-    records = []
-    for dirpath, _, files in sorted(os.walk(root)):
-        for name in sorted(files):
-            if _is_image(name):
-                records.append(ScanRecord(os.path.normpath(os.path.join(dirpath, name)), known_normal=True))
-    if not records:
-        raise readers.LayoutError(root, "no images found")
-    return records
+def _images_under(folder: str, skip: Sequence[str] = ()) -> list[str]:
+    """Image files below `folder` (recursive, sorted), not descending into `skip` folders."""
+    skip = {os.path.normpath(os.path.abspath(d)) for d in skip}
+    found = []
+    for dirpath, dirnames, files in os.walk(folder):
+        # Another configured folder nested inside this one (e.g. masks inside abnormal_dir)
+        # holds other images; os.walk honours the pruned, sorted list.
+        dirnames[:] = sorted(d for d in dirnames if os.path.abspath(os.path.join(dirpath, d)) not in skip)
+        found += [os.path.normpath(os.path.join(dirpath, n)) for n in files if _is_image(n)]
+    return sorted(found)
+
+
+def folder_layout(
+    normal_dir: str,
+    abnormal_dir: str = "",
+    normal_test_dir: str = "",
+    mask_dir: str = "",
+    mask_suffix: str = "_mask",
+) -> tuple[list[ScanRecord], list[ScanRecord], list[ScanRecord]]:
+    """(normal, normal_test, abnormal) records of an anomalib-style Folder dataset.
+
+    Every folder is searched recursively; '' = not given (empty list). Normal images get
+    image_label 0, abnormal ones 1. With `mask_dir`, each abnormal image `<abnormal_dir>/<sub>/
+    <stem>.<ext>` needs a mask `<mask_dir>/<sub>/<stem>.{png,tif,tiff}` or with `mask_suffix`
+    before the extension (LayoutError naming the image otherwise); without it abnormal images
+    have image labels only."""
+    if not normal_dir:
+        raise readers.LayoutError("<folder.normal_dir>", "folder layout: normal_dir is required")
+    if mask_dir and not abnormal_dir:
+        raise readers.LayoutError(mask_dir, "folder layout: mask_dir is set but abnormal_dir is not")
+    given = {"normal_dir": normal_dir, "abnormal_dir": abnormal_dir, "normal_test_dir": normal_test_dir}
+    given = {k: os.path.normpath(v) for k, v in given.items() if v}
+    if mask_dir:
+        given["mask_dir"] = os.path.normpath(mask_dir)
+    for key, folder in given.items():
+        if not os.path.isdir(folder):
+            raise readers.LayoutError(folder, f"folder layout: {key} not found")
+    by_path = {}
+    for key, folder in given.items():
+        other = by_path.setdefault(os.path.abspath(folder), key)
+        if other != key:
+            raise readers.LayoutError(folder, f"folder layout: {other} and {key} are the same folder")
+    folders = list(given.values())
+
+    def images(key: str) -> list[str]:
+        if key not in given:
+            return []
+        found = _images_under(given[key], [f for f in folders if f != given[key]])
+        if not found:
+            raise readers.LayoutError(given[key], f"folder layout: no images in {key}")
+        return found
+
+    normal = [ScanRecord(p, image_label=0) for p in images("normal_dir")]
+    normal_test = [ScanRecord(p, image_label=0) for p in images("normal_test_dir")]
+    abnormal = []
+    for path in images("abnormal_dir"):
+        mask = None
+        if mask_dir:
+            sub = os.path.relpath(os.path.dirname(path), given["abnormal_dir"])
+            mask_folder = os.path.normpath(os.path.join(given["mask_dir"], sub))
+            stem = os.path.splitext(os.path.basename(path))[0]
+            mask = _find_mask(mask_folder, stem, ["", mask_suffix])
+            if mask is None:
+                raise readers.LayoutError(
+                    path, f"no mask {stem}.png or {stem}{mask_suffix}.png (or .tif) for it in {mask_folder}"
+                )
+        abnormal.append(ScanRecord(path, mask, image_label=1))
+    return normal, normal_test, abnormal
 
 
 def mvtec_layout(root: str, mask_suffix: str = "_mask") -> tuple[list[ScanRecord], list[ScanRecord]]:
@@ -129,7 +205,7 @@ def mvtec_layout(root: str, mask_suffix: str = "_mask") -> tuple[list[ScanRecord
     if not os.path.isdir(train_dir) or not os.path.isdir(test_dir):
         raise readers.LayoutError(root, "not an MVTec AD category (need train/good and test/)")
     train = [
-        ScanRecord(os.path.join(train_dir, n), known_normal=True) for n in sorted(os.listdir(train_dir)) if _is_image(n)
+        ScanRecord(os.path.join(train_dir, n), image_label=0) for n in sorted(os.listdir(train_dir)) if _is_image(n)
     ]
     test = []
     for kind in sorted(os.listdir(test_dir)):
@@ -139,12 +215,17 @@ def mvtec_layout(root: str, mask_suffix: str = "_mask") -> tuple[list[ScanRecord
         for name in sorted(n for n in os.listdir(kind_dir) if _is_image(n)):
             path = os.path.join(kind_dir, name)
             if kind == "good":
-                test.append(ScanRecord(path, known_normal=True))
+                test.append(ScanRecord(path, image_label=0))
                 continue
-            mask = _find_mask(os.path.join(root, "ground_truth", kind), os.path.splitext(name)[0], mask_suffix)
+            truth_dir = os.path.join(root, "ground_truth", kind)
+            if not os.path.isdir(truth_dir):
+                # A defect type shipped without masks: image labels only.
+                test.append(ScanRecord(path, image_label=1))
+                continue
+            mask = _find_mask(truth_dir, os.path.splitext(name)[0], [mask_suffix])
             if mask is None:
                 raise readers.LayoutError(path, f"no ground-truth mask in ground_truth/{kind}/")
-            test.append(ScanRecord(path, mask))
+            test.append(ScanRecord(path, mask, image_label=1))
     if not train:
         raise readers.EmptySplitError(train_dir, "no training images")
     if not test:

@@ -23,6 +23,8 @@ from collections.abc import Iterator
 import grain
 import numpy as np
 
+from xray_flax import files
+from xray_flax.data import config as data_config_lib
 from xray_flax.data import layouts, readers, simulate, tiling
 from xray_flax.data.layouts import ScanRecord
 
@@ -62,6 +64,49 @@ class Splits:
         )
 
 
+def _val_test(records, fractions, seed):
+    """(val, test): `records` split by image by the val:test ratio of `fractions` (train,
+    val, test); all to test, in their order, when the val fraction is 0."""
+    _, f_val, f_test = fractions
+    if f_val > 0:
+        return layouts.split_by_image(records, (f_val, f_test), seed)
+    return [], list(records)
+
+
+def _folder_dirs(data_config) -> dict:
+    """`config.data.folder` with every key (the config.json of a run from before the section
+    has none)."""
+    dirs = data_config_lib.defaults().folder.to_dict()
+    dirs.update(data_config.get("folder", {}))
+    return dirs
+
+
+def _folder_records(data_config, root: str, fractions, seed):
+    """(train, val, test) of the folder layout with `config.data.folder` dirs (see config.py)."""
+    dirs = _folder_dirs(data_config)
+
+    def resolve(path: str) -> str:
+        path = os.path.expanduser(path)
+        return os.path.join(root, path) if path and root and not os.path.isabs(path) else path
+
+    normal, normal_test, abnormal = layouts.folder_layout(
+        resolve(dirs["normal_dir"]),
+        abnormal_dir=resolve(dirs["abnormal_dir"]),
+        normal_test_dir=resolve(dirs["normal_test_dir"]),
+        mask_dir=resolve(dirs["mask_dir"]),
+        mask_suffix=data_config.mask_suffix,
+    )
+    if dirs["normal_test_dir"]:
+        # The test normals are given: normal_dir only feeds train and val, by their ratio.
+        train, val = layouts.split_by_image(normal, fractions[:2], seed)
+        test = normal_test
+    else:
+        train, val, test = layouts.split_by_image(normal, fractions, seed)
+    # Anomalous images never train.
+    val_abnormal, test_abnormal = _val_test(abnormal, fractions, seed)
+    return train, val + val_abnormal, test + test_abnormal
+
+
 def _resolve_records(data_config):
     """(train, val, test) scan records and the root folder for the configured source."""
     source = data_config.source
@@ -72,22 +117,39 @@ def _resolve_records(data_config):
         records = layouts.scans_layout(root, mask_suffix="_mask")
         return (*layouts.split_by_image(records, fractions, seed), root)
     root = os.path.expanduser(data_config.root)
+    if source == "folder" and _folder_dirs(data_config)["normal_dir"]:
+        return (*_folder_records(data_config, root, fractions, seed), root)
     if not root:
         raise readers.LayoutError("<config.data.root>", f"source {source!r} needs config.data.root")
     if source == "scans":
         records = layouts.scans_layout(root, labels_csv=data_config.labels_csv, mask_suffix=data_config.mask_suffix)
         return (*layouts.split_by_image(records, fractions, seed), root)
     if source == "folder":
-        records = layouts.folder_layout(root)
-        return (*layouts.split_by_image(records, fractions, seed), root)
+        if any(_folder_dirs(data_config).values()):
+            raise readers.LayoutError(
+                "<config.data.folder.normal_dir>", "the folder layout needs normal_dir when other folder dirs are set"
+            )
+        # Only a root: every image below it is normal (configs from before config.data.folder).
+        normal, _, _ = layouts.folder_layout(root)
+        return (*layouts.split_by_image(normal, fractions, seed), root)
     if source == "mvtec":
         train, test_pool = layouts.mvtec_layout(root, data_config.mask_suffix)
         # MVTec's own train/test partition is kept; its test images are split by image into
         # val and test with the val:test ratio of split_fractions.
-        _, f_val, f_test = fractions
-        val, test = layouts.split_by_image(test_pool, (f_val, f_test), seed) if f_val > 0 else ([], test_pool)
+        val, test = _val_test(test_pool, fractions, seed)
         return train, val, test, root
     raise ValueError(f"unknown data source {source!r}")
+
+
+def _stored_splits(path: str) -> dict | None:
+    """An existing splits.json as Splits.to_json() writes it now (a file from before
+    image_label, with known_normal, compares equal), or None when it is not one."""
+    with open(path) as f:
+        stored = json.load(f)
+    try:
+        return Splits.from_json(stored).to_json()
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def prepare_splits(data_config, workdir: str | None) -> Splits:
@@ -110,22 +172,19 @@ def prepare_splits(data_config, workdir: str | None) -> Splits:
             )
     names = {n: {r.path for r in splits.get(n)} for n in SPLIT_NAMES}
     assert not (names["train"] & names["val"] or names["train"] & names["test"] or names["val"] & names["test"])
+    anomalous = [r.path for r in splits.train if r.image_label == 1]
+    if anomalous:
+        # DRAEM learns "normal" from the train split. The layouts never put anomalous images
+        # there; their unknown (-1) tiles would otherwise be trained on with train_on_unlabelled.
+        raise readers.LayoutError(anomalous[0], "an anomalous image (image_label 1) is in the train split")
     if workdir:
         os.makedirs(workdir, exist_ok=True)
         path = os.path.join(workdir, "splits.json")
         new = splits.to_json()
-        if os.path.isfile(path):
-            with open(path) as f:
-                if json.load(f) != new:
-                    logging.warning(
-                        "%s differs from the split computed now (data or config changed); overwriting it", path
-                    )
-        # Every process of a multi-host run writes the same file: a tmp name of its own each,
-        # then an atomic rename.
-        tmp = f"{path}.{os.getpid()}.tmp"
-        with open(tmp, "w") as f:
-            json.dump(new, f, indent=1)
-        os.replace(tmp, path)
+        if os.path.isfile(path) and _stored_splits(path) != new:
+            logging.warning("%s differs from the split computed now (data or config changed); overwriting it", path)
+        # Every process of a multi-host run writes the same file.
+        files.write_text_atomic(path, json.dumps(new, indent=1))
     return splits
 
 
@@ -142,7 +201,7 @@ def _table_key(records, data_config):
     cfg = tuple(str(data_config[k]) for k in _TABLE_FIELDS)
     cfg += (str(tuple(data_config.percentiles)), str(data_config.background.to_dict()))
     files = tuple(
-        (r.path, r.mask_path, r.patch_labels, r.known_normal, os.path.getmtime(r.path) if os.path.exists(r.path) else 0)
+        (r.path, r.mask_path, r.patch_labels, r.image_label, os.path.getmtime(r.path) if os.path.exists(r.path) else 0)
         for r in records
     )
     return (cfg, files)
@@ -262,4 +321,52 @@ def iterate_eval_batches(splits: Splits, split: str, data_config, *, batch_size:
     if len(source) == 0:
         return iter(())
     ds = grain.MapDataset.source(source).batch(batch_size, drop_remainder=False)
+    return iter(_to_iter_dataset(ds, data_config))
+
+
+# ------------------------------------------------------------------------------------------
+# One finite pass over the training tiles (fit-kind detectors).
+
+
+def count_training_tiles(splits: Splits, data_config) -> int:
+    """Clean normal tiles of the train split (what training and fitting see)."""
+    return len(_source(splits, "train", data_config, train=True))
+
+
+class _PaddedTiles:
+    """The training tiles, then zero images with valid = 0 up to a whole number of global batches."""
+
+    def __init__(self, source, total: int, image_shape: tuple[int, ...]):
+        self.source, self.n, self.total, self.image_shape = source, len(source), total, image_shape
+
+    def __len__(self):
+        return self.total
+
+    def __getitem__(self, index: int) -> dict:
+        if index < self.n:
+            return {"image": self.source[index]["image"], "valid": np.float32(1.0)}
+        return {"image": np.zeros(self.image_shape, np.float32), "valid": np.float32(0.0)}
+
+
+def iterate_fit_batches(
+    splits: Splits, data_config, *, batch_size: int, process_index: int = 0, process_count: int = 1
+) -> Iterator[dict]:
+    """Every clean normal training tile once, in a fixed order, as {'image', 'valid'} batches.
+
+    Every batch has `batch_size` rows per process (one compilation): the last global batch is
+    padded with zero images whose `valid` is 0. Process p of P takes the p-th contiguous chunk
+    of every global batch, as the train iterator does, so all processes see the same number of
+    batches and the global batches do not depend on P.
+    """
+    source = _source(splits, "train", data_config, train=True)
+    if len(source) == 0:
+        raise readers.EmptySplitError(
+            splits.root or "<data>", "the train split has no normal tiles (all background, anomalous or unlabelled)"
+        )
+    shape = (data_config.patch_size, data_config.patch_size, data_config.channels)
+    global_batch = batch_size * process_count
+    total = -(-len(source) // global_batch) * global_batch
+    ds = grain.MapDataset.source(_PaddedTiles(source, total, shape)).batch(batch_size, drop_remainder=True)
+    if process_count > 1:
+        ds = ds[process_index::process_count]
     return iter(_to_iter_dataset(ds, data_config))

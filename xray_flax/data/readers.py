@@ -101,24 +101,36 @@ def normalize(raw: np.ndarray, scale_lo: float, scale_hi: float) -> np.ndarray:
 
 class ScanReader:
     """Region access to one scan. Subclasses implement `_read_raw(y0, x0, y1, x1)` for an
-    in-bounds window, returning the stored integer samples [h, w, c_stored]."""
+    in-bounds window, returning the stored samples [h, w, c_stored].
+
+    `bit_depth` None means the samples are already values on their final scale (an in-memory
+    float image): `read_region` returns them as stored, so `channels` must equal the stored
+    channels and `normalization` must be None."""
 
     def __init__(
         self, path, height, width, stored_channels, bit_depth, channels, normalization, percentiles, rgb_to_gray
     ):
-        if channels not in (1, 3):
-            raise UnsupportedImageError(path, f"channels must be 1 or 3, got {channels}")
-        if normalization not in ("bit_depth", "percentile"):
-            raise ValueError(f"unknown normalization {normalization!r}")
+        if bit_depth is None:
+            if channels not in (None, stored_channels) or normalization is not None:
+                raise ValueError(
+                    f"{path}: samples without a bit depth are returned as stored: channels must be "
+                    f"{stored_channels} (or None) and normalization None, got {channels}, {normalization!r}"
+                )
+            channels = stored_channels
+        else:
+            if channels not in (1, 3):
+                raise UnsupportedImageError(path, f"channels must be 1 or 3, got {channels}")
+            if normalization not in ("bit_depth", "percentile"):
+                raise ValueError(f"unknown normalization {normalization!r}")
         self.path = str(path)
         self.height = int(height)
         self.width = int(width)
         self.stored_channels = int(stored_channels)
-        self.bit_depth = int(bit_depth)
+        self.bit_depth = None if bit_depth is None else int(bit_depth)
         self.channels = int(channels)
         self.normalization = normalization
         self.rgb_to_gray = rgb_to_gray
-        self._scale = (0.0, float(2**self.bit_depth - 1))
+        self._scale = None if bit_depth is None else (0.0, float(2**self.bit_depth - 1))
         if normalization == "percentile":
             self._scale = self._percentile_scale(percentiles)
 
@@ -142,8 +154,11 @@ class ScanReader:
         return out
 
     def read_region(self, y: int, x: int, h: int, w: int) -> np.ndarray:
-        """float32 [h, w, channels] in [0, 1]; zeros where the window leaves the image."""
+        """float32 [h, w, channels] in [0, 1] (as stored when bit_depth is None); zeros where the
+        window leaves the image."""
         raw = self.read_raw_region(y, x, h, w)
+        if self.bit_depth is None:
+            return raw.astype(np.float32, copy=False)
         inside = np.zeros((h, w), bool)
         inside[max(-y, 0) : max(min(self.height - y, h), 0), max(-x, 0) : max(min(self.width - x, w), 0)] = True
         pixels = to_channels(normalize(raw, *self._scale), self.channels, self.rgb_to_gray)
@@ -172,14 +187,36 @@ class ScanReader:
 
 
 class ArrayScanReader(ScanReader):
-    """A scan decoded into memory (PNG and other whole-file formats)."""
+    """An image held in memory, [H, W] or [H, W, C], read region by region with zeros outside.
 
-    def __init__(self, path, array, bit_depth, **kw):
+    * With `bit_depth` (a decoded PNG or other whole-file format, from `open_scan`): integer
+      samples, normalised and converted to `channels` like every other scan.
+    * Without (`bit_depth=None`, the default): values already on their final scale (test
+      images, a scan decoded elsewhere, tiles in reports), returned as float32 exactly as
+      stored, with all their channels.
+    """
+
+    def __init__(
+        self,
+        array,
+        bit_depth: int | None = None,
+        *,
+        path="<array>",
+        channels: int | None = None,
+        normalization: str | None = None,
+        percentiles: Sequence[float] = (0.5, 99.5),
+        rgb_to_gray: str = "luminance",
+    ):
+        array = np.asarray(array)
         if array.ndim == 2:
             array = array[..., None]
+        if array.ndim != 3:
+            raise ValueError(f"{path}: array must be [H, W] or [H, W, C], got {array.shape}")
         self._array = array
         self._dtype = array.dtype
-        super().__init__(path, array.shape[0], array.shape[1], array.shape[2], bit_depth, **kw)
+        super().__init__(
+            path, *array.shape, bit_depth, channels, normalization, percentiles=percentiles, rgb_to_gray=rgb_to_gray
+        )
 
     def _read_raw(self, y0, x0, y1, x1):
         return self._array[y0:y1, x0:x1]
@@ -399,23 +436,7 @@ def open_scan(
     array, bits = _cached_decode(path, png_cache_images)
     if array.ndim == 3 and array.shape[-1] not in (1, 2, 3, 4):
         raise UnsupportedImageError(path, f"unsupported channel count {array.shape[-1]}")
-    return ArrayScanReader(path, array, bits, **kw)
-
-
-def image_size(path) -> tuple[int, int]:
-    """(height, width) without decoding pixels where the format allows it."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise UnreadableImageError(path, "file not found")
-    if path.lower().endswith(TIFF_SUFFIXES):
-        reader = open_scan(path)
-        reader.close()
-        return reader.height, reader.width
-    try:
-        with Image.open(path) as im:
-            return im.height, im.width
-    except Exception as e:
-        raise UnreadableImageError(path, f"cannot decode image ({e})") from e
+    return ArrayScanReader(array, bits, path=path, **kw)
 
 
 def read_mask(path, expected_hw) -> np.ndarray:

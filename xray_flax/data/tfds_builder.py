@@ -32,6 +32,7 @@ import os
 
 import numpy as np
 
+from xray_flax import files
 from xray_flax.data import readers, tiling
 
 VERSION = "1.0.0"
@@ -152,12 +153,15 @@ def build_tfds(data_config, data_dir: str | None = None) -> str:
     if os.path.isfile(index_path):
         # TFDS silently reuses a prepared dataset; refuse one built from other data or tiling.
         with open(index_path) as f:
-            if json.load(f) != index:
-                raise readers.DataError(
-                    out,
-                    "a dataset built from other splits or tiling settings is "
-                    "already here; delete it or set config.data.tfds.name",
-                )
+            stored = json.load(f)
+        # Through Splits, so that an index written before image_label (known_normal) compares equal.
+        stored["splits"] = json.loads(json.dumps(pipeline.Splits.from_json(stored["splits"]).to_json()))
+        if stored != index:
+            raise readers.DataError(
+                out,
+                "a dataset built from other splits or tiling settings is "
+                "already here; delete it or set config.data.tfds.name",
+            )
         return out
     builder = _make_builder_class()(
         data_config=data_config, splits=splits, data_dir=data_dir, file_format="array_record"
@@ -174,8 +178,8 @@ def build_tfds(data_config, data_dir: str | None = None) -> str:
                 label=t.label,
                 masked=t.masked,
             )
-    with open(index_path, "w") as f:  # written last: marks the dataset complete
-        json.dump(index, f, indent=1)
+    # Written last, atomically: a whole index marks the dataset complete.
+    files.write_text_atomic(index_path, json.dumps(index, indent=1))
     return out
 
 

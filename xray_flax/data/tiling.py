@@ -129,6 +129,19 @@ def reader_options(data_config) -> dict:
     )
 
 
+def _unmasked_tile_label(image_label: int | None, n_tiles: int, height: int, width: int, patch: int) -> int:
+    """Label of every tile of an image without a mask or CSV rows, from its image label.
+
+    A normal image's tiles are all normal. Of an anomalous image's tiles only a lone tile
+    that spans the whole image surely holds the defect (with border='drop' a single tile may
+    miss the dropped strip); for several tiles, which of them do is unknown."""
+    if image_label == 0:
+        return LABEL_NORMAL
+    if image_label == 1 and n_tiles == 1 and height <= patch and width <= patch:
+        return LABEL_ANOMALOUS
+    return LABEL_UNKNOWN
+
+
 def scan_tiles(scan, scan_index: int, data_config) -> TileTable:
     """The tiles of one scan record (see pipeline.ScanRecord) with labels."""
     patch = int(data_config.patch_size)
@@ -150,6 +163,8 @@ def scan_tiles(scan, scan_index: int, data_config) -> TileTable:
             masked = masked_fractions(mask, ys, xs, patch) if mask is not None else np.zeros(len(xs))
         else:
             ys, xs = grid_positions(h, w, patch, int(data_config.stride), data_config.border)
+            # Counted before the background rule: a skipped tile still held part of the image.
+            unmasked_label = _unmasked_tile_label(scan.image_label, len(ys), h, w, patch)
             bg = data_config.background
             if bg.rule != "none":
                 keep = np.asarray(
@@ -171,7 +186,7 @@ def scan_tiles(scan, scan_index: int, data_config) -> TileTable:
                 labels = np.where(masked > 0, labels, LABEL_NORMAL)
             else:
                 masked = np.zeros(len(ys))
-                labels = np.full(len(ys), LABEL_NORMAL if scan.known_normal else LABEL_UNKNOWN)
+                labels = np.full(len(ys), unmasked_label)
     finally:
         reader.close()
     n = len(ys)

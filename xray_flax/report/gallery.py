@@ -36,7 +36,7 @@ def _squeeze_map(array: np.ndarray) -> np.ndarray:
 def write_patch_gallery(
     path: str | os.PathLike,
     images: np.ndarray,
-    reconstructions: np.ndarray,
+    reconstructions: np.ndarray | None,
     maps: np.ndarray,
     masks: np.ndarray | None = None,
     max_rows: int = 8,
@@ -47,7 +47,8 @@ def write_patch_gallery(
     """Writes a PNG grid, one row per patch, and returns its (width, height).
 
     Args:
-      images, reconstructions: [N, H, W, C] in [0, 1].
+      images, reconstructions: [N, H, W, C] in [0, 1]; reconstructions None (a detector
+        without one) drops that column.
       maps: [N, H, W(, 1)] anomaly maps in [0, 1] (colour-mapped).
       masks: optional [N, H, W(, 1)] ground truth; adds a column when given.
       max_rows: the first `max_rows` patches are drawn.
@@ -55,16 +56,26 @@ def write_patch_gallery(
       cell_size: side in pixels of each drawn patch.
     """
     n = len(images)
-    if len(reconstructions) != n or len(maps) != n or (masks is not None and len(masks) != n):
+    if (
+        (reconstructions is not None and len(reconstructions) != n)
+        or len(maps) != n
+        or (masks is not None and len(masks) != n)
+    ):
         raise ValueError(
-            f"images ({n}), reconstructions ({len(reconstructions)}), maps ({len(maps)})"
+            f"images ({n}), reconstructions ({None if reconstructions is None else len(reconstructions)}), "
+            f"maps ({len(maps)})"
             + (f" and masks ({len(masks)})" if masks is not None else "")
             + " must have the same length"
         )
     if n == 0:
         raise ValueError("no patches to draw")
     rows = min(n, max_rows)
-    headers = ["input", "reconstruction", "anomaly map"] + (["ground truth"] if masks is not None else [])
+    headers = (
+        ["input"]
+        + (["reconstruction"] if reconstructions is not None else [])
+        + ["anomaly map"]
+        + (["ground truth"] if masks is not None else [])
+    )
     text = overlay.font(14)
     label_w = 0
     if row_labels is not None:
@@ -78,11 +89,10 @@ def write_patch_gallery(
         x = label_w + _GAP + column * (cell_size + _GAP) + cell_size // 2
         draw.text((x, header_h // 2), header, fill="black", font=text, anchor="mm")
     for row in range(rows):
-        cells = [
-            _rgb(images[row]),
-            _rgb(reconstructions[row]),
-            overlay.apply_colormap(_squeeze_map(maps[row]), colormap),
-        ]
+        cells = [_rgb(images[row])]
+        if reconstructions is not None:
+            cells.append(_rgb(reconstructions[row]))
+        cells.append(overlay.apply_colormap(_squeeze_map(maps[row]), colormap))
         if masks is not None:
             cells.append(_rgb(_squeeze_map(masks[row])))
         y = header_h + row * (cell_size + _GAP)

@@ -250,7 +250,7 @@ def write_scan_report(
     """Writes the HTML report of one scan.
 
     Args:
-      reader: the scan (`data.readers.ScanReader` or `stitch.ArrayReader`); read band by
+      reader: the scan (`data.readers.ScanReader`, e.g. `ArrayScanReader`); read band by
         band for the thumbnail and region by region for the crops.
       anomaly_map: full-resolution float32 [H, W] map in [0, 1] (array or memmap).
       regions: from `regions.find_regions`, best first; the first `max_regions` are shown.

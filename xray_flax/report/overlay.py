@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from xray_flax.report.stitch import ArrayReader
+from xray_flax.data.readers import ArrayScanReader
 
 COLORMAPS = ("inferno", "jet", "gray")
 
@@ -134,7 +134,7 @@ def read_thumbnail(reader, max_side: int | None = None, factor: int | None = Non
 def downsample_mean(image: np.ndarray, factor: int) -> np.ndarray:
     """float32 [ceil(H/f), ceil(W/f), C] block means of an in-memory [H, W, C] image;
     edge blocks average only their pixels inside the image."""
-    return read_thumbnail(ArrayReader(image), factor=factor)[0]
+    return read_thumbnail(ArrayScanReader(image), factor=factor)[0]
 
 
 def downsample_max(anomaly_map: np.ndarray, factor: int) -> np.ndarray:
@@ -257,7 +257,7 @@ def write_overlay_png(
     regions: Sequence = (),
 ) -> tuple[int, int]:
     """Writes the overlay of a whole scan at most `max_side` px a side; returns (w, h) of
-    the scan part. `reader` is a ScanReader (or `stitch.ArrayReader`), the map full size."""
+    the scan part. `reader` is a ScanReader (e.g. `ArrayScanReader`), the map full size."""
     if anomaly_map.shape != (reader.height, reader.width):
         raise ValueError(f"anomaly map {anomaly_map.shape} does not match the scan {(reader.height, reader.width)}")
     thumb, factor = read_thumbnail(reader, max_side)

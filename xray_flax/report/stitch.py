@@ -19,6 +19,8 @@ from typing import Protocol
 
 import numpy as np
 
+from xray_flax.data import tiling
+
 AnomalyFn = Callable[[np.ndarray], np.ndarray]
 ProgressFn = Callable[[int, int], None]
 
@@ -34,48 +36,6 @@ class ScanReaderLike(Protocol):
     channels: int
 
     def read_region(self, y: int, x: int, h: int, w: int) -> np.ndarray: ...
-
-
-class ArrayReader:
-    """`ScanReader` over an in-memory array [H, W] or [H, W, C] (tests, small images).
-
-    Values are returned as float32 as stored (no rescaling); regions outside the image are
-    zero-padded like `data.readers`.
-    """
-
-    def __init__(self, array: np.ndarray):
-        array = np.asarray(array)
-        if array.ndim == 2:
-            array = array[..., None]
-        if array.ndim != 3:
-            raise ValueError(f"array must be [H, W] or [H, W, C], got {array.shape}")
-        self.array = array
-        self.height, self.width, self.channels = array.shape
-        self.bit_depth = 32
-
-    def read_region(self, y: int, x: int, h: int, w: int) -> np.ndarray:
-        out = np.zeros((h, w, self.channels), np.float32)
-        y0, x0 = max(y, 0), max(x, 0)
-        y1, x1 = min(y + h, self.height), min(x + w, self.width)
-        if y1 > y0 and x1 > x0:
-            out[y0 - y : y1 - y, x0 - x : x1 - x] = self.array[y0:y1, x0:x1]
-        return out
-
-
-def tile_origins(length: int, patch_size: int, stride: int) -> list[int]:
-    """Tile starts along one axis: 0, stride, 2*stride, ... and a last tile flush with the
-    end, so every pixel is covered and no tile hangs over the border unless the whole axis
-    is shorter than a patch (then one tile at 0, zero-padded by the reader)."""
-    if patch_size <= 0 or stride <= 0:
-        raise ValueError(f"patch_size and stride must be positive, got {patch_size}, {stride}")
-    if stride > patch_size:
-        raise ValueError(f"stride {stride} > patch_size {patch_size} would leave gaps")
-    if length <= patch_size:
-        return [0]
-    last = length - patch_size
-    origins = list(range(0, last, stride))
-    origins.append(last)
-    return origins
 
 
 def blend_window(name: str, patch_size: int) -> np.ndarray:
@@ -162,14 +122,17 @@ def stitch_anomaly_map(
     """Anomaly map of a whole scan, float32 [H, W].
 
     Args:
-      reader: a `data.readers.ScanReader` (height, width, channels, read_region) or
-        `ArrayReader`.
+      reader: a `data.readers.ScanReader` (height, width, channels, read_region), e.g.
+        `data.readers.ArrayScanReader` over an in-memory array.
       anomaly_fn: float32 [batch_size, patch, patch, C] -> [batch_size, patch, patch]
         (or [..., 1]); always called with exactly `batch_size` tiles - the last batch is
         padded with zeros - so a jitted function compiles once. It may return a JAX array:
         the next batch is submitted before the previous result is read back, so device
         work overlaps the host's reading and blending.
-      patch_size, stride: tile side and step in pixels (stride <= patch_size).
+      patch_size, stride: tile side and step in pixels (stride <= patch_size). Tiles start at
+        0, stride, ... and the last one ends flush with the border (`data.tiling.tile_starts`
+        with border 'shift'): every pixel is covered and no tile hangs over the border unless
+        the scan is shorter than a patch (one tile at 0, zero-padded by the reader).
       window: blend window, see `blend_window`.
       progress: called as progress(tiles_done, tiles_total) after every batch.
       out: optional [H, W] float32 array (e.g. `np.memmap`) written in place and returned.
@@ -184,8 +147,11 @@ def stitch_anomaly_map(
         out = np.zeros((height, width), np.float32)
     elif out.shape != (height, width):
         raise ValueError(f"out has shape {out.shape}, the scan is {(height, width)}")
-    rows = tile_origins(height, patch_size, stride)
-    cols = tile_origins(width, patch_size, stride)
+    rows = tiling.tile_starts(height, patch_size, stride, "shift").tolist()
+    cols = tiling.tile_starts(width, patch_size, stride, "shift").tolist()
+    if stride > patch_size:
+        # tile_starts allows sparse sampling; a map needs a value for every pixel.
+        raise ValueError(f"stride {stride} > patch_size {patch_size} would leave gaps in the map")
     buffer_width = cols[-1] + patch_size
     total = len(rows) * len(cols)
     accumulator = _BandAccumulator(out, patch_size, buffer_width, blend_window(window, patch_size))

@@ -1,25 +1,38 @@
-"""Builds detectors by name from `config.model` (one entry per network family)."""
+"""DRAEM-style detector: a reconstructive network followed by a discriminative network.
+
+The discriminator sees cat(augmented image, reconstruction) and predicts two logits per pixel;
+the anomaly map is the softmax probability of the anomalous class. With the Nested U-Net and
+U-Net this is the model of Mezina et al. 2025; with DRAEM's own networks it is DRAEM.
+"""
 
 from __future__ import annotations
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import ml_collections
 
-from xray_flax.models.draem import Draem
-from xray_flax.models.draem_networks import DraemDiscriminative, DraemReconstructive
-from xray_flax.models.layers import scaled_width
-from xray_flax.models.nested_unet import NestedUNet
-from xray_flax.models.unet import UNet
-
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+from xray_flax.detectors.draem.networks import DraemDiscriminative, DraemReconstructive
+from xray_flax.nn.layers import scaled_width
+from xray_flax.nn.nested_unet import NestedUNet
+from xray_flax.nn.precision import compute_dtype
+from xray_flax.nn.unet import UNet
 
 
-def compute_dtype(name: str):
-    try:
-        return _DTYPES[name]
-    except KeyError:
-        raise ValueError(f"config.model.compute_dtype={name!r}; expected one of {sorted(_DTYPES)}") from None
+class Draem(nn.Module):
+    reconstructive: nn.Module
+    discriminative: nn.Module
+
+    def __call__(self, images: jax.Array, train: bool = False) -> tuple[jax.Array, jax.Array]:
+        """images [B, H, W, C] in [0, 1] -> (reconstruction [B, H, W, C], logits [B, H, W, 2])."""
+        reconstruction = self.reconstructive(images, train)
+        logits = self.discriminative(jnp.concatenate([images, reconstruction], axis=-1), train)
+        return reconstruction, logits
+
+
+def anomaly_probability(logits: jax.Array) -> jax.Array:
+    """Per-pixel probability of the anomalous class, [B, H, W]."""
+    return jax.nn.softmax(logits, axis=-1)[..., 1]
 
 
 def _widths(base: tuple[int, ...], levels: int, multiplier: float) -> tuple[int, ...]:
@@ -61,14 +74,15 @@ def build_discriminative(cfg: ml_collections.ConfigDict) -> nn.Module:
         )
     if cfg.discriminative == "draem":
         return DraemDiscriminative(
-            out_channels=2, base_width=scaled_width(64, cfg.width_multiplier), init_scheme=cfg.init_scheme, dtype=dtype
+            out_channels=2,
+            base_width=scaled_width(64, cfg.width_multiplier),
+            init_scheme=cfg.init_scheme,
+            dtype=dtype,
         )
     raise ValueError(f"config.model.discriminative={cfg.discriminative!r}; expected 'unet' or 'draem'")
 
 
 def build_model(cfg: ml_collections.ConfigDict, channels: int) -> Draem:
-    if cfg.name != "draem":
-        raise ValueError(f"config.model.name={cfg.name!r}; available detectors: ['draem']")
     return Draem(build_reconstructive(cfg, channels), build_discriminative(cfg))
 
 

@@ -28,8 +28,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from xray_flax.anomaly import augment, perlin
-from xray_flax.anomaly import textures as textures_lib
+from xray_flax.synthesis import augment, perlin
+from xray_flax.synthesis import textures as textures_lib
 
 SOURCES = ("dtd", "procedural", "batch")
 BLENDS = ("paper", "draem")
@@ -40,7 +40,7 @@ BATCH_MODES = ("auto", "map", "vmap")
 class SynthesisSpec:
     """Static description of the generator (hashable: a static jit argument).
 
-    Build it with `SynthesisSpec.from_config(config.anomaly, channels)`; field
+    Build it with `SynthesisSpec.from_config(config.synthesis, channels)`; field
     meanings are documented in anomaly/config.py.
     """
 
@@ -94,8 +94,8 @@ class SynthesisSpec:
             raise ValueError(f"batch_mode must be one of {BATCH_MODES}")
 
     @classmethod
-    def from_config(cls, anomaly_config: ml_collections.ConfigDict, channels: int) -> "SynthesisSpec":
-        c = anomaly_config
+    def from_config(cls, synthesis_config: ml_collections.ConfigDict, channels: int) -> "SynthesisSpec":
+        c = synthesis_config
         weights = {name: float(c.texture_sources[name]) for name in SOURCES}
         if not c.dtd_root:
             weights["dtd"] = 0.0  # no bank: the placeholder must never be drawn

@@ -13,7 +13,7 @@ from PIL import Image, ImageEnhance, ImageOps
 from skimage import color, exposure, util
 from skimage import data as skdata
 
-from xray_flax.anomaly import augment
+from xray_flax.synthesis import augment
 
 LEVEL = 1.0 / 255.0
 # A real photograph (scikit-image's camera, 128x128 grey) and an RGB one.

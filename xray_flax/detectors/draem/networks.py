@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from xray_flax.models.layers import ConvBNAct, DoubleConv, Dtype, conv_kernel_init, max_pool2, upsample2x
+from xray_flax.nn.layers import ConvBNAct, DoubleConv, Dtype, conv_kernel_init, max_pool2, upsample2x
 
 
 def _final_conv(features: int, init: str, dtype: Dtype, name: str) -> nn.Conv:

@@ -1,6 +1,6 @@
 """A PNG gallery of synthetic anomalies, for a person to look at.
 
-    python -m xray_flax.anomaly.gallery --out DIR [--dtd_root ROOT]
+    python -m xray_flax.synthesis.gallery --out DIR [--dtd_root ROOT]
         [--patch_size 256] [--channels 1] [--seed 0] [--images FOLDER]
 
 Writes DIR/synthesis_gallery.png: 16 samples, each as three tiles --
@@ -25,8 +25,8 @@ import jax
 import numpy as np
 from PIL import Image, ImageDraw
 
-from xray_flax.anomaly import config as config_lib
-from xray_flax.anomaly import synthesize, textures
+from xray_flax.synthesis import config as config_lib
+from xray_flax.synthesis import synthesize, textures
 
 SAMPLES = 16
 SAMPLES_PER_ROW = 4

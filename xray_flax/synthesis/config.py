@@ -1,4 +1,4 @@
-"""Defaults for `config.anomaly`: the synthetic-anomaly generator (DRAEM style).
+"""Defaults for `config.synthesis`: the synthetic-anomaly generator (DRAEM style).
 
 Every field says what it controls and where its default comes from:
   [DRAEM code]  VitjanZ/DRAEM, data_loader.py (MVTecDRAEMTrainDataset)
@@ -10,7 +10,7 @@ import ml_collections
 
 
 def defaults() -> ml_collections.ConfigDict:
-    """Returns the `config.anomaly` section with documented defaults."""
+    """Returns the `config.synthesis` section with documented defaults."""
     c = ml_collections.ConfigDict()
 
     # --- Perlin mask -------------------------------------------------------

@@ -9,7 +9,7 @@ import pytest
 import scipy.ndimage
 import scipy.stats
 
-from xray_flax.anomaly import perlin
+from xray_flax.synthesis import perlin
 
 
 def numpy_perlin_draem(shape, res, gradients):
@@ -163,7 +163,7 @@ def _numpy_draem_mask_area(rng, size):
 
 
 def test_mask_area_distribution_is_stable_and_matches_draem():
-    # docs/anomaly_synthesis.md: at 64x64 over 4000 keys, mean area 0.040,
+    # docs/synthesis.md: at 64x64 over 4000 keys, mean area 0.040,
     # median 0.034, p90 0.067, empty masks 4.8%. 1200 keys here: the bands
     # below are about 4 standard errors wide.
     size, count = 64, 1200

@@ -16,7 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from xray_flax.models.layers import DoubleConv, Dtype, conv_kernel_init, max_pool2, upsample2x
+from xray_flax.nn.layers import DoubleConv, Dtype, conv_kernel_init, max_pool2, upsample2x
 
 
 class NestedUNet(nn.Module):

@@ -17,7 +17,8 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
-from xray_flax.anomaly import perlin
+from xray_flax.synthesis import perlin
+from xray_flax.synthesis.augment import _between
 
 PROCEDURAL_KINDS = ("fractal", "stripes", "blobs", "fibres")
 
@@ -78,7 +79,7 @@ def _read_texture(path: pathlib.Path, patch_size: int, channels: int) -> np.ndar
     return array
 
 
-def load_texture_bank(anomaly_config: ml_collections.ConfigDict, patch_size: int, channels: int) -> np.ndarray:
+def load_texture_bank(synthesis_config: ml_collections.ConfigDict, patch_size: int, channels: int) -> np.ndarray:
     """Texture bank float32 [N, patch, patch, channels] in [0, 1].
 
     With `dtd_root` empty, returns a single mid-grey placeholder (N = 1); the
@@ -92,7 +93,7 @@ def load_texture_bank(anomaly_config: ml_collections.ConfigDict, patch_size: int
     """
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels}")
-    root = anomaly_config.dtd_root
+    root = synthesis_config.dtd_root
     if not root:
         return np.full((1, patch_size, patch_size, channels), PLACEHOLDER_VALUE, np.float32)
     paths = dtd_image_paths(root)
@@ -100,7 +101,7 @@ def load_texture_bank(anomaly_config: ml_collections.ConfigDict, patch_size: int
         raise FileNotFoundError(
             f"No texture images found: expected {root}/images/<category>/*.jpg (DTD layout) under dtd_root={root!r}."
         )
-    chosen = choose_texture_paths(paths, anomaly_config.max_textures, anomaly_config.texture_seed)
+    chosen = choose_texture_paths(paths, synthesis_config.max_textures, synthesis_config.texture_seed)
     bank = np.empty((len(chosen), patch_size, patch_size, channels), np.float32)
     for i, path in enumerate(chosen):
         bank[i] = _read_texture(path, patch_size, channels)
@@ -137,10 +138,6 @@ def _draws(key: jax.Array, count: int, lattices: Sequence[int] = ()):
     pieces = jnp.split(u, np.cumsum(sizes)[:-1])
     gradients = [perlin.gradients_from_uniform(p.reshape(side, side)) for p, side in zip(pieces[1:], lattices)]
     return pieces[0], gradients
-
-
-def _between(u: jax.Array, lo: float, hi: float) -> jax.Array:
-    return lo + (hi - lo) * u
 
 
 def fractal_noise(key: jax.Array, shape: Sequence[int], octaves: int = 4) -> jax.Array:

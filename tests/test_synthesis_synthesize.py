@@ -10,8 +10,8 @@ import pytest
 import scipy.ndimage
 from PIL import Image
 
-from xray_flax import anomaly
-from xray_flax.anomaly import synthesize, textures
+from xray_flax import synthesis
+from xray_flax.synthesis import synthesize, textures
 
 SIZE = 64
 DTD_ROOT = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "dtd"
@@ -19,7 +19,7 @@ needs_dtd = pytest.mark.skipif(not (DTD_ROOT / "images").is_dir(), reason=f"real
 
 
 def _config(**overrides):
-    cfg = anomaly.defaults()
+    cfg = synthesis.defaults()
     for name, value in overrides.items():
         if name == "texture_sources":
             cfg.texture_sources.update(value)
@@ -57,9 +57,9 @@ def _check_outputs(out, images):
 
 def test_bank_without_dtd_is_one_placeholder_never_drawn():
     cfg = _config()
-    bank = anomaly.load_texture_bank(cfg, SIZE, 1)
+    bank = synthesis.load_texture_bank(cfg, SIZE, 1)
     assert bank.shape == (1, SIZE, SIZE, 1) and bank.dtype == np.float32
-    spec = anomaly.SynthesisSpec.from_config(cfg, 1)
+    spec = synthesis.SynthesisSpec.from_config(cfg, 1)
     assert spec.source_weights[0] == 0.0
     assert sum(spec.source_weights) == pytest.approx(1.0)
 
@@ -68,7 +68,7 @@ def test_bank_without_dtd_is_one_placeholder_never_drawn():
 @pytest.mark.parametrize("channels", [1, 3])
 def test_bank_from_real_dtd(channels):
     cfg = _config(dtd_root=str(DTD_ROOT), max_textures=12)
-    bank = anomaly.load_texture_bank(cfg, SIZE, channels)
+    bank = synthesis.load_texture_bank(cfg, SIZE, channels)
     assert bank.shape == (12, SIZE, SIZE, channels)
     assert bank.dtype == np.float32
     assert bank.min() >= 0.0 and bank.max() <= 1.0
@@ -87,19 +87,19 @@ def test_bank_from_real_dtd(channels):
 @needs_dtd
 def test_bank_takes_all_images_when_cap_is_large():
     cfg = _config(dtd_root=str(DTD_ROOT), max_textures=1000)
-    assert anomaly.load_texture_bank(cfg, 16, 1).shape[0] == len(textures.dtd_image_paths(str(DTD_ROOT)))
+    assert synthesis.load_texture_bank(cfg, 16, 1).shape[0] == len(textures.dtd_image_paths(str(DTD_ROOT)))
 
 
 def test_bank_errors_name_the_folder_and_the_file(tmp_path):
     empty = tmp_path / "empty_dtd"
     (empty / "images" / "banded").mkdir(parents=True)
     with pytest.raises(FileNotFoundError, match="empty_dtd"):
-        anomaly.load_texture_bank(_config(dtd_root=str(empty)), SIZE, 1)
+        synthesis.load_texture_bank(_config(dtd_root=str(empty)), SIZE, 1)
     broken = tmp_path / "broken_dtd"
     (broken / "images" / "cracked").mkdir(parents=True)
     (broken / "images" / "cracked" / "cracked_0001.jpg").write_bytes(b"no jpeg")
     with pytest.raises(ValueError, match="cracked_0001.jpg"):
-        anomaly.load_texture_bank(_config(dtd_root=str(broken)), SIZE, 1)
+        synthesis.load_texture_bank(_config(dtd_root=str(broken)), SIZE, 1)
 
 
 # ---------------------------------------------------------------------------
@@ -124,22 +124,22 @@ def test_procedural_textures_are_varied_and_in_range(kind):
 
 
 def test_spec_from_config_and_validation():
-    spec = anomaly.SynthesisSpec.from_config(_config(dtd_root="/x"), 1)
+    spec = synthesis.SynthesisSpec.from_config(_config(dtd_root="/x"), 1)
     assert spec.source_weights == pytest.approx((0.5, 0.3, 0.2))
     assert "hue_saturation" not in spec.augmentations
-    assert "hue_saturation" in anomaly.SynthesisSpec.from_config(_config(), 3).augmentations
-    assert hash(spec) == hash(anomaly.SynthesisSpec.from_config(_config(dtd_root="/x"), 1))
+    assert "hue_saturation" in synthesis.SynthesisSpec.from_config(_config(), 3).augmentations
+    assert hash(spec) == hash(synthesis.SynthesisSpec.from_config(_config(dtd_root="/x"), 1))
     with pytest.raises(ValueError, match="blend"):
-        anomaly.SynthesisSpec.from_config(_config(blend="mix"), 1)
+        synthesis.SynthesisSpec.from_config(_config(blend="mix"), 1)
     with pytest.raises(ValueError, match="No texture source"):
-        anomaly.SynthesisSpec.from_config(_config(texture_sources=dict(dtd=1.0, procedural=0.0, batch=0.0)), 1)
+        synthesis.SynthesisSpec.from_config(_config(texture_sources=dict(dtd=1.0, procedural=0.0, batch=0.0)), 1)
     with pytest.raises(ValueError, match="num_augmentations"):
-        anomaly.SynthesisSpec.from_config(_config(augmentations=("gamma", "invert")), 1)
+        synthesis.SynthesisSpec.from_config(_config(augmentations=("gamma", "invert")), 1)
     with pytest.raises(ValueError, match="channels"):
-        anomaly.SynthesisSpec.from_config(_config(), 2)
-    assert "hue_saturation" not in anomaly.SynthesisSpec(channels=1).augmentations
+        synthesis.SynthesisSpec.from_config(_config(), 2)
+    assert "hue_saturation" not in synthesis.SynthesisSpec(channels=1).augmentations
     with pytest.raises(ValueError, match="procedural_kinds"):
-        anomaly.SynthesisSpec.from_config(_config(procedural_kinds=("plaid",)), 1)
+        synthesis.SynthesisSpec.from_config(_config(procedural_kinds=("plaid",)), 1)
 
 
 # ---------------------------------------------------------------------------
@@ -148,10 +148,10 @@ def test_spec_from_config_and_validation():
 
 @pytest.fixture(scope="module")
 def default_run():
-    spec = anomaly.SynthesisSpec.from_config(_config(), 1)
-    bank = anomaly.load_texture_bank(_config(), SIZE, 1)
+    spec = synthesis.SynthesisSpec.from_config(_config(), 1)
+    bank = synthesis.load_texture_bank(_config(), SIZE, 1)
     images = _images(16, 1)
-    outs = [anomaly.synthesize_batch(jax.random.key(k), images, bank, spec) for k in range(6)]
+    outs = [synthesis.synthesize_batch(jax.random.key(k), images, bank, spec) for k in range(6)]
     return spec, bank, images, outs
 
 
@@ -163,13 +163,13 @@ def test_batch_16_outputs_and_mask_agreement(default_run):
 
 def test_deterministic_under_fixed_key_and_key_matters(default_run):
     spec, bank, images, outs = default_run
-    again = anomaly.synthesize_batch(jax.random.key(0), images, bank, spec)
+    again = synthesis.synthesize_batch(jax.random.key(0), images, bank, spec)
     for name in again:
         np.testing.assert_array_equal(np.asarray(again[name]), np.asarray(outs[0][name]))
     assert not np.array_equal(np.asarray(outs[0]["mask"]), np.asarray(outs[1]["mask"]))
 
 
-def test_anomaly_rate_follows_probability(default_run):
+def test_synthesis_rate_follows_probability(default_run):
     # p = 0.5 and ~5% of Perlin masks are empty: expected rate ~0.475.
     _, _, _, outs = default_run
     rate = np.mean([np.asarray(o["has_anomaly"]) for o in outs])
@@ -178,7 +178,7 @@ def test_anomaly_rate_follows_probability(default_run):
 
 def test_vmap_mode_equals_map_mode(default_run):
     spec, bank, images, outs = default_run
-    vmapped = anomaly.synthesize_batch(jax.random.key(0), images, bank, dataclasses.replace(spec, batch_mode="vmap"))
+    vmapped = synthesis.synthesize_batch(jax.random.key(0), images, bank, dataclasses.replace(spec, batch_mode="vmap"))
     for name in vmapped:
         np.testing.assert_allclose(np.asarray(vmapped[name]), np.asarray(outs[0][name]), atol=1e-5)
 
@@ -192,11 +192,11 @@ def test_runs_inside_an_outer_jit_with_spec_static():
 
     @jax.jit
     def train_step_like(key, images):
-        out = anomaly.synthesize_batch(key, images, bank, spec)
+        out = synthesis.synthesize_batch(key, images, bank, spec)
         return out["image"].mean(), out
 
     _, out = train_step_like(jax.random.key(0), images)
-    direct = anomaly.synthesize_batch(jax.random.key(0), images, bank, spec)
+    direct = synthesis.synthesize_batch(jax.random.key(0), images, bank, spec)
     np.testing.assert_array_equal(np.asarray(out["mask"]), np.asarray(direct["mask"]))
     np.testing.assert_allclose(np.asarray(out["image"]), np.asarray(direct["image"]), atol=1e-6)
 
@@ -204,21 +204,21 @@ def test_runs_inside_an_outer_jit_with_spec_static():
 @needs_dtd
 def test_batch_1_rgb_with_real_dtd_bank_under_vmap():
     cfg = _config(dtd_root=str(DTD_ROOT), max_textures=8, batch_mode="vmap")
-    spec = anomaly.SynthesisSpec.from_config(cfg, 3)
-    bank = anomaly.load_texture_bank(cfg, SIZE, 3)
+    spec = synthesis.SynthesisSpec.from_config(cfg, 3)
+    bank = synthesis.load_texture_bank(cfg, SIZE, 3)
     images = _images(1, 3)
     seen = 0.0
     for k in range(4):
-        out = anomaly.synthesize_batch(jax.random.key(k), images, bank, spec)
+        out = synthesis.synthesize_batch(jax.random.key(k), images, bank, spec)
         _check_outputs(out, images)
         seen += float(out["has_anomaly"][0])
     assert seen >= 1
 
 
 def test_bank_must_match_images():
-    spec = anomaly.SynthesisSpec.from_config(_config(dtd_root="/x"), 1)
+    spec = synthesis.SynthesisSpec.from_config(_config(dtd_root="/x"), 1)
     with pytest.raises(ValueError, match="patch size"):
-        anomaly.synthesize_batch(jax.random.key(0), _images(2, 1), np.zeros((3, 32, 32, 1), np.float32), spec)
+        synthesis.synthesize_batch(jax.random.key(0), _images(2, 1), np.zeros((3, 32, 32, 1), np.float32), spec)
 
 
 # ---------------------------------------------------------------------------
@@ -227,7 +227,7 @@ def test_bank_must_match_images():
 
 
 def _probe_spec(**overrides):
-    base = anomaly.SynthesisSpec.from_config(_config(dtd_root="/x"), 1)
+    base = synthesis.SynthesisSpec.from_config(_config(dtd_root="/x"), 1)
     fields = dict(
         source_weights=(1.0, 0.0, 0.0), num_augmentations=0, anomaly_probability=1.0, mask_rotation_range=(0.0, 0.0)
     )
@@ -262,7 +262,7 @@ def test_blend_formula_and_beta_bounds(blend, lo, hi):
     images = jnp.full((16, SIZE, SIZE, 1), 0.4)
     weights = []
     for k in range(3):
-        out = anomaly.synthesize_batch(jax.random.key(k), images, bank, spec)
+        out = synthesis.synthesize_batch(jax.random.key(k), images, bank, spec)
         _check_outputs(out, images)
         for error, w, _ in _texture_weights(out, images, bank):
             assert error < 1e-5  # exactly w*T + (1-w)*I inside the mask
@@ -283,7 +283,7 @@ def test_blend_function_matches_equations():
 def test_batch_source_uses_another_patch():
     spec = _probe_spec(source_weights=(0.0, 0.0, 1.0))
     images = _images(8, 1, seed=4)
-    out = anomaly.synthesize_batch(jax.random.key(3), images, images[:1], spec)
+    out = synthesis.synthesize_batch(jax.random.key(3), images, images[:1], spec)
     bank_like = np.asarray(images)
     sources = _texture_weights(out, images, bank_like)
     assert sources
@@ -296,7 +296,7 @@ def test_no_anomaly_and_normal_rotation():
     spec = _probe_spec(anomaly_probability=0.0, rotate_normal_probability=1.0, normal_rotation_range=(-90.0, 90.0))
     images = _images(4, 1)
     key = jax.random.key(5)
-    out = anomaly.synthesize_batch(key, images, np.zeros((1, SIZE, SIZE, 1), np.float32), spec)
+    out = synthesis.synthesize_batch(key, images, np.zeros((1, SIZE, SIZE, 1), np.float32), spec)
     assert float(out["mask"].sum()) == 0 and float(out["has_anomaly"].sum()) == 0
     for i, sample_key in enumerate(jax.random.split(key, 4)):
         # re-derive the angle as synthesize_one draws it
@@ -313,7 +313,7 @@ def test_no_anomaly_and_normal_rotation():
 
 
 def test_gallery_renders_16_triplets():
-    from xray_flax.anomaly import gallery
+    from xray_flax.synthesis import gallery
 
     normal = gallery._simulated_normal_patches(32, 1, seed=0)
     assert normal.shape == (16, 32, 32, 1)

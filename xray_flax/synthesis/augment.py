@@ -27,7 +27,7 @@ import dm_pix as pix
 import jax
 import jax.numpy as jnp
 
-from xray_flax.anomaly import perlin
+from xray_flax.synthesis import perlin
 
 Augmentation = Callable[[jax.Array, jax.Array], jax.Array]
 
@@ -158,7 +158,8 @@ def rotate(image: jax.Array, degrees: jax.Array) -> jax.Array:
 VARIATES = 4
 
 
-def _between(u, lo, hi):
+def _between(u: jax.Array, lo: float, hi: float) -> jax.Array:
+    """u ~ U[0, 1) mapped linearly onto [lo, hi)."""
     return lo + (hi - lo) * u
 
 

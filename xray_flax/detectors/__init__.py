@@ -1,0 +1,55 @@
+"""Anomaly detectors by name: one folder each, one line each in `_DETECTORS`.
+
+Every detector package `xray_flax/detectors/<name>/` provides
+
+    build(config) -> base.Detector            (its __init__.py)
+    config.defaults() -> ConfigDict           the config sections it owns (model, loss, optim, ...)
+    config.shrink_for_tests(config)           tiny widths for the CPU test config
+
+and keeps everything that is its own (networks, losses, steps) in that folder. The shared
+loop, evaluation, predict and reports only ever see the `Detector` it builds.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+import ml_collections
+
+from xray_flax.detectors.base import FIT, GRADIENT, Detector, TrainState
+
+__all__ = ["FIT", "GRADIENT", "Detector", "TrainState", "build", "config_module", "names"]
+
+# name -> package. Imported on first use, so a run loads only the detector it trains.
+_DETECTORS = {
+    "draem": "xray_flax.detectors.draem",  # DRAEM and the paper's model (Mezina et al. 2025)
+    "highpass": "xray_flax.detectors.highpass",  # training-free local-contrast reference (fit kind)
+}
+
+
+def names() -> list[str]:
+    return sorted(_DETECTORS)
+
+
+def _package(name: str) -> str:
+    try:
+        return _DETECTORS[name]
+    except KeyError:
+        raise ValueError(f"unknown detector {name!r} (config.detector); known detectors: {names()}") from None
+
+
+def module(name: str) -> ModuleType:
+    return importlib.import_module(_package(name))
+
+
+def config_module(name: str) -> ModuleType:
+    return importlib.import_module(_package(name) + ".config")
+
+
+def build(config: ml_collections.ConfigDict) -> Detector:
+    """The detector named by `config.detector`, built from the rest of `config`."""
+    detector = module(config.detector).build(config)
+    if not isinstance(detector, Detector):
+        raise TypeError(f"{_package(config.detector)}.build returned {type(detector).__name__}, not a Detector")
+    return detector

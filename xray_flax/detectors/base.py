@@ -1,0 +1,151 @@
+"""The detector contract: what every anomaly detector gives the shared loop, evaluation and predict.
+
+A detector is a `Detector` value built by `xray_flax.detectors.build(config)`. Its functions
+are pure (explicit variables, batches and keys, no hidden state); the loop jits them over the
+device mesh. Two kinds:
+
+* ``gradient``: trained by an optax optimiser. ``train_step(state, batch, key, aux) ->
+  (state, metrics)`` takes a `TrainState` and a batch ``{"image": [b, P, P, C]}`` of clean
+  normal tiles; ``metrics`` holds at least ``loss`` (scalars, already reduced over the global
+  batch). The loop adds the NaN guard: a step whose loss or new parameters are not finite
+  leaves the state unchanged (`guard_nonfinite`).
+* ``fit``: fitted in one finite pass over the clean training tiles, no optimiser (memory-bank
+  models). ``fit(variables, batches) -> variables``, where ``batches`` yields
+  ``{"image": [B, P, P, C], "valid": [B]}`` global device arrays of one fixed size B (the last
+  batch is padded; ``valid`` is 1 for real tiles, 0 for padding). The loop saves the result
+  once.
+
+Both give ``init(key, sample) -> variables`` (a Flax variables dict: ``params`` are trained,
+every other collection — batch statistics, a frozen backbone, a memory bank — is carried
+but never differentiated) with static shapes, so ``jax.eval_shape(init, key, sample)`` is the
+restore target of every checkpoint, and ``anomaly_map(variables, images) -> dict`` in
+inference mode with
+
+    "map"    float32 [b, H, W]   per pixel, any real scale, higher = more anomalous (required)
+    "score"  float32 [b]         image score (optional; else the shared mean-filtered max)
+    any other key                extras drawn by reports when present, e.g.
+                                 "reconstruction" [b, H, W, C] in [0, 1]
+
+`bounded_map` says the map is already a probability in [0, 1] whose natural cut is 0.5 (DRAEM's
+softmax): then the shared score normalisation is the identity. Otherwise a normalisation is
+fitted on the validation split's normal tiles (`xray_flax.normalization`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+Variables = dict[str, Any]
+
+GRADIENT = "gradient"
+FIT = "fit"
+KINDS = (GRADIENT, FIT)
+
+
+class TrainState(struct.PyTreeNode):
+    """The state of a gradient-kind detector during training; `checkpoints/` store exactly this.
+
+    `params` are the trainable parameters (the only leaves that get gradients and optimiser
+    slots); `collections` every other Flax collection of the variables (e.g. batch_stats).
+    """
+
+    step: jax.Array
+    params: Any
+    collections: Any
+    opt_state: Any
+
+    @classmethod
+    def create(cls, variables: Variables, tx: optax.GradientTransformation) -> TrainState:
+        params, collections = split_variables(variables)
+        return cls(step=jnp.zeros((), jnp.int32), params=params, collections=collections, opt_state=tx.init(params))
+
+    @property
+    def variables(self) -> Variables:
+        return {"params": self.params, **self.collections}
+
+    def apply_gradients(self, grads: Any, tx: optax.GradientTransformation, collections: Any = None) -> TrainState:
+        """One optimiser update; `collections` replaces the non-trainable collections when given
+        (e.g. the batch statistics of this step's forward pass)."""
+        updates, opt_state = tx.update(grads, self.opt_state, self.params)
+        return self.replace(
+            step=self.step + 1,
+            params=optax.apply_updates(self.params, updates),
+            collections=self.collections if collections is None else collections,
+            opt_state=opt_state,
+        )
+
+
+def split_variables(variables: Variables) -> tuple[Any, dict]:
+    """(params, every other collection) of a Flax variables dict."""
+    variables = dict(variables)
+    return variables.pop("params", {}), variables
+
+
+def all_finite(tree: Any) -> jax.Array:
+    """True when every floating-point leaf of `tree` is finite (one fused reduction)."""
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+
+
+def guard_nonfinite(train_step: Callable) -> Callable:
+    """Wraps a train step so that a non-finite loss or update leaves the state unchanged.
+
+    The step counter still advances (the data iterator and the keys did), and the metrics
+    report ``nonfinite`` = 1, so the loop stops with a clear error before anything non-finite
+    reaches the parameters or a checkpoint.
+    """
+
+    def guarded(state: TrainState, batch: dict, key: jax.Array, aux: Any) -> tuple[TrainState, dict]:
+        new_state, metrics = train_step(state, batch, key, aux)
+        finite = jnp.isfinite(metrics["loss"]) & all_finite((new_state.params, new_state.collections))
+        kept = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
+        metrics = dict(metrics, nonfinite=1.0 - finite.astype(jnp.float32))
+        return kept.replace(step=state.step + 1), metrics
+
+    return guarded
+
+
+@dataclasses.dataclass(frozen=True)
+class Detector:
+    """One anomaly detector, as the shared loop, evaluation and predict see it."""
+
+    name: str
+    kind: str
+    init: Callable[[jax.Array, jax.Array], Variables]
+    anomaly_map: Callable[[Variables, jax.Array], dict]
+    # Patch sides must be multiples of this (e.g. one halving per pooling level).
+    size_multiple: int = 1
+    # Maps are probabilities in [0, 1] with the natural cut at 0.5: no score normalisation.
+    bounded_map: bool = False
+    # Scalars of `train_step`'s metrics shown in progress lines (all are written to TensorBoard).
+    metric_names: tuple[str, ...] = ("loss",)
+    # --- gradient kind ---
+    optimizer: optax.GradientTransformation | None = None
+    train_step: Callable[[TrainState, dict, jax.Array, Any], tuple[TrainState, dict]] | None = None
+    # Host arrays made once before training and passed to every step (replicated on the mesh),
+    # e.g. DRAEM's texture bank; None = no auxiliary inputs.
+    make_aux: Callable[[], Any] | None = None
+    # Optional TensorBoard images: (variables, batch, key, aux) -> {name: [b, H, W, C] in [0, 1]}.
+    preview: Callable[[Variables, dict, jax.Array, Any], dict] | None = None
+    # --- fit kind ---
+    fit: Callable[[Variables, Iterable[dict]], Variables] | None = None
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"detector {self.name!r}: kind must be one of {KINDS}, got {self.kind!r}")
+        if self.kind == GRADIENT and (self.optimizer is None or self.train_step is None):
+            raise ValueError(f"detector {self.name!r}: a gradient detector needs an optimizer and a train_step")
+        if self.kind == FIT and self.fit is None:
+            raise ValueError(f"detector {self.name!r}: a fit detector needs fit()")
+
+    def abstract_variables(self, patch_size: int, channels: int) -> Variables:
+        """Shapes and dtypes of the variables without allocating them (the restore target)."""
+        sample = jax.ShapeDtypeStruct((1, patch_size, patch_size, channels), jnp.float32)
+        return jax.eval_shape(self.init, jax.random.key(0), sample)
