@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from xray_flax.models import layers
-from xray_flax.models.layers import _align_corners_matrix, conv3x3_same, conv_general_dilated, max_pool2, upsample2x
+from xray_flax.nn import layers
+from xray_flax.nn.layers import _align_corners_matrix, conv3x3_same, conv_general_dilated, max_pool2, upsample2x
 
 
 def _plain_conv(x, w):

@@ -3,6 +3,27 @@
 All tensors are NHWC. Convolutions keep their bias even when a BatchNorm follows: it is
 redundant mathematically, but the published models have it and parameter counts are part
 of what the tests compare against the papers' networks.
+
+Per-platform kernels. Three kernels have a form tuned on XLA:CPU (measured there only,
+docs/performance.md) and XLA's native form; `jax.lax.platform_dependent` picks one when the
+computation is lowered, so the same jitted or exported function gets the right one for the
+platform it is lowered for, including `jax.export(..., platforms=["cuda"])` on a CPU-only
+machine (a Python switch on jax.default_backend() would get that, and a CPU-device jit on a
+GPU host, wrong). Both forms are traced; only the chosen one is lowered, and XLA folds the
+remaining single-branch conditional away: on CPU the compiled program has the same
+instructions as the CPU forms alone (tests/test_nn_platform.py; docs/performance.md,
+"Per-platform kernels", for the whole NestedUNet train step and timings):
+
+  kernel          XLA:CPU (``*_cpu``)                            GPU, TPU, others (``*_native``)
+  conv3x3_same    custom_vjp: row-blocked / nine-matmul dL/dw     lax.conv_general_dilated, XLA's autodiff
+  max_pool2       max over a reshaped 2x2 view                    nn.max_pool (lax.reduce_window)
+  upsample2x      banded gathers, custom gather transpose         two dense interpolation einsums
+
+The CPU tricks work around XLA:CPU's slow whole-image weight-gradient convolution, its slow
+reduce_window backward, and its slow scatter-adds; none of that was measured on a GPU or TPU, where
+these rewrites may well be slower, so those platforms keep XLA's native forms until a
+benchmark there shows otherwise. Both forms are public (``conv3x3_same_cpu``,
+``conv3x3_same_native``, ...) so tests and benchmarks can compare them on any machine.
 """
 
 from __future__ import annotations
@@ -74,8 +95,13 @@ def _weight_grad_rows(h: int, w: int, cin: int, cout: int) -> int:
     return rows if h % rows == 0 else h
 
 
+def conv3x3_same_native(x: jax.Array, w: jax.Array) -> jax.Array:
+    """3x3, stride 1, zero padding 1, NHWC/HWIO: lax's conv and XLA's own gradient (GPU, TPU)."""
+    return _conv3x3_same(x, w)
+
+
 @jax.custom_vjp
-def conv3x3_same(x: jax.Array, w: jax.Array) -> jax.Array:
+def conv3x3_same_cpu(x: jax.Array, w: jax.Array) -> jax.Array:
     """3x3, stride 1, zero padding 1, NHWC/HWIO: lax's conv with a row-blocked weight gradient."""
     return _conv3x3_same(x, w)
 
@@ -128,7 +154,19 @@ def _conv3x3_bwd(residuals, g):
     return dx, dw.astype(w.dtype)
 
 
-conv3x3_same.defvjp(_conv3x3_fwd, _conv3x3_bwd)
+# jit: the bwd is traced once per shape and reused. Inside platform_dependent (a cond) JAX
+# transposes each branch twice, which without it traced every conv's unrolled row blocks twice
+# (the 512-px train gradient's trace ~1.6x longer). XLA inlines it: the same compiled
+# instructions, at most scheduled in another order (no difference in the timings).
+conv3x3_same_cpu.defvjp(_conv3x3_fwd, jax.jit(_conv3x3_bwd))
+
+
+def conv3x3_same(x: jax.Array, w: jax.Array) -> jax.Array:
+    """3x3, stride 1, zero padding 1, NHWC/HWIO: conv3x3_same_cpu on XLA:CPU, else the native conv.
+
+    Same forward on every platform; only the gradient's formulation differs (module docstring).
+    """
+    return jax.lax.platform_dependent(x, w, cpu=conv3x3_same_cpu, default=conv3x3_same_native)
 
 
 def conv_general_dilated(
@@ -221,7 +259,7 @@ class DoubleConv(nn.Module):
         return ConvBNAct(self.features, self.act, self.init_scheme, self.dtype)(x, train)
 
 
-def max_pool2(x: jax.Array) -> jax.Array:
+def max_pool2_cpu(x: jax.Array) -> jax.Array:
     """2x2 max pooling, stride 2, odd trailing rows/columns dropped (as nn.max_pool's VALID).
 
     A max over a reshaped [.., 2, .., 2, ..] view rather than lax.reduce_window: the same
@@ -235,6 +273,19 @@ def max_pool2(x: jax.Array) -> jax.Array:
     return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
 
 
+def max_pool2_native(x: jax.Array) -> jax.Array:
+    """2x2 max pooling as nn.max_pool (lax.reduce_window; a tie's gradient goes to one input)."""
+    return nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
+
+
+def max_pool2(x: jax.Array) -> jax.Array:
+    """2x2 max pooling, stride 2, VALID: max_pool2_cpu on XLA:CPU, max_pool2_native elsewhere.
+
+    Identical forward; the gradient differs only on exact ties inside a window (max_pool2_cpu).
+    """
+    return jax.lax.platform_dependent(x, cpu=max_pool2_cpu, default=max_pool2_native)
+
+
 def _align_corners_matrix(n_in: int, n_out: int) -> np.ndarray:
     """Linear-interpolation matrix [n_out, n_in] mapping corner pixel centres onto each other."""
     if n_in == 1:
@@ -246,6 +297,23 @@ def _align_corners_matrix(n_in: int, n_out: int) -> np.ndarray:
     m[np.arange(n_out), lo] = 1.0 - frac
     m[np.arange(n_out), lo + 1] += frac
     return m
+
+
+def _align_corners_matrix_in_graph(n_in: int, n_out: int, dtype: Dtype) -> jax.Array:
+    """_align_corners_matrix built from iotas inside the computation (XLA folds or fuses it).
+
+    A numpy matrix would become a constant of the lowered module, and inside platform_dependent
+    every lowering, the CPU one included, would carry it unused (the 512-px NestedUNet train
+    gradient's StableHLO grew from 1.6 to 4.4 MB). Integer arithmetic keeps the taps exact.
+    """
+    if n_in == 1:
+        return jnp.ones((n_out, 1), dtype)
+    scaled = jax.lax.iota(jnp.int32, n_out) * (n_in - 1)  # output index * (n_out - 1) / (n_out - 1)
+    lo = jnp.minimum(scaled // (n_out - 1), n_in - 2)[:, None]
+    rem = scaled[:, None] - lo * (n_out - 1)  # frac * (n_out - 1), exact
+    w_lo, w_hi = ((n_out - 1 - rem) / (n_out - 1)).astype(dtype), (rem / (n_out - 1)).astype(dtype)
+    cols = jax.lax.iota(jnp.int32, n_in)[None, :]
+    return jnp.where(cols == lo, w_lo, 0) + jnp.where(cols == lo + 1, w_hi, 0)
 
 
 def _band(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -299,17 +367,44 @@ def _interpolation_op(n_in: int, axis: int) -> Callable[[jax.Array], jax.Array]:
     return interpolate
 
 
-def upsample2x(x: jax.Array, align_corners: bool = True) -> jax.Array:
-    """Bilinear x2 upsampling of NHWC features.
+def upsample2x_cpu(x: jax.Array, align_corners: bool = True) -> jax.Array:
+    """Bilinear x2 upsampling of NHWC features, as banded gathers with a gather transpose.
 
     align_corners=True is what the reference UNet++ code and the PyTorch peer use
     (nn.Upsample(align_corners=True)); jax.image.resize only offers half-pixel centres. Each
     output pixel mixes two neighbours per axis, so the interpolation is written as two
-    weighted gathers per axis: 45x faster on CPU than the earlier dense interpolation
-    matmuls (einsum), whose cost grew as n^3 (docs/performance.md).
+    weighted gathers per axis: 45x faster on CPU than the dense interpolation matmuls
+    (upsample2x_native), whose cost grows as n^3 (docs/performance.md).
     """
     b, h, w, c = x.shape
     if not align_corners:
         return jax.image.resize(x, (b, 2 * h, 2 * w, c), method="bilinear")
     x = _interpolation_op(h, 1)(x)
     return _interpolation_op(w, 2)(x)
+
+
+def upsample2x_native(x: jax.Array, align_corners: bool = True) -> jax.Array:
+    """Bilinear x2 upsampling of NHWC features as two dense interpolation einsums.
+
+    The [2n, n] align-corners matrices applied along H, then W: XLA's plainest differentiable
+    form (the gradient is the transposed matmul). Chosen over the same gathers without a
+    custom_vjp because their autodiff is a scatter-add, which GPUs run with float atomics (a
+    run-dependent summation order) and TPUs run slowly, while dense matmuls are what both
+    are built for. It costs 12*n^3*C FLOPs per upsample (~12% of the 512-px inference's on
+    XLA's count), in the compute dtype and at the platform's default matmul precision.
+    """
+    b, h, w, c = x.shape
+    if not align_corners:
+        return jax.image.resize(x, (b, 2 * h, 2 * w, c), method="bilinear")
+    mh, mw = _align_corners_matrix_in_graph(h, 2 * h, x.dtype), _align_corners_matrix_in_graph(w, 2 * w, x.dtype)
+    return jnp.einsum("pw,bowc->bopc", mw, jnp.einsum("oh,bhwc->bowc", mh, x))
+
+
+def upsample2x(x: jax.Array, align_corners: bool = True) -> jax.Array:
+    """Bilinear x2 upsampling of NHWC features: upsample2x_cpu on XLA:CPU, upsample2x_native elsewhere.
+
+    The two forms agree up to float rounding (same interpolation weights).
+    """
+    if not align_corners:
+        return upsample2x_native(x, align_corners=False)  # jax.image.resize on every platform
+    return jax.lax.platform_dependent(x, cpu=upsample2x_cpu, default=upsample2x_native)
