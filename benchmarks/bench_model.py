@@ -5,11 +5,14 @@
         [--infer-sizes 256,512] [--infer-batches 1] [--warmup 1] [--repeats 5]
         [--skip-train] [--skip-infer] [--max-foreign 0.05] [--wait-idle 900]
 
-Train = one call of the jitted `steps.train_step` as train.py runs it: anomaly synthesis
-from the key, forward in train mode (BN batch statistics), SSIM + L2 + focal loss, backward,
-Adam, non-finite guard; the state is donated, so the call updates it in place.  (The PyTorch
-peer's step has no synthesis: ours pays for it, see bench_synthesis.py for its share.)
-Infer = jitted eval-mode forward, softmax anomaly map and the max score per image.
+Train = one call of `steps.compile_train_step(detector, mesh)`, the step train.py runs, on a
+one-device mesh: the detector's train step (anomaly synthesis from the key, forward in train
+mode (BN batch statistics), SSIM + L2 + focal loss, backward, Adam) behind the non-finite
+guard, with the texture bank of `detector.make_aux()` at the timed patch size; the state is
+donated, so the call updates it in place.  (The PyTorch peer's step has no synthesis: ours
+pays for it, see bench_synthesis.py for its share.)
+Infer = jitted `detector.anomaly_map` (eval-mode forward, softmax anomaly map, clipped
+reconstruction) and the max score per image.
 
 FLOPs per image come from XLA's cost analysis of the compiled executable
 (`jit(f).lower(...).compile().cost_analysis()['flops']`, divided by the batch). XLA counts
@@ -21,7 +24,7 @@ Runs on whatever backend jax picks (CPU here; a GPU runs the same code).
 from __future__ import annotations
 
 import argparse
-import functools
+import copy
 import gc
 import importlib
 import os
@@ -33,11 +36,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
-from xray_flax import steps  # noqa: E402
-from xray_flax.anomaly import SynthesisSpec, load_texture_bank  # noqa: E402
-from xray_flax.models import registry  # noqa: E402
+from xray_flax import detectors, parallel, steps  # noqa: E402
 
 MODEL_NAMES = {"paper": "paper DRAEM variant (JAX/Flax)", "draem": "DRAEM (JAX/Flax)"}
 DEFAULT_CHANNELS = {"paper": 1, "draem": 3}  # the peers: 1-channel paper model, stock 3-channel DraemModel
@@ -58,63 +60,69 @@ def load_config(name: str, compute_dtype: str, channels: int):
 
 
 class ModelBench:
-    """Compiles and runs the train step / inference of one config at a given (batch, size)."""
+    """Compiles and runs the train step / inference of one config at a given (batch, size).
+
+    Everything comes from the detector `detectors.build(config)` makes, as in train.py; the
+    patch size of the config is set to the timed size (the texture bank is made at it).
+    """
 
     def __init__(self, config):
         self.config = config
         self.channels = config.data.channels
-        self.model = registry.build_model(config.model, self.channels)
-        self.tx = steps.make_optimizer(config.optim, config.train.num_steps)
-        self.spec = SynthesisSpec.from_config(config.anomaly, self.channels)
-        self._state = None
+        self.mesh = parallel.make_mesh(ml_collections.ConfigDict({"data": 1}))  # one device
+        self._detectors = {}
         self.last_compiled = None  # the latest make_train/make_infer executable (profile_step.py)
 
-    def fresh_state(self, size: int):
-        sample = jnp.zeros((1, size, size, self.channels), jnp.float32)
-        return jax.jit(lambda k: steps.init_state(self.model, self.tx, k, sample))(jax.random.key(0))
+    def detector(self, size: int) -> detectors.Detector:
+        """The config's detector, built with data.patch_size = size."""
+        if size not in self._detectors:
+            config = copy.deepcopy(self.config)
+            config.data.patch_size = size
+            self._detectors[size] = detectors.build(config)
+        return self._detectors[size]
+
+    def aux(self, size: int):
+        """The detector's auxiliary step inputs at this size (DRAEM: its texture bank), replicated."""
+        make_aux = self.detector(size).make_aux
+        return parallel.replicate(make_aux(), self.mesh) if make_aux is not None else None
+
+    def images(self, batch: int, size: int) -> jax.Array:
+        images = np.random.default_rng(0).random((batch, size, size, self.channels), np.float32)
+        return jax.device_put(images, parallel.batch_sharded(self.mesh))
+
+    def fresh_state(self, size: int) -> detectors.TrainState:
+        return steps.init_train_state(self.detector(size), jax.random.key(0), size, self.channels, self.mesh)
 
     def num_params(self) -> int:
-        state = jax.eval_shape(
-            lambda: steps.init_state(
-                self.model, self.tx, jax.random.key(0), jnp.zeros((1, 64, 64, self.channels), jnp.float32)
-            )
-        )
-        return int(sum(np.prod(x.shape) for x in jax.tree.leaves(state.params)))
+        params = self.detector(self.config.data.patch_size).abstract_variables(64, self.channels)["params"]
+        return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
 
     def make_train(self, batch: int, size: int) -> tuple[callable, dict]:
-        step = jax.jit(
-            functools.partial(
-                steps.train_step, model=self.model, tx=self.tx, spec=self.spec, loss_config=self.config.loss
-            ),
-            donate_argnums=(0,),
-        )
-        textures = jnp.asarray(load_texture_bank(self.config.anomaly, size, self.channels))
-        images = jnp.asarray(np.random.default_rng(0).random((batch, size, size, self.channels), np.float32))
+        step = steps.compile_train_step(self.detector(size), self.mesh)
+        aux = self.aux(size)
+        images = self.images(batch, size)
         holder = {"state": self.fresh_state(size), "i": 0}
         t0 = time.perf_counter()
-        compiled = step.lower(holder["state"], {"image": images}, textures, jax.random.key(0)).compile()
+        compiled = step.lower(holder["state"], {"image": images}, jax.random.key(0), aux).compile()
         info = {"compile_s": time.perf_counter() - t0, "xla_flops_per_call": xla_flops(compiled)}
         self.last_compiled = compiled
 
         def call():
             holder["i"] += 1
-            holder["state"], metrics = compiled(
-                holder["state"], {"image": images}, textures, jax.random.key(holder["i"])
-            )
+            holder["state"], metrics = compiled(holder["state"], {"image": images}, jax.random.key(holder["i"]), aux)
             jax.block_until_ready((holder["state"], metrics))
 
         return call, info
 
     def make_infer(self, batch: int, size: int) -> tuple[callable, dict]:
-        state = self.fresh_state(size)
-        variables = {"params": state.params, "batch_stats": state.batch_stats}
-        del state
+        detector = self.detector(size)
+        variables = steps.init_variables(detector, jax.random.key(0), size, self.channels, self.mesh)
 
         def infer(variables, images):
-            maps, _ = steps.predict_step(variables, images, model=self.model)
-            return maps, jnp.max(maps, axis=(1, 2))
+            out = detector.anomaly_map(variables, images)
+            return out, jnp.max(out["map"], axis=(1, 2))
 
-        images = jnp.asarray(np.random.default_rng(0).random((batch, size, size, self.channels), np.float32))
+        images = self.images(batch, size)
         t0 = time.perf_counter()
         compiled = jax.jit(infer).lower(variables, images).compile()
         info = {"compile_s": time.perf_counter() - t0, "xla_flops_per_call": xla_flops(compiled)}

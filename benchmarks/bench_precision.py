@@ -6,6 +6,12 @@ Same initial weights and inputs for both dtypes (parameters are fp32 either way)
 the reconstruction's error relative to its spread, the anomaly map's largest difference, the
 loss terms of one train step and the cosine similarity of the two gradients. The inputs are
 smooth random images (sums of Gaussian blobs), closer to X-ray patches than white noise.
+
+The detector is `detectors.build(config)` as in train.py; its anomaly map is
+`detector.anomaly_map`. The gradient needs the step cut open (the train step returns only the
+updated state), so the loss is DRAEM's own: the network of `detectors.draem.model` and
+`detectors.draem.loss.draem_loss` with every term of `config.loss`, on a fixed corrupted image
+and mask instead of a synthesised one.
 """
 
 from __future__ import annotations
@@ -23,8 +29,9 @@ import numpy as np  # noqa: E402
 import scipy.ndimage  # noqa: E402
 from bench_model import DEFAULT_CHANNELS, load_config  # noqa: E402
 
-from xray_flax import losses, steps  # noqa: E402
-from xray_flax.models import registry  # noqa: E402
+from xray_flax import detectors  # noqa: E402
+from xray_flax.detectors.draem import model as draem_model  # noqa: E402
+from xray_flax.detectors.draem.loss import draem_loss  # noqa: E402
 
 
 def smooth_images(batch: int, size: int, channels: int) -> np.ndarray:
@@ -49,20 +56,30 @@ def main() -> None:
     out = {}
     for dtype in ("float32", "bfloat16"):
         config = load_config(args.config, dtype, channels)
-        model = registry.build_model(config.model, channels)
-        variables = model.init(jax.random.key(0), images[:1], train=False)
+        detector = detectors.build(config)
+        model = draem_model.build_model(config.model, channels)  # the network inside the detector's step
+        variables = detector.init(jax.random.key(0), images[:1])
 
-        def loss_fn(params, model=model, config=config, variables=variables):
+        def loss_fn(params, model=model, loss=config.loss, variables=variables):
+            collections = {k: v for k, v in variables.items() if k != "params"}
             (rec, logits), _ = model.apply(
-                {"params": params, "batch_stats": variables["batch_stats"]},
-                corrupted,
-                train=True,
-                mutable=["batch_stats"],
+                {"params": params, **collections}, corrupted, train=True, mutable=["batch_stats"]
             )
-            return losses.draem_loss(images, rec, logits, mask, ssim_weight=config.loss.ssim_weight)
+            return draem_loss(
+                images,
+                rec,
+                logits,
+                mask,
+                ssim_weight=loss.ssim_weight,
+                ssim_window=loss.ssim_window,
+                ssim_sigma=loss.ssim_sigma,
+                focal_gamma=loss.focal_gamma,
+                focal_alpha=loss.focal_alpha,
+            )
 
         (total, terms), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(variables["params"])
-        maps, rec = jax.jit(lambda v, x, model=model: steps.predict_step(v, x, model=model))(variables, corrupted)
+        predicted = jax.jit(detector.anomaly_map)(variables, corrupted)
+        maps, rec = predicted["map"], predicted["reconstruction"]
         out[dtype] = {
             "terms": {k: float(v) for k, v in terms.items()},
             "loss_dtype": str(total.dtype),

@@ -4,10 +4,9 @@
         [--patch 512 --stride 256 --batch 8] [--memmap] [--no-report] [--tiff PATH]
 
 Writes a tiled 16-bit TIFF (unless --tiff is given), then runs, in a fresh subprocess so
-`ru_maxrss` measures only this work: open the scan lazily (data.readers.open_scan, or a
-tifffile-memmap reader when that module is not importable), stitch an anomaly map with a
-cheap jitted anomaly_fn (1 - tile, so the result can be checked exactly), then the report
-steps predict runs (regions, overlay PNG, float32 TIFF map, HTML report). Prints one JSON
+`ru_maxrss` measures only this work: open the scan lazily (data.readers.open_scan), stitch
+an anomaly map with a cheap jitted anomaly_fn (1 - tile, so the result can be checked
+exactly), then the report steps predict runs (regions, overlay PNG, float32 TIFF map, HTML report). Prints one JSON
 line: peak resident memory (MiB) after imports and at the end, timings, map error.
 
 The target is a peak under 2 GB for a 5000 x 3000 scan: stitching keeps one band of tiles,
@@ -70,32 +69,9 @@ def _row_tiles(rows: np.ndarray, tile: int):
         yield padded[:, x0 : x0 + tile]
 
 
-class _MemmapTiffReader:
-    """Fallback ScanReader when xray_flax.data.readers is missing: tifffile's zarr store
-    reads only the tiles a region touches."""
-
-    def __init__(self, path: str):
-        import tifffile
-        import zarr  # noqa: F401  (tifffile.aszarr needs it)
-
-        self._tif = tifffile.TiffFile(path)
-        self._array = zarr.open(self._tif.aszarr(), mode="r")
-        self.height, self.width = self._array.shape[:2]
-        self.channels, self.bit_depth = 1, 16
-
-    def read_region(self, y, x, h, w):
-        out = np.zeros((h, w, 1), np.float32)
-        y0, x0, y1, x1 = max(y, 0), max(x, 0), min(y + h, self.height), min(x + w, self.width)
-        if y1 > y0 and x1 > x0:
-            out[y0 - y : y1 - y, x0 - x : x1 - x, 0] = self._array[y0:y1, x0:x1] / 65535.0
-        return out
-
-
 def open_reader(path: str):
-    try:
-        from xray_flax.data import readers
-    except ImportError:
-        return _MemmapTiffReader(path), "benchmark fallback (tifffile/zarr)"
+    from xray_flax.data import readers
+
     return readers.open_scan(path, channels=1, normalization="bit_depth"), "xray_flax.data.readers"
 
 
@@ -119,6 +95,7 @@ def child(args) -> dict:
     import jax
     import jax.numpy as jnp
 
+    from xray_flax.data import tiling
     from xray_flax.report import html, overlay, regions, stitch
 
     t_start = time.perf_counter()
@@ -160,8 +137,9 @@ def child(args) -> dict:
             os.path.join(args.workdir, "report.html"), reader, amap, found, title="bench", max_side=1024
         )
         report_seconds = time.perf_counter() - t0
-    n_tiles = len(stitch.tile_origins(reader.height, args.patch, args.stride)) * len(
-        stitch.tile_origins(reader.width, args.patch, args.stride)
+    # The grid stitch_anomaly_map tiles with.
+    n_tiles = len(tiling.tile_starts(reader.height, args.patch, args.stride, "shift")) * len(
+        tiling.tile_starts(reader.width, args.patch, args.stride, "shift")
     )
     return {
         "height": reader.height,

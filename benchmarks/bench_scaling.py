@@ -1,5 +1,6 @@
 """Data-parallel scaling: step time and throughput against the number of devices and the
-global batch, with the real jitted train step (synthesis, both networks, losses, Adam).
+global batch, with the jitted train step train.py runs (steps.compile_train_step of the
+config's detector; DRAEM: synthesis, both networks, losses, Adam, the non-finite guard).
 
     # GPUs/TPUs of this host: measure (weak scaling: 8 images per device)
     python benchmarks/bench_scaling.py --config paper --per_device_batch 8 --json scaling.json
@@ -25,7 +26,6 @@ Single process only: on several hosts read the steps/s of the training log inste
 from __future__ import annotations
 
 import argparse
-import functools
 import importlib
 import json
 import os
@@ -81,12 +81,9 @@ def main(argv=None) -> int:
         ).strip()
     sys.path.insert(0, REPO)
     import jax  # pylint: disable=g-import-not-at-top
-    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
     import numpy as np  # pylint: disable=g-import-not-at-top
 
-    from xray_flax import parallel, steps  # pylint: disable=g-import-not-at-top
-    from xray_flax.anomaly import SynthesisSpec, load_texture_bank  # pylint: disable=g-import-not-at-top
-    from xray_flax.models import registry  # pylint: disable=g-import-not-at-top
+    from xray_flax import detectors, parallel, steps  # pylint: disable=g-import-not-at-top
 
     parallel.enable_compilation_cache()
     config = importlib.import_module(f"configs.{args.config}").get_config()
@@ -104,10 +101,11 @@ def main(argv=None) -> int:
         return 2
 
     channels, patch = config.data.channels, config.data.patch_size
-    model = registry.build_model(config.model, channels)
-    spec = SynthesisSpec.from_config(config.anomaly, channels)
-    tx = steps.make_optimizer(config.optim, config.train.num_steps)
-    bank = np.asarray(load_texture_bank(config.anomaly, patch, channels))
+    detector = detectors.build(config)
+    if detector.train_step is None:
+        print(f"detector {detector.name!r} has no train step to time", file=sys.stderr)
+        return 2
+    aux = detector.make_aux() if detector.make_aux is not None else None
     key = jax.random.key(config.seed)
 
     def run(n: int) -> dict:
@@ -117,16 +115,9 @@ def main(argv=None) -> int:
         config.mesh.data = n
         mesh = parallel.make_mesh(config.mesh)
         parallel.check_batch_size(batch_size, mesh)
-        rep = parallel.replicated(mesh)
-        textures = parallel.replicate(jnp.asarray(bank), mesh)
-        sample = jnp.zeros((1, patch, patch, channels), jnp.float32)
-        state = jax.jit(lambda k: steps.init_state(model, tx, k, sample), out_shardings=rep)(key)
-        step = jax.jit(
-            functools.partial(steps.train_step, model=model, tx=tx, spec=spec, loss_config=config.loss),
-            in_shardings=(rep, parallel.batch_sharded(mesh), rep, rep),
-            out_shardings=(rep, rep),
-            donate_argnums=(0,),
-        )
+        device_aux = parallel.replicate(aux, mesh)
+        state = steps.init_train_state(detector, key, patch, channels, mesh)
+        step = steps.compile_train_step(detector, mesh)  # the step train.py runs
         # Fixed images per step index, the same on every device count (the --check compares them).
         rng = np.random.default_rng(0)
         total = args.warmup + args.steps
@@ -135,12 +126,12 @@ def main(argv=None) -> int:
             for _ in range(min(total, 4))
         ]
         start = time.perf_counter()
-        compiled = step.lower(state, batches[0], textures, key).compile()
+        compiled = step.lower(state, batches[0], key, device_aux).compile()
         compile_s = time.perf_counter() - start
         losses, times = [], []
         for i in range(total):
             start = time.perf_counter()
-            state, metrics = compiled(state, batches[i % len(batches)], textures, jax.random.fold_in(key, i))
+            state, metrics = compiled(state, batches[i % len(batches)], jax.random.fold_in(key, i), device_aux)
             loss = float(metrics["loss"])  # waits for the step
             times.append(time.perf_counter() - start)
             losses.append(loss)

@@ -25,7 +25,7 @@ import time
 import jax
 import numpy as np
 
-from xray_flax import anomaly
+from xray_flax import synthesis
 
 
 def machine() -> dict:
@@ -49,7 +49,7 @@ def machine() -> dict:
 
 
 def time_one(spec, images, bank, repeats: int) -> dict:
-    run = anomaly.synthesize_batch
+    run = synthesis.synthesize_batch
     start = time.perf_counter()
     jax.block_until_ready(run(jax.random.key(0), images, bank, spec))
     compile_s = time.perf_counter() - start
@@ -79,13 +79,13 @@ def main(argv=None) -> dict:
     parser.add_argument("--json", default="", help="also write the result here")
     args = parser.parse_args(argv)
 
-    cfg = anomaly.defaults()
+    cfg = synthesis.defaults()
     cfg.dtd_root = args.dtd_root
-    base = anomaly.SynthesisSpec.from_config(cfg, args.channels)
+    base = synthesis.SynthesisSpec.from_config(cfg, args.channels)
     rng = np.random.default_rng(0)
     results = []
     for size in args.sizes:
-        bank = jax.device_put(anomaly.load_texture_bank(cfg, size, args.channels))
+        bank = jax.device_put(synthesis.load_texture_bank(cfg, size, args.channels))
         images = jax.device_put(rng.random((args.batch, size, size, args.channels), np.float32))
         for mode in args.modes:
             for probability in args.probabilities:
@@ -101,7 +101,7 @@ def main(argv=None) -> dict:
                 print(json.dumps(row), file=sys.stderr, flush=True)
                 results.append(row)
     report = dict(
-        benchmark="anomaly.synthesize_batch",
+        benchmark="synthesis.synthesize_batch",
         machine=machine(),
         spec=dataclasses.asdict(base),
         dtd_root=args.dtd_root,

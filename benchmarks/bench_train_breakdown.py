@@ -6,14 +6,17 @@
   forward_train forward, BN with batch statistics (train mode), loss
   grad          forward_train + backward (value_and_grad of the loss)
   step_no_synth grad + Adam + the non-finite guard, on ready-made synthetic inputs
-  step          the full steps.train_step (adds anomaly synthesis from the key)
+  step          the full step train.py runs (steps.compile_train_step: adds synthesis from the key)
 Differences between consecutive rows are the cost of each piece.
+
+The pieces are built from the DRAEM detector's own parts (detectors.draem: its network, its
+loss with every term of config.loss, TrainState.apply_gradients, the shared guard
+`guard_nonfinite`), so together they are the step `detectors.build(config)` trains with.
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import os
 import sys
 
@@ -21,13 +24,16 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import common  # noqa: E402
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 from bench_model import DEFAULT_CHANNELS, ModelBench, load_config  # noqa: E402
 
-from xray_flax import losses, steps  # noqa: E402
-from xray_flax.anomaly import load_texture_bank, synthesize_batch  # noqa: E402
+from xray_flax import steps  # noqa: E402
+from xray_flax.detectors.base import guard_nonfinite  # noqa: E402
+from xray_flax.detectors.draem import model as draem_model  # noqa: E402
+from xray_flax.detectors.draem.loss import draem_loss  # noqa: E402
+from xray_flax.optim import make_optimizer  # noqa: E402
+from xray_flax.synthesis import SynthesisSpec, synthesize_batch  # noqa: E402
 
 
 def main() -> None:
@@ -42,36 +48,52 @@ def main() -> None:
     args = p.parse_args()
     channels = DEFAULT_CHANNELS[args.config]
     bench = ModelBench(load_config(args.config, args.compute_dtype, channels))
-    model, tx, cfg = bench.model, bench.tx, bench.config
+    cfg = bench.config
+    detector = bench.detector(args.size)
+    # The parts detectors.draem.build puts into the detector's train step.
+    model = draem_model.build_model(cfg.model, channels)
+    tx = make_optimizer(cfg.optim, cfg.train.num_steps)
+    spec = SynthesisSpec.from_config(cfg.synthesis, channels)
     state = bench.fresh_state(args.size)
-    images = jnp.asarray(np.random.default_rng(0).random((args.batch, args.size, args.size, channels), np.float32))
-    textures = jnp.asarray(load_texture_bank(cfg.anomaly, args.size, channels))
-    synthetic = jax.jit(lambda k: synthesize_batch(k, images, textures, bench.spec))(jax.random.key(1))
+    images = bench.images(args.batch, args.size)
+    textures = bench.aux(args.size)
+    synthetic = jax.jit(lambda k: synthesize_batch(k, images, textures, spec))(jax.random.key(1))
+    collections = state.collections
 
-    def loss(params, batch_stats):
+    def loss(params, collections):
         (rec, logits), upd = model.apply(
-            {"params": params, "batch_stats": batch_stats}, synthetic["image"], train=True, mutable=["batch_stats"]
+            {"params": params, **collections}, synthetic["image"], train=True, mutable=["batch_stats"]
         )
-        total, _ = losses.draem_loss(images, rec, logits, synthetic["mask"], ssim_weight=cfg.loss.ssim_weight)
-        return total, upd
+        total, terms = draem_loss(
+            images,
+            rec,
+            logits,
+            synthetic["mask"],
+            ssim_weight=cfg.loss.ssim_weight,
+            ssim_window=cfg.loss.ssim_window,
+            ssim_sigma=cfg.loss.ssim_sigma,
+            focal_gamma=cfg.loss.focal_gamma,
+            focal_alpha=cfg.loss.focal_alpha,
+        )
+        return total, (terms, upd)
 
     grad = jax.value_and_grad(loss, has_aux=True)
 
-    def step_no_synth(params, batch_stats, opt_state):
-        (total, upd), g = grad(params, batch_stats)
-        updates, opt_state = tx.update(g, opt_state, params)
-        finite = jnp.isfinite(total) & jnp.isfinite(optax.tree.norm(g))
-        new = optax.apply_updates(params, updates)
-        return jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, params), upd, opt_state
+    def step_without_synthesis(state, batch, key, aux):
+        del batch, key, aux  # the synthetic batch is ready-made
+        (_, (terms, upd)), g = grad(state.params, state.collections)
+        new_state = state.apply_gradients(g, tx, collections={**state.collections, **upd})
+        return new_state, dict(terms, grad_norm=optax.tree.norm(g))
 
-    full = functools.partial(steps.train_step, model=model, tx=tx, spec=bench.spec, loss_config=cfg.loss)
-    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    step_no_synth = guard_nonfinite(step_without_synthesis)
+    key = jax.random.key(2)
+    full = steps.compile_train_step(detector, bench.mesh, donate=False)  # every call starts from `state`
     pieces = [
-        ("infer_eval", jax.jit(lambda v: model.apply(v, synthetic["image"], train=False)), (variables,)),
-        ("forward_train", jax.jit(loss), (state.params, state.batch_stats)),
-        ("grad", jax.jit(grad), (state.params, state.batch_stats)),
-        ("step_no_synth", jax.jit(step_no_synth), (state.params, state.batch_stats, state.opt_state)),
-        ("step", jax.jit(full), (state, {"image": images}, textures, jax.random.key(2))),
+        ("infer_eval", jax.jit(lambda v: model.apply(v, synthetic["image"], train=False)), (state.variables,)),
+        ("forward_train", jax.jit(loss), (state.params, collections)),
+        ("grad", jax.jit(grad), (state.params, collections)),
+        ("step_no_synth", jax.jit(step_no_synth), (state, {"image": images}, key, textures)),
+        ("step", full, (state, {"image": images}, key, textures)),
     ]
     rows = []
     for name, fn, fn_args in pieces:

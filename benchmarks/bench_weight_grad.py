@@ -6,7 +6,7 @@
   xla           jax.vjp of lax.conv_general_dilated w.r.t. the kernel (one conv over all pixels)
   row_blocks    the sum of row-block weight gradients (layers.py's path for narrow layers)
   nine_dots     nine [in, pixels] @ [pixels, out] matmuls (layers.py's path for wide layers)
-  layers        what models/layers.conv3x3_same picks for this shape
+  layers        what nn/layers.conv3x3_same picks for this shape
 
 Shapes are SIZE:IN:OUT (batch 1, fp32). Prints ms and GFLOP/s per variant and the relative
 difference of each gradient from XLA's; the choice between the two fast paths in layers.py
@@ -25,7 +25,7 @@ import common  # noqa: E402
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from xray_flax.models import layers  # noqa: E402
+from xray_flax.nn import layers  # noqa: E402
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
 

@@ -11,7 +11,7 @@ put in one bucket:
   conv                 3x3 convolutions computing activations (YNNPACK fusions)
   conv input grad      convolutions of the backward pass computing d(loss)/d(input)
   conv weight grad     convolutions whose window is a row block (narrow layers) and the nine
-                       matmuls of wide layers (models/layers.py: the two weight-gradient paths)
+                       matmuls of wide layers (nn/layers.py: the two weight-gradient paths)
   ssim filters         the 11-tap Gaussian filters of the SSIM loss (plain `convolution`s)
   reductions           fusions with a reduce (BatchNorm statistics and their backward sums, loss)
   elementwise          other fusions (BN apply, activations and their masks, Adam, concat)
