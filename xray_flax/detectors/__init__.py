@@ -25,6 +25,7 @@ __all__ = ["FIT", "GRADIENT", "Detector", "TrainState", "build", "config_module"
 _DETECTORS = {
     "draem": "xray_flax.detectors.draem",  # DRAEM and the paper's model (Mezina et al. 2025)
     "highpass": "xray_flax.detectors.highpass",  # training-free local-contrast reference (fit kind)
+    "pyramid_ae": "xray_flax.detectors.pyramid_ae",  # pyramidal reconstruction autoencoder (Mishra et al. 2021)
 }
 
 
