@@ -78,7 +78,7 @@ def run_and_terminate(command: list[str], after_step: int, num_steps: int, timeo
     try:
         for line in proc.stdout:
             lines.append(line)
-            if not sent and re.search(rf"\] step {after_step}/{num_steps} ", line):
+            if not sent and re.search(rf"\] train: {after_step}/{num_steps} steps", line):
                 proc.send_signal(signal.SIGTERM)
                 sent = True
             if time.monotonic() > deadline:

@@ -125,7 +125,7 @@ def start_two_processes_and_terminate(args: list[str], after_step: int, timeout:
 
 
 def flat_params(state) -> np.ndarray:
-    return np.concatenate([np.ravel(np.asarray(x)) for x in jax.tree.leaves(state.params)])
+    return np.concatenate([np.ravel(np.asarray(x)) for x in jax.tree.leaves(state["variables"]["params"])])
 
 
 @pytest.mark.slow
@@ -141,7 +141,7 @@ def test_two_processes_preempted_and_resumed_train_like_one_process(one_process_
     assert 2 <= stopped_at < NUM_STEPS
     assert helpers.latest_state(workdir)[0] == stopped_at
     assert not os.path.exists(os.path.join(workdir, "metrics.json"))
-    assert len(re.findall(r"\] step 1/", output)) == 1, "only process 0 logs progress"
+    assert len(re.findall(r"\] train: 1/", output)) == 1, "only process 0 logs progress"
 
     resumed = helpers.run_local_launcher(2, train_args(workdir, cache))
     assert resumed.returncode == 0, resumed.stderr[-4000:]

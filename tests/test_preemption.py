@@ -21,7 +21,7 @@ def train_args(workdir: str, cache: str) -> list[str]:
     )
 
 
-def run_until_terminated(args: list[str], after_step: int, timeout: float = 120) -> tuple[int, str]:
+def run_until_terminated(args: list[str], after_step: int, timeout: float = 300) -> tuple[int, str]:
     """Start training, send SIGTERM once `after_step` is logged; (exit status, output)."""
     return helpers.run_and_terminate([sys.executable, "-m", "xray_flax.main", *args], after_step, NUM_STEPS, timeout)
 

@@ -23,8 +23,12 @@ from xray_flax.data import pipeline
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def tiny_config(tmp_path, **train_overrides):
-    config = tiny.get_config()
+# The gradient-kind detectors; resume and the NaN guard are the loop's, so both must hold for each.
+GRADIENT_DETECTORS = ["draem", "pyramid_ae"]
+
+
+def tiny_config(tmp_path, detector="draem", **train_overrides):
+    config = tiny.get_config(detector)
     config.data.simulated.cache_dir = str(tmp_path.parent / "simulated")  # shared by tests of a session
     config.train.predict_test_scans = 0
     config.train.image_summary_every = 0
@@ -43,15 +47,16 @@ def latest_params(workdir: str) -> tuple[int, dict]:
     return step, {"variables": restored["variables"], "opt_state": restored["opt_state"]}
 
 
-def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("detector", GRADIENT_DETECTORS)
+def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path, detector):
     full = str(tmp_path / "full")
-    train.train_and_evaluate(tiny_config(tmp_path), full)
+    train.train_and_evaluate(tiny_config(tmp_path, detector), full)
 
     split = str(tmp_path / "split")
-    assert train.train_and_evaluate(tiny_config(tmp_path, halt_after_steps=3), split) is None
+    assert train.train_and_evaluate(tiny_config(tmp_path, detector, halt_after_steps=3), split) is None
     step, _ = latest_params(split)
     assert step == 3
-    train.train_and_evaluate(tiny_config(tmp_path), split)  # resumes from step 3
+    train.train_and_evaluate(tiny_config(tmp_path, detector), split)  # resumes from step 3
 
     step_a, state_a = latest_params(full)
     step_b, state_b = latest_params(split)
@@ -62,7 +67,8 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+@pytest.mark.parametrize("detector", GRADIENT_DETECTORS)
+def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(tmp_path, monkeypatch, detector):
     real = pipeline.make_train_iterator
 
     class PoisonAfter:
@@ -90,7 +96,7 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(tmp_pat
 
     monkeypatch.setattr(pipeline, "make_train_iterator", lambda *a, **k: PoisonAfter(real(*a, **k)))
     workdir = str(tmp_path / "nan")
-    config = tiny_config(tmp_path, log_every=1, eval_every=100, checkpoint_every=3)
+    config = tiny_config(tmp_path, detector, log_every=1, eval_every=100, checkpoint_every=3)
     with pytest.raises(train.TrainingDivergedError, match="non-finite loss.*last good checkpoint is step 3"):
         train.train_and_evaluate(config, workdir)
     step, state = latest_params(workdir)

@@ -188,6 +188,19 @@ def _image_level(splits: Any, split: str, scores: SplitScores) -> tuple[np.ndarr
     return labels[known].astype(np.int64), best[known]
 
 
+def known(scores: SplitScores) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, scores) of the tiles whose label is known (not -1)."""
+    keep = scores.labels >= 0
+    return scores.labels[keep], scores.scores[keep]
+
+
+def validation_roc_auc(splits: Any, split: str, scores: SplitScores) -> float:
+    """ROC-AUC that ranks checkpoints: per image where the layout gives image labels and
+    images span several tiles (which tile holds the defect is unknown), else per tile."""
+    images = _image_level(splits, split, scores)
+    return metrics.roc_auc(*(images if images is not None else known(scores)))
+
+
 def evaluate(config: ml_collections.ConfigDict, workdir: str, output_dir: str | None = None) -> dict:
     """Evaluate the best checkpoint of `workdir` on the test split; writes metrics, scores and reports."""
     output_dir = output_dir or workdir
@@ -200,10 +213,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, output_dir: str | 
     test = score_split(infer, splits, "test", config, keep_gallery=GALLERY_ROWS)
     has_pixel_truth = any(m.any() for m in test.masks)
     result = metrics.evaluate_scores(
-        test.labels[test.labels >= 0],
-        test.scores[test.labels >= 0],
-        val.labels[val.labels >= 0],
-        val.scores[val.labels >= 0],
+        *known(test),
+        *known(val),
         masks=test.masks if has_pixel_truth else None,
         maps=test.maps if has_pixel_truth else None,
         fixed_threshold=config.eval.fixed_threshold,
@@ -228,7 +239,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, output_dir: str | 
         "patch_size": config.data.patch_size,
         "test": result,
         "val": {
-            "roc_auc": metrics.roc_auc(val.labels[val.labels >= 0], val.scores[val.labels >= 0]),
+            "roc_auc": validation_roc_auc(splits, "val", val),
             "n": int(val.labels.size),
         },
         "timing": timing,
@@ -266,7 +277,7 @@ def write_scores_csv(path: str, splits: Any, scored: dict[str, SplitScores], thr
                     int(s.ys[i]),
                     int(s.xs[i]),
                     int(s.labels[i]),
-                    f"{score:.6g}",
+                    repr(score),
                     int(score >= threshold),
                 ]
             )

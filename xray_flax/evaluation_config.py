@@ -87,7 +87,8 @@ def defaults() -> ml_collections.ConfigDict:
     predict.min_region_area = 64
     # Longest side in pixels of the overlay PNG and of the HTML report's images.
     predict.overlay_max_side = 2048
-    # Heatmap opacity in the overlay PNG (the HTML report has a slider).
+    # Heatmap opacity in the overlay PNG where the map reaches the region threshold; below it
+    # the opacity falls linearly to 0 at map value 0 (the HTML report has a slider).
     predict.overlay_alpha = 0.5
     # Colour map of heatmaps: 'inferno' or 'jet'.
     predict.colormap = "inferno"

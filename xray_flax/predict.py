@@ -120,6 +120,9 @@ def predict_scan(
         out=anomaly_map,
     )
     anomaly_map.flush()
+    # The heatmap is fully opaque where the map reaches the region threshold (positive, so a
+    # threshold at or below 0 - everything flagged - still draws a ramp).
+    opacity_full_at = max(threshold, 1e-3)
     found = regions.find_regions(anomaly_map, threshold, opts.min_region_area)
     regions.write_regions_json(os.path.join(out_dir, "regions.json"), found, {"scan": path, "threshold": threshold})
     regions.write_regions_csv(os.path.join(out_dir, "regions.csv"), found)
@@ -131,6 +134,7 @@ def predict_scan(
         opts.overlay_alpha,
         opts.colormap,
         found,
+        full_at=opacity_full_at,
     )
     html.write_scan_report(
         os.path.join(out_dir, "report.html"),
@@ -144,6 +148,7 @@ def predict_scan(
         alpha=opts.overlay_alpha,
         max_regions=opts.report_max_regions,
         crop_margin=opts.crop_margin,
+        full_at=opacity_full_at,
     )
     seconds = time.perf_counter() - start
     summary = {

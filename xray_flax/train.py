@@ -26,7 +26,7 @@ import ml_collections
 import numpy as np
 from clu import metric_writers
 
-from xray_flax import checkpoint, detectors, evaluate, files, metrics, parallel, predict, progress, steps
+from xray_flax import checkpoint, detectors, evaluate, files, parallel, predict, progress, steps
 from xray_flax.data import pipeline
 from xray_flax.inference import Inferencer
 from xray_flax.normalization import IDENTITY
@@ -103,7 +103,7 @@ class _Validator:
         self.infer.set_variables(variables, IDENTITY)
         val = evaluate.score_split(self.infer, self.splits, "val", self.config)
         normalization = evaluate.fit_normalization(self.detector, self.config, val)
-        val_auc = metrics.roc_auc(val.labels, val.scores)
+        val_auc = evaluate.validation_roc_auc(self.splits, "val", val)
         if not np.isfinite(val_auc):
             log.warning(
                 "validation split has one class only: ROC-AUC undefined, the newest checkpoint counts as the best"

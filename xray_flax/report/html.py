@@ -56,6 +56,7 @@ def region_crop(
     colormap: str,
     alpha: float,
     limits: tuple[float, float] | None = None,
+    full_at: float = 0.5,
 ) -> Image.Image:
     """Side-by-side X-ray | overlay crop around a region (plus `margin`), box outlined,
     downscaled to at most `max_side` px a side per panel (block mean / block max).
@@ -67,7 +68,7 @@ def region_crop(
     heat = overlay.downsample_max(_crop_map(anomaly_map, y, x, h, w), factor)
     left = Image.fromarray(overlay.to_display_rgb(xray, limits))
     heat_rgb = overlay.apply_colormap(heat, colormap)
-    right = Image.fromarray(overlay.blend(np.asarray(left), heat_rgb, alpha, overlay.heat_opacity(heat)))
+    right = Image.fromarray(overlay.blend(np.asarray(left), heat_rgb, alpha, overlay.heat_opacity(heat, full_at)))
     box = [margin / factor, margin / factor, (margin + region.width) / factor, (margin + region.height) / factor]
     for panel in (left, right):
         ImageDraw.Draw(panel).rectangle(box, outline=(0, 255, 255), width=1)
@@ -246,15 +247,18 @@ def write_scan_report(
     max_regions: int = 50,
     crop_margin: int = 32,
     crop_max_side: int = 256,
+    full_at: float = 0.5,
 ) -> None:
     """Writes the HTML report of one scan.
 
     Args:
       reader: the scan (`data.readers.ScanReader`, e.g. `ArrayScanReader`); read band by
         band for the thumbnail and region by region for the crops.
-      anomaly_map: full-resolution float32 [H, W] map in [0, 1] (array or memmap).
+      anomaly_map: full-resolution float32 [H, W] normalised map (array or memmap); colours span
+        [0, 1], values outside are clipped.
       regions: from `regions.find_regions`, best first; the first `max_regions` are shown.
       metadata: extra key/value rows shown at the top (scan path, checkpoint, threshold).
+      full_at: the heatmap is fully opaque (alpha) from this value on: the region threshold.
     """
     if anomaly_map.shape != (reader.height, reader.width):
         raise ValueError(f"anomaly map {anomaly_map.shape} does not match the scan {(reader.height, reader.width)}")
@@ -262,7 +266,7 @@ def write_scan_report(
     small_map = overlay.downsample_max(anomaly_map, factor)
     limits = overlay.display_limits(thumb)
     xray_rgb = overlay.to_display_rgb(thumb, limits)
-    heat_layer = overlay.heat_rgba(small_map, colormap)
+    heat_layer = overlay.heat_rgba(small_map, colormap, full_at)
     shown = list(regions)[:max_regions]
     rows = []
     for region in shown:
@@ -276,7 +280,7 @@ def write_scan_report(
             "mean_score": region.mean_score,
             "max_score": region.max_score,
         }
-        crop = region_crop(reader, anomaly_map, region, crop_margin, crop_max_side, colormap, alpha, limits)
+        crop = region_crop(reader, anomaly_map, region, crop_margin, crop_max_side, colormap, alpha, limits, full_at)
         row["crop"] = png_data_uri(crop)
         rows.append(row)
     info = {

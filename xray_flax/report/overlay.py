@@ -167,14 +167,22 @@ def blend(xray_rgb: np.ndarray, heat_rgb: np.ndarray, alpha: float, weights: np.
     return np.round(mixed).astype(np.uint8)
 
 
-def heat_opacity(anomaly_map: np.ndarray, vmin: float = 0.0, vmax: float = 1.0) -> np.ndarray:
-    """Per-pixel heatmap opacity in [0, 1]: the anomaly value scaled to [vmin, vmax]."""
-    return np.clip((np.nan_to_num(np.asarray(anomaly_map, np.float32)) - vmin) / (vmax - vmin), 0.0, 1.0)
+def heat_opacity(anomaly_map: np.ndarray, full_at: float = 0.5) -> np.ndarray:
+    """Per-pixel heatmap opacity in [0, 1]: 0 at value 0, rising linearly to 1 at `full_at`.
+
+    `full_at` is the cut that matters (the region threshold; 0.5, the fixed cut of normalised
+    maps, by default): everything scored at or above it is drawn at the full heatmap opacity,
+    so what the model flags is plainly coloured, while the normal background (near 0 after
+    normalisation) leaves the X-ray untouched.
+    """
+    if not full_at > 0:
+        raise ValueError(f"full_at must be positive, got {full_at}")
+    return np.clip(np.nan_to_num(np.asarray(anomaly_map, np.float32)) / np.float32(full_at), 0.0, 1.0)
 
 
-def heat_rgba(anomaly_map: np.ndarray, colormap: str = "inferno") -> np.ndarray:
+def heat_rgba(anomaly_map: np.ndarray, colormap: str = "inferno", full_at: float = 0.5) -> np.ndarray:
     """uint8 [h, w, 4] heat layer whose alpha channel is `heat_opacity` (HTML reports)."""
-    alpha = np.round(heat_opacity(anomaly_map) * 255.0).astype(np.uint8)
+    alpha = np.round(heat_opacity(anomaly_map, full_at) * 255.0).astype(np.uint8)
     return np.concatenate([apply_colormap(anomaly_map, colormap), alpha[..., None]], axis=-1)
 
 
@@ -228,15 +236,18 @@ def overlay_image(
     region_scale: float = 1.0,
     with_colorbar: bool = True,
     weight_by_value: bool = True,
+    full_at: float = 0.5,
 ) -> Image.Image:
     """PIL RGB image: heatmap of `anomaly_map` (values in [0, 1]) over the X-ray, both
     already at display size ([h, w, C] and [h, w]); boxes of `regions`; colour bar.
-    With `weight_by_value` the heatmap's opacity is alpha * value (see `blend`)."""
+    With `weight_by_value` the heatmap's opacity is alpha * heat_opacity(value, full_at)."""
     xray_rgb = to_display_rgb(xray)
     if xray_rgb.shape[:2] != anomaly_map.shape:
         raise ValueError(f"X-ray {xray_rgb.shape[:2]} and anomaly map {anomaly_map.shape} differ in size")
     heat = apply_colormap(anomaly_map, colormap)
-    image = Image.fromarray(blend(xray_rgb, heat, alpha, heat_opacity(anomaly_map) if weight_by_value else None))
+    image = Image.fromarray(
+        blend(xray_rgb, heat, alpha, heat_opacity(anomaly_map, full_at) if weight_by_value else None)
+    )
     draw_region_boxes(image, regions, region_scale)
     if not with_colorbar:
         return image
@@ -255,6 +266,7 @@ def write_overlay_png(
     alpha: float = 0.5,
     colormap: str = "inferno",
     regions: Sequence = (),
+    full_at: float = 0.5,
 ) -> tuple[int, int]:
     """Writes the overlay of a whole scan at most `max_side` px a side; returns (w, h) of
     the scan part. `reader` is a ScanReader (e.g. `ArrayScanReader`), the map full size."""
@@ -262,7 +274,7 @@ def write_overlay_png(
         raise ValueError(f"anomaly map {anomaly_map.shape} does not match the scan {(reader.height, reader.width)}")
     thumb, factor = read_thumbnail(reader, max_side)
     small_map = downsample_max(anomaly_map, factor)
-    image = overlay_image(thumb, small_map, alpha, colormap, regions, 1.0 / factor)
+    image = overlay_image(thumb, small_map, alpha, colormap, regions, 1.0 / factor, full_at=full_at)
     image.save(path, format="PNG")
     return small_map.shape[1], small_map.shape[0]
 
