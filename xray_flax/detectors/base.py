@@ -6,9 +6,9 @@ device mesh. Two kinds:
 
 * ``gradient``: trained by an optax optimiser. ``train_step(state, batch, key, aux) ->
   (state, metrics)`` takes a `TrainState` and a batch ``{"image": [b, P, P, C]}`` of clean
-  normal tiles; ``metrics`` holds at least ``loss`` (scalars, already reduced over the global
-  batch). The loop adds the NaN guard: a step whose loss or new parameters are not finite
-  leaves the state unchanged (`guard_nonfinite`).
+  normal tiles; ``metrics`` holds at least ``loss`` and ``grad_norm`` (scalars, already
+  reduced over the global batch). The loop adds the NaN guard: a step whose loss or
+  gradients are not finite leaves the state unchanged (`guard_nonfinite`).
 * ``fit``: fitted in one finite pass over the clean training tiles, no optimiser (memory-bank
   models). ``fit(variables, batches) -> variables``, where ``batches`` yields
   ``{"image": [B, P, P, C], "valid": [B]}`` global device arrays of one fixed size B (the last
@@ -82,29 +82,33 @@ class TrainState(struct.PyTreeNode):
         )
 
 
+def init_module(key: jax.Array, sample: jax.Array, *, model: Any) -> Variables:
+    """`Detector.init` of a detector that is one Flax Linen module called as model(x, train)."""
+    return model.init(key, sample, train=False)
+
+
 def split_variables(variables: Variables) -> tuple[Any, dict]:
     """(params, every other collection) of a Flax variables dict."""
     variables = dict(variables)
     return variables.pop("params", {}), variables
 
 
-def all_finite(tree: Any) -> jax.Array:
-    """True when every floating-point leaf of `tree` is finite (one fused reduction)."""
-    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
-    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
-
-
 def guard_nonfinite(train_step: Callable) -> Callable:
-    """Wraps a train step so that a non-finite loss or update leaves the state unchanged.
+    """Wraps a train step so that a non-finite loss or gradient leaves the state unchanged.
 
-    The step counter still advances (the data iterator and the keys did), and the metrics
-    report ``nonfinite`` = 1, so the loop stops with a clear error before anything non-finite
-    reaches the parameters or a checkpoint.
+    The step's metrics must hold ``loss`` and ``grad_norm`` (the global norm of the
+    gradients, e.g. optax.tree.norm): a finite norm means every gradient is finite, and a
+    finite update of finite parameters stays finite. The step counter still advances (the data
+    iterator and the keys did), and the metrics report ``nonfinite`` = 1, so the loop stops
+    with a clear error before anything non-finite reaches the parameters or a checkpoint.
     """
 
     def guarded(state: TrainState, batch: dict, key: jax.Array, aux: Any) -> tuple[TrainState, dict]:
         new_state, metrics = train_step(state, batch, key, aux)
-        finite = jnp.isfinite(metrics["loss"]) & all_finite((new_state.params, new_state.collections))
+        missing = {"loss", "grad_norm"} - set(metrics)
+        if missing:
+            raise KeyError(f"a gradient detector's train_step must report {sorted(missing)} in its metrics")
+        finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
         kept = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
         metrics = dict(metrics, nonfinite=1.0 - finite.astype(jnp.float32))
         return kept.replace(step=state.step + 1), metrics

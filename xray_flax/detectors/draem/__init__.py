@@ -21,7 +21,7 @@ import functools
 import jax.numpy as jnp
 import ml_collections
 
-from xray_flax.detectors.base import GRADIENT, Detector
+from xray_flax.detectors.base import GRADIENT, Detector, init_module
 from xray_flax.detectors.draem import model as draem_model
 from xray_flax.detectors.draem import steps
 from xray_flax.optim import make_optimizer
@@ -36,7 +36,7 @@ def build(config: ml_collections.ConfigDict) -> Detector:
     return Detector(
         name="draem",
         kind=GRADIENT,
-        init=functools.partial(steps.init, model=model),
+        init=functools.partial(init_module, model=model),
         anomaly_map=functools.partial(steps.anomaly_map, model=model),
         size_multiple=draem_model.size_multiple(config.model),
         bounded_map=True,

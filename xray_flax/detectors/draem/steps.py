@@ -18,10 +18,6 @@ from xray_flax.detectors.draem.model import anomaly_probability
 from xray_flax.synthesis import SynthesisSpec, synthesize_batch
 
 
-def init(key: jax.Array, sample: jax.Array, *, model: nn.Module) -> dict:
-    return model.init(key, sample, train=False)
-
-
 def train_step(
     state: TrainState,
     batch: dict,

@@ -46,7 +46,7 @@ import functools
 import ml_collections
 import optax
 
-from xray_flax.detectors.base import GRADIENT, Detector
+from xray_flax.detectors.base import GRADIENT, Detector, init_module
 from xray_flax.detectors.pyramid_ae import steps
 from xray_flax.detectors.pyramid_ae.network import PyramidAutoencoder, size_multiple
 from xray_flax.nn.precision import compute_dtype
@@ -98,7 +98,7 @@ def build(config: ml_collections.ConfigDict) -> Detector:
     return Detector(
         name="pyramid_ae",
         kind=GRADIENT,
-        init=functools.partial(steps.init, model=model),
+        init=functools.partial(init_module, model=model),
         anomaly_map=functools.partial(
             steps.anomaly_map, model=model, levels=levels, image_score=model_config.image_score
         ),

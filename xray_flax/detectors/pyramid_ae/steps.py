@@ -18,10 +18,6 @@ from xray_flax.detectors.pyramid_ae.loss import pyramid_error_map, reconstructio
 IMAGE_SCORES = ("max", "mean")
 
 
-def init(key: jax.Array, sample: jax.Array, *, model: nn.Module) -> dict:
-    return model.init(key, sample, train=False)
-
-
 def train_step(
     state: TrainState,
     batch: dict,
