@@ -12,6 +12,7 @@ from PIL import Image
 from skimage.metrics import structural_similarity
 
 from xray_flax import losses
+from xray_flax.detectors.draem.loss import draem_loss
 
 
 def skimage_ssim(a: np.ndarray, b: np.ndarray) -> float:
@@ -63,7 +64,7 @@ def test_total_loss_combines_terms_with_lambda():
     rec = np.clip(clean + 0.1 * rng.standard_normal(clean.shape), 0, 1).astype(np.float32)
     logits = rng.standard_normal((2, 32, 32, 2)).astype(np.float32)
     mask = (rng.random((2, 32, 32, 1)) > 0.9).astype(np.float32)
-    total, terms = losses.draem_loss(
+    total, terms = draem_loss(
         jnp.asarray(clean), jnp.asarray(rec), jnp.asarray(logits), jnp.asarray(mask), ssim_weight=2.0
     )
     ssim = np.mean([skimage_ssim(clean[i], rec[i]) for i in range(2)])
