@@ -32,10 +32,10 @@ def cli_env(devices: int | None = None) -> dict[str, str]:
     return env
 
 
-def tiny_args(workdir: str, simulated_cache: str, **train) -> list[str]:
+def tiny_args(workdir: str, simulated_cache: str, detector: str = "draem", **train) -> list[str]:
     args = [
         "--config",
-        "configs/tiny.py",
+        f"configs/tiny.py:{detector}",
         "--workdir",
         workdir,
         f"--config.data.simulated.cache_dir={simulated_cache}",

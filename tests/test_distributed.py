@@ -36,11 +36,12 @@ NUM_STEPS = 8
 LEARNING_RATE = 1e-3  # configs/tiny.py
 
 
-def train_args(workdir: str, cache: str) -> list[str]:
+def train_args(workdir: str, cache: str, detector: str = "draem") -> list[str]:
     # Every step logged and kept, validation (the multi-process Inferencer) half way.
     return helpers.tiny_args(
         workdir,
         cache,
+        detector,
         num_steps=NUM_STEPS,
         log_every=1,
         checkpoint_every=1,
@@ -49,13 +50,14 @@ def train_args(workdir: str, cache: str) -> list[str]:
     )
 
 
-@pytest.fixture(scope="module")
-def one_process_run(tmp_path_factory):
+# The gradient-kind detectors: the multi-process loop is shared, so it must hold for each.
+@pytest.fixture(scope="module", params=["draem", "pyramid_ae"])
+def one_process_run(request, tmp_path_factory):
     cache = str(tmp_path_factory.getbasetemp() / "simulated")
-    workdir = str(tmp_path_factory.mktemp("one_process"))
-    result = helpers.run_cli(train_args(workdir, cache))
+    workdir = str(tmp_path_factory.mktemp(f"one_process_{request.param}"))
+    result = helpers.run_cli(train_args(workdir, cache, request.param))
     assert result.returncode == 0, result.stderr[-4000:]
-    return workdir, cache
+    return workdir, cache, request.param
 
 
 # ------------------------------------------------------------------------------------------
@@ -130,9 +132,9 @@ def flat_params(state) -> np.ndarray:
 
 @pytest.mark.slow
 def test_two_processes_preempted_and_resumed_train_like_one_process(one_process_run, tmp_path):
-    reference, cache = one_process_run
+    reference, cache, detector = one_process_run
     workdir = str(tmp_path / "two_processes")
-    status, output = start_two_processes_and_terminate(train_args(workdir, cache), after_step=2)
+    status, output = start_two_processes_and_terminate(train_args(workdir, cache, detector), after_step=2)
     assert status == 0, output[-4000:]
     # Both processes met at the coordination service's preemption sync point and saved one step.
     stops = re.findall(r"preemption notice at step (\d+)", output)
@@ -143,7 +145,7 @@ def test_two_processes_preempted_and_resumed_train_like_one_process(one_process_
     assert not os.path.exists(os.path.join(workdir, "metrics.json"))
     assert len(re.findall(r"\] train: 1/", output)) == 1, "only process 0 logs progress"
 
-    resumed = helpers.run_local_launcher(2, train_args(workdir, cache))
+    resumed = helpers.run_local_launcher(2, train_args(workdir, cache, detector))
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     assert f"resumed from step {stopped_at}" in resumed.stderr
     assert "2 device(s) in 2 process(es)" in resumed.stderr
@@ -179,7 +181,7 @@ def test_two_processes_preempted_and_resumed_train_like_one_process(one_process_
 
 @pytest.mark.slow
 def test_evaluation_in_two_processes_equals_one_process(one_process_run, tmp_path):
-    reference, _ = one_process_run
+    reference, _, _ = one_process_run
     output_dir = str(tmp_path / "evaluated_by_two")
     result = helpers.run_local_launcher(2, ["--mode", "evaluate", "--workdir", reference, "--output_dir", output_dir])
     assert result.returncode == 0, result.stderr[-4000:]

@@ -15,9 +15,16 @@ import pytest
 NUM_STEPS = 40
 
 
-def train_args(workdir: str, cache: str) -> list[str]:
+def train_args(workdir: str, cache: str, detector: str) -> list[str]:
     return helpers.tiny_args(
-        workdir, cache, num_steps=NUM_STEPS, log_every=1, checkpoint_every=10, eval_every=1000, keep_checkpoints=2
+        workdir,
+        cache,
+        detector,
+        num_steps=NUM_STEPS,
+        log_every=1,
+        checkpoint_every=10,
+        eval_every=1000,
+        keep_checkpoints=2,
     )
 
 
@@ -27,22 +34,23 @@ def run_until_terminated(args: list[str], after_step: int, timeout: float = 300)
 
 
 @pytest.mark.slow
-def test_sigterm_saves_and_the_same_command_resumes_exactly(tmp_path):
+@pytest.mark.parametrize("detector", ["draem", "pyramid_ae"])  # the gradient-kind detectors
+def test_sigterm_saves_and_the_same_command_resumes_exactly(tmp_path, detector):
     cache = str(tmp_path.parent / "simulated")
     interrupted = str(tmp_path / "interrupted")
-    status, output = run_until_terminated(train_args(interrupted, cache), after_step=3)
+    status, output = run_until_terminated(train_args(interrupted, cache, detector), after_step=3)
     assert status == 0, output[-4000:]
     assert "saving a checkpoint and stopping" in output
     stopped_at, _ = helpers.latest_state(interrupted)
     assert 3 <= stopped_at < NUM_STEPS, output[-4000:]
     assert not os.path.exists(os.path.join(interrupted, "metrics.json"))  # not evaluated yet
 
-    resumed = helpers.run_cli(train_args(interrupted, cache))
+    resumed = helpers.run_cli(train_args(interrupted, cache, detector))
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     assert f"resumed from step {stopped_at}" in resumed.stderr
 
     uninterrupted = str(tmp_path / "uninterrupted")
-    reference = helpers.run_cli(train_args(uninterrupted, cache))
+    reference = helpers.run_cli(train_args(uninterrupted, cache, detector))
     assert reference.returncode == 0, reference.stderr[-4000:]
 
     step_a, state_a = helpers.latest_state(interrupted)
