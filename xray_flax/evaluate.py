@@ -137,24 +137,30 @@ def _gallery_rows(candidates: dict[str, np.ndarray], rows: int) -> dict[str, np.
     return {k: v[chosen] for k, v in candidates.items()}
 
 
+def normalization_is_fitted(detector: detectors.Detector, config: ml_collections.ConfigDict) -> bool:
+    """Whether config.eval.normalization asks for a fitted normalisation (else the identity)."""
+    mode = config.eval.normalization
+    if mode not in ("auto", "none", normalization.NORMAL_QUANTILE_RULE):
+        raise ValueError(f"config.eval.normalization={mode!r}; expected 'auto', 'none' or 'normal_quantile'")
+    return not (mode == "none" or (mode == "auto" and detector.bounded_map))
+
+
 def fit_normalization(
     detector: detectors.Detector, config: ml_collections.ConfigDict, raw_val: SplitScores
 ) -> ScoreNormalization:
     """The score normalisation config.eval.normalization asks for, from raw validation scores."""
-    mode = config.eval.normalization
-    if mode not in ("auto", "none", normalization.NORMAL_QUANTILE_RULE):
-        raise ValueError(f"config.eval.normalization={mode!r}; expected 'auto', 'none' or 'normal_quantile'")
-    if mode == "none" or (mode == "auto" and detector.bounded_map):
+    if not normalization_is_fitted(detector, config):
         return IDENTITY
     normal = raw_val.labels == 0
     return normalization.fit(raw_val.normal_medians, raw_val.scores[normal], config.eval.normalization_quantile)
 
 
-def restore_inferencer(config: ml_collections.ConfigDict, workdir: str, mesh, batch_size: int):
+def restore_inferencer(config: ml_collections.ConfigDict, workdir: str, mesh, batch_size: int, splits: Any = None):
     """(detector, Inferencer, checkpoint meta, checkpoint path) of the checkpoint to evaluate.
 
     The normalisation is the one stored with the checkpoint; a checkpoint without one (a
-    `checkpoints/<step>` directory) gets it fitted on the validation split now.
+    `checkpoints/<step>` directory) gets it fitted on the validation split of `splits`
+    (prepared from config.data when not given) now, unless it is the identity anyway.
     """
     detector = detectors.build(config)
     abstract = steps.replicated_abstract(
@@ -165,8 +171,10 @@ def restore_inferencer(config: ml_collections.ConfigDict, workdir: str, mesh, ba
     stored = meta.get("normalization")
     if stored:
         norm = ScoreNormalization.from_json(stored)
+    elif not normalization_is_fitted(detector, config):
+        norm = IDENTITY
     else:
-        splits = pipeline.prepare_splits(config.data, None)
+        splits = splits if splits is not None else pipeline.prepare_splits(config.data, None)
         norm = fit_normalization(detector, config, score_split(infer, splits, "val", config))
         log.info("score normalisation fitted on the validation split: %s", norm)
     infer.set_variables(variables, norm)
@@ -205,9 +213,9 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, output_dir: str | 
     """Evaluate the best checkpoint of `workdir` on the test split; writes metrics, scores and reports."""
     output_dir = output_dir or workdir
     mesh = parallel.make_mesh(config.mesh)
-    detector, infer, meta, path = restore_inferencer(config, workdir, mesh, config.eval.batch_size)
-    log.info("evaluating %s (%s, step %s)", path, detector.name, meta.get("step"))
     splits = pipeline.prepare_splits(config.data, None)
+    detector, infer, meta, path = restore_inferencer(config, workdir, mesh, config.eval.batch_size, splits)
+    log.info("evaluating %s (%s, step %s)", path, detector.name, meta.get("step"))
 
     val = score_split(infer, splits, "val", config)
     test = score_split(infer, splits, "test", config, keep_gallery=GALLERY_ROWS)

@@ -33,11 +33,10 @@ class ReportProgress(periodic_actions.ReportProgress):
         super().__init__(num_train_steps=total, **kwargs)
         self.what, self.total, self.unit = what, total, unit
         self.detail = ""
-        self.rate = 0.0
 
     def _apply(self, step: int, t: float):
-        self.rate = (step - self._previous_step) / max(t - self._previous_time, 1e-9)
-        eta = format_duration((self.total - step) / self.rate) if self.rate > 0 else "?"
+        rate = (step - self._previous_step) / max(t - self._previous_time, 1e-9)
+        eta = format_duration((self.total - step) / rate) if rate > 0 else "?"
         parts = ", ".join(f"{name} {format_duration(dt)}" for name, dt in sorted(self._time_per_part.items()))
         detail = " | ".join(x for x in (self.detail, parts) if x)
         log.info(
@@ -47,10 +46,10 @@ class ReportProgress(periodic_actions.ReportProgress):
             self.total,
             self.unit,
             100 * step / max(self.total, 1),
-            self.rate,
+            rate,
             self.unit,
             eta,
             f" | {detail}" if detail else "",
         )
         if self._writer is not None:
-            self._writer.write_scalars(step, {f"{self.unit}_per_sec": self.rate})
+            self._writer.write_scalars(step, {f"{self.unit}_per_sec": rate})

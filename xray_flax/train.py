@@ -196,7 +196,9 @@ def _train(detector, config, workdir, splits, mesh, ckpt, writer) -> bool:
 
     step = int(state.step)
     halt = config.train.halt_after_steps
-    report = progress.ReportProgress("train", num_steps, every_steps=config.train.log_every, every_secs=None)
+    report = progress.ReportProgress(
+        "train", num_steps, every_steps=config.train.log_every, every_secs=None, writer=writer
+    )
     report(step)
     pending: list[dict] = []
     in_flight: collections.deque = collections.deque()

@@ -254,15 +254,22 @@ def _ensure_absl_flags_parsed():
         flags.FLAGS.mark_as_parsed()
 
 
-def make_train_dataset(
-    splits: Splits, data_config, *, batch_size: int, seed: int, process_index: int = 0, process_count: int = 1
-) -> grain.IterDataset:
-    """The training IterDataset (see make_train_iterator)."""
+def _training_source(splits: Splits, data_config):
+    """The clean normal tiles of the train split (what training and fitting read); an error
+    naming the data when there are none."""
     source = _source(splits, "train", data_config, train=True)
     if len(source) == 0:
         raise readers.EmptySplitError(
             splits.root or "<data>", "the train split has no normal tiles (all background, anomalous or unlabelled)"
         )
+    return source
+
+
+def make_train_dataset(
+    splits: Splits, data_config, *, batch_size: int, seed: int, process_index: int = 0, process_count: int = 1
+) -> grain.IterDataset:
+    """The training IterDataset (see make_train_iterator)."""
+    source = _training_source(splits, data_config)
     if process_index not in range(process_count):
         raise ValueError(f"process_index={process_index} is not in range(process_count={process_count})")
     # Every process shuffles the same global sequence of tiles (same seed) and cuts it into
@@ -358,11 +365,7 @@ def iterate_fit_batches(
     of every global batch, as the train iterator does, so all processes see the same number of
     batches and the global batches do not depend on P.
     """
-    source = _source(splits, "train", data_config, train=True)
-    if len(source) == 0:
-        raise readers.EmptySplitError(
-            splits.root or "<data>", "the train split has no normal tiles (all background, anomalous or unlabelled)"
-        )
+    source = _training_source(splits, data_config)
     shape = (data_config.patch_size, data_config.patch_size, data_config.channels)
     global_batch = batch_size * process_count
     total = -(-len(source) // global_batch) * global_batch
