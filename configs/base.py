@@ -21,6 +21,9 @@ def get_base_config(detector: str = "draem") -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.detector = detector  # xray_flax/detectors/__init__.py lists the names
     config.seed = 0  # initialisation and per-step keys; data order has its own seeds
+    # The row of the paper's Table 2 this method is (e.g. "FastFlow"; "" = none): the Table 2
+    # command (python -m xray_flax.table2) prints the published numbers beside ours.
+    config.paper_row = ""
 
     config.data = data_config.defaults()
     config.eval = evaluation_config.defaults()

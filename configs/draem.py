@@ -11,6 +11,7 @@ from configs import paper
 def get_config():
     config = paper.get_config()
     config.method = "DRAEM (Zavrtanik et al. 2021)"
+    config.paper_row = "DRAEM"
     config.model.reconstructive = "draem"
     config.model.discriminative = "draem"
     config.synthesis.blend = "draem"

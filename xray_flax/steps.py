@@ -9,6 +9,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from xray_flax import parallel
 from xray_flax.detectors import Detector, TrainState
@@ -19,19 +20,31 @@ def sample_input(patch_size: int, channels: int) -> jax.Array:
     return jnp.zeros((1, patch_size, patch_size, channels), jnp.float32)
 
 
-def init_variables(detector: Detector, key: jax.Array, patch_size: int, channels: int, mesh) -> dict:
-    """The detector's initial variables, created replicated on the mesh."""
+def init_variables(
+    detector: Detector, key: jax.Array, patch_size: int, channels: int, mesh, pretrained: bool = True
+) -> dict:
+    """The detector's initial variables, created replicated on the mesh, with its pretrained parts
+    loaded from their files (`Detector.pretrained`) unless `pretrained` is False (benchmarks,
+    shape-only uses)."""
     sample = sample_input(patch_size, channels)
-    return jax.jit(lambda k: detector.init(k, sample), out_shardings=parallel.replicated(mesh))(key)
+    variables = jax.jit(lambda k: detector.init(k, sample), out_shardings=parallel.replicated(mesh))(key)
+    if pretrained and detector.pretrained is not None:
+        # Loaded on the host, outside jit: hundreds of MB of weights must not become constants
+        # of a compiled program. Every process loads the same file.
+        variables = detector.pretrained(jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), variables))
+        variables = parallel.replicate(jax.tree.map(jnp.asarray, variables), mesh)
+    return variables
 
 
-def init_train_state(detector: Detector, key: jax.Array, patch_size: int, channels: int, mesh) -> TrainState:
+def init_train_state(
+    detector: Detector, key: jax.Array, patch_size: int, channels: int, mesh, pretrained: bool = True
+) -> TrainState:
     """Initial variables and optimiser state of a gradient detector, replicated on the mesh."""
-    sample = sample_input(patch_size, channels)
+    variables = init_variables(detector, key, patch_size, channels, mesh, pretrained=pretrained)
     return jax.jit(
-        lambda k: TrainState.create(detector.init(k, sample), detector.optimizer),
+        lambda v: TrainState.create(v, detector.optimizer),
         out_shardings=parallel.replicated(mesh),
-    )(key)
+    )(variables)
 
 
 def with_sharding(tree: Any, sharding: jax.sharding.Sharding) -> Any:

@@ -29,6 +29,10 @@ inference mode with
 `bounded_map` says the map is already a probability in [0, 1] whose natural cut is 0.5 (DRAEM's
 softmax): then the shared score normalisation is the identity. Otherwise a normalisation is
 fitted on the validation split's normal tiles (`xray_flax.normalization`).
+
+Pretrained parts (frozen ImageNet backbones) are random in ``init`` and filled in by the
+optional host-side ``pretrained(variables) -> variables`` before a run starts from scratch; the
+checkpoints then hold them, so evaluation and predict need no weights file.
 """
 
 from __future__ import annotations
@@ -140,6 +144,12 @@ class Detector:
     preview: Callable[[Variables, dict, jax.Array, Any], dict] | None = None
     # --- fit kind ---
     fit: Callable[[Variables, Iterable[dict]], Variables] | None = None
+    # --- both kinds ---
+    # Host-side, once, before training or fitting from scratch (never on restore: checkpoints
+    # hold the result): freshly initialised variables -> the same tree with its pretrained
+    # parts filled in from their files (e.g. an ImageNet backbone in a frozen collection).
+    # `init` itself stays pure and file-free, so eval_shape(init) is every restore target.
+    pretrained: Callable[[Variables], Variables] | None = None
 
     def __post_init__(self):
         if self.kind not in KINDS:

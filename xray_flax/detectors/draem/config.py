@@ -15,6 +15,7 @@ from xray_flax.synthesis import config as synthesis_config
 def defaults() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.method = "DRAEM + Nested U-Net (Mezina et al. 2025)"  # name shown in reports
+    config.paper_row = "Proposed"  # Table 2 of the paper
 
     model = ml_collections.ConfigDict()
     model.reconstructive = "nested_unet"  # 'nested_unet' [paper] | 'draem' (DRAEM's encoder-decoder)

@@ -1,0 +1,90 @@
+"""The Table 2 command: same data for every method, our rows beside the paper's, one ROC figure,
+and a rerun that does not retrain a finished method."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+
+import pytest
+
+from xray_flax import table2
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def table(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("table2"))
+    cache = str(tmp_path_factory.getbasetemp() / "simulated")
+    cwd = os.getcwd()
+    os.chdir(REPO)
+    try:
+        results = table2.run(
+            root,
+            "configs/tiny.py",
+            ["configs/tiny.py:highpass", "configs/highpass.py"],
+            overrides=[f"data.simulated.cache_dir={cache!r}"],
+        )
+    finally:
+        os.chdir(cwd)
+    return root, results, cache
+
+
+def test_every_method_gets_the_data_section_of_the_data_config(table):
+    root, results, _ = table
+    configs = [json.load(open(os.path.join(r["workdir"], "config.json"))) for r in results]
+    assert configs[0]["data"] == configs[1]["data"]
+    assert configs[1]["data"]["patch_size"] == 32  # configs/highpass.py alone would use 64-px tiles
+    assert [c["eval"]["score_filter_size"] for c in configs] == [1, 1]  # each keeps its own image score
+
+
+def test_table_roc_figure_and_json(table):
+    root, results, _ = table
+    text = open(os.path.join(root, "table2.md")).read()
+    assert text.splitlines()[0].startswith("| Method | ROC-AUC | Acc | F1 | Precision | Recall | s/patch |")
+    for result in results:
+        auroc = result["test"]["roc_auc"]
+        assert f"{auroc:.4f}" in text
+    svg = open(os.path.join(root, "roc.svg")).read()
+    assert svg.count("<polyline") == 2
+    assert json.load(open(os.path.join(root, "table2.json")))[0]["method"] == results[0]["method"]
+
+
+def test_paper_row_is_printed_beside_ours():
+    results = [{"method": "ours", "paper_row": "FastFlow", "test": {"roc_auc": 0.5}}]
+    lines = table2.table_markdown(results).splitlines()
+    assert lines[2].startswith("| ours | 0.5000")
+    assert lines[3].startswith("| FastFlow (paper) | 0.7853 | 0.7153 | 0.6567 | 0.6324 | 0.6831 | 0.0425 |")
+
+
+def test_rerun_does_not_retrain_and_a_changed_config_is_refused(table, caplog):
+    root, results, cache = table
+    metrics = os.path.join(results[0]["workdir"], "metrics.json")
+    before = os.stat(metrics).st_mtime_ns
+    cwd = os.getcwd()
+    os.chdir(REPO)
+    try:
+        with caplog.at_level("INFO", logger="xray_flax.table2"):
+            table2.run(root, "configs/tiny.py", ["configs/tiny.py:highpass"], [f"data.simulated.cache_dir={cache!r}"])
+        assert os.stat(metrics).st_mtime_ns == before
+        assert "finished already" in caplog.text
+        changed = table2.run(
+            root,
+            "configs/tiny.py",
+            ["configs/tiny.py:highpass"],
+            [f"data.simulated.cache_dir={cache!r}", "model.window=7"],
+        )
+    finally:
+        os.chdir(cwd)
+    assert re.search(r"different config", changed[0]["error"])
+    assert "FAILED" in open(os.path.join(root, "table2.md")).read()
+
+
+def test_bad_override_is_a_clear_error():
+    config = table2.load_config_file(os.path.join(REPO, "configs/tiny.py") + ":highpass")
+    with pytest.raises(ValueError, match="no field 'train.num_stepz'"):
+        table2.apply_override(config, "train.num_stepz=3")
+    table2.apply_override(config, "train.num_steps=3")
+    assert config.train.num_steps == 3

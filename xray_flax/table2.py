@@ -1,0 +1,301 @@
+"""The paper's Table 2 in one command: train and evaluate several detectors on one dataset.
+
+    python -m xray_flax.table2 --root workdirs/table2 [--data configs/default.py]
+        [--methods configs/cfa_cpu.py configs/fastflow_cpu.py ...] [--set train.num_steps=100 ...]
+
+Every method config gets the data section and the threshold rule of the `--data` config, so
+all methods see the same scans, the same split and the same tiles, and their thresholds are
+chosen by the same rule on the same validation split. Each method trains (or fits) in
+ROOT/<config name>/ through the shared loop, which evaluates its best-on-validation checkpoint;
+then ROOT/table2.md (the paper's columns: ROC-AUC, accuracy, F1, precision, recall, s/patch,
+each of our rows followed by the paper's row for the same method), ROOT/table2.json and
+ROOT/roc.svg (the test ROC curves of all methods in one figure) are written.
+
+Resumable: rerun the same command and a finished method (its metrics.json written by this
+config) is not retrained; an interrupted one resumes from its latest checkpoint. A method that
+fails is reported in the table and the others still run; the command then exits non-zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import csv
+import html
+import importlib.util
+import json
+import logging
+import os
+import sys
+import traceback
+from collections.abc import Sequence
+
+import ml_collections
+import numpy as np
+
+from xray_flax import files
+from xray_flax.report import tables
+
+log = logging.getLogger("xray_flax.table2")
+
+# The CPU configs of the paper's Table 2 methods (baselines, DRAEM, the paper's model) and the
+# training-free reference, all on the default simulated data's 64-px tiles.
+DEFAULT_METHODS = (
+    "configs/cfa_cpu.py",
+    "configs/csflow_cpu.py",
+    "configs/draem_cpu.py",
+    "configs/fastflow_cpu.py",
+    "configs/stfpm_cpu.py",
+    "configs/reverse_distillation_cpu.py",
+    "configs/default.py",
+    "configs/highpass.py",
+)
+
+# Fields of `config.eval` that make the threshold rule and the metrics the same for every
+# method (each method keeps its own image-score filter and score normalisation).
+SHARED_EVAL_FIELDS = (
+    "threshold_metric",
+    "fixed_threshold",
+    "normalization_quantile",
+    "pixel_exact_max_pixels",
+    "pixel_histogram_bins",
+    "aupro_fpr_limit",
+)
+
+
+def load_config_file(spec: str) -> ml_collections.ConfigDict:
+    """`path/to/config.py` or `path/to/config.py:ARG` (get_config(ARG)), as --config takes them."""
+    path, _, arg = spec.partition(":")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"config file {path!r} not found")
+    name = "table2_config_" + os.path.splitext(os.path.basename(path))[0]
+    module_spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ValueError(f"{path} has no get_config()")
+    return module.get_config(arg) if arg else module.get_config()
+
+
+def method_name(spec: str) -> str:
+    """The run folder of a config spec: configs/fastflow_cpu.py -> fastflow_cpu; tiny.py:cfa -> tiny_cfa."""
+    path, _, arg = spec.partition(":")
+    base = os.path.splitext(os.path.basename(path))[0]
+    return f"{base}_{arg}" if arg else base
+
+
+def apply_override(config: ml_collections.ConfigDict, assignment: str) -> None:
+    """'train.num_steps=100' -> config.train.num_steps = 100 (Python literal, else a string)."""
+    key, sep, text = assignment.partition("=")
+    if not sep or not key:
+        raise ValueError(f"--set {assignment!r}: expected KEY=VALUE, e.g. train.num_steps=100")
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        value = text
+    *parents, leaf = key.split(".")
+    node = config
+    for part in parents:
+        if part not in node:
+            raise ValueError(f"--set {assignment!r}: the config has no section {part!r}")
+        node = node[part]
+    if leaf not in node:
+        raise ValueError(f"--set {assignment!r}: the config has no field {key!r}")
+    node[leaf] = value
+
+
+def method_config(
+    spec: str, data: ml_collections.ConfigDict, overrides: Sequence[str], predict: bool
+) -> ml_collections.ConfigDict:
+    """A method's config with the shared data section, threshold rule and overrides."""
+    config = load_config_file(spec)
+    config.data = ml_collections.ConfigDict(data.data.to_dict())
+    for field in SHARED_EVAL_FIELDS:
+        if field in data.eval:
+            config.eval[field] = data.eval[field]
+    if not predict:
+        config.train.predict_test_scans = 0
+    for assignment in overrides:
+        apply_override(config, assignment)
+    return config
+
+
+def _comparable(config: ml_collections.ConfigDict) -> dict:
+    return json.loads(config.to_json_best_effort())
+
+
+def is_finished(workdir: str, config: ml_collections.ConfigDict) -> bool:
+    """metrics.json exists and was written by this very config (else the run must not be reused)."""
+    if not os.path.exists(os.path.join(workdir, "metrics.json")):
+        return False
+    saved = os.path.join(workdir, "config.json")
+    if not os.path.exists(saved):
+        return False
+    with open(saved, encoding="utf-8") as f:
+        if json.load(f) != _comparable(config):
+            raise ValueError(
+                f"{workdir} holds a finished run of a different config; use another --root or delete {workdir}"
+            )
+    return True
+
+
+def test_roc_curve(workdir: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """(false-positive rates, true-positive rates) of the test tiles in WORKDIR/scores.csv."""
+    from sklearn.metrics import roc_curve
+
+    path = os.path.join(workdir, "scores.csv")
+    if not os.path.exists(path):
+        return None
+    labels, scores = [], []
+    with open(path, newline="", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            if row["split"] == "test":
+                labels.append(int(row["label"]))
+                scores.append(float(row["score"]))
+    if len(set(labels)) < 2:
+        return None
+    fpr, tpr, _ = roc_curve(np.asarray(labels), np.asarray(scores))
+    return fpr, tpr
+
+
+# Colour-blind-safe palette (Okabe & Ito), then greys.
+_COLOURS = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000", "#999999")
+
+
+def roc_svg(curves: Sequence[tuple[str, float | None, np.ndarray, np.ndarray]]) -> str:
+    """A self-contained SVG of ROC curves: (label, AUROC, fpr, tpr) each."""
+    size, left, top, right = 360, 56, 24, 250
+    width, height = left + size + right, top + size + 56
+
+    def x(v):
+        return left + float(v) * size
+
+    def y(v):
+        return top + (1.0 - float(v)) * size
+
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="12">',
+        f'<rect x="0" y="0" width="{width}" height="{height}" fill="white"/>',
+        f'<rect x="{left}" y="{top}" width="{size}" height="{size}" fill="none" stroke="#444"/>',
+        f'<line x1="{x(0)}" y1="{y(0)}" x2="{x(1)}" y2="{y(1)}" stroke="#bbb" stroke-dasharray="4 4"/>',
+    ]
+    for tick in np.linspace(0, 1, 6):
+        parts.append(f'<text x="{x(tick):.1f}" y="{top + size + 16}" text-anchor="middle">{tick:.1f}</text>')
+        parts.append(f'<text x="{left - 6}" y="{y(tick) + 4:.1f}" text-anchor="end">{tick:.1f}</text>')
+    parts.append(f'<text x="{left + size / 2}" y="{top + size + 36}" text-anchor="middle">false-positive rate</text>')
+    parts.append(
+        f'<text x="14" y="{top + size / 2}" text-anchor="middle" '
+        f'transform="rotate(-90 14 {top + size / 2})">true-positive rate</text>'
+    )
+    for i, (label, auroc, fpr, tpr) in enumerate(curves):
+        colour = _COLOURS[i % len(_COLOURS)]
+        points = " ".join(f"{x(a):.1f},{y(b):.1f}" for a, b in zip(fpr, tpr))
+        parts.append(f'<polyline points="{points}" fill="none" stroke="{colour}" stroke-width="1.8"/>')
+        legend_y = top + 14 + 18 * i
+        parts.append(
+            f'<line x1="{left + size + 14}" y1="{legend_y - 4}" x2="{left + size + 34}" y2="{legend_y - 4}" '
+            f'stroke="{colour}" stroke-width="3"/>'
+        )
+        text = f"{label} ({tables.format_number(auroc, 3)})"
+        parts.append(f'<text x="{left + size + 40}" y="{legend_y}">{html.escape(text)}</text>')
+    parts.append("</svg>")
+    return "\n".join(parts) + "\n"
+
+
+def table_markdown(results: Sequence[dict]) -> str:
+    """Our rows, each followed by the paper's row of the same method (config.paper_row)."""
+    paper = {name: values for name, *values in tables.PAPER_TABLE2}
+    rows = []
+    for result in results:
+        if result.get("error"):
+            rows.append([f"{result['method']} — FAILED: {result['error']}"] + [tables.MISSING] * 6)
+        else:
+            rows.append(tables.table2_row(result["method"], result["test"]))
+        row = result.get("paper_row")
+        if row in paper:
+            rows.append([f"{row} (paper)"] + [tables.format_number(v) for v in paper[row]])
+    return tables.markdown_table(tables.TABLE2_COLUMNS, rows) + "\n" + tables.PAPER_NOTE + "\n"
+
+
+def run(
+    root: str,
+    data_spec: str,
+    method_specs: Sequence[str],
+    overrides: Sequence[str] = (),
+    predict: bool = False,
+) -> list[dict]:
+    """Train/evaluate every method (skipping finished ones), then write the table and the plot."""
+    from xray_flax import train
+
+    data = load_config_file(data_spec)
+    names = [method_name(spec) for spec in method_specs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"two methods would share a run folder: {names}")
+    configs = [method_config(spec, data, overrides, predict) for spec in method_specs]  # fail fast on bad configs
+    os.makedirs(root, exist_ok=True)
+    results = []
+    for index, (spec, name, config) in enumerate(zip(method_specs, names, configs)):
+        workdir = os.path.join(root, name)
+        result = {"config": spec, "workdir": workdir, "method": config.method, "paper_row": config.get("paper_row")}
+        log.info("[%d/%d] %s (%s) in %s", index + 1, len(configs), config.method, spec, workdir)
+        try:
+            if is_finished(workdir, config):
+                log.info("%s is finished already: not retrained", workdir)
+            else:
+                if train.train_and_evaluate(config, workdir) is None:
+                    raise RuntimeError("stopped before the end of training (halt_after_steps or a termination)")
+            result["test"] = tables.load_metrics(workdir)["test"]
+        except Exception as error:  # noqa: BLE001 - one failed method must not lose the others' results
+            log.error("%s failed:\n%s", spec, traceback.format_exc())
+            result["error"] = f"{type(error).__name__}: {error}".splitlines()[0][:200]
+        results.append(result)
+
+    files.write_text_atomic(os.path.join(root, "table2.md"), table_markdown(results))
+    files.write_text_atomic(os.path.join(root, "table2.json"), json.dumps(results, indent=2, default=str))
+    curves = []
+    for result in results:
+        curve = None if result.get("error") else test_roc_curve(result["workdir"])
+        if curve is not None:
+            curves.append((result["method"], result["test"].get("roc_auc"), *curve))
+    files.write_text_atomic(os.path.join(root, "roc.svg"), roc_svg(curves))
+    log.info("wrote table2.md, table2.json and roc.svg to %s", root)
+    return results
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m xray_flax.table2", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--root", required=True, help="folder of the runs (one subfolder per method) and the table")
+    parser.add_argument(
+        "--data", default="configs/default.py", help="config whose data section and threshold rule every method uses"
+    )
+    parser.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), help="method configs (path or path:ARG)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a field of every method's config, e.g. --set train.num_steps=100 (repeatable)",
+    )
+    parser.add_argument("--predict", action="store_true", help="also write whole-scan heatmaps of a test scan")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from xray_flax import logs, parallel
+
+    args = parse_args(argv)
+    logs.configure(False)
+    parallel.enable_compilation_cache()
+    try:
+        results = run(args.root, args.data, args.methods, args.overrides, args.predict)
+    except (FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(open(os.path.join(args.root, "table2.md"), encoding="utf-8").read())
+    return 1 if any(r.get("error") for r in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
