@@ -10,6 +10,7 @@ import scipy.ndimage
 
 from configs import tiny
 from xray_flax import detectors
+from xray_flax.detectors.base import run_fit
 from xray_flax.detectors.highpass import filters
 
 
@@ -39,7 +40,7 @@ def test_fit_z_scores_the_energy_of_the_valid_training_pixels_only():
     images = [rng.random((4, 32, 32, 1)).astype(np.float32) for _ in range(3)]
     valid = [np.ones(4, np.float32), np.ones(4, np.float32), np.array([1, 1, 0, 0], np.float32)]
     batches = [{"image": jnp.asarray(i), "valid": jnp.asarray(v)} for i, v in zip(images, valid)]
-    variables = detector.fit(detector.init(jax.random.key(0), jnp.zeros((1, 32, 32, 1))), batches)
+    variables = run_fit(detector, detector.init(jax.random.key(0), jnp.zeros((1, 32, 32, 1))), batches)
     energy = np.concatenate(
         [
             np.asarray(filters.local_highpass_energy(jnp.asarray(i), sigma=4.0, window=5))[v > 0]

@@ -11,6 +11,7 @@ import pytest
 from configs import tiny
 from xray_flax import detectors, evaluate, metrics, normalization, parallel, steps
 from xray_flax.data import pipeline
+from xray_flax.detectors.base import run_fit
 from xray_flax.inference import Inferencer
 from xray_flax.normalization import IDENTITY
 from xray_flax.report import regions
@@ -45,7 +46,7 @@ def fitted_highpass(tmp_path_factory):
     splits = pipeline.prepare_splits(config.data, None)
     variables = steps.init_variables(detector, jax.random.key(0), 32, 1, mesh)
     batches = (parallel.global_batch(b, mesh) for b in pipeline.iterate_fit_batches(splits, config.data, batch_size=8))
-    return config, mesh, detector, splits, detector.fit(variables, batches)
+    return config, mesh, detector, splits, run_fit(detector, variables, batches)
 
 
 def test_regions_and_fixed_threshold_do_not_change_when_the_map_is_scaled_by_1000(fitted_highpass):

@@ -181,3 +181,25 @@ def test_evaluate_without_checkpoint_is_a_clear_error(tmp_path):
     result = run_cli("--config", "configs/tiny.py", "--workdir", str(tmp_path / "empty"), "--mode", "evaluate")
     assert result.returncode != 0
     assert "no checkpoint in" in result.stderr and "--mode train" in result.stderr
+
+
+def test_a_halted_fit_resumes_after_its_last_batch_and_equals_an_uninterrupted_fit(tmp_path, caplog):
+    """Fit-kind detectors save their partial state (fit_partial/) and resume from it, not from zero."""
+    halted = str(tmp_path / "halted")
+    assert train.train_and_evaluate(tiny_config(tmp_path, "highpass", halt_after_steps=5), halted) is None
+    assert sorted(int(d) for d in os.listdir(os.path.join(halted, checkpoint.FIT_DIR)) if d.isdigit()) == [3, 5]
+    assert not os.path.exists(os.path.join(halted, checkpoint.BEST_DIR, "1"))
+    with caplog.at_level("INFO", logger="xray_flax.train"):
+        resumed = train.train_and_evaluate(tiny_config(tmp_path, "highpass"), halted)
+    assert "resuming the fit of highpass after 5 of" in caplog.text
+    whole = train.train_and_evaluate(tiny_config(tmp_path, "highpass"), str(tmp_path / "whole"))
+    for key in whole["test"]:
+        if key != "seconds_per_patch":
+            assert resumed["test"][key] == whole["test"][key], key
+    # A partial fit of another batch size is not silently mixed in.
+    again = str(tmp_path / "again")
+    train.train_and_evaluate(tiny_config(tmp_path, "highpass", halt_after_steps=2), again)
+    config = tiny_config(tmp_path, "highpass")
+    config.train.batch_size = 8
+    with pytest.raises(checkpoint.CheckpointError, match="partial fit with global batch 4"):
+        train.train_and_evaluate(config, again)

@@ -4,6 +4,8 @@
                                     collection), opt_state/, data_iterator/, meta/ (step, seed)
     <workdir>/best/<step>/          best by validation ROC-AUC (evaluate, predict): variables/ and
                                     meta/ (step, val_roc_auc, score normalisation); no optimiser
+    <workdir>/fit_partial/<n>/      fit-kind detectors while fitting: fit_state/ after n batches and
+                                    meta/ (batches, tiles); a killed fit resumes from the newest
 
 Inference restores only `variables`, from either folder, with the detector's
 `abstract_variables` (jax.eval_shape of its init) as the target: nothing of the optimiser is
@@ -24,6 +26,7 @@ import orbax.checkpoint as ocp
 
 LATEST_DIR = "checkpoints"
 BEST_DIR = "best"
+FIT_DIR = "fit_partial"
 BEST_METRIC = "val_roc_auc"
 
 
@@ -47,6 +50,11 @@ def _best_manager(workdir: str) -> ocp.CheckpointManager:
     return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), BEST_DIR), options=options)
 
 
+def _fit_manager(workdir: str) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(max_to_keep=2, create=True)
+    return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), FIT_DIR), options=options)
+
+
 class Checkpointer:
     """Saves and restores the training state (and the data iterator) of one workdir."""
 
@@ -54,6 +62,27 @@ class Checkpointer:
         self.workdir = workdir
         self.latest = _latest_manager(workdir, keep)
         self.best = _best_manager(workdir)
+        self._fit = None  # made on first use: gradient runs have no fit_partial/
+
+    @property
+    def fit(self) -> ocp.CheckpointManager:
+        if self._fit is None:
+            self._fit = _fit_manager(self.workdir)
+        return self._fit
+
+    def save_fit(self, batches: int, fit_state: Any, meta: dict) -> None:
+        """A fit detector's partial state after `batches` batches (resumed from after a kill)."""
+        args = ocp.args.Composite(fit_state=ocp.args.StandardSave(fit_state), meta=ocp.args.JsonSave(meta))
+        self._save(self.fit, batches, args)
+
+    def restore_fit(self, template: Any) -> tuple[Any, dict] | None:
+        """(fit_state, meta) of the newest partial fit, or None; `template` gives shapes and types."""
+        step = self.fit.latest_step()
+        if step is None:
+            return None
+        args = ocp.args.Composite(fit_state=ocp.args.StandardRestore(template), meta=ocp.args.JsonRestore())
+        restored = self.fit.restore(step, args=args)
+        return restored["fit_state"], dict(restored["meta"])
 
     def save_latest(self, step: int, variables: Any, opt_state: Any, data_iterator: Any, meta: dict) -> None:
         args = ocp.args.Composite(
@@ -99,10 +128,14 @@ class Checkpointer:
     def wait(self) -> None:
         self.latest.wait_until_finished()
         self.best.wait_until_finished()
+        if self._fit is not None:
+            self._fit.wait_until_finished()
 
     def close(self) -> None:
         self.latest.close()
         self.best.close()
+        if self._fit is not None:
+            self._fit.close()
 
 
 def _restore_step(directory: str, step: int, abstract_variables: Any) -> tuple[Any, dict]:

@@ -6,7 +6,8 @@
 * gradient kind: optimiser steps on batches of clean normal tiles. It resumes from the latest
   checkpoint in `workdir` when there is one, with the data iterator restored too, and per-step
   keys derived from (seed, step), so a resumed run continues exactly where it stopped.
-* fit kind: one finite pass over the clean training tiles, no optimiser, saved once.
+* fit kind: one finite pass over the clean training tiles, no optimiser, saved once; the
+  partial fit is checkpointed every few batches (fit_partial/) and a killed fit resumes there.
 
 Both then validate (ROC-AUC on the val split, the score normalisation fitted on its normal
 tiles), keep the best checkpoint, evaluate it on the test split and predict test scans.
@@ -74,8 +75,9 @@ class _StopRequest:
         log.warning("received signal %d: saving a checkpoint and stopping after this step", signum)
         self.received = True
 
-    def requested(self, ckpt: checkpoint.Checkpointer, step: int) -> bool:
-        if jax.process_count() > 1 and not self.received and ckpt.latest.reached_preemption(step):
+    def requested(self, manager, step: int) -> bool:
+        """Whether to stop now; `manager` is the orbax CheckpointManager that will save this step."""
+        if jax.process_count() > 1 and not self.received and manager.reached_preemption(step):
             log.warning("preemption notice at step %d: saving a checkpoint and stopping", step)
             self.received = True
         return self.received
@@ -248,7 +250,7 @@ def _train(detector, config, workdir, splits, mesh, ckpt, writer) -> bool:
             while len(in_flight) > max(1, config.train.max_steps_in_flight):
                 jax.block_until_ready(in_flight.popleft())
             step += 1
-            stopping = stop.requested(ckpt, step)
+            stopping = stop.requested(ckpt.latest, step)
             final = step == num_steps or step == halt or stopping
 
             if step % config.train.log_every == 0 or final:
@@ -287,32 +289,72 @@ FIT_STEP = 1  # the checkpoint step of a fitted detector: one pass
 
 
 def _fit(detector, config, workdir, splits, mesh, ckpt, writer) -> bool:
-    """One pass over the clean training tiles, then validation and the best checkpoint, once."""
+    """One pass over the clean training tiles, then validation and the best checkpoint, once.
+
+    The detector's fit state is saved every `train.checkpoint_every` batches (and on a
+    termination request or `train.halt_after_steps` batches) into fit_partial/, with the number
+    of batches done; the same command then resumes from there, skipping the batches done.
+    """
     if ckpt.best.latest_step() is not None:
         log.info("%s is fitted already (%s); evaluating it", detector.name, ckpt.best.directory)
         return True
     channels, patch = config.data.channels, config.data.patch_size
     init_key = jax.random.split(jax.random.key(config.seed), 3)[0]
     variables = steps.init_variables(detector, init_key, patch, channels, mesh)
+    batch_size = parallel.check_batch_size(config.train.batch_size, mesh)
     total = pipeline.count_training_tiles(splits, config.data)
-    report = progress.ReportProgress(f"fit {detector.name}", total, unit="tiles", every_secs=10.0)
-    report(0)
+    num_batches = -(-total // config.train.batch_size)
+    fit_state = detector.fit_init(variables)
+    done = 0
+    restored = ckpt.restore_fit(fit_state)
+    if restored is not None:
+        fit_state, meta = restored
+        done = int(meta["batches"])
+        if int(meta["batch_size"]) != config.train.batch_size or int(meta["tiles"]) != total:
+            raise checkpoint.CheckpointError(
+                f"{ckpt.fit.directory} holds a partial fit with global batch {meta['batch_size']} over "
+                f"{meta['tiles']} tiles; this run has {config.train.batch_size} over {total}. Resume with the "
+                f"same config, or fit into a new --workdir."
+            )
+        log.info("resuming the fit of %s after %d of %d batches", detector.name, done, num_batches)
 
-    def batches():
-        done = 0
-        for host_batch in pipeline.iterate_fit_batches(
+    report = progress.ReportProgress(f"fit {detector.name}", total, unit="tiles", every_secs=10.0)
+    tiles = lambda batches: min(total, batches * config.train.batch_size)  # noqa: E731
+    report(tiles(done))
+    log.info("fitting %s (%s) on %d training tiles, %d batches", config.method, detector.name, total, num_batches)
+    halt = config.train.halt_after_steps
+    every = max(1, int(config.train.checkpoint_every))
+    stop = _StopRequest()
+
+    def save():
+        meta = {"batches": done, "tiles": total, "batch_size": config.train.batch_size, "seed": config.seed}
+        ckpt.save_fit(done, fit_state, meta)
+
+    try:
+        host_batches = pipeline.iterate_fit_batches(
             splits,
             config.data,
-            batch_size=parallel.check_batch_size(config.train.batch_size, mesh),
+            batch_size=batch_size,
             process_index=jax.process_index(),
             process_count=jax.process_count(),
-        ):
-            yield parallel.global_batch(host_batch, mesh)
-            done = min(total, done + config.train.batch_size)
-            report(done)
-
-    log.info("fitting %s (%s) on %d training tiles", config.method, detector.name, total)
-    variables = detector.fit(variables, batches())
+            start_batch=done,
+        )
+        for host_batch in host_batches:
+            fit_state = detector.fit_update(fit_state, variables, parallel.global_batch(host_batch, mesh))
+            done += 1
+            if detector.fit_summary is not None:
+                report.detail = " ".join(f"{k} {v:g}" for k, v in detector.fit_summary(fit_state).items())
+            report(tiles(done))
+            stopping = stop.requested(ckpt.fit, done) or (halt is not None and done >= halt)
+            if stopping or (done % every == 0 and done < num_batches):
+                save()
+            if stopping:
+                why = "on a termination request" if stop.received else "(config.train.halt_after_steps)"
+                log.info("stopped the fit after %d of %d batches %s; the same command resumes", done, num_batches, why)
+                return False
+    finally:
+        stop.restore()
+    variables = detector.fit_finish(fit_state, variables)
     validate = _Validator(detector, config, splits, mesh, ckpt, writer, variables)
     validate(FIT_STEP, variables, 1.0)
     return True

@@ -356,14 +356,21 @@ class _PaddedTiles:
 
 
 def iterate_fit_batches(
-    splits: Splits, data_config, *, batch_size: int, process_index: int = 0, process_count: int = 1
+    splits: Splits,
+    data_config,
+    *,
+    batch_size: int,
+    process_index: int = 0,
+    process_count: int = 1,
+    start_batch: int = 0,
 ) -> Iterator[dict]:
     """Every clean normal training tile once, in a fixed order, as {'image', 'valid'} batches.
 
     Every batch has `batch_size` rows per process (one compilation): the last global batch is
     padded with zero images whose `valid` is 0. Process p of P takes the p-th contiguous chunk
     of every global batch, as the train iterator does, so all processes see the same number of
-    batches and the global batches do not depend on P.
+    batches and the global batches do not depend on P. `start_batch` skips that many global
+    batches without reading them (a resumed fit).
     """
     source = _training_source(splits, data_config)
     shape = (data_config.patch_size, data_config.patch_size, data_config.channels)
@@ -372,4 +379,6 @@ def iterate_fit_batches(
     ds = grain.MapDataset.source(_PaddedTiles(source, total, shape)).batch(batch_size, drop_remainder=True)
     if process_count > 1:
         ds = ds[process_index::process_count]
+    if start_batch:
+        ds = ds[int(start_batch) :]
     return iter(_to_iter_dataset(ds, data_config))

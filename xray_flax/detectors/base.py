@@ -10,10 +10,18 @@ device mesh. Two kinds:
   reduced over the global batch). The loop adds the NaN guard: a step whose loss or
   gradients are not finite leaves the state unchanged (`guard_nonfinite`).
 * ``fit``: fitted in one finite pass over the clean training tiles, no optimiser (memory-bank
-  models). ``fit(variables, batches) -> variables``, where ``batches`` yields
-  ``{"image": [B, P, P, C], "valid": [B]}`` global device arrays of one fixed size B (the last
-  batch is padded; ``valid`` is 1 for real tiles, 0 for padding). The loop saves the result
-  once.
+  models), as a resumable stream:
+
+      fit_init(variables) -> fit_state                     static shapes, independent of the data size
+      fit_update(fit_state, variables, batch) -> fit_state  once per batch, in a fixed order
+      fit_finish(fit_state, variables) -> variables         e.g. a final selection, an inverse
+      fit_summary(fit_state) -> {name: float}               optional, shown in progress lines
+
+  ``batch`` is ``{"image": [B, P, P, C], "valid": [B]}`` of global device arrays of one fixed size
+  B (the last batch is padded; ``valid`` is 1 for real tiles, 0 for padding). ``fit_state`` is a
+  pytree of numpy or jax arrays that the loop checkpoints every few batches with the data
+  position (``fit_partial/``), so a killed fit resumes from its last save; ``fit_update`` must
+  therefore be a pure function of its arguments. The loop saves the finished variables once.
 
 Both give ``init(key, sample) -> variables`` (a Flax variables dict: ``params`` are trained,
 every other collection — batch statistics, a frozen backbone, a memory bank — is carried
@@ -142,8 +150,11 @@ class Detector:
     make_aux: Callable[[], Any] | None = None
     # Optional TensorBoard images: (variables, batch, key, aux) -> {name: [b, H, W, C] in [0, 1]}.
     preview: Callable[[Variables, dict, jax.Array, Any], dict] | None = None
-    # --- fit kind ---
-    fit: Callable[[Variables, Iterable[dict]], Variables] | None = None
+    # --- fit kind (see the module docstring) ---
+    fit_init: Callable[[Variables], Any] | None = None
+    fit_update: Callable[[Any, Variables, dict], Any] | None = None
+    fit_finish: Callable[[Any, Variables], Variables] | None = None
+    fit_summary: Callable[[Any], dict[str, float]] | None = None
     # --- both kinds ---
     # Host-side, once, before training or fitting from scratch (never on restore: checkpoints
     # hold the result): freshly initialised variables -> the same tree with its pretrained
@@ -156,10 +167,18 @@ class Detector:
             raise ValueError(f"detector {self.name!r}: kind must be one of {KINDS}, got {self.kind!r}")
         if self.kind == GRADIENT and (self.optimizer is None or self.train_step is None):
             raise ValueError(f"detector {self.name!r}: a gradient detector needs an optimizer and a train_step")
-        if self.kind == FIT and self.fit is None:
-            raise ValueError(f"detector {self.name!r}: a fit detector needs fit()")
+        if self.kind == FIT and None in (self.fit_init, self.fit_update, self.fit_finish):
+            raise ValueError(f"detector {self.name!r}: a fit detector needs fit_init, fit_update and fit_finish")
 
     def abstract_variables(self, patch_size: int, channels: int) -> Variables:
         """Shapes and dtypes of the variables without allocating them (the restore target)."""
         sample = jax.ShapeDtypeStruct((1, patch_size, patch_size, channels), jnp.float32)
         return jax.eval_shape(self.init, jax.random.key(0), sample)
+
+
+def run_fit(detector: Detector, variables: Variables, batches: Iterable[dict]) -> Variables:
+    """A fit detector's whole pass without checkpoints (tests, benchmarks): init, every batch, finish."""
+    state = detector.fit_init(variables)
+    for batch in batches:
+        state = detector.fit_update(state, variables, batch)
+    return detector.fit_finish(state, variables)

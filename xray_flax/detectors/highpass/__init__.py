@@ -42,17 +42,25 @@ def _batch_moments(images, valid, *, sigma, window, truncate):
     return jnp.sum(weight), jnp.sum(weight * energy), jnp.sum(weight * energy * energy)
 
 
-def fit(variables: dict, batches, *, sigma: float, window: int, truncate: float) -> dict:
-    """Mean and standard deviation of the energy over every valid training pixel (float64 sums on the host)."""
-    moments = jax.jit(functools.partial(_batch_moments, sigma=sigma, window=window, truncate=truncate))
-    count = total = total_sq = 0.0
-    for batch in batches:
-        n, s, sq = (float(v) for v in jax.device_get(moments(batch["image"], batch["valid"])))
-        count, total, total_sq = count + n, total + s, total_sq + sq
+def fit_init(variables: dict) -> dict:
+    """Float64 pixel count, sum and sum of squares of the energy (host arrays, so resumable)."""
+    del variables
+    return {name: np.zeros((), np.float64) for name in ("count", "total", "total_sq")}
+
+
+def fit_update(state: dict, variables: dict, batch: dict, *, moments) -> dict:
+    del variables
+    n, s, sq = (np.float64(v) for v in jax.device_get(moments(batch["image"], batch["valid"])))
+    return {"count": state["count"] + n, "total": state["total"] + s, "total_sq": state["total_sq"] + sq}
+
+
+def fit_finish(state: dict, variables: dict) -> dict:
+    """Mean and standard deviation of the energy over every valid training pixel."""
+    count = float(state["count"])
     if count == 0:
         raise ValueError("highpass: no training tiles to fit on")
-    mean = total / count
-    std = float(np.sqrt(max(total_sq / count - mean * mean, 0.0)))
+    mean = float(state["total"]) / count
+    std = float(np.sqrt(max(float(state["total_sq"]) / count - mean * mean, 0.0)))
     return {
         **variables,
         "statistics": {"mean": jnp.asarray(mean, jnp.float32), "std": jnp.asarray(max(std, 1e-12), jnp.float32)},
@@ -66,5 +74,8 @@ def build(config: ml_collections.ConfigDict) -> Detector:
         kind=FIT,
         init=init,
         anomaly_map=functools.partial(anomaly_map, **options),
-        fit=functools.partial(fit, **options),
+        fit_init=fit_init,
+        fit_update=functools.partial(fit_update, moments=jax.jit(functools.partial(_batch_moments, **options))),
+        fit_finish=fit_finish,
+        fit_summary=lambda state: {"pixels": float(state["count"])},
     )
