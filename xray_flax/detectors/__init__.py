@@ -26,6 +26,11 @@ _DETECTORS = {
     "draem": "xray_flax.detectors.draem",  # DRAEM and the paper's model (Mezina et al. 2025)
     "highpass": "xray_flax.detectors.highpass",  # training-free local-contrast reference (fit kind)
     "pyramid_ae": "xray_flax.detectors.pyramid_ae",  # pyramidal reconstruction autoencoder (Mishra et al. 2021)
+    "stfpm": "xray_flax.detectors.stfpm",  # student-teacher feature pyramid matching (Wang et al. 2021)
+    "reverse_distillation": "xray_flax.detectors.reverse_distillation",  # Deng & Li, CVPR 2022
+    "fastflow": "xray_flax.detectors.fastflow",  # 2D normalising flows on backbone features (Yu et al. 2021)
+    "csflow": "xray_flax.detectors.csflow",  # cross-scale flows (Rudolph et al., WACV 2022)
+    "cfa": "xray_flax.detectors.cfa",  # coupled-hypersphere feature adaptation (Lee et al. 2022)
 }
 
 
