@@ -30,6 +30,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Variables = dict[str, Any]
 
@@ -71,3 +72,27 @@ def to_rgb_input(images: jax.Array, grey: str) -> jax.Array:
     if channels != 1:
         raise ValueError(f"backbones take 1 (grey) or 3 (RGB) channels, got {channels}")
     return jnp.repeat(images, 3, axis=-1) if grey == "replicate" else images
+
+
+def _leaf_shapes(tree) -> dict[str, tuple[int, ...]]:
+    return {
+        jax.tree_util.keystr(path): tuple(np.shape(leaf)) for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
+    }
+
+
+def fill_pretrained(variables: Variables, *, backbone: Backbone, collection: str = "backbone") -> Variables:
+    """`Detector.pretrained` of a detector whose frozen backbone sits in `variables[collection]`:
+    the same variables (host side) with that collection replaced by `backbone.load()`, after
+    checking that the loaded tree has the leaves and shapes of the network built from
+    config.backbone (the weights file itself was checked key by key in `load`)."""
+    loaded = backbone.load()
+    expected, got = _leaf_shapes(variables[collection]), _leaf_shapes(loaded)
+    if expected != got:
+        missing, extra = sorted(set(expected) - set(got)), sorted(set(got) - set(expected))
+        shaped = [(k, expected[k], got[k]) for k in sorted(set(expected) & set(got)) if expected[k] != got[k]]
+        raise ValueError(
+            f"the backbone weights from {backbone.weights or backbone.name!r} do not match config.backbone "
+            f"({backbone.name}, taps {backbone.taps}): missing {missing[:5]}, extra {extra[:5]}, "
+            f"mis-shaped {shaped[:5]}"
+        )
+    return {**variables, collection: jax.tree.map(np.asarray, loaded)}

@@ -33,6 +33,7 @@ import functools
 import ml_collections
 
 from xray_flax import backbones
+from xray_flax.backbones.base import fill_pretrained
 from xray_flax.detectors.base import GRADIENT, Detector
 from xray_flax.detectors.cfa import steps
 from xray_flax.detectors.cfa.model import Descriptor
@@ -96,5 +97,5 @@ def build(config: ml_collections.ConfigDict) -> Detector:
             memory_bank_steps=int(config.model.memory_bank_steps),
         ),
         preview=functools.partial(steps.preview, **map_options),
-        pretrained=functools.partial(steps.pretrained, backbone=backbone),
+        pretrained=functools.partial(fill_pretrained, backbone=backbone, collection=steps.BACKBONE),
     )

@@ -34,7 +34,6 @@ from xray_flax.backbones.base import frozen
 from xray_flax.detectors.base import TrainState
 from xray_flax.detectors.cfa import model as cfa_model
 from xray_flax.detectors.cfa.loss import cfa_loss
-from xray_flax.detectors.stfpm.steps import replace_backbone
 from xray_flax.nn.anomaly_maps import upsample_and_blur
 
 BACKBONE = "backbone"
@@ -59,11 +58,6 @@ def init(key: jax.Array, sample: jax.Array, *, backbone: Backbone, descriptor: c
         BACKBONE: backbone_variables,
         BANK: {"centres": jnp.zeros((h * w, descriptor.out_channels), jnp.float32)},
     }
-
-
-def pretrained(variables: dict, *, backbone: Backbone) -> dict:
-    """The backbone from its weights file; the descriptor and the (empty) bank unchanged."""
-    return replace_backbone(variables, backbone.load(), where=backbone.weights or backbone.name, collection=BACKBONE)
 
 
 def descriptors_of(descriptor: cfa_model.Descriptor, params: dict, patches: jax.Array) -> jax.Array:

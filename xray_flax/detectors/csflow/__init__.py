@@ -38,6 +38,7 @@ import functools
 import ml_collections
 
 from xray_flax import backbones
+from xray_flax.backbones.base import fill_pretrained
 from xray_flax.detectors.base import GRADIENT, Detector
 from xray_flax.detectors.csflow import steps
 from xray_flax.detectors.csflow.config import IMAGE_RESIZES, IMAGE_SCORES, LOGDET_REDUCTIONS, MAP_MODES
@@ -104,5 +105,5 @@ def build(config: ml_collections.ConfigDict) -> Detector:
             steps.train_step, backbone=backbone, flow=flow, tx=tx, resize=resize, logdet_reduction=reduction
         ),
         preview=functools.partial(steps.preview, **map_args),
-        pretrained=functools.partial(steps.pretrained, backbone=backbone),
+        pretrained=functools.partial(fill_pretrained, backbone=backbone, collection=steps.BACKBONE),
     )

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import jax
 import ml_collections
-import numpy as np
 import optax
 
 from xray_flax.backbones import Backbone
@@ -55,26 +54,6 @@ def init(key: jax.Array, sample: jax.Array, *, backbone: Backbone, flow: CrossSc
     feats = features(backbone, {BACKBONE: backbone_variables}, sample, scales=flow.scales, resize=resize)
     flow_variables = flow.init(flow_key, feats)
     return {"params": flow_variables["params"], CONSTANTS: flow_variables[CONSTANTS], BACKBONE: backbone_variables}
-
-
-def _shapes(tree) -> dict:
-    return {jax.tree_util.keystr(p): tuple(np.shape(x)) for p, x in jax.tree_util.tree_leaves_with_path(tree)}
-
-
-def pretrained(variables: dict, *, backbone: Backbone) -> dict:
-    """`variables` with the backbone from its weights file (host side, numpy), after checking that
-    the loaded tree has the same leaves and shapes as the network built from config.backbone."""
-    loaded = backbone.load()
-    expected, got = _shapes(variables[BACKBONE]), _shapes(loaded)
-    if expected != got:
-        missing, extra = sorted(set(expected) - set(got)), sorted(set(got) - set(expected))
-        shaped = [(k, expected[k], got[k]) for k in sorted(set(expected) & set(got)) if expected[k] != got[k]]
-        raise ValueError(
-            f"the backbone weights from {backbone.weights or backbone.name!r} do not match config.backbone "
-            f"({backbone.name}, taps {backbone.taps}): missing {missing[:5]}, extra {extra[:5]}, "
-            f"mis-shaped {shaped[:5]}"
-        )
-    return {**variables, BACKBONE: jax.tree.map(np.asarray, loaded)}
 
 
 def train_step(

@@ -16,7 +16,6 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 
 from xray_flax.backbones import Backbone
@@ -56,26 +55,6 @@ def init(key: jax.Array, sample: jax.Array, *, backbone: Backbone, head: FastFlo
     backbone_variables = backbone.init(backbone_key, sample)
     head_vars = head.init(head_key, features(backbone, {BACKBONE: backbone_variables}, sample))
     return {"params": head_vars["params"], CONSTANTS: head_vars[CONSTANTS], BACKBONE: backbone_variables}
-
-
-def _shapes(tree) -> dict:
-    return {jax.tree_util.keystr(p): tuple(np.shape(x)) for p, x in jax.tree_util.tree_leaves_with_path(tree)}
-
-
-def pretrained(variables: dict, *, backbone: Backbone) -> dict:
-    """`variables` with the backbone from its weights file (host side, numpy), after checking that
-    the loaded tree has the same leaves and shapes as the network built from config.backbone."""
-    loaded = backbone.load()
-    expected, got = _shapes(variables[BACKBONE]), _shapes(loaded)
-    if expected != got:
-        missing, extra = sorted(set(expected) - set(got)), sorted(set(got) - set(expected))
-        shaped = [(k, expected[k], got[k]) for k in sorted(set(expected) & set(got)) if expected[k] != got[k]]
-        raise ValueError(
-            f"the backbone weights from {backbone.weights or backbone.name!r} do not match config.backbone "
-            f"({backbone.name}, taps {backbone.taps}): missing {missing[:5]}, extra {extra[:5]}, "
-            f"mis-shaped {shaped[:5]}"
-        )
-    return {**variables, BACKBONE: jax.tree.map(np.asarray, loaded)}
 
 
 def train_step(

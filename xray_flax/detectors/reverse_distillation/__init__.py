@@ -30,6 +30,7 @@ import functools
 import ml_collections
 
 from xray_flax import backbones
+from xray_flax.backbones.base import fill_pretrained
 from xray_flax.detectors.base import GRADIENT, Detector
 from xray_flax.detectors.reverse_distillation import loss as rd_loss
 from xray_flax.detectors.reverse_distillation import steps
@@ -120,5 +121,5 @@ def build(config: ml_collections.ConfigDict) -> Detector:
         optimizer=tx,
         train_step=functools.partial(steps.train_step, backbone=backbone, head=head, tx=tx),
         preview=functools.partial(steps.preview, **map_kwargs),
-        pretrained=functools.partial(steps.pretrained, backbone=backbone),
+        pretrained=functools.partial(fill_pretrained, backbone=backbone, collection=steps.BACKBONE),
     )

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from xray_flax.backbones import Backbone
@@ -42,25 +41,6 @@ def init(key: jax.Array, sample: jax.Array, *, backbone: Backbone, head: Reverse
     taps = encode(backbone, {BACKBONE: encoder_variables}, sample)
     head_vars = head.init(key_head, taps, train=False)
     return {**head_vars, BACKBONE: encoder_variables}
-
-
-def _shapes(tree) -> dict[str, tuple[int, ...]]:
-    return {
-        jax.tree_util.keystr(path): tuple(np.shape(leaf)) for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
-    }
-
-
-def pretrained(variables: dict, *, backbone: Backbone) -> dict:
-    """Host side: the same variables with the encoder replaced by the backbone's weights file."""
-    loaded = backbone.load()
-    want, got = _shapes(variables[BACKBONE]), _shapes(loaded)
-    if want != got:
-        differing = sorted(set(want) ^ set(got)) or sorted(k for k in want if want[k] != got[k])
-        raise ValueError(
-            f"backbone {backbone.name!r} ({backbone.weights or 'default weights'}): the loaded variables do not "
-            f"match the encoder built for config.backbone.taps {backbone.taps}; first differences: {differing[:5]}"
-        )
-    return {**variables, BACKBONE: loaded}
 
 
 def train_step(

@@ -32,6 +32,7 @@ import functools
 import ml_collections
 
 from xray_flax import backbones
+from xray_flax.backbones.base import fill_pretrained
 from xray_flax.detectors.base import GRADIENT, Detector
 from xray_flax.detectors.stfpm import steps
 from xray_flax.detectors.stfpm.config import BATCH_REDUCTIONS
@@ -59,5 +60,5 @@ def build(config: ml_collections.ConfigDict) -> Detector:
         optimizer=tx,
         train_step=functools.partial(steps.train_step, backbone=backbone, tx=tx, loss_config=config.loss),
         preview=functools.partial(steps.preview, backbone=backbone, blur_sigma=blur_sigma),
-        pretrained=functools.partial(steps.pretrained, backbone=backbone),
+        pretrained=functools.partial(fill_pretrained, backbone=backbone, collection=steps.TEACHER),
     )

@@ -17,7 +17,6 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 
 from xray_flax.backbones import Backbone
@@ -47,32 +46,6 @@ def init(key: jax.Array, sample: jax.Array, *, backbone: Backbone) -> dict:
         "batch_stats": student["batch_stats"],
         TEACHER: backbone.init(teacher_key, sample),
     }
-
-
-def _shapes(tree) -> dict:
-    return {
-        jax.tree_util.keystr(path): tuple(np.shape(leaf)) for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
-    }
-
-
-def replace_backbone(variables: dict, loaded: dict, *, where: str, collection: str = TEACHER) -> dict:
-    """`variables` with `variables[collection]` replaced by `loaded` (host side), after checking
-    that the two trees hold the same leaves with the same shapes."""
-    expected, got = _shapes(variables[collection]), _shapes(loaded)
-    if expected != got:
-        missing = sorted(set(expected) - set(got))
-        extra = sorted(set(got) - set(expected))
-        shaped = sorted(k for k in set(expected) & set(got) if expected[k] != got[k])
-        raise ValueError(
-            f"the pretrained backbone from {where!r} does not match the network built from config.backbone: "
-            f"missing {missing[:5]}, extra {extra[:5]}, mis-shaped {[(k, expected[k], got[k]) for k in shaped[:5]]}"
-        )
-    return {**variables, collection: jax.tree.map(np.asarray, loaded)}
-
-
-def pretrained(variables: dict, *, backbone: Backbone) -> dict:
-    """The teacher from the backbone's weights file; the student stays random. [paper]"""
-    return replace_backbone(variables, backbone.load(), where=backbone.weights or backbone.name)
 
 
 def _student(variables: dict) -> dict:
