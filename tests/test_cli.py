@@ -16,6 +16,7 @@ import pytest
 import tifffile
 from PIL import Image
 
+from configs import tiny
 from xray_flax import detectors
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -106,15 +107,18 @@ def test_predict_writes_map_overlay_regions_and_report_for_a_16bit_scan(trained,
     assert config["data"]["patch_size"] == 32
 
 
-def test_predict_on_a_missing_file_names_it(trained, tmp_path):
-    workdir, _ = trained
+def test_predict_on_a_missing_file_names_it(tmp_path):
+    """Inputs are checked before any checkpoint is read, the same for every detector: one run."""
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    (workdir / "config.json").write_text(tiny.get_config("highpass").to_json_best_effort())
     result = subprocess.run(
         [
             sys.executable,
             "-m",
             "xray_flax.main",
             "--workdir",
-            workdir,
+            str(workdir),
             "--mode",
             "predict",
             "--inputs",

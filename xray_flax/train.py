@@ -339,9 +339,15 @@ def _fit(detector, config, workdir, splits, mesh, ckpt, writer) -> bool:
             process_count=jax.process_count(),
             start_batch=done,
         )
+        in_flight: collections.deque = collections.deque()
         for host_batch in host_batches:
             fit_state = detector.fit_update(fit_state, variables, parallel.global_batch(host_batch, mesh))
             done += 1
+            # As in training: the host runs at most max_steps_in_flight batches ahead of the device
+            # (bounded memory for queued batches, a prompt stop on SIGTERM).
+            in_flight.append(fit_state)
+            while len(in_flight) > max(1, config.train.max_steps_in_flight):
+                jax.block_until_ready(in_flight.popleft())
             if detector.fit_summary is not None:
                 report.detail = " ".join(f"{k} {v:g}" for k, v in detector.fit_summary(fit_state).items())
             report(tiles(done))

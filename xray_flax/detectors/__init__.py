@@ -31,6 +31,8 @@ _DETECTORS = {
     "fastflow": "xray_flax.detectors.fastflow",  # 2D normalising flows on backbone features (Yu et al. 2021)
     "csflow": "xray_flax.detectors.csflow",  # cross-scale flows (Rudolph et al., WACV 2022)
     "cfa": "xray_flax.detectors.cfa",  # coupled-hypersphere feature adaptation (Lee et al. 2022)
+    "padim": "xray_flax.detectors.padim",  # patch distribution modelling (Defard et al. 2021; fit kind)
+    "patchcore": "xray_flax.detectors.patchcore",  # memory bank + coreset (Roth et al. 2022; fit kind)
 }
 
 
