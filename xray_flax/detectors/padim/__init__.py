@@ -7,7 +7,7 @@ test embedding to its position's Gaussian, upsampled bilinearly and blurred (sig
 image score its maximum. A `fit` detector: one pass, no optimiser; `bounded_map=False`.
 
     model.py   embedding, streaming moments (Chan et al. merge), Cholesky whitening, Mahalanobis
-    steps.py   init, pretrained, fit_init / fit_update / fit_finish / fit_summary, the map
+    steps.py   init, fit_init / fit_update / fit_finish / fit_summary, the map
     config.py  the `backbone` and `model` sections, each knob with its source
 
 Memory that does not grow with the data. anomalib and the original code keep every training
@@ -52,6 +52,7 @@ import math
 import ml_collections
 
 from xray_flax import backbones
+from xray_flax.backbones.base import fill_pretrained
 from xray_flax.detectors import base
 from xray_flax.detectors.padim import model, steps
 
@@ -99,7 +100,7 @@ def build(config: ml_collections.ConfigDict) -> base.Detector:
             max(plan.backbone.strides.values()), plan.backbone.strides[plan.backbone.taps[0]] * plan.pool
         ),
         bounded_map=False,
-        pretrained=functools.partial(steps.pretrained, plan=plan),
+        pretrained=functools.partial(fill_pretrained, backbone=plan.backbone, collection=steps.BACKBONE),
         fit_init=functools.partial(steps.fit_init, plan=plan),
         fit_update=functools.partial(steps.fit_update, plan=plan),
         fit_finish=functools.partial(steps.fit_finish, plan=plan),

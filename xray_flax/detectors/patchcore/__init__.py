@@ -8,7 +8,7 @@ anomalib's reweighted maximum or the plain maximum. A `fit` detector: one pass, 
 `bounded_map=False`.
 
     model.py   patch features, the reweighted image score, the map
-    steps.py   init, pretrained, fit_init / fit_update / fit_finish / fit_summary, the map
+    steps.py   init, fit_init / fit_update / fit_finish / fit_summary, the map
     config.py  the `backbone` and `model` sections, each knob with its source
     xray_flax/nn/coreset.py  greedy k-centre, exact and streamed in bounded memory
     xray_flax/nn/knn.py      blocked, shardable exact nearest-neighbour search
@@ -44,6 +44,7 @@ import functools
 import ml_collections
 
 from xray_flax import backbones
+from xray_flax.backbones.base import fill_pretrained
 from xray_flax.detectors import base
 from xray_flax.detectors.patchcore import model, steps
 from xray_flax.nn import coreset
@@ -104,7 +105,7 @@ def build(config: ml_collections.ConfigDict) -> base.Detector:
         # The deeper tap upsamples onto the first tap's grid by a whole factor.
         size_multiple=max(plan.backbone.strides.values()),
         bounded_map=False,
-        pretrained=functools.partial(steps.pretrained, plan=plan),
+        pretrained=functools.partial(fill_pretrained, backbone=plan.backbone, collection=steps.BACKBONE),
         fit_init=functools.partial(steps.fit_init, plan=plan),
         fit_update=functools.partial(steps.fit_update, plan=plan),
         fit_finish=functools.partial(steps.fit_finish, plan=plan),

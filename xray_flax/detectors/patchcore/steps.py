@@ -81,18 +81,6 @@ def init(key: jax.Array, sample: jax.Array, *, plan: Plan) -> dict:
     }
 
 
-def pretrained(variables: dict, *, plan: Plan) -> dict:
-    """The backbone from its weights file (host side, numpy)."""
-    loaded = plan.backbone.load()
-    shapes = lambda t: jax.tree.map(np.shape, t)  # noqa: E731
-    if shapes(loaded) != shapes(variables[BACKBONE]):
-        raise ValueError(
-            f"the pretrained backbone from {plan.backbone.weights or plan.backbone.name!r} does not match the "
-            f"network built from config.backbone (different variable tree or shapes)"
-        )
-    return {**variables, BACKBONE: jax.tree.map(np.asarray, loaded)}
-
-
 def embed(variables: dict, images: jax.Array, *, plan: Plan) -> jax.Array:
     """[B, h, w, D] patch features of images [B, H, W, C] in [0, 1]."""
     features = frozen(plan.backbone.features(variables[BACKBONE], images))
