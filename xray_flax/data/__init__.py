@@ -8,7 +8,9 @@ See docs/data.md. The entry points most code needs:
 from xray_flax.data.readers import (  # noqa: F401
     CsvLabelError,
     DataError,
+    DataValidationError,
     EmptySplitError,
+    ImageTooSmallError,
     LayoutError,
     MaskShapeError,
     UnreadableImageError,

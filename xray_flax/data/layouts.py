@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import logging
 import os
 from collections.abc import Sequence
 
@@ -75,39 +76,102 @@ def _find_mask(folder: str, stem: str, suffixes: Sequence[str]) -> str | None:
     return None
 
 
-def read_labels_csv(path: str, root: str) -> dict[str, list[tuple[int, int, int]]]:
-    """CSV `image,x,y,label` -> {absolute image path: [(x, y, label), ...]}."""
+_CSV_COLUMNS = ("image", "x", "y", "label")
+
+
+def read_labels_csv_rows(
+    path: str, root: str, *, warn_repeats: bool = True
+) -> dict[str, list[tuple[int, int, int, int]]]:
+    """CSV `image,x,y,label` -> {absolute image path: [(x, y, label, line), ...]}.
+
+    Read as Excel and editors save it: a UTF-8 byte-order mark, CRLF line ends, blank lines,
+    spaces around headers and values, and header case are tolerated. A patch (same image, x
+    and y) listed twice with different labels is an error naming both lines; exact repeats
+    are dropped with one warning. `line` is the row's line number in the file."""
     out: dict[str, list] = {}
+    first_line: dict[tuple, tuple[int, int]] = {}  # (image, x, y) -> (label, line)
+    repeats: list[tuple[int, int]] = []
     try:
-        f = open(path, newline="")
+        # utf-8-sig: Excel's "CSV UTF-8" starts with a BOM that would glue onto "image".
+        f = open(path, newline="", encoding="utf-8-sig")
     except OSError as e:
         raise readers.CsvLabelError(path, f"cannot open labels CSV ({e})") from e
-    with f:
-        rows = csv.DictReader(f)
-        missing = {"image", "x", "y", "label"} - set(rows.fieldnames or [])
-        if missing:
-            raise readers.CsvLabelError(path, f"missing columns {sorted(missing)}; need image,x,y,label")
-        for line, row in enumerate(rows, start=2):
-            try:
-                x, y, label = int(row["x"]), int(row["y"]), int(row["label"])
-            except (TypeError, ValueError) as e:
-                raise readers.CsvLabelError(path, f"line {line}: x, y, label must be integers ({row})") from e
-            if label not in (0, 1):
-                raise readers.CsvLabelError(path, f"line {line}: label must be 0 or 1, got {label}")
-            image = row["image"]
-            image = image if os.path.isabs(image) else os.path.join(root, image)
-            out.setdefault(os.path.normpath(image), []).append((x, y, label))
+    try:
+        with f:
+            rows = csv.reader(f)
+            header = next(rows, None)
+            names = [h.strip().lower() for h in header or []]
+            missing = set(_CSV_COLUMNS) - set(names)
+            if missing:
+                raise readers.CsvLabelError(
+                    path, f"missing columns {sorted(missing)}; need image,x,y,label (header read: {header})"
+                )
+            column = {name: names.index(name) for name in _CSV_COLUMNS}
+            for values in rows:
+                line = rows.line_num
+                if not any(v.strip() for v in values):
+                    continue  # a blank or all-empty row (e.g. ",,," left by a spreadsheet)
+                row = {k: (values[i].strip() if i < len(values) else None) for k, i in column.items()}
+                try:
+                    x, y, label = int(row["x"]), int(row["y"]), int(row["label"])
+                except (TypeError, ValueError) as e:
+                    raise readers.CsvLabelError(path, f"line {line}: x, y, label must be integers ({row})") from e
+                if label not in (0, 1):
+                    raise readers.CsvLabelError(path, f"line {line}: label must be 0 or 1, got {label}")
+                image = row["image"] or ""
+                image = os.path.normpath(image if os.path.isabs(image) else os.path.join(root, image))
+                key = (image, x, y)
+                if key in first_line:
+                    other_label, other_line = first_line[key]
+                    if other_label != label:
+                        raise readers.CsvLabelError(
+                            path,
+                            f"lines {other_line} and {line} give the patch x={x}, y={y} of {row['image']} "
+                            f"different labels ({other_label} and {label}); keep the right one",
+                        )
+                    repeats.append((line, other_line))
+                    continue
+                first_line[key] = (label, line)
+                out.setdefault(image, []).append((x, y, label, line))
+    except UnicodeDecodeError as e:
+        raise readers.CsvLabelError(
+            path, f"not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8 (Excel: CSV UTF-8)"
+        ) from e
+    except csv.Error as e:
+        raise readers.CsvLabelError(path, f"malformed CSV ({e})") from e
+    if repeats and warn_repeats:
+        line, other = repeats[0]
+        logging.warning(
+            "%s: %d row(s) repeat an earlier row exactly and are ignored (e.g. line %d repeats line %d)",
+            path,
+            len(repeats),
+            line,
+            other,
+        )
     return out
+
+
+def read_labels_csv(path: str, root: str) -> dict[str, list[tuple[int, int, int]]]:
+    """CSV `image,x,y,label` -> {absolute image path: [(x, y, label), ...]} (see
+    `read_labels_csv_rows` for what is tolerated and refused)."""
+    return {image: [r[:3] for r in rows] for image, rows in read_labels_csv_rows(path, root).items()}
+
+
+def labels_csv_path(root: str, labels_csv: str = "") -> str | None:
+    """The labels CSV the scans layout reads for `root`: `labels_csv` (relative to root), else
+    `<root>/labels.csv` when it exists, else None."""
+    if labels_csv:
+        return labels_csv if os.path.isabs(labels_csv) else os.path.join(root, labels_csv)
+    default = os.path.join(root, "labels.csv")
+    return default if os.path.isfile(default) else None
 
 
 def scans_layout(root: str, *, labels_csv: str = "", mask_suffix: str = "_mask") -> list[ScanRecord]:
     """Full scans in `root` (not recursive) with optional masks and CSV labels."""
     if not os.path.isdir(root):
         raise readers.LayoutError(root, "scans folder not found")
-    csv_path = labels_csv or os.path.join(root, "labels.csv")
-    if labels_csv and not os.path.isabs(csv_path):
-        csv_path = os.path.join(root, csv_path)
-    labels = read_labels_csv(csv_path, root) if (labels_csv or os.path.isfile(csv_path)) else {}
+    csv_path = labels_csv_path(root, labels_csv)
+    labels = read_labels_csv(csv_path, root) if csv_path else {}
     records = []
     names = sorted(n for n in os.listdir(root) if _is_image(n))
     for name in names:

@@ -8,6 +8,9 @@
   in a small per-process LRU cache (`png_cache_images`); every Grain worker holds its own
   copy. Many large PNGs: convert them to tiled TIFF or to the TFDS/array_record form.
 
+`read_header` checks a file from its header alone (what `validate.validate_splits` runs on
+every input before training); `read_mask` binarises masks by `binarize_mask`'s rule.
+
 Values keep their full dynamic range: 16-bit data are divided by 65535 (or stretched between
 per-image percentiles), never squeezed through 8 bits.
 """
@@ -15,7 +18,9 @@ per-image percentiles), never squeezed through 8 bits.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import os
+import struct
 import threading
 from collections.abc import Sequence
 
@@ -63,6 +68,24 @@ class EmptySplitError(DataError):
 
 class LayoutError(DataError):
     """A folder that does not follow the configured layout."""
+
+
+class ImageTooSmallError(UnsupportedImageError):
+    """An image the tiling would give no tile (smaller than a patch, or only padding)."""
+
+
+class DataValidationError(DataError):
+    """Several unusable inputs found by `validate.validate_splits`, all listed at once.
+
+    `problems` holds each one's own DataError; `path` is the first one's file."""
+
+    def __init__(self, summary: str, problems: Sequence[DataError], listed: int):
+        self.problems = list(problems)
+        self.path = self.problems[0].path if self.problems else ""
+        lines = [summary] + [f"  - {p}" for p in self.problems[:listed]]
+        if len(self.problems) > listed:
+            lines.append(f"  ... and {len(self.problems) - listed} more")
+        Exception.__init__(self, "\n".join(lines))
 
 
 # ------------------------------------------------------------------------------------------
@@ -231,8 +254,19 @@ class TiffScanReader(ScanReader):
         self._lock = threading.Lock()
         try:
             self._tif = tifffile.TiffFile(path)
-            page = self._tif.pages[0]
         except Exception as e:  # tifffile raises several types for broken files
+            raise UnreadableImageError(path, f"not a readable TIFF ({e})") from e
+        try:
+            self._open(path, tifffile, kw)
+        except BaseException:
+            # A rejected file must not stay open: validation opens every file of a dataset.
+            self._tif.close()
+            raise
+
+    def _open(self, path, tifffile, kw):
+        try:
+            page = self._tif.pages[0]
+        except Exception as e:
             raise UnreadableImageError(path, f"not a readable TIFF ({e})") from e
         self._page = page
         bits = int(page.bitspersample)
@@ -342,13 +376,114 @@ class TiffScanReader(ScanReader):
 # PNG and friends.
 
 
-def _png_header(path):
-    """(bit depth, color type) from the IHDR chunk, or None for a non-PNG file."""
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# PNG colour type -> (stored channels, allowed bit depths) by the PNG specification.
+_PNG_COLOR_TYPES = {0: (1, (1, 2, 4, 8, 16)), 2: (3, (8, 16)), 3: (3, (1, 2, 4, 8)), 4: (2, (8, 16)), 6: (4, (8, 16))}
+
+
+def _png_ihdr(path):
+    """(width, height, bit depth, color type) from the IHDR chunk, or None for a non-PNG file."""
     with open(path, "rb") as f:
         head = f.read(33)
-    if len(head) < 33 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
+    if len(head) < 33 or head[:8] != _PNG_SIGNATURE or head[12:16] != b"IHDR":
         return None
-    return head[24], head[25]
+    width, height = struct.unpack(">II", head[16:24])
+    return width, height, head[24], head[25]
+
+
+def _png_header(path):
+    """(bit depth, color type) from the IHDR chunk, or None for a non-PNG file."""
+    ihdr = _png_ihdr(path)
+    return None if ihdr is None else ihdr[2:]
+
+
+def _png_structure_problem(path) -> str | None:
+    """Walks the chunk list (8 bytes read per chunk, pixel data skipped, CRCs not checked):
+    why the file is not a complete PNG (truncated, no image data), or None."""
+    size = os.path.getsize(path)
+    pos, seen_idat = 8, False
+    with open(path, "rb") as f:
+        while True:
+            f.seek(pos)
+            head = f.read(8)
+            if len(head) < 8:
+                return f"truncated PNG: the file ends at byte {size} before the IEND chunk"
+            length, kind = struct.unpack(">I4s", head)
+            end = pos + 12 + length
+            if end > size:
+                return f"truncated PNG: chunk {kind!r} at byte {pos} needs {end} bytes but the file has {size}"
+            seen_idat |= kind == b"IDAT"
+            if kind == b"IEND":
+                return None if seen_idat else "PNG without image data (no IDAT chunk)"
+            pos = end
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageHeader:
+    """What a file's header says: size, stored samples per pixel, bits per sample."""
+
+    path: str
+    height: int
+    width: int
+    stored_channels: int
+    bit_depth: int
+
+
+def read_header(path) -> ImageHeader:
+    """Checks that `path` is an image the readers can read, from its header only (no pixels
+    are decoded): TIFF tags, sample type and segment extents (`TiffScanReader`'s checks);
+    PNG IHDR and the chunk list (truncation); other formats as far as Pillow's lazy open goes.
+
+    Raises UnreadableImageError or UnsupportedImageError naming the file."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise UnreadableImageError(path, "file not found")
+    try:
+        return _read_header(path)
+    except OSError as e:  # e.g. permission denied, an I/O error of the disk
+        raise UnreadableImageError(path, f"cannot read the file ({e.strerror or e})") from e
+
+
+def _read_header(path: str) -> ImageHeader:
+    if path.lower().endswith(TIFF_SUFFIXES):
+        # bit_depth normalisation: the percentile one would read pixels to estimate its scale.
+        reader = TiffScanReader(
+            path, channels=1, normalization="bit_depth", percentiles=(0, 100), rgb_to_gray="luminance"
+        )
+        reader.close()
+        return ImageHeader(path, reader.height, reader.width, reader.stored_channels, reader.bit_depth)
+    ihdr = _png_ihdr(path)
+    if ihdr is not None:
+        width, height, depth, color_type = ihdr
+        if color_type not in _PNG_COLOR_TYPES:
+            raise UnsupportedImageError(path, f"unsupported PNG colour type {color_type}")
+        stored, depths = _PNG_COLOR_TYPES[color_type]
+        if depth not in depths:
+            raise UnsupportedImageError(
+                path, f"unsupported PNG bit depth {depth} for colour type {color_type}; need one of {depths}"
+            )
+        if width == 0 or height == 0:
+            raise UnreadableImageError(path, f"PNG of size {width}x{height} (WxH)")
+        problem = _png_structure_problem(path)
+        if problem:
+            raise UnreadableImageError(path, problem)
+        # decode_whole_image returns 16-bit samples only for 16-bit PNGs; 8 bits otherwise.
+        return ImageHeader(path, height, width, stored, 16 if depth == 16 else 8)
+    try:
+        with Image.open(path) as im:  # lazy: reads the header, not the pixels
+            width, height, mode = im.width, im.height, im.mode
+            bands = len(im.getbands())
+    except FileNotFoundError as e:
+        raise UnreadableImageError(path, "file not found") from e
+    except Exception as e:  # PIL: UnidentifiedImageError, OSError, SyntaxError
+        raise UnreadableImageError(path, f"cannot read image header ({e})") from e
+    if mode in ("I;16", "I;16B", "I;16L"):
+        return ImageHeader(path, height, width, 1, 16)
+    if mode == "P":
+        return ImageHeader(path, height, width, 3, 8)
+    if mode in ("1", "L", "LA", "RGB", "RGBA"):
+        return ImageHeader(path, height, width, bands, 8)
+    raise UnsupportedImageError(path, f"unsupported image mode {mode!r}")
 
 
 def _decode_png_16bit_color(path):
@@ -439,21 +574,55 @@ def open_scan(
     return ArrayScanReader(array, bits, path=path, **kw)
 
 
-def read_mask(path, expected_hw) -> np.ndarray:
-    """A pixel mask as bool [H, W] (any non-zero sample is anomalous).
-
-    Raises MaskShapeError when its size is not `expected_hw` (the scan's height, width)."""
+def read_mask_raw(path) -> tuple[np.ndarray, int]:
+    """A mask's stored samples, [H, W] (the maximum over channels), and their bit depth."""
     path = os.fspath(path)
     if path.lower().endswith(TIFF_SUFFIXES):
         reader = open_scan(path)
-        raw = reader.read_raw_region(0, 0, reader.height, reader.width)
-        reader.close()
+        try:
+            raw = reader.read_raw_region(0, 0, reader.height, reader.width)
+        finally:
+            reader.close()
+        bits = reader.bit_depth
     else:
-        raw, _ = decode_whole_image(path)
+        if not os.path.isfile(path):
+            raise UnreadableImageError(path, "file not found")
+        raw, bits = decode_whole_image(path)
     if raw.ndim == 3:
         raw = raw.max(axis=-1)
+    return raw, bits
+
+
+def mask_threshold(raw_max: int, bit_depth: int) -> int:
+    """Samples above this are anomalous. A mask whose maximum is 1 is a 0/1 mask (1 is
+    anomalous); any other mask is cut at half its type's maximum (127 of 255, 32767 of 65535),
+    so faint noise around 0 (JPEG or resampling residue) stays normal instead of marking
+    every tile it touches anomalous."""
+    return 0 if raw_max == 1 else (2**bit_depth - 1) // 2
+
+
+def mask_rule(raw_max: int, bit_depth: int) -> str:
+    """The binarisation `read_mask` applies to this mask, in words."""
+    if raw_max == 1:
+        return "values >= 1 are anomalous (a 0/1 mask)"
+    return f"values >= {mask_threshold(raw_max, bit_depth) + 1} of {2**bit_depth - 1} are anomalous"
+
+
+def binarize_mask(raw: np.ndarray, bit_depth: int) -> np.ndarray:
+    """bool [H, W]: samples above `mask_threshold` (see there for the rule)."""
+    raw_max = int(raw.max()) if raw.size else 0
+    return raw > mask_threshold(raw_max, bit_depth)
+
+
+def read_mask(path, expected_hw) -> np.ndarray:
+    """A pixel mask as bool [H, W], anomalous where `binarize_mask` says (0/1 masks: 1;
+    otherwise above half the type's maximum, e.g. >= 128 of 255).
+
+    Raises MaskShapeError when its size is not `expected_hw` (the scan's height, width)."""
+    path = os.fspath(path)
+    raw, bits = read_mask_raw(path)
     if tuple(raw.shape) != tuple(expected_hw):
         raise MaskShapeError(
             path, f"mask is {raw.shape[0]}x{raw.shape[1]} (HxW) but its scan is {expected_hw[0]}x{expected_hw[1]}"
         )
-    return raw > 0
+    return binarize_mask(raw, bits)
