@@ -3,7 +3,10 @@
 For every scan: overlapping tiles are read band by band, scored in fixed-size batches by
 the jitted model, and blended back with a smooth window (report.stitch). The map is written
 straight into a memory-mapped file, so memory stays bounded by a band of tiles however
-large the scan. Per scan, in <output_dir>/<scan name>/:
+large the scan; the map's disk space is reserved before (a full disk is an error up front,
+never a SIGBUS), and a NaN/Inf tile map stops the scan with an error naming the scan and the
+checkpoint. Per scan, in <output_dir>/<scan name>/, each file complete or absent (written in
+a staging folder, moved in when all are done):
 
     anomaly_map.tif | .npy   float32 normalised map (0.5 = the fixed cut), full resolution
     overlay.png              heatmap over the X-ray at a viewable size, with a colour bar
@@ -17,14 +20,14 @@ import glob
 import json
 import logging
 import os
+import shutil
 import time
 
 import jax
 import ml_collections
 import numpy as np
-import tifffile
 
-from xray_flax import evaluation_config, files, parallel, progress
+from xray_flax import checkpoint, evaluation_config, files, parallel, progress
 from xray_flax.data import readers
 from xray_flax.evaluate import restore_inferencer
 from xray_flax.inference import Inferencer
@@ -58,15 +61,73 @@ def expand_inputs(inputs: list[str], mask_suffix: str = "_mask") -> list[str]:
     return list(dict.fromkeys(paths))
 
 
-def _map_file(path_stem: str, shape: tuple[int, int], fmt: str) -> tuple[np.ndarray, str]:
-    """A memory-mapped float32 output map (TIFF or .npy), so the map never needs RAM."""
-    if fmt == "tiff":
-        path = path_stem + ".tif"
-        return tifffile.memmap(path, shape=shape, dtype=np.float32, photometric="minisblack"), path
-    if fmt == "npy":
-        path = path_stem + ".npy"
-        return np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape), path
-    raise ValueError(f"config.eval.predict.map_format={fmt!r}; expected 'tiff' or 'npy'")
+MAP_FORMATS = {"tiff": "anomaly_map.tif", "npy": "anomaly_map.npy"}
+# Where the outputs of one scan are written before they are moved into its folder (same
+# file system, so the moves are renames). `<pid>` tells a killed run's leftovers apart.
+_STAGING_PREFIX = ".partial."
+
+
+def _map_name(fmt: str) -> str:
+    if fmt not in MAP_FORMATS:
+        raise ValueError(f"config.eval.predict.map_format={fmt!r}; expected 'tiff' or 'npy'")
+    return MAP_FORMATS[fmt]
+
+
+def _zlib_tiff_bound(shape: tuple[int, int]) -> int:
+    """Bytes a zlib-compressed, 256-tiled float32 TIFF of `shape` can take at most: the
+    padded tiles stored (zlib's worst case adds 0.03 % + a few bytes a tile) plus headers."""
+    tiles = -(-shape[0] // 256) * -(-shape[1] // 256)
+    return tiles * (256 * 256 * 4 * 1001 // 1000 + 64) + (1 << 16)
+
+
+def _scratch_map(path: str, shape: tuple[int, int], npy: bool) -> np.memmap:
+    """A float32 [H, W] memmap at `path` (raw, or a .npy file) whose blocks are allocated
+    before anything is written to it: writing a memory-mapped page on a full disk is a SIGBUS
+    that kills the process and leaves a map of zeros, so a full disk must fail here."""
+    nbytes = int(np.prod(shape)) * 4
+    if npy:
+        scratch = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape)
+        nbytes = scratch.offset + nbytes  # the header before the data
+    else:
+        with open(path, "wb"):
+            pass
+    with open(path, "r+b") as f:
+        files.reserve(f.fileno(), nbytes, path, "the anomaly map")
+    if npy:
+        return scratch
+    return np.memmap(path, dtype=np.float32, mode="r+", shape=shape)
+
+
+def _remove_stale_staging(out_dir: str) -> None:
+    """Removes staging folders of runs killed before they finished (their process is gone)."""
+    for entry in os.listdir(out_dir):
+        if not entry.startswith(_STAGING_PREFIX):
+            continue
+        try:
+            pid = int(entry[len(_STAGING_PREFIX) :])
+        except ValueError:
+            continue
+        if pid != os.getpid() and not _process_alive(pid):
+            shutil.rmtree(os.path.join(out_dir, entry), ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def _map_range(anomaly_map: np.ndarray, rows: int = 1024) -> tuple[float, float]:
+    """(min, max) of a map, band by band (a memmap is never read whole into RAM)."""
+    lo, hi = np.inf, -np.inf
+    for y in range(0, anomaly_map.shape[0], rows):
+        band = anomaly_map[y : y + rows]
+        lo, hi = min(lo, float(band.min())), max(hi, float(band.max()))
+    return lo, hi
 
 
 def _tile_progress(name: str):
@@ -98,70 +159,133 @@ def region_threshold(configured: float, workdir: str) -> tuple[float, str]:
 def predict_scan(
     infer: Inferencer, path: str, out_dir: str, config: ml_collections.ConfigDict, threshold: float, metadata: dict
 ) -> dict:
-    """Anomaly map and reports of one scan; returns a summary of what was written."""
+    """Anomaly map and reports of one scan; returns a summary of what was written.
+
+    All files are written into a staging folder inside `out_dir` and moved into `out_dir`
+    only once every one of them is complete, so an error (a full disk, a non-finite map, a
+    kill) leaves the folder as it was: earlier results intact, nothing partial. Space for
+    the map is reserved before stitching starts, so a full disk fails in seconds with a
+    DiskSpaceError rather than hours later (or as a SIGBUS).
+    """
     opts = config.eval.predict
     patch = config.data.patch_size
     stride = evaluation_config.resolve_stride(opts.stride, opts.overlap, patch)
+    map_name = _map_name(opts.map_format)
     reader = readers.open_scan(path, config.data.channels, config.data.normalization)
     os.makedirs(out_dir, exist_ok=True)
+    _remove_stale_staging(out_dir)
+    staging = os.path.join(out_dir, f"{_STAGING_PREFIX}{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    os.makedirs(staging)
     name = os.path.basename(path)
+    checkpoint_path = metadata.get("checkpoint", "?")
     start = time.perf_counter()
-    anomaly_map, map_path = _map_file(
-        os.path.join(out_dir, "anomaly_map"), (reader.height, reader.width), opts.map_format
-    )
-    stitch.stitch_anomaly_map(
-        reader,
-        infer.anomaly_maps,
-        patch,
-        stride,
-        infer.batch_size,
-        window=opts.window,
-        progress=_tile_progress(name),
-        out=anomaly_map,
-    )
-    anomaly_map.flush()
-    # The heatmap is fully opaque where the map reaches the region threshold (positive, so a
-    # threshold at or below 0 - everything flagged - still draws a ramp).
-    opacity_full_at = max(threshold, 1e-3)
-    found = regions.find_regions(anomaly_map, threshold, opts.min_region_area)
-    regions.write_regions_json(os.path.join(out_dir, "regions.json"), found, {"scan": path, "threshold": threshold})
-    regions.write_regions_csv(os.path.join(out_dir, "regions.csv"), found)
-    overlay.write_overlay_png(
-        os.path.join(out_dir, "overlay.png"),
-        reader,
-        anomaly_map,
-        opts.overlay_max_side,
-        opts.overlay_alpha,
-        opts.colormap,
-        found,
-        full_at=opacity_full_at,
-    )
-    html.write_scan_report(
-        os.path.join(out_dir, "report.html"),
-        reader,
-        anomaly_map,
-        found,
-        title=name,
-        metadata={"scan": path, **metadata},
-        max_side=opts.overlay_max_side,
-        colormap=opts.colormap,
-        alpha=opts.overlay_alpha,
-        max_regions=opts.report_max_regions,
-        crop_margin=opts.crop_margin,
-        full_at=opacity_full_at,
-    )
+    shape = (reader.height, reader.width)
+    anomaly_map = None
+    try:
+        npy = opts.map_format == "npy"
+        if not npy:
+            # The compressed TIFF is written from the scratch map at the end, while the scratch
+            # still exists: check now that both fit, not after the stitching.
+            files.require_free_space(
+                out_dir, int(np.prod(shape)) * 4 + _zlib_tiff_bound(shape), f"the anomaly map of {path}"
+            )
+        scratch_path = os.path.join(staging, map_name if npy else "anomaly_map.scratch.f32")
+        anomaly_map = _scratch_map(scratch_path, shape, npy)
+        try:
+            stitch.stitch_anomaly_map(
+                reader,
+                infer.anomaly_maps,
+                patch,
+                stride,
+                infer.batch_size,
+                window=opts.window,
+                progress=_tile_progress(name),
+                out=anomaly_map,
+            )
+        except stitch.NonFiniteMapError as error:
+            if not error.input_finite:
+                raise readers.DataError(
+                    path,
+                    f"NaN or infinite pixels in the tile at y={error.y}, x={error.x}; "
+                    "replace them (e.g. with 0) and rerun",
+                ) from None
+            raise checkpoint.CheckpointError(
+                f"checkpoint {checkpoint_path} gives a NaN/Inf anomaly map on scan {path} (tile at y={error.y}, "
+                f"x={error.x}): its weights are corrupt or diverged; predict with another checkpoint "
+                "(--config.eval.checkpoint=<workdir>/checkpoints/<step>) or retrain"
+            ) from None
+        anomaly_map.flush()
+        lo, hi = _map_range(anomaly_map)
+        warnings = []
+        if lo == hi:
+            # Legit for a blank input, but also what weights that no longer respond give: the
+            # map would read like a clean painting, so say so loudly (log, summary, report).
+            warnings.append(
+                f"the anomaly map is constant ({hi:g} everywhere): a blank scan, or a checkpoint whose "
+                f"weights do not respond (corrupt?): {checkpoint_path}"
+            )
+            log.warning("%s: %s", path, warnings[-1])
+        # The heatmap is fully opaque where the map reaches the region threshold (positive, so
+        # a threshold at or below 0 - everything flagged - still draws a ramp).
+        opacity_full_at = max(threshold, 1e-3)
+        found = regions.find_regions(anomaly_map, threshold, opts.min_region_area)
+        if not npy:
+            overlay.write_anomaly_map(os.path.join(staging, map_name), anomaly_map)
+        regions.write_regions_json(os.path.join(staging, "regions.json"), found, {"scan": path, "threshold": threshold})
+        regions.write_regions_csv(os.path.join(staging, "regions.csv"), found)
+        overlay.write_overlay_png(
+            os.path.join(staging, "overlay.png"),
+            reader,
+            anomaly_map,
+            opts.overlay_max_side,
+            opts.overlay_alpha,
+            opts.colormap,
+            found,
+            full_at=opacity_full_at,
+        )
+        html.write_scan_report(
+            os.path.join(staging, "report.html"),
+            reader,
+            anomaly_map,
+            found,
+            title=name,
+            metadata={"scan": path, **metadata, **({"warning": "; ".join(warnings)} if warnings else {})},
+            max_side=opts.overlay_max_side,
+            colormap=opts.colormap,
+            alpha=opts.overlay_alpha,
+            max_regions=opts.report_max_regions,
+            crop_margin=opts.crop_margin,
+            full_at=opacity_full_at,
+        )
+        anomaly_map = None
+        if not npy:
+            os.remove(scratch_path)
+        # Every file is complete: move them in (renames on one file system, nothing to fail
+        # for lack of space), the report last so it never points at a map still to come.
+        for output in (map_name, "regions.json", "regions.csv", "overlay.png", "report.html"):
+            os.replace(os.path.join(staging, output), os.path.join(out_dir, output))
+    except files.DiskSpaceError as error:
+        # Name the file the user asked for, not its staging copy.
+        raise files.DiskSpaceError(error.errno, str(error).replace(staging + os.sep, out_dir + os.sep)) from None
+    finally:
+        # Unmap before removing, or a failed scan's scratch would hold its disk space for as
+        # long as the traceback (which references this frame) lives.
+        anomaly_map = None
+        shutil.rmtree(staging, ignore_errors=True)
     seconds = time.perf_counter() - start
     summary = {
         "scan": path,
         "height": reader.height,
         "width": reader.width,
-        "anomaly_map": map_path,
-        "max_score": float(np.max(anomaly_map)),
+        "anomaly_map": os.path.join(out_dir, map_name),
+        "max_score": hi,
         "regions": len(found),
         "seconds": round(seconds, 2),
         "report": os.path.join(out_dir, "report.html"),
     }
-    del anomaly_map
+    if warnings:
+        summary["warnings"] = warnings
     log.info("%s: %d regions, max score %.3f, %.1fs -> %s", name, len(found), summary["max_score"], seconds, out_dir)
     return summary
 

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
+from xray_flax import files
 from xray_flax.report import overlay
 from xray_flax.report.regions import Region
 
@@ -301,5 +302,5 @@ def write_scan_report(
         metadata=info,
         alpha=alpha,
     )
-    with open(path, "w", encoding="utf-8") as f:
+    with files.atomic_output(path, "the HTML report") as tmp, open(tmp, "w", encoding="utf-8") as f:
         f.write(page)

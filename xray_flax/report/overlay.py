@@ -5,6 +5,9 @@
 * heatmap overlays with a colour bar and region boxes (PIL),
 * the full-resolution anomaly map as float32 TIFF or .npy.
 
+Every file is written to a temporary name and renamed when complete (`files.atomic_output`):
+a crash or a full disk leaves the previous file or none, never a partial one.
+
 Downscaling rule: the X-ray is averaged over each block (area interpolation); the anomaly
 map keeps each block's maximum so a hot spot smaller than a thumbnail pixel stays
 visible - missing a small paint loss is worse than a slightly bolder heatmap.
@@ -19,6 +22,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from xray_flax import files
 from xray_flax.data.readers import ArrayScanReader
 
 COLORMAPS = ("inferno", "jet", "gray")
@@ -275,26 +279,30 @@ def write_overlay_png(
     thumb, factor = read_thumbnail(reader, max_side)
     small_map = downsample_max(anomaly_map, factor)
     image = overlay_image(thumb, small_map, alpha, colormap, regions, 1.0 / factor, full_at=full_at)
-    image.save(path, format="PNG")
+    with files.atomic_output(path, "the overlay") as tmp:
+        image.save(tmp, format="PNG")
     return small_map.shape[1], small_map.shape[0]
 
 
 def write_anomaly_map(path: str | os.PathLike, anomaly_map: np.ndarray) -> None:
-    """Full-resolution float32 map: '.tif'/'.tiff' (zlib level 1, tiled when large) or
-    '.npy'. Level 1 compresses smooth maps nearly as well as 6 at a third of the time."""
+    """Full-resolution float32 map: '.tif'/'.tiff' (zlib level 1, 256 x 256 tiles when both
+    sides reach 256, else strips) or '.npy'. Level 1 compresses smooth maps nearly as well
+    as 6 at a third of the time. `anomaly_map` may be a memmap: tiles are compressed from it
+    as they are read. Written to a temporary name and renamed (`files.atomic_output`)."""
     suffix = os.fspath(path).lower().rsplit(".", 1)[-1]
-    data = np.asarray(anomaly_map, np.float32)
-    if suffix in ("tif", "tiff"):
-        import tifffile
-
-        tile = (256, 256) if min(data.shape) >= 256 else None
-        tifffile.imwrite(
-            path, data, photometric="minisblack", compression="zlib", compressionargs={"level": 1}, tile=tile
-        )
-    elif suffix == "npy":
-        np.save(path, data)
-    else:
+    if suffix not in ("tif", "tiff", "npy"):
         raise ValueError(f"cannot write anomaly map to {os.fspath(path)!r}: use .tif, .tiff or .npy")
+    data = np.asarray(anomaly_map, np.float32)
+    with files.atomic_output(path, "the anomaly map") as tmp:
+        if suffix == "npy":
+            np.save(tmp, data)
+        else:
+            import tifffile
+
+            tile = (256, 256) if min(data.shape) >= 256 else None
+            tifffile.imwrite(
+                tmp, data, photometric="minisblack", compression="zlib", compressionargs={"level": 1}, tile=tile
+            )
 
 
 def read_anomaly_map(path: str | os.PathLike) -> np.ndarray:

@@ -17,6 +17,8 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 from scipy import ndimage
 
+from xray_flax import files
+
 _EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 
 
@@ -102,14 +104,15 @@ def regions_to_dicts(regions: Iterable[Region]) -> list[dict]:
 def write_regions_json(path: str | os.PathLike, regions: Sequence[Region], metadata: dict | None = None) -> None:
     """{"metadata": {...}, "regions": [{id, x0, y0, x1, y1, area, mean_score, ...}]}."""
     payload = {"metadata": dict(metadata or {}), "regions": regions_to_dicts(regions)}
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(payload, f, indent=2, allow_nan=False)
-        f.write("\n")
+    # Serialised first: a value JSON cannot hold (NaN) fails before any file is touched.
+    text = json.dumps(payload, indent=2, allow_nan=False) + "\n"
+    with files.atomic_output(path, "the regions file") as tmp, open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
 
 
 def write_regions_csv(path: str | os.PathLike, regions: Sequence[Region]) -> None:
     """One row per region, columns `FIELDS`, header first (also written when empty)."""
-    with open(path, "w", encoding="utf-8", newline="") as f:
+    with files.atomic_output(path, "the regions file") as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=FIELDS)
         writer.writeheader()
         for row in regions_to_dicts(regions):

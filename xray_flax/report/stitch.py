@@ -30,6 +30,17 @@ WINDOWS = ("hann", "triangle", "flat")
 _WINDOW_FLOOR = 1e-3
 
 
+class NonFiniteMapError(ValueError):
+    """A tile map came out NaN or infinite. `y`, `x`: the first such tile's origin in the
+    scan; `input_finite`: whether that tile's pixels were finite (if so, the model is at
+    fault - corrupt or diverged weights - rather than the scan)."""
+
+    def __init__(self, y: int, x: int, input_finite: bool):
+        self.y, self.x, self.input_finite = int(y), int(x), bool(input_finite)
+        source = "from finite pixels" if input_finite else "the tile's pixels are NaN/Inf too"
+        super().__init__(f"non-finite (NaN/Inf) anomaly map in the tile at y={self.y}, x={self.x} ({source})")
+
+
 class ScanReaderLike(Protocol):
     height: int
     width: int
@@ -102,7 +113,12 @@ class _BandAccumulator:
             weight = self.total_weight[:n, : self.width]
             if not np.all(weight > 0):
                 raise AssertionError("stitching left pixels without any tile (a bug in the tile grid)")
-            self.out[self.top : end] = self.values[:n, : self.width] / weight
+            final = self.values[:n, : self.width] / weight
+            if not np.isfinite(final).all():
+                # Finite tiles can still overflow float32 when summed (values near 3e38).
+                y, x = np.argwhere(~np.isfinite(final))[0]
+                raise NonFiniteMapError(self.top + y, x, input_finite=True)
+            self.out[self.top : end] = final
         for buffer in (self.values, self.total_weight):
             buffer[:-shift] = buffer[shift:]
             buffer[-shift:] = 0.0
@@ -137,6 +153,9 @@ def stitch_anomaly_map(
       progress: called as progress(tiles_done, tiles_total) after every batch.
       out: optional [H, W] float32 array (e.g. `np.memmap`) written in place and returned.
 
+    Raises NonFiniteMapError at the first tile whose map has a NaN or Inf (nothing
+    non-finite is ever blended into `out`).
+
     Memory: one band read (patch x width x C), two tile batches, and 2 x patch x width
     accumulators, plus `out`.
     """
@@ -160,13 +179,22 @@ def stitch_anomaly_map(
     buffers = [np.zeros((batch_size, patch_size, patch_size, channels), np.float32) for _ in range(2)]
     current = 0
     filled: list[tuple[int, int]] = []
-    in_flight: tuple[object, list[tuple[int, int]]] | None = None
+    in_flight: tuple[object, list[tuple[int, int]], np.ndarray] | None = None
     done = 0
 
     def collect(pending) -> None:
         nonlocal done
-        result, origins = pending
+        result, origins, batch = pending
         tile_maps = _as_tile_maps(result, batch_size, patch_size)
+        # A NaN would blend into its neighbours and come out as a plausible-looking map (or,
+        # from corrupt weights, as zeros after a normalisation): stop at the first one. One
+        # pass over the batch, small next to the model's work.
+        finite = np.isfinite(tile_maps[: len(origins)]).reshape(len(origins), -1).all(axis=1)
+        if not finite.all():
+            first = int(np.argmin(finite))
+            y, x = origins[first]
+            # `batch` is not refilled before this batch is collected (see submit).
+            raise NonFiniteMapError(y, x, input_finite=bool(np.isfinite(batch[first]).all()))
         for (y, x), tile_map in zip(origins, tile_maps):
             accumulator.add(y, x, tile_map)
         done += len(origins)
@@ -180,7 +208,7 @@ def stitch_anomaly_map(
         result = anomaly_fn(batch)
         if in_flight is not None:
             collect(in_flight)
-        in_flight = (result, filled)
+        in_flight = (result, filled, batch)
         current, filled = 1 - current, []
 
     for y in rows:
