@@ -21,6 +21,7 @@ import dataclasses
 import io
 import json
 import logging
+import math
 import os
 from typing import Any
 
@@ -152,6 +153,19 @@ def fit_normalization(
     if not normalization_is_fitted(detector, config):
         return IDENTITY
     normal = raw_val.labels == 0
+    if not normal.any():
+        # An all-anomalous (or unlabelled) validation split: nothing to fit on. Raw maps keep
+        # every metric, threshold and ranking defined (all are computed on the same scale),
+        # only the fixed threshold and colour scales lose their meaning.
+        log.warning(
+            "the validation split has no normal tiles (%d tiles, %d anomalous): the score normalisation "
+            "(config.eval.normalization=%r) cannot be fitted and maps stay raw; give val normal images "
+            "(config.data.split_fractions) for normalised maps",
+            raw_val.labels.size,
+            int(np.sum(raw_val.labels == 1)),
+            config.eval.normalization,
+        )
+        return IDENTITY
     return normalization.fit(raw_val.normal_medians, raw_val.scores[normal], config.eval.normalization_quantile)
 
 
@@ -193,6 +207,8 @@ def _image_level(splits: Any, split: str, scores: SplitScores) -> tuple[np.ndarr
     best = np.full(len(records), -np.inf)
     np.maximum.at(best, scores.scan_index, scores.scores)
     known = known[np.isfinite(best[known])]
+    if known.size == 0:
+        return None  # no labelled image has a scored tile
     return labels[known].astype(np.int64), best[known]
 
 
@@ -204,9 +220,29 @@ def known(scores: SplitScores) -> tuple[np.ndarray, np.ndarray]:
 
 def validation_roc_auc(splits: Any, split: str, scores: SplitScores) -> float:
     """ROC-AUC that ranks checkpoints: per image where the layout gives image labels and
-    images span several tiles (which tile holds the defect is unknown), else per tile."""
+    images span several tiles (which tile holds the defect is unknown), else per tile.
+    ``nan`` when a class is missing (or no tile is labelled)."""
     images = _image_level(splits, split, scores)
-    return metrics.roc_auc(*(images if images is not None else known(scores)))
+    labels, values = images if images is not None else known(scores)
+    return metrics.roc_auc(labels, values) if labels.size else math.nan
+
+
+def one_class_warning(split: str, labels: np.ndarray, what: str, unit: str = "tiles") -> str | None:
+    """Why metrics of `split` are undefined (null in metrics.json), or None when both classes are there.
+
+    `what` says which metrics are null and what replaces them.
+    """
+    labels = np.asarray(labels)
+    n_anomalous, n_normal = int(np.sum(labels == 1)), int(np.sum(labels == 0))
+    if n_anomalous and n_normal:
+        return None
+    if not labels.size:
+        why = f"no labelled {unit}"
+    elif not n_anomalous:
+        why = f"only normal {unit} ({n_normal})"
+    else:
+        why = f"only anomalous {unit} ({n_anomalous})"
+    return f"the {split} split has {why}: {what}"
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str, output_dir: str | None = None) -> dict:
@@ -222,7 +258,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, output_dir: str | 
     has_pixel_truth = any(m.any() for m in test.masks)
     result = metrics.evaluate_scores(
         *known(test),
-        *known(val),
+        *known(val),  # without labelled val tiles: config.eval.fixed_threshold
         masks=test.masks if has_pixel_truth else None,
         maps=test.maps if has_pixel_truth else None,
         fixed_threshold=config.eval.fixed_threshold,
@@ -247,7 +283,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, output_dir: str | 
         "patch_size": config.data.patch_size,
         "test": result,
         "val": {
-            "roc_auc": validation_roc_auc(splits, "val", val),
+            "roc_auc": _finite_or_none(validation_roc_auc(splits, "val", val)),
             "n": int(val.labels.size),
         },
         "timing": timing,
@@ -261,12 +297,81 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, output_dir: str | 
             fixed_threshold=config.eval.fixed_threshold,
             threshold_metric=config.eval.threshold_metric,
         )
+    warnings = one_class_warnings(
+        known(val)[0], known(test)[0], result["threshold_rule"], "tiles", ranks_checkpoints=val_images is None
+    )
+    if images is not None:
+        val_image_labels = val_images[0] if val_images is not None else np.zeros(0, np.int64)
+        warnings += one_class_warnings(
+            val_image_labels, images[0], report["test_images"]["threshold_rule"], "images", val_images is not None
+        )
+    for warning in warnings if jax.process_index() == 0 else ():
+        log.warning("%s", warning)
+    if warnings:
+        report["warnings"] = warnings
     if jax.process_index() == 0:
         write_reports(report, test, output_dir)
         write_scores_csv(
             os.path.join(output_dir, "scores.csv"), splits, {"val": val, "test": test}, result["threshold"]
         )
     return report
+
+
+# How each fallback of metrics.select_threshold_with_rule picks the test threshold.
+_THRESHOLD_FALLBACKS = {
+    "no_anomalies": "the threshold is just above its highest score (rule no_anomalies)",
+    "no_normals": "the threshold is its lowest score (rule no_normals)",
+    "fixed_no_validation": "the threshold is config.eval.fixed_threshold (rule fixed_no_validation)",
+}
+
+
+def one_class_warnings(
+    val_labels, test_labels, threshold_rule: str, unit: str = "tiles", ranks_checkpoints: bool = True
+) -> list[str]:
+    """Warnings for a validation or test split that lacks a class, whose metrics are null.
+
+    The test threshold then falls back as `threshold_rule` says (docs/evaluation.md,
+    Thresholds). `ranks_checkpoints`: these validation labels give the validation ROC-AUC
+    (`validation_roc_auc`), null too, so training kept the newest checkpoint as the best.
+    A test split without both classes has no ROC-AUC nor average precision.
+    """
+    fallback = _THRESHOLD_FALLBACKS.get(threshold_rule, f"the threshold rule is {threshold_rule}")
+    if ranks_checkpoints:
+        fallback = f"its ROC-AUC is null (training keeps the newest checkpoint as the best) and {fallback}"
+    val = one_class_warning("validation", val_labels, fallback, unit)
+    if np.asarray(test_labels).size:
+        consequence = f"{unit[:-1]}-level ROC-AUC and average precision are null"
+    else:
+        consequence = (
+            f"every {unit[:-1]}-level test metric is null (label them: masks, a labels CSV or the folder layout)"
+        )
+    test = one_class_warning("test", test_labels, consequence, unit)
+    return [w for w in (val, test) if w is not None]
+
+
+def _finite_or_none(value: float) -> float | None:
+    return float(value) if math.isfinite(value) else None
+
+
+def json_ready(value: Any, where: str = "metrics") -> Any:
+    """`value` with every non-finite float replaced by None (strict JSON), each one logged.
+
+    evaluate_scores already returns strict JSON; this is the last line of defence, so a
+    metric that comes out nan somewhere else gives `null` and a warning, never a crash
+    after training.
+    """
+    if isinstance(value, dict):
+        return {k: json_ready(v, f"{where}.{k}") for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, (float, np.floating)):
+        if not math.isfinite(value):
+            log.warning("%s is %s: written as null", where, value)
+            return None
+        return float(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
 
 
 def write_scores_csv(path: str, splits: Any, scored: dict[str, SplitScores], threshold: float) -> None:
@@ -294,6 +399,7 @@ def write_scores_csv(path: str, splits: Any, scored: dict[str, SplitScores], thr
 
 def write_reports(report: dict, test: SplitScores, output_dir: str) -> None:
     os.makedirs(output_dir, exist_ok=True)
+    report = json_ready(report)
     files.write_text_atomic(os.path.join(output_dir, "metrics.json"), json.dumps(report, indent=2, allow_nan=False))
     files.write_text_atomic(os.path.join(output_dir, "metrics.md"), tables.metrics_markdown(report))
     g = test.gallery

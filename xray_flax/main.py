@@ -5,7 +5,13 @@
   --mode evaluate  evaluate the checkpoint in DIR (config from DIR/config.json unless --config)
   --mode predict   whole-scan anomaly maps, overlays, regions and HTML reports for --inputs
 
-Any config field can be overridden: --config.train.num_steps=100 --config.data.root=/scans
+Any config field can be overridden: --config.train.num_steps=100 --config.data.root=/scans,
+also on evaluate/predict without --config (the overrides then apply to DIR/config.json).
+
+Errors the user can fix (bad input data, config values or overrides, missing files or
+checkpoints, a full disk) print one line, `error: <message>`, and exit 2 (command line or
+config) or 1 (anything else); --debug adds the traceback. Ctrl-C exits 130. Unexpected
+errors print their traceback.
 
 Several processes (hosts): see launch/ and docs/scaling.md. Under srun (SLURM) or mpirun
 (Open MPI) nothing extra is needed; --distributed on Cloud TPU VMs; otherwise
@@ -18,13 +24,17 @@ resumed run does not compile again.
 
 from __future__ import annotations
 
+import errno
+import importlib
 import logging
 import os
+import sys
+import traceback
 
 from absl import app, flags
 from ml_collections import config_flags
 
-from xray_flax import logs, parallel
+from xray_flax import errors, logs, parallel, workdir_config
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.", required=True)
@@ -47,9 +57,179 @@ _DISTRIBUTED = flags.DEFINE_bool(
     "without SLURM/Open MPI variables (Cloud TPU VM slices: launch/tpu_vm.sh).",
 )
 _VERBOSE = flags.DEFINE_bool("verbose", False, "Also show the INFO logs of orbax, grain and absl.")
+_DEBUG = flags.DEFINE_bool(
+    "debug", False, "Print the traceback of every error, also of those reported in one line (bad input, config)."
+)
+
+INTERRUPTED = "interrupted; rerun the same command to resume"
+
+
+# The project's error classes the user can fix, as (module, class): each names the file,
+# folder or key at fault. New ones should rather inherit from errors.UserError.
+USER_ERRORS = (
+    ("xray_flax.data.readers", "DataError"),  # and its subclasses: bad input images, masks, CSVs, layouts
+    ("xray_flax.checkpoint", "CheckpointError"),
+    ("xray_flax.workdir_lock", "WorkdirLockedError"),
+    ("xray_flax.weights.errors", "WeightsError"),
+    ("xray_flax.train", "TrainingDivergedError"),
+    ("xray_flax.files", "DiskSpaceError"),
+    ("xray_flax.report.stitch", "NonFiniteMapError"),
+)
+
+
+def _user_error_types() -> tuple[type[BaseException], ...]:
+    """errors.UserError and the classes of USER_ERRORS (imported late: most import jax)."""
+    found: list[type[BaseException]] = [errors.UserError]
+    for module, name in USER_ERRORS:
+        try:
+            found.append(getattr(importlib.import_module(module), name))
+        except (ImportError, AttributeError):
+            # A module that does not import is a bug of its own; the error being reported
+            # then keeps its traceback rather than being hidden.
+            logging.debug("error class %s.%s not available", module, name)
+    return tuple(found)
+
+
+def exit_status(error: BaseException) -> int | None:
+    """How the command line exits on `error`; None for an unexpected one (a traceback)."""
+    if isinstance(error, KeyboardInterrupt):
+        return errors.EXIT_INTERRUPTED
+    if isinstance(error, (app.UsageError, errors.ConfigError)):
+        return errors.EXIT_USAGE
+    if isinstance(error, _user_error_types()):
+        return errors.EXIT_FAILURE
+    # Config values are validated where they are used, with a ValueError that names the key.
+    if isinstance(error, ValueError) and "config." in str(error):
+        return errors.EXIT_USAGE
+    if isinstance(error, (FileNotFoundError, PermissionError)):
+        return errors.EXIT_FAILURE
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        return errors.EXIT_FAILURE
+    return None
+
+
+def _message(error: BaseException) -> str:
+    text = errors.one_line(error)
+    if isinstance(error, OSError) and not isinstance(error, errors.UserError) and error.filename:
+        # "[Errno 2] No such file or directory: 'x'" already names it; str() of an OSError
+        # raised with a message only does not.
+        if str(error.filename) not in text:
+            text = f"{error.filename}: {text}"
+    return text or type(error).__name__
+
+
+def _report(error: BaseException, debug: bool) -> None:
+    """Prints `error` as one line on stderr (after its traceback with --debug)."""
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    if isinstance(error, KeyboardInterrupt):
+        print(INTERRUPTED, file=sys.stderr, flush=True)  # not an error: what to do next
+        return
+    if debug:
+        traceback.print_exception(error, file=sys.stderr)
+    print(f"error: {_message(error)}", file=sys.stderr, flush=True)
+
+
+def _process_count() -> int:
+    jax = sys.modules.get("jax")
+    try:
+        return jax.process_count() if jax is not None else 1
+    except Exception:  # pylint: disable=broad-except
+        return 1
+
+
+def _debug_requested(argv: list[str]) -> bool:
+    # Flags that failed to parse have no values: look at the raw command line.
+    return any(arg in ("--debug", "-debug", "--debug=true", "--debug=True", "--debug=1") for arg in argv)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with evaluate/predict reading the workdir's config, errors in one line.
+
+    Unknown flags or override keys, values of the wrong type, a config file that does not
+    load: all are fixed on the command line or in the config file (exit 2).
+    """
+    try:
+        argv = workdir_config.with_workdir_config(argv)
+        _check_config_file(argv)
+        # config_flags reads its overrides from sys.argv, not from the argv it parses.
+        sys.argv[:] = argv
+        return flags.FLAGS(argv)
+    except KeyboardInterrupt as e:  # while a config file imports the detectors (seconds)
+        _report(e, debug=False)
+        sys.exit(errors.EXIT_INTERRUPTED)
+    except Exception as e:  # pylint: disable=broad-except
+        if _debug_requested(argv):
+            traceback.print_exception(e, file=sys.stderr)
+        print(f"error: {_flags_message(e, argv)}", file=sys.stderr, flush=True)
+        sys.exit(errors.EXIT_USAGE)
+
+
+def _check_config_file(argv: list[str]) -> None:
+    # config_flags turns a missing file into an error raised only when the config is first
+    # read, as a traceback from deep inside training.
+    present, value = workdir_config.flag_value(argv, "config")
+    if present and value is not None:
+        path = value.split(":", 1)[0]
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"config file {path} not found (--config={value})")
+
+
+def _overrides(argv: list[str]) -> list[str]:
+    return [arg for arg in argv[1:] if arg.lstrip("-").startswith("config.")]
+
+
+def _flags_message(error: BaseException, argv: list[str]) -> str:
+    cause = errors.root_cause(error)
+    if isinstance(cause, errors.UserError) or (cause is error and isinstance(cause, FileNotFoundError)):
+        return _message(cause)
+    if isinstance(cause, (AttributeError, KeyError)) and cause.args:
+        # An override of a key the config lacks surfaces as a bare KeyError of one component.
+        key = str(cause.args[0]).strip("'\"")
+        for arg in _overrides(argv):
+            name = arg.lstrip("-").split("=", 1)[0]
+            if key in name.split("."):
+                return f"{name} is not a key of the config ({arg}): check its spelling and section"
+    if isinstance(error, flags.Error) and "Traceback" not in str(error):
+        return errors.one_line(error)  # names the flag: "flag --config.x=v: <why>"
+    if isinstance(cause, SyntaxError):
+        return f"{cause.filename}, line {cause.lineno}: SyntaxError: {cause.msg}"
+    return f"{type(cause).__name__}: {errors.one_line(cause)}{_where(cause)}"
+
+
+def _where(error: BaseException) -> str:
+    """' (file.py, line n)' of the last frame outside xray_flax and the installed libraries:
+    the line of the user's config file that failed."""
+    frames = traceback.extract_tb(error.__traceback__)
+    package = os.path.dirname(os.path.abspath(__file__))
+    mine = [f for f in frames if "site-packages" not in f.filename and not f.filename.startswith(package)]
+    return f" ({mine[-1].filename}, line {mine[-1].lineno})" if mine else ""
 
 
 def main(argv):
+    try:
+        _main(argv)
+    except (Exception, KeyboardInterrupt) as e:  # pylint: disable=broad-except
+        status = exit_status(e)
+        multi = _process_count() > 1
+        if status is None and not multi:
+            raise  # a bug: its traceback is the report
+        if status is None:
+            import jax  # pylint: disable=g-import-not-at-top
+
+            logging.exception("process %d of %d failed", jax.process_index(), jax.process_count())
+        else:
+            _report(e, _DEBUG.value)
+        if multi:
+            # A normal exit would wait in JAX's shutdown barrier for the other processes, which
+            # wait in a collective for this one: report, then leave at once, so that srun or
+            # launch/local.py sees the failure and stops the others.
+            logging.shutdown()
+            os._exit(status or errors.EXIT_FAILURE)  # pylint: disable=protected-access
+        sys.exit(status)
+
+
+def _main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logs.configure(_VERBOSE.value)
@@ -64,25 +244,12 @@ def main(argv):
         # Every process runs the same loop; only process 0 reports progress (warnings and
         # errors still come from all of them).
         logging.getLogger().setLevel(logging.WARNING)
-
-    try:
-        _run(_CONFIG.value)
-    except Exception:  # pylint: disable=broad-except
-        import jax  # pylint: disable=g-import-not-at-top
-
-        if jax.process_count() == 1:
-            raise
-        # A normal exit would wait in JAX's shutdown barrier for the other processes, which
-        # wait in a collective for this one: report, then leave at once, so that srun or
-        # launch/local.py sees the failure and stops the others.
-        logging.exception("process %d of %d failed", jax.process_index(), jax.process_count())
-        logging.shutdown()
-        os._exit(1)  # pylint: disable=protected-access
+    _run(_CONFIG.value)
 
 
 def _run(config) -> None:
     # Imported after jax.distributed is initialised: they query devices at import time.
-    from xray_flax import evaluate, predict, train
+    from xray_flax import evaluate, predict, train  # pylint: disable=g-import-not-at-top
 
     if _MODE.value == "train":
         if config is None:
@@ -90,7 +257,7 @@ def _run(config) -> None:
         train.train_and_evaluate(config, _WORKDIR.value)
         return
     if config is None:
-        config = train.load_workdir_config(_WORKDIR.value)
+        config = workdir_config.load(_WORKDIR.value)
     if _MODE.value == "evaluate":
         evaluate.evaluate(config, _WORKDIR.value, _OUTPUT_DIR.value)
     else:
@@ -100,4 +267,4 @@ def _run(config) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

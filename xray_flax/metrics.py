@@ -448,8 +448,9 @@ def evaluate_scores(
     """All test metrics as a JSON-ready dict (plain floats/ints/lists; nan -> None).
 
     The threshold is chosen on the validation split (`select_threshold_with_rule`); when no
-    validation split is given it is `fixed_threshold` and ``threshold_rule`` says
-    ``"fixed_no_validation"`` (choosing it on the test split would leak labels).
+    validation split is given (or it has no sample) it is `fixed_threshold` and
+    ``threshold_rule`` says ``"fixed_no_validation"`` (choosing it on the test split would
+    leak labels).
 
     Keys: ``n``, ``n_anomalous``, ``n_normal``, ``roc_auc``, ``average_precision``,
     ``threshold``, ``threshold_rule``, ``threshold_metric``, then at that threshold
@@ -458,29 +459,38 @@ def evaluate_scores(
     as a dict at `fixed_threshold`; with masks and maps also ``pixel_auroc``,
     ``pixel_auroc_error_bound``, ``aupro``, ``aupro_fpr_limit``. Pass masks only for
     images whose ground truth is known (an all-zero mask states "no anomalous pixel").
+
+    A test split without both classes has ``roc_auc`` and ``average_precision`` None; one
+    without labelled samples has every metric None (``n`` 0; the threshold is still chosen).
     """
     labels = _as_binary_labels(labels)
     scores = _as_scores(scores, labels.size)
-    if labels.size == 0:
-        raise ValueError("no test samples")
     if (val_labels is None) != (val_scores is None):
         raise ValueError("give both val_labels and val_scores, or neither")
 
     if val_labels is not None:
         val_labels = _as_binary_labels(val_labels, "val_labels")
         val_scores = _as_scores(val_scores, val_labels.size, "val_scores")
+    if val_labels is not None and val_labels.size:
         threshold, rule = select_threshold_with_rule(val_labels, val_scores, threshold_metric)
     else:
         threshold, rule = float(fixed_threshold), "fixed_no_validation"
 
-    chosen = classification_metrics(labels, scores, threshold)
-    fixed = classification_metrics(labels, scores, fixed_threshold)
+    if labels.size:
+        chosen = classification_metrics(labels, scores, threshold)
+        fixed = classification_metrics(labels, scores, fixed_threshold)
+        curves = {"roc_auc": roc_auc(labels, scores), "average_precision": average_precision(labels, scores)}
+    else:
+        # No labelled test sample (e.g. scans without masks or CSV rows): nothing is
+        # measured, but the threshold is still reported, for the predictions it makes.
+        chosen = {key: None for key in classification_metrics([0], [0.0], threshold)} | {"threshold": threshold}
+        fixed = dict(chosen, threshold=float(fixed_threshold))
+        curves = {"roc_auc": None, "average_precision": None}
     result = {
         "n": int(labels.size),
         "n_anomalous": int(labels.sum()),
         "n_normal": int(labels.size - labels.sum()),
-        "roc_auc": roc_auc(labels, scores),
-        "average_precision": average_precision(labels, scores),
+        **curves,
         "threshold_rule": rule,
         "threshold_metric": threshold_metric,
         **chosen,

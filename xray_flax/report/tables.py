@@ -95,7 +95,8 @@ def load_metrics(workdir: str | os.PathLike) -> dict:
 
 def metrics_markdown(report: dict) -> str:
     """Markdown summary of one metrics.json: Table-2 row, threshold, fixed-threshold
-    metrics, confusion matrices and pixel metrics when present."""
+    metrics, confusion matrices and pixel metrics when present; null values read "n/a",
+    and the report's warnings (why they are null) follow as notes."""
     test = report.get("test", {})
     method = str(report.get("method", "model"))
     parts = [f"# Evaluation: {method}\n", table2_markdown([(method, test)])]
@@ -103,6 +104,7 @@ def metrics_markdown(report: dict) -> str:
         ("test patches", test.get("n"), 0),
         ("anomalous / normal", f"{test.get('n_anomalous', MISSING)} / {test.get('n_normal', MISSING)}", None),
         ("average precision", test.get("average_precision"), 4),
+        ("validation ROC-AUC", (report.get("val") or {}).get("roc_auc"), 4),
         ("threshold (chosen on val)", test.get("threshold"), 6),
         ("threshold rule", test.get("threshold_rule", MISSING), None),
         ("confusion matrix [[tn, fp], [fn, tp]]", test.get("confusion_matrix", MISSING), None),
@@ -128,6 +130,11 @@ def metrics_markdown(report: dict) -> str:
             details.append((key.replace("_", " "), report[key], None))
     rows = []
     for name, value, digits in details:
-        rows.append([name, format_number(value, digits) if digits is not None else str(value)])
+        text = MISSING if value is None else str(value)
+        rows.append([name, format_number(value, digits) if digits is not None else text])
     parts.append("\n" + markdown_table(("quantity", "value"), rows))
+    # Why some values are n/a (a split without both classes, evaluate.one_class_warnings).
+    notes = report.get("warnings") or []
+    if notes:
+        parts.append("\nNotes:\n\n" + "".join(f"- {note}\n" for note in notes))
     return "".join(parts)

@@ -1,0 +1,49 @@
+"""Errors the user can fix, and how the command line reports them.
+
+`python -m xray_flax.main` prints such an error as one line, ``error: <message>``, on stderr
+and exits with `EXIT_USAGE` (the command line or the config is wrong) or `EXIT_FAILURE`
+(bad input data, a missing or corrupt checkpoint, a full disk, a diverged training, ...);
+``--debug`` adds the traceback. Any other exception is a bug and keeps its traceback.
+
+`UserError` is the shared base: a new error class the user can fix inherits from it (or
+from one of the classes `main.py` lists) and is reported the same way without touching the
+command line. Its message must be one sentence naming the file, folder or config key at
+fault and what to do.
+"""
+
+from __future__ import annotations
+
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a Ctrl-C
+
+
+class UserError(Exception):
+    """An error the user can fix; the command line prints its message, no traceback."""
+
+
+class ConfigError(UserError, ValueError):
+    """A config (file, saved config.json or override) that cannot be used; names the key or file.
+
+    A ValueError too, so that callers catching the ValueError of a bad config value still do.
+    """
+
+
+def one_line(message: object) -> str:
+    """The message on one line: a traceback-free report must not look truncated or framed."""
+    return " ".join(str(message).split())
+
+
+def root_cause(error: BaseException) -> BaseException:
+    """The innermost explicitly chained or implicitly raised-during-handling exception.
+
+    absl and ml_collections re-raise config-file errors wrapped in their own (with the
+    original traceback pasted into the message); the original says what is wrong.
+    """
+    seen = {id(error)}
+    while True:
+        inner = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
+        if inner is None or id(inner) in seen:
+            return error
+        seen.add(id(inner))
+        error = inner
