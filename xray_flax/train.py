@@ -16,7 +16,6 @@ tiles), keep the best checkpoint, evaluate it on the test split and predict test
 from __future__ import annotations
 
 import collections
-import json
 import logging
 import os
 import signal
@@ -27,10 +26,23 @@ import ml_collections
 import numpy as np
 from clu import metric_writers
 
-from xray_flax import checkpoint, detectors, evaluate, files, parallel, predict, progress, steps
+from xray_flax import (
+    checkpoint,
+    detectors,
+    evaluate,
+    files,
+    parallel,
+    predict,
+    progress,
+    steps,
+    workdir_config,
+    workdir_lock,
+)
 from xray_flax.data import pipeline
+from xray_flax.data import validate as data_validate
 from xray_flax.inference import Inferencer
 from xray_flax.normalization import IDENTITY
+from xray_flax.report import tables
 
 log = logging.getLogger(__name__)
 
@@ -59,20 +71,26 @@ def validate_config(config: ml_collections.ConfigDict, detector: detectors.Detec
 class _StopRequest:
     """Stop cleanly, with a checkpoint, when the job is being preempted or cancelled.
 
-    One process: SIGTERM (a preemption, scancel, a job's time limit). Several processes:
-    the coordination service's preemption sync point, which JAX's distributed runtime
-    raises on SIGTERM and which every process reaches at the same step, so they all save
-    the same step; a Python handler there would replace the runtime's own.
+    One process: SIGTERM (a preemption, scancel, a job's time limit) or SIGINT (Ctrl-C; a
+    second Ctrl-C stops at once, losing the steps since the last checkpoint). Several
+    processes: the coordination service's preemption sync point, which JAX's distributed
+    runtime raises on SIGTERM and which every process reaches at the same step, so they all
+    save the same step; a Python handler there would replace the runtime's own.
     """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self):
         self.received = False
-        self._previous = None
+        self._previous = {}
         if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
 
     def _handle(self, signum, frame):
-        log.warning("received signal %d: saving a checkpoint and stopping after this step", signum)
+        if self.received and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        name = "Ctrl-C" if signum == signal.SIGINT else f"signal {signum}"
+        log.warning("received %s: saving a checkpoint and stopping after this step (Ctrl-C again: stop now)", name)
         self.received = True
 
     def requested(self, manager, step: int) -> bool:
@@ -83,8 +101,9 @@ class _StopRequest:
         return self.received
 
     def restore(self) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous = {}
 
 
 def _mean_metrics(pending: list[dict]) -> dict[str, float]:
@@ -128,29 +147,44 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
     detector = detectors.build(config)
     validate_config(config, detector)
     os.makedirs(workdir, exist_ok=True)
+    # Process 0 holds the lock for the whole run, evaluation and prediction included.
+    with workdir_lock.WorkdirLock(workdir, enabled=jax.process_index() == 0):
+        return _train_and_evaluate_locked(config, workdir, detector)
+
+
+def _train_and_evaluate_locked(config, workdir, detector) -> dict | None:
     save_config(config, workdir)
     mesh = parallel.make_mesh(config.mesh)
     splits = pipeline.prepare_splits(config.data, workdir)
+    # Every image, mask and CSV row of every split, checked before step 0 (in every process,
+    # so that none waits in a collective while another stops): bad data fail in seconds.
+    data_validate.validate_splits(splits, config.data)
     ckpt = checkpoint.Checkpointer(workdir, keep=config.train.keep_checkpoints)
     writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
     run = _train if detector.kind == detectors.GRADIENT else _fit
+    finished = False
     try:
         finished = run(detector, config, workdir, splits, mesh, ckpt, writer)
     finally:
-        # Even when stopping on an error, finish the checkpoint writes already started.
+        # Even when stopping on an error, finish the checkpoint writes already started (and
+        # report their failure only when nothing else failed first).
         writer.flush()
-        ckpt.wait()
-        ckpt.close()
+        try:
+            ckpt.wait()
+        except checkpoint.CheckpointError:
+            if finished:
+                raise
+            log.exception("a checkpoint write failed while stopping")
+        finally:
+            ckpt.close()
     if not finished:
         return None
     report = evaluate.evaluate(config, workdir)
     test = report["test"]
+    # Metrics of a one-class split are null (evaluate.py); the line shows them as n/a.
     log.info(
-        "test ROC-AUC %.4f | accuracy %.4f | F1 %.4f | %.4f s/patch",
-        test["roc_auc"] if test["roc_auc"] is not None else float("nan"),
-        test["accuracy"],
-        test["f1"],
-        test["seconds_per_patch"],
+        "test ROC-AUC %s | accuracy %s | F1 %s | %s s/patch",
+        *(tables.format_number(test.get(k)) for k in ("roc_auc", "accuracy", "f1", "seconds_per_patch")),
     )
     if config.train.predict_test_scans and jax.process_count() == 1:
         predict.predict(config, workdir, [record.path for record in splits.test[: config.train.predict_test_scans]])
@@ -178,16 +212,20 @@ def _train(detector, config, workdir, splits, mesh, ckpt, writer) -> bool:
             variables, opt_state, meta = ckpt.restore_latest(
                 abstract, steps.abstract_opt_state(detector, abstract, parallel.replicated(mesh)), train_iter
             )
+        except checkpoint.CorruptCheckpointError:
+            raise
         except Exception as e:
             raise checkpoint.CheckpointError(
-                f"could not resume from {ckpt.latest.directory}: {e}. If the config changed (detector, model "
-                f"widths, patch size), train into a new --workdir."
+                f"could not resume from {ckpt.latest.directory}: {checkpoint.first_line(e)}. If the config "
+                f"changed (detector, model widths, patch size), train into a new --workdir."
             ) from e
         params, collections_ = detectors.base.split_variables(variables)
         step_array = parallel.replicate(np.asarray(meta["step"], np.int32), mesh)
         state = detectors.TrainState(step=step_array, params=params, collections=collections_, opt_state=opt_state)
+        ckpt.drop_best_after(int(meta["step"]))
         log.info("resumed from step %d of %s", int(meta["step"]), workdir)
     else:
+        ckpt.drop_best_after(0)
         state = steps.init_train_state(detector, init_key, patch, channels, mesh)
         n_params = sum(x.size for x in jax.tree.leaves(state.params))
         log.info("initialised %s (%s): %s trainable parameters", config.method, detector.name, f"{n_params:,}")
@@ -367,16 +405,5 @@ def _fit(detector, config, workdir, splits, mesh, ckpt, writer) -> bool:
 
 
 def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
-        raise FileNotFoundError(
-            f"{path} not found: pass --config, or point --workdir at a directory written by --mode train"
-        )
-    with open(path) as f:
-        config = ml_collections.ConfigDict(json.load(f))
-    if "detector" not in config:
-        raise ValueError(
-            f"{path} has no 'detector' field: it was written by an earlier version of xray_flax; pass "
-            f"--config (e.g. configs/default.py) together with --workdir, or retrain into a new workdir"
-        )
-    return config
+    """The config a workdir was trained with (see xray_flax/workdir_config.py)."""
+    return workdir_config.load(workdir)
