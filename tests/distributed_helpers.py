@@ -67,8 +67,10 @@ def run_local_launcher(num_processes: int, args: list[str], timeout: float = 300
     )
 
 
-def run_and_terminate(command: list[str], after_step: int, num_steps: int, timeout: float) -> tuple[int, str]:
-    """Start `command` (a training run, from the repository root), send it SIGTERM once it logs
+def run_and_terminate(
+    command: list[str], after_step: int, num_steps: int, timeout: float, sig: int = signal.SIGTERM
+) -> tuple[int, str]:
+    """Start `command` (a training run, from the repository root), send it `sig` once it logs
     step `after_step` of `num_steps`; (exit status, combined output)."""
     proc = subprocess.Popen(
         command, cwd=REPO, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
@@ -79,7 +81,7 @@ def run_and_terminate(command: list[str], after_step: int, num_steps: int, timeo
         for line in proc.stdout:
             lines.append(line)
             if not sent and re.search(rf"\] train: {after_step}/{num_steps} steps", line):
-                proc.send_signal(signal.SIGTERM)
+                proc.send_signal(sig)
                 sent = True
             if time.monotonic() > deadline:
                 break

@@ -1,6 +1,12 @@
 """End to end through the command line, for every registered detector: train (or fit) ->
 evaluate -> predict on its tiny config (`configs/tiny.py:<name>`). A detector added to the
-registry is covered here without touching this file."""
+registry is covered here without touching this file.
+
+Every detector's training run (which also evaluates the best checkpoint and predicts a test
+scan in that process) runs in CI; the separate evaluate / predict / evaluate-any-checkpoint
+processes run in CI for one detector of each kind (`CI_DETECTORS`) and for the others with
+`-m slow`: that code is shared and never branches on the detector, and each subprocess costs
+several seconds of start-up and compilation on 2 cores."""
 
 from __future__ import annotations
 
@@ -30,15 +36,34 @@ def run_cli(*args, timeout=900):
     return result
 
 
+CI_DETECTORS = ("draem", "patchcore")  # the paper's model (gradient kind) and a memory bank (fit kind)
+_TRAINED: dict[str, tuple[str, subprocess.CompletedProcess]] = {}
+
+
+def _train_once(name: str, tmp_path_factory) -> tuple[str, subprocess.CompletedProcess]:
+    if name not in _TRAINED:
+        workdir = str(tmp_path_factory.mktemp(f"cli_{name}") / "run")
+        cache = str(tmp_path_factory.getbasetemp() / "simulated")
+        result = run_cli(
+            "--config", f"configs/tiny.py:{name}", "--workdir", workdir, f"--config.data.simulated.cache_dir={cache}"
+        )
+        _TRAINED[name] = workdir, result
+    return _TRAINED[name]
+
+
 @pytest.fixture(scope="module", params=detectors.names())
 def trained(request, tmp_path_factory):
-    name = request.param
-    workdir = str(tmp_path_factory.mktemp(f"cli_{name}") / "run")
-    cache = str(tmp_path_factory.getbasetemp() / "simulated")
-    result = run_cli(
-        "--config", f"configs/tiny.py:{name}", "--workdir", workdir, f"--config.data.simulated.cache_dir={cache}"
-    )
-    return workdir, result
+    """Every detector, trained through the command line."""
+    return _train_once(request.param, tmp_path_factory)
+
+
+@pytest.fixture(
+    scope="module",
+    params=[pytest.param(n, marks=() if n in CI_DETECTORS else pytest.mark.slow) for n in detectors.names()],
+)
+def trained_any(request, tmp_path_factory):
+    """The same runs, for the tests of the separate evaluate/predict processes."""
+    return _train_once(request.param, tmp_path_factory)
 
 
 def _detector_of(workdir: str):
@@ -75,8 +100,8 @@ def test_train_writes_checkpoints_logs_metrics_and_heatmaps(trained):
         assert im.size[0] > 100 and im.size[1] > 100
 
 
-def test_evaluate_reproduces_metrics_from_the_checkpoint_alone(trained, tmp_path):
-    workdir, _ = trained
+def test_evaluate_reproduces_metrics_from_the_checkpoint_alone(trained_any, tmp_path):
+    workdir, _ = trained_any
     run_cli("--workdir", workdir, "--mode", "evaluate", "--output_dir", str(tmp_path))
     original = json.load(open(os.path.join(workdir, "metrics.json")))["test"]
     again = json.load(open(tmp_path / "metrics.json"))["test"]
@@ -85,8 +110,8 @@ def test_evaluate_reproduces_metrics_from_the_checkpoint_alone(trained, tmp_path
             assert again[key] == original[key], key
 
 
-def test_predict_writes_map_overlay_regions_and_report_for_a_16bit_scan(trained, tmp_path):
-    workdir, _ = trained
+def test_predict_writes_map_overlay_regions_and_report_for_a_16bit_scan(trained_any, tmp_path):
+    workdir, _ = trained_any
     config = json.load(open(os.path.join(workdir, "config.json")))
     rng = np.random.default_rng(0)
     scan = (rng.random((150, 230)) * 20000 + 20000).astype(np.uint16)
@@ -131,8 +156,8 @@ def test_predict_on_a_missing_file_names_it(tmp_path):
     assert result.returncode != 0 and "nope.png does not exist" in result.stderr
 
 
-def test_evaluate_any_saved_checkpoint(trained, tmp_path):
-    workdir, _ = trained
+def test_evaluate_any_saved_checkpoint(trained_any, tmp_path):
+    workdir, _ = trained_any
     name, _ = _detector_of(workdir)
     cache = json.load(open(os.path.join(workdir, "config.json")))["data"]["simulated"]["cache_dir"]
     # A latest checkpoint (gradient detectors: no normalisation stored, fitted on val now) or

@@ -22,9 +22,11 @@ import distributed_helpers as helpers
 import jax
 import numpy as np
 import pytest
+from PIL import Image
 
 from configs import tiny
-from xray_flax import checkpoint, evaluate, files, train, workdir_lock
+from xray_flax import checkpoint, evaluate, files, predict, train, workdir_lock
+from xray_flax.data import pipeline, readers
 
 NUM_STEPS = 6
 TRAIN = {"num_steps": NUM_STEPS, "checkpoint_every": 2, "eval_every": 2, "log_every": 1, "keep_checkpoints": 3}
@@ -101,21 +103,29 @@ def kill_after(args: list[str], step: int, delay: float) -> str:
 
 
 def test_sigkill_at_any_point_then_the_same_command_resumes_bit_identically(tmp_path, cache, reference):
-    """One workdir, killed again and again (inside a best/ write, inside a checkpoints/ write
-    after best/ of the same step was kept - the case that used to stick the workdir for good -,
-    at a random instant), resumed by the same command each time."""
+    """One workdir, stopped again and again (SIGKILL inside a checkpoints/ write after best/ of
+    the same step was kept - the case that used to stick the workdir for good -, SIGKILL inside
+    a best/ write, Ctrl-C, SIGKILL at a random instant), resumed by the same command each time."""
     workdir = str(tmp_path / "killed")
     args = cli_args(workdir, cache)
     # best/2 is saved (and waited for) before checkpoints/2.
     first = run_with_fault(args, "finalize@checkpoints", 1)  # checkpoints/2 never published, best/2 kept
     assert first.returncode == -signal.SIGKILL, first.stderr[-3000:]
-    assert "2" in os.listdir(os.path.join(workdir, checkpoint.BEST_DIR))
+    # (checkpoints/ are written asynchronously: best/4 may have replaced best/2 meanwhile)
+    assert any(name.isdigit() for name in os.listdir(os.path.join(workdir, checkpoint.BEST_DIR)))
     assert not any(name.isdigit() for name in os.listdir(os.path.join(workdir, checkpoint.LATEST_DIR)))
     second = run_with_fault(args, "tmpdir@best", 2)  # killed inside the best/4 write
     assert second.returncode == -signal.SIGKILL, second.stderr[-3000:]
     assert "removing" in second.stderr and "newer than the resume point" in second.stderr
+    # Ctrl-C: a checkpoint at the next step, a clean exit, no traceback.
+    status, output = helpers.run_and_terminate(
+        [sys.executable, "-m", "xray_flax.main", *args], 3, NUM_STEPS, timeout=300, sig=signal.SIGINT
+    )
+    assert status == 0 and "received Ctrl-C: saving a checkpoint" in output and "Traceback" not in output, output
+    assert helpers.latest_state(workdir)[0] in (3, 4)
+    # At a random instant after step 5: in the last step, the last checkpoint writes or the evaluation.
     rng = random.Random(16)
-    kill_after(args, step=rng.choice([3, 4, 5]), delay=rng.uniform(0.0, 0.5))
+    kill_after(args, step=5, delay=rng.uniform(0.0, 1.0))
     final = helpers.run_cli(args)
     assert final.returncode == 0, final.stderr[-4000:]
     assert_same_state(workdir, reference)
@@ -165,6 +175,50 @@ def test_flipped_bytes_in_best_are_an_error_naming_the_checkpoint(tmp_path, cach
     flip_bytes(os.path.join(best, step))
     with pytest.raises(checkpoint.CheckpointError, match=re.escape(os.path.join(best, step))):
         evaluate.evaluate(tiny_config(cache), workdir)
+    scan = pipeline.prepare_splits(tiny_config(cache).data, workdir).test[0].path
+    with pytest.raises(checkpoint.CheckpointError, match=re.escape(os.path.join(best, step))):
+        predict.predict(tiny_config(cache), workdir, [scan], str(tmp_path / "predictions"))
+    assert not os.path.exists(tmp_path / "predictions" / os.path.splitext(os.path.basename(scan))[0])
+
+
+def test_non_finite_maps_stop_the_evaluation_naming_the_tile(tmp_path, cache, reference):
+    config = tiny_config(cache)
+    splits = pipeline.prepare_splits(config.data, reference[0])
+
+    class NaNAfterFirstBatch:
+        batch_size = 8
+        calls = 0
+
+        def __call__(self, images):
+            self.calls += 1
+            maps = np.zeros(images.shape[:3], np.float32)
+            if self.calls == 2:
+                maps[3, 5, 7] = np.nan
+            return {"map": maps, "score": maps.reshape(len(maps), -1).max(axis=1)}
+
+    with pytest.raises(evaluate.NonFiniteScoresError, match=r"NaN/Inf for finite input, tile y=\d+ x=\d+ of .*scan"):
+        evaluate.score_split(NaNAfterFirstBatch(), splits, "val", config)
+
+
+def test_a_bad_validation_image_fails_before_step_0(tmp_path, cache):
+    """Found by the checks of every split before training, not at the first validation."""
+    normal, abnormal = tmp_path / "normal", tmp_path / "abnormal"
+    normal.mkdir(), abnormal.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        Image.fromarray((rng.random((64, 64)) * 255).astype(np.uint8)).save(normal / f"n{i}.png")
+    for i in range(2):
+        Image.fromarray((rng.random((64, 64)) * 255).astype(np.uint8)).save(abnormal / f"a{i}.png")
+    Image.fromarray(np.zeros((16, 20), np.uint8)).save(abnormal / "small.png")  # val or test, never train
+    config = tiny_config(cache)
+    config.data.source = "folder"
+    config.data.root = str(tmp_path)
+    config.data.folder.normal_dir = "normal"
+    config.data.folder.abnormal_dir = "abnormal"
+    workdir = str(tmp_path / "run")
+    with pytest.raises(readers.DataError, match="small.png"):
+        train.train_and_evaluate(config, workdir)
+    assert not os.path.exists(os.path.join(workdir, checkpoint.LATEST_DIR))
 
 
 def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, cache, reference, caplog):
@@ -243,6 +297,10 @@ def test_a_second_training_on_the_same_workdir_is_refused_naming_the_holder(tmp_
     with workdir_lock.WorkdirLock(workdir):
         with pytest.raises(workdir_lock.WorkdirLockedError, match=rf"pid {os.getpid()} on .* since"):
             train.train_and_evaluate(tiny_config(cache), workdir)
+        second = helpers.run_cli(cli_args(workdir, cache))  # the command line: one line, exit 1
+    assert second.returncode == 1
+    assert "Traceback" not in second.stderr
+    assert second.stderr.strip().splitlines()[-1].startswith(f"error: {workdir} is in use by another training job")
     assert not os.path.exists(os.path.join(workdir, checkpoint.LATEST_DIR))  # nothing written
 
 

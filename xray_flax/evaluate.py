@@ -29,7 +29,18 @@ import jax
 import ml_collections
 import numpy as np
 
-from xray_flax import checkpoint, detectors, evaluation_config, files, metrics, normalization, parallel, progress, steps
+from xray_flax import (
+    checkpoint,
+    detectors,
+    errors,
+    evaluation_config,
+    files,
+    metrics,
+    normalization,
+    parallel,
+    progress,
+    steps,
+)
 from xray_flax.data import pipeline
 from xray_flax.inference import Inferencer
 from xray_flax.normalization import IDENTITY, ScoreNormalization
@@ -60,6 +71,27 @@ def score_filter_size(config: ml_collections.ConfigDict) -> int:
     return evaluation_config.resolve_score_filter_size(config.eval.score_filter_size, config.data.patch_size)
 
 
+class NonFiniteScoresError(errors.UserError):
+    """The detector gave NaN or infinite anomaly maps or scores for finite input tiles."""
+
+
+def _check_finite(batch: dict, batch_maps: np.ndarray, batch_scores: np.ndarray, splits: Any, split: str) -> None:
+    """A NaN/Inf map or score must stop the evaluation: sorted into ROC curves and
+    thresholds it would give plausible-looking wrong metrics."""
+    finite = np.isfinite(batch_scores) & np.isfinite(batch_maps.reshape(len(batch_maps), -1)).all(axis=1)
+    if finite.all():
+        return
+    i = int(np.argmin(finite))
+    scan = splits.get(split)[int(batch["scan_index"][i])].path
+    where = f"tile y={int(batch['y'][i])} x={int(batch['x'][i])} of {scan} ({split} split)"
+    if not np.isfinite(batch["image"][i]).all():
+        raise NonFiniteScoresError(f"non-finite input pixels in {where}: check that image")
+    raise NonFiniteScoresError(
+        f"the detector's anomaly map is NaN/Inf for finite input, {where}: the parameters in use are damaged "
+        "or the training diverged; evaluate another checkpoint (--config.eval.checkpoint) or retrain"
+    )
+
+
 def score_split(
     infer: Inferencer, splits: Any, split: str, config: ml_collections.ConfigDict, keep_gallery: int = 0
 ) -> SplitScores:
@@ -78,6 +110,7 @@ def score_split(
     for batch in pipeline.iterate_eval_batches(splits, split, config.data, batch_size=infer.batch_size):
         out = infer(batch["image"])
         batch_maps, batch_scores = out["map"], out["score"]
+        _check_finite(batch, batch_maps, batch_scores, splits, split)
         for key, value in (("label", batch["label"]), ("score", batch_scores)):
             columns[key].append(value)
         for key in ("scan_index", "y", "x"):
