@@ -56,6 +56,7 @@ import numpy as np
 from xray_flax import weights as weights_lib
 from xray_flax.backbones import common
 from xray_flax.backbones.base import Backbone, Variables, to_rgb_input
+from xray_flax.nn import depthwise
 
 __all__ = [
     "ARCHS",
@@ -249,6 +250,8 @@ class ConvBN(nn.Module):
             feature_group_count=self.groups,
             use_bias=False,
             kernel_init=_conv_init,
+            # Depthwise convolutions: a shifted-slice form on XLA:CPU, XLA's own elsewhere.
+            conv_general_dilated=depthwise.conv_general_dilated,
             name="conv",
         )(x)
         # torch momentum 0.01 (new-statistic weight) = Flax momentum 0.99.
