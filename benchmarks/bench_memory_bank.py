@@ -66,10 +66,19 @@ def _memory_gb() -> float:
     return round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9, 1)
 
 
-def _config(model: str, patch: int, batch: int, bank: int | None, chunk: int | None):
+def _config(model: str, patch: int, batch: int, bank: int | None, chunk: int | None, overrides=()):
     import importlib
 
+    import yaml
+
     config = importlib.import_module(f"configs.{model}_cpu").get_config()
+    for item in overrides:  # --set model.accumulate=float32
+        key, value = item.split("=", 1)
+        section, _, name = key.rpartition(".")
+        target = config
+        for part in filter(None, section.split(".")):
+            target = target[part]
+        target[name] = yaml.safe_load(value)
     config.data.patch_size = patch
     config.data.stride = patch
     config.train.batch_size = batch
@@ -97,7 +106,7 @@ def child(args) -> dict:
 
     from xray_flax import detectors, parallel, steps
 
-    config = _config(args.model, args.patch, args.batch, args.bank, args.chunk)
+    config = _config(args.model, args.patch, args.batch, args.bank, args.chunk, args.set)
     detector = detectors.build(config)
     mesh = parallel.make_mesh(config.mesh)
     variables = steps.init_variables(detector, jax.random.key(0), args.patch, 1, mesh)
@@ -136,6 +145,7 @@ def child(args) -> dict:
     collections = {k: v for k, v in fitted.items() if k != "backbone"}
     return {
         "model": args.model,
+        "overrides": list(args.set),
         "tiles": args.tiles,
         "patch": args.patch,
         "batch": args.batch,
@@ -228,6 +238,7 @@ def main():
     parser.add_argument("--bank", type=int, default=None, help="PatchCore bank size (default: the CPU config's)")
     parser.add_argument("--chunk", type=int, default=None, help="PatchCore buffer (default: the CPU config's)")
     parser.add_argument("--coverage-tiles", type=int, default=0)
+    parser.add_argument("--set", action="append", default=[], help="config override KEY=VALUE (repeatable)")
     parser.add_argument("--timeout", type=float, default=3600)
     parser.add_argument("--out", default="")
     # child modes
@@ -244,6 +255,7 @@ def main():
     common = ["--patch", str(args.patch), "--batch", str(args.batch)]
     common += ["--bank", str(args.bank)] if args.bank else []
     common += ["--chunk", str(args.chunk)] if args.chunk else []
+    common += [f"--set={item}" for item in args.set]
     result = {
         "what": "peak RSS of fit (one subprocess each) at scale x base tiles; flat = within 10 % of 1x",
         "machine": {"cpu": _cpu_name(), "cores": os.cpu_count(), "memory_gb": _memory_gb()},

@@ -46,6 +46,11 @@ def get_base_config(detector: str = "draem") -> ml_collections.ConfigDict:
     # After training, whole-scan heatmaps and HTML reports of this many test scans
     # (<workdir>/predictions); 0 = none.
     train.predict_test_scans = 1
+    # Fit-kind detectors (PaDiM, PatchCore, ...): peak resident memory of the process in GB;
+    # 0 = no limit. Checked before the first batch against the fit state the detector
+    # allocates, and after every batch against the measured RSS; over budget, the fit saves
+    # its partial state and stops with an error naming both numbers. [ours, issue 13]
+    train.memory_budget_gb = 0.0
     config.train = train
 
     mesh = ml_collections.ConfigDict()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -204,3 +205,27 @@ def test_a_halted_fit_resumes_after_its_last_batch_and_equals_an_uninterrupted_f
     config.train.batch_size = 8
     with pytest.raises(checkpoint.CheckpointError, match="partial fit with global batch 4"):
         train.train_and_evaluate(config, again)
+
+
+def test_a_fit_over_its_memory_budget_stops_with_its_partial_state_saved(tmp_path, caplog, monkeypatch):
+    """config.train.memory_budget_gb: the allocated state is checked before the first batch, the
+    measured RSS after every batch (shown in the progress lines); over budget, one error and the
+    partial fit is kept, so raising the budget resumes it."""
+    from xray_flax import progress
+
+    config = tiny_config(tmp_path, "padim")
+    config.train.memory_budget_gb = 1e-6  # below the state alone
+    with pytest.raises(train.MemoryBudgetError, match="fit state .* alone exceed config.train.memory_budget_gb"):
+        train.train_and_evaluate(config, str(tmp_path / "tiny_budget"))
+
+    workdir = str(tmp_path / "rss")
+    config.train.memory_budget_gb = 1000.0
+    monkeypatch.setattr(progress, "rss_bytes", lambda: int(2000e9))  # as if the process had grown past it
+    with caplog.at_level("INFO"), pytest.raises(train.MemoryBudgetError, match="uses 2000.00 GB resident memory"):
+        train.train_and_evaluate(config, workdir)
+    assert [d for d in os.listdir(os.path.join(workdir, checkpoint.FIT_DIR)) if d.isdigit()] == ["1"]
+    monkeypatch.undo()
+    with caplog.at_level("INFO"):
+        assert train.train_and_evaluate(config, workdir) is not None
+    assert "resuming the fit of padim after 1 of" in caplog.text and "peak RSS" in caplog.text
+    assert re.search(r"fit padim: \d+/\d+ tiles .* rss \d+\.\d\d GB", caplog.text)  # the progress line

@@ -9,6 +9,8 @@ share of time spent in `timed(...)` parts; this subclass only words its line for
 from __future__ import annotations
 
 import logging
+import os
+import resource
 
 from clu import periodic_actions
 
@@ -20,6 +22,20 @@ def format_duration(seconds: float) -> str:
     h, rem = divmod(seconds, 3600)
     m, s = divmod(rem, 60)
     return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+
+
+def rss_bytes() -> int:
+    """Resident memory of this process now (Linux /proc; elsewhere the peak so far)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return peak_rss_bytes()
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident memory of this process so far (getrusage; KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 class ReportProgress(periodic_actions.ReportProgress):

@@ -29,6 +29,7 @@ from clu import metric_writers
 from xray_flax import (
     checkpoint,
     detectors,
+    errors,
     evaluate,
     files,
     parallel,
@@ -49,6 +50,17 @@ log = logging.getLogger(__name__)
 
 class TrainingDivergedError(RuntimeError):
     """The loss or the gradients became NaN or infinite."""
+
+
+class MemoryBudgetError(errors.UserError):
+    """A fit needs more memory than config.train.memory_budget_gb."""
+
+
+_GB = 1e9
+
+
+def _nbytes(tree) -> int:
+    return sum(int(getattr(x, "nbytes", 0)) for x in jax.tree.leaves(tree))
 
 
 def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -343,6 +355,22 @@ def _fit(detector, config, workdir, splits, mesh, ckpt, writer) -> bool:
     total = pipeline.count_training_tiles(splits, config.data)
     num_batches = -(-total // config.train.batch_size)
     fit_state = detector.fit_init(variables)
+    budget = float(config.train.get("memory_budget_gb", 0.0) or 0.0) * _GB
+    planned = _nbytes(fit_state) + _nbytes(variables)
+    log.info(
+        "fit state %.2f GB + model %.2f GB allocated (peak RSS so far %.2f GB%s)",
+        _nbytes(fit_state) / _GB,
+        _nbytes(variables) / _GB,
+        progress.peak_rss_bytes() / _GB,
+        f", budget {budget / _GB:g} GB" if budget else "",
+    )
+    if budget and planned > budget:
+        raise MemoryBudgetError(
+            f"{detector.name}'s fit state ({_nbytes(fit_state) / _GB:.2f} GB) and model "
+            f"({_nbytes(variables) / _GB:.2f} GB) alone exceed config.train.memory_budget_gb={budget / _GB:g}; "
+            "shrink the state with the levers of its config (feature dimensions, bank size, storage dtype, "
+            f"patch size: configs/{config.detector}.py) or raise the budget"
+        )
     done = 0
     restored = ckpt.restore_fit(fit_state)
     if restored is not None:
@@ -386,12 +414,21 @@ def _fit(detector, config, workdir, splits, mesh, ckpt, writer) -> bool:
             in_flight.append(fit_state)
             while len(in_flight) > max(1, config.train.max_steps_in_flight):
                 jax.block_until_ready(in_flight.popleft())
-            if detector.fit_summary is not None:
-                report.detail = " ".join(f"{k} {v:g}" for k, v in detector.fit_summary(fit_state).items())
+            summary = detector.fit_summary(fit_state) if detector.fit_summary is not None else {}
+            rss = progress.rss_bytes()
+            report.detail = " ".join([*(f"{k} {v:g}" for k, v in summary.items()), f"rss {rss / _GB:.2f} GB"])
             report(tiles(done))
-            stopping = stop.requested(ckpt.fit, done) or (halt is not None and done >= halt)
+            over_budget = bool(budget) and rss > budget
+            stopping = over_budget or stop.requested(ckpt.fit, done) or (halt is not None and done >= halt)
             if stopping or (done % every == 0 and done < num_batches):
                 save()
+            if over_budget:
+                raise MemoryBudgetError(
+                    f"the fit of {detector.name} uses {rss / _GB:.2f} GB resident memory after {done} of {num_batches} "
+                    f"batches, over config.train.memory_budget_gb={budget / _GB:g}; its partial state is saved in "
+                    f"{ckpt.fit.directory}: raise the budget and rerun the same command to resume, or shrink the "
+                    "batch (a new --workdir) or the state"
+                )
             if stopping:
                 why = "on a termination request" if stop.received else "(config.train.halt_after_steps)"
                 log.info("stopped the fit after %d of %d batches %s; the same command resumes", done, num_batches, why)
@@ -399,6 +436,8 @@ def _fit(detector, config, workdir, splits, mesh, ckpt, writer) -> bool:
     finally:
         stop.restore()
     variables = detector.fit_finish(fit_state, variables)
+    jax.block_until_ready(variables)
+    log.info("fitted %s: peak RSS %.2f GB", detector.name, progress.peak_rss_bytes() / _GB)
     validate = _Validator(detector, config, splits, mesh, ckpt, writer, variables)
     validate(FIT_STEP, variables, 1.0)
     return True
