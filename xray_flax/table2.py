@@ -39,7 +39,7 @@ from xray_flax.report import tables
 log = logging.getLogger("xray_flax.table2")
 
 # The CPU configs of the paper's Table 2 methods (baselines, DRAEM, the paper's model) and the
-# training-free reference, all on the default simulated data's 64-px tiles.
+# training-free references (so a reader sees at once whether learning helped), all on the default simulated data's 64-px tiles.
 DEFAULT_METHODS = (
     "configs/cfa_cpu.py",
     "configs/csflow_cpu.py",
@@ -49,6 +49,7 @@ DEFAULT_METHODS = (
     "configs/reverse_distillation_cpu.py",
     "configs/default.py",
     "configs/highpass.py",
+    "configs/patch_nn.py",
 )
 
 # Fields of `config.eval` that make the threshold rule and the metrics the same for every

@@ -33,6 +33,7 @@ _DETECTORS = {
     "cfa": "xray_flax.detectors.cfa",  # coupled-hypersphere feature adaptation (Lee et al. 2022)
     "padim": "xray_flax.detectors.padim",  # patch distribution modelling (Defard et al. 2021; fit kind)
     "patchcore": "xray_flax.detectors.patchcore",  # memory bank + coreset (Roth et al. 2022; fit kind)
+    "patch_nn": "xray_flax.detectors.patch_nn",  # training-free raw-patch nearest neighbour (fit kind)
 }
 
 
