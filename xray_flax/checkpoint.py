@@ -70,6 +70,15 @@ def _no_space(error: BaseException) -> bool:
     return False
 
 
+def _sync(name: str) -> None:
+    """All processes wait here: process 0 has just changed a checkpoint folder that every
+    process's manager is about to re-read."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
+        multihost_utils.sync_global_devices(f"xray_flax:{name}")
+
+
 def _nbytes(*trees: Any) -> int:
     return sum(int(getattr(x, "nbytes", 0)) for tree in trees for x in jax.tree.leaves(tree))
 
@@ -219,6 +228,7 @@ class Checkpointer:
                 moved = self._quarantine(manager, bad_step)
                 log.warning("checkpoint %s/%d is unusable (%s); moved to %s", manager.directory, bad_step, why, moved)
             if failed:
+                _sync("quarantine")
                 manager.reload()
                 log.warning("resuming from the previous sound checkpoint, %s/%d", manager.directory, step)
             return result
@@ -253,6 +263,7 @@ class Checkpointer:
             if jax.process_index() == 0:
                 shutil.rmtree(os.path.join(str(self.best.directory), str(s)))
         if newer:
+            _sync("drop_best_after")
             self.best.reload()
 
     def wait(self) -> None:
