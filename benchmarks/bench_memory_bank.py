@@ -72,13 +72,17 @@ def _config(model: str, patch: int, batch: int, bank: int | None, chunk: int | N
     import yaml
 
     config = importlib.import_module(f"configs.{model}_cpu").get_config()
+    if any(item.startswith("backbone.name=") for item in overrides):
+        # Another backbone (e.g. resnet18, anomalib's): the paper config's taps for it.
+        config = importlib.import_module(f"configs.{model}").get_config()
     for item in overrides:  # --set model.accumulate=float32
         key, value = item.split("=", 1)
         section, _, name = key.rpartition(".")
         target = config
         for part in filter(None, section.split(".")):
             target = target[part]
-        target[name] = yaml.safe_load(value)
+        value = yaml.safe_load(value)
+        target[name] = tuple(value) if isinstance(value, list) else value
     config.data.patch_size = patch
     config.data.stride = patch
     config.train.batch_size = batch
@@ -109,7 +113,11 @@ def child(args) -> dict:
     config = _config(args.model, args.patch, args.batch, args.bank, args.chunk, args.set)
     detector = detectors.build(config)
     mesh = parallel.make_mesh(config.mesh)
-    variables = steps.init_variables(detector, jax.random.key(0), args.patch, 1, mesh)
+    # --random-backbone: random weights (the cost does not depend on them; the peer side has none
+    # either, the model hubs being unreachable).
+    variables = steps.init_variables(
+        detector, jax.random.key(0), args.patch, 1, mesh, pretrained=not args.random_backbone
+    )
     jax.block_until_ready(variables)
     rss_loaded = _rss_mb()
     rng = np.random.default_rng(0)
@@ -238,6 +246,7 @@ def main():
     parser.add_argument("--bank", type=int, default=None, help="PatchCore bank size (default: the CPU config's)")
     parser.add_argument("--chunk", type=int, default=None, help="PatchCore buffer (default: the CPU config's)")
     parser.add_argument("--coverage-tiles", type=int, default=0)
+    parser.add_argument("--random-backbone", action="store_true", help="random backbone weights (speed comparisons)")
     parser.add_argument("--set", action="append", default=[], help="config override KEY=VALUE (repeatable)")
     parser.add_argument("--timeout", type=float, default=3600)
     parser.add_argument("--out", default="")
@@ -256,6 +265,7 @@ def main():
     common += ["--bank", str(args.bank)] if args.bank else []
     common += ["--chunk", str(args.chunk)] if args.chunk else []
     common += [f"--set={item}" for item in args.set]
+    common += ["--random-backbone"] if args.random_backbone else []
     result = {
         "what": "peak RSS of fit (one subprocess each) at scale x base tiles; flat = within 10 % of 1x",
         "machine": {"cpu": _cpu_name(), "cores": os.cpu_count(), "memory_gb": _memory_gb()},
