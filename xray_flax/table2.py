@@ -39,7 +39,8 @@ from xray_flax.report import tables
 log = logging.getLogger("xray_flax.table2")
 
 # The CPU configs of the paper's Table 2 methods (baselines, DRAEM, the paper's model) and the
-# training-free references (so a reader sees at once whether learning helped), all on the default simulated data's 64-px tiles.
+# training-free references (so a reader sees at once whether learning helped), all on the
+# default simulated data's 64-px tiles.
 DEFAULT_METHODS = (
     "configs/cfa_cpu.py",
     "configs/csflow_cpu.py",
