@@ -172,7 +172,7 @@ def test_two_processes_preempted_and_resumed_train_like_one_process(one_process_
 
     # Summaries come from process 0 only: one event file per run (stopped, resumed).
     assert len(glob.glob(os.path.join(workdir, "events.out.tfevents.*"))) == 2
-    assert not glob.glob(os.path.join(workdir, "*.tmp"))
+    assert not glob.glob(os.path.join(workdir, "*.tmp*"))  # write_text_atomic: name.<pid>.tmp.ext
     # Evaluation ran on process 0's files only once, after the resumed run.
     with open(os.path.join(workdir, "metrics.json")) as f:
         assert json.load(f)["step"] is not None

@@ -279,7 +279,7 @@ def test_a_real_full_disk_during_a_checkpoint_write(small_filesystem, cache, ref
         assert e.errno == errno.ENOSPC
     finally:
         os.close(fd)
-    with pytest.raises(files.DiskSpaceError, match=r"the disk is full: could not write .*config.json"):
+    with pytest.raises(files.DiskSpaceError, match=r"not enough disk space for the file .*config.json"):
         train.train_and_evaluate(tiny_config(cache), workdir)
     # Room for the small files, not for a checkpoint (variables alone are ~650 KB).
     os.truncate(filler, os.path.getsize(filler) - (128 << 10))

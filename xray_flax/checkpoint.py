@@ -62,9 +62,10 @@ def first_line(error: BaseException) -> str:
 
 
 def _no_space(error: BaseException) -> bool:
-    """Whether `error` (or what caused it: orbax wraps tensorstore's errors) is a full disk."""
+    """Whether `error` (or what caused it: orbax wraps tensorstore's errors, which are no
+    OSErrors and name the condition only in their text) is a full disk."""
     while error is not None:
-        if getattr(error, "errno", None) == 28 or "No space left" in str(error):
+        if files.is_disk_full(error) or "No space left" in str(error):
             return True
         error = error.__cause__ or error.__context__
     return False
@@ -79,7 +80,8 @@ def _sync(name: str) -> None:
         multihost_utils.sync_global_devices(f"xray_flax:{name}")
 
 
-def _nbytes(*trees: Any) -> int:
+def tree_nbytes(*trees: Any) -> int:
+    """Bytes of every array leaf of `trees` (what a checkpoint of them writes, uncompressed)."""
     return sum(int(getattr(x, "nbytes", 0)) for tree in trees for x in jax.tree.leaves(tree))
 
 
@@ -124,7 +126,7 @@ class Checkpointer:
         """A fit detector's partial state after `batches` batches (resumed from after a kill)."""
         meta = {**meta, "digest": integrity.digests(fit_state=fit_state)}
         args = ocp.args.Composite(fit_state=ocp.args.StandardSave(fit_state), meta=ocp.args.JsonSave(meta))
-        self._save(self.fit, batches, args, nbytes=_nbytes(fit_state))
+        self._save(self.fit, batches, args, nbytes=tree_nbytes(fit_state))
 
     def restore_fit(self, template: Any) -> tuple[Any, dict] | None:
         """(fit_state, meta) of the newest sound partial fit, or None; `template` gives shapes and types."""
@@ -148,14 +150,16 @@ class Checkpointer:
             data_iterator=grain.checkpoint.CheckpointSave(data_iterator),
             meta=ocp.args.JsonSave(meta),
         )
-        self._save(self.latest, step, args, nbytes=_nbytes(variables, opt_state))
+        self._save(self.latest, step, args, nbytes=tree_nbytes(variables, opt_state))
 
     def save_best(self, step: int, variables: Any, meta: dict) -> bool:
         """Keeps the variables if their validation ROC-AUC beats the best so far; returns whether it did."""
         meta = {**meta, "digest": integrity.digests(variables=variables)}
         args = ocp.args.Composite(variables=ocp.args.StandardSave(variables), meta=ocp.args.JsonSave(meta))
         before = self.best.best_step()
-        self._save(self.best, step, args, metrics={BEST_METRIC: float(meta[BEST_METRIC])}, nbytes=_nbytes(variables))
+        self._save(
+            self.best, step, args, metrics={BEST_METRIC: float(meta[BEST_METRIC])}, nbytes=tree_nbytes(variables)
+        )
         self._wait(self.best)
         return self.best.best_step() != before
 

@@ -7,28 +7,13 @@ import errno
 import os
 
 
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write `text` to a temporary file beside `path`, then rename it over `path`.
-
+def write_text_atomic(path: str | os.PathLike, text: str, what: str = "the file") -> None:
+    """Write `text` to `path` through `atomic_output`: a reader sees the old file or the whole
+    new one; on an error (a full disk: DiskSpaceError naming `path`) `path` is left as it was.
     The temporary name carries the process id, so the processes of a multi-host run that
-    write the same file never interleave; the rename is atomic on POSIX file systems, so a
-    reader sees the old file or the whole new one. On an error (e.g. a full disk) the
-    temporary file is removed and `path` is left as it was.
-    """
-    path = os.fspath(path)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    try:
-        with open(tmp, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException as e:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        if isinstance(e, OSError) and e.errno == errno.ENOSPC and not isinstance(e, DiskSpaceError):
-            raise DiskSpaceError(
-                errno.ENOSPC, f"the disk is full: could not write {path} (it is left as it was); free some space"
-            ) from e
-        raise
+    write the same file never interleave."""
+    with atomic_output(path, what) as tmp, open(tmp, "w") as f:
+        f.write(text)
 
 
 class DiskSpaceError(OSError):

@@ -59,10 +59,6 @@ class MemoryBudgetError(errors.UserError):
 _GB = 1e9
 
 
-def _nbytes(tree) -> int:
-    return sum(int(getattr(x, "nbytes", 0)) for x in jax.tree.leaves(tree))
-
-
 def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
     """The workdir keeps its config, so evaluate/predict need nothing but the workdir."""
     if jax.process_index() == 0:
@@ -356,20 +352,20 @@ def _fit(detector, config, workdir, splits, mesh, ckpt, writer) -> bool:
     num_batches = -(-total // config.train.batch_size)
     fit_state = detector.fit_init(variables)
     budget = float(config.train.get("memory_budget_gb", 0.0) or 0.0) * _GB
-    planned = _nbytes(fit_state) + _nbytes(variables)
+    state_gb, model_gb = checkpoint.tree_nbytes(fit_state) / _GB, checkpoint.tree_nbytes(variables) / _GB
     log.info(
         "fit state %.2f GB + model %.2f GB allocated (peak RSS so far %.2f GB%s)",
-        _nbytes(fit_state) / _GB,
-        _nbytes(variables) / _GB,
+        state_gb,
+        model_gb,
         progress.peak_rss_bytes() / _GB,
         f", budget {budget / _GB:g} GB" if budget else "",
     )
-    if budget and planned > budget:
+    if budget and (state_gb + model_gb) * _GB > budget:
         raise MemoryBudgetError(
-            f"{detector.name}'s fit state ({_nbytes(fit_state) / _GB:.2f} GB) and model "
-            f"({_nbytes(variables) / _GB:.2f} GB) alone exceed config.train.memory_budget_gb={budget / _GB:g}; "
-            "shrink the state with the levers of its config (feature dimensions, bank size, storage dtype, "
-            f"patch size: configs/{config.detector}.py) or raise the budget"
+            f"{detector.name}'s fit state ({state_gb:.2f} GB) and model ({model_gb:.2f} GB) alone exceed "
+            f"config.train.memory_budget_gb={budget / _GB:g}; shrink the state with the levers of its config "
+            f"(feature dimensions, bank size, storage dtype, patch size: configs/{config.detector}.py) or raise "
+            "the budget"
         )
     done = 0
     restored = ckpt.restore_fit(fit_state)
