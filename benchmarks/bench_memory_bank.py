@@ -9,10 +9,11 @@ process, resource.getrusage) measures exactly one fit: build the detector from
 configs/<model>_cpu.py (EfficientNet-Lite0, real weights from the installed package) with the
 patch and batch given, initialise and load the backbone, then fit_init, fit_update over
 base_tiles x scale synthetic tiles (smooth noise, generated batch by batch so the data never
-accumulate), fit_finish. Each child prints one JSON line: peak RSS, RSS after the backbone is
-loaded, fit time, the fit summary, and what anomalib would hold before its fit (every
-embedding stacked: PatchCore N x positions x D x 4 B, PaDiM N x P x d x 4 B). Flat means the
-peak at 16x is within 10 % of the peak at 1x (the acceptance of issue 13).
+accumulate; --source simulated: tiles cut from simulated clean radiographs instead, the time making
+them reported apart and excluded from the fit time), fit_finish. Each child prints one JSON
+line: peak RSS, RSS after the backbone is loaded, fit time, the fit summary, and what anomalib
+would hold before its fit (every embedding stacked: PatchCore N x positions x D x 4 B, PaDiM
+N x P x d x 4 B). Flat means the peak at 16x is within 10 % of the peak at 1x (the acceptance of issue 13).
 
 --coverage-tiles N (PatchCore only) also measures the streamed coreset against the exact one on
 real features: the first N clean training tiles of the configured data (the simulated
@@ -105,6 +106,37 @@ def synthetic_tiles(rng: np.random.Generator, batch: int, patch: int) -> np.ndar
     return np.clip(np.stack(tiles), 0.0, 1.0)[..., None].astype(np.float32)
 
 
+def simulated_batches(batch: int, patch: int, scan_size: int, seed: int = 0):
+    """Batches [batch, patch, patch, 1] of tiles cut (stride = patch) from simulated clean
+    radiographs (xray_flax/data/simulate.py with no anomalies: the normal training data of a
+    fit), 16-bit scans of scan_size x scan_size scaled by the bit depth, one scan at a time:
+    the tiles never accumulate beyond one scan."""
+    from xray_flax.data.readers import normalize
+    from xray_flax.data.simulate import SimulationParams, simulate_scan
+
+    params = SimulationParams(
+        n_scans=1,
+        height=scan_size,
+        width=scan_size,
+        paint_losses=0,
+        white_spots=0,
+        nails=0,
+        foreign_objects=0,
+        seed=seed,
+    )
+    pending, index = [], 0
+    while True:
+        scan, _ = simulate_scan(params, index)
+        index += 1
+        image = normalize(scan, 0, 65535)
+        for y in range(0, scan_size - patch + 1, patch):
+            for x in range(0, scan_size - patch + 1, patch):
+                pending.append(image[y : y + patch, x : x + patch])
+                if len(pending) == batch:
+                    yield np.stack(pending)[..., None]
+                    pending = []
+
+
 def child(args) -> dict:
     import jax
 
@@ -122,13 +154,18 @@ def child(args) -> dict:
     rss_loaded = _rss_mb()
     rng = np.random.default_rng(0)
     n_batches = -(-args.tiles // args.batch)
+    scans = simulated_batches(args.batch, args.patch, args.scan_size) if args.source == "simulated" else None
+    data_s = 0.0  # time making the tiles, excluded from the fit time
     start = time.perf_counter()
     state = detector.fit_init(variables)
     first = None
     for i in range(n_batches):
         valid = np.ones(args.batch, np.float32)
         valid[max(0, args.tiles - i * args.batch) :] = 0.0
-        batch = {"image": synthetic_tiles(rng, args.batch, args.patch), "valid": valid}
+        made = time.perf_counter()
+        images = next(scans) if scans is not None else synthetic_tiles(rng, args.batch, args.patch)
+        data_s += time.perf_counter() - made
+        batch = {"image": images, "valid": valid}
         state = detector.fit_update(state, variables, parallel.global_batch(batch, mesh))
         # As the loop does (xray_flax/train.py _fit): the progress summary after every batch,
         # which also waits for it, so no batches queue up ahead of the device.
@@ -138,12 +175,21 @@ def child(args) -> dict:
             jax.block_until_ready(state)
         if first is None:
             jax.block_until_ready(state)
-            first = time.perf_counter() - start
+            first = time.perf_counter() - start - data_s
+        if args.progress_every and (i + 1) % args.progress_every == 0:
+            progress = {
+                "tiles": min((i + 1) * args.batch, args.tiles),
+                "fit_s": round(time.perf_counter() - start - data_s, 1),
+                "data_s": round(data_s, 1),
+                "peak_rss_mb": round(_peak_mb(), 1),
+                **(detector.fit_summary(state) if detector.fit_summary else {}),
+            }
+            print(json.dumps(progress), file=sys.stderr, flush=True)
     jax.block_until_ready(state)
     summary = detector.fit_summary(state) if detector.fit_summary else {}
     fitted = detector.fit_finish(state, variables)
     jax.block_until_ready(fitted)
-    seconds = time.perf_counter() - start
+    seconds = time.perf_counter() - start - data_s
     plan = detector.fit_init.keywords["plan"]
     stride = plan.backbone.strides[plan.backbone.taps[0]]
     if args.model == "patchcore":
@@ -159,7 +205,10 @@ def child(args) -> dict:
         "batch": args.batch,
         "peak_rss_mb": round(_peak_mb(), 1),
         "rss_after_backbone_mb": round(rss_loaded, 1),
+        "source": args.source,
+        "scan_size": args.scan_size if args.source == "simulated" else None,
         "fit_s": round(seconds, 2),
+        "data_s": round(data_s, 2),
         "first_batch_s": round(first or 0.0, 2),
         "tiles_per_s_after_first": round((args.tiles - args.batch) / max(seconds - (first or 0.0), 1e-9), 1),
         "summary": summary,
@@ -246,6 +295,14 @@ def main():
     parser.add_argument("--bank", type=int, default=None, help="PatchCore bank size (default: the CPU config's)")
     parser.add_argument("--chunk", type=int, default=None, help="PatchCore buffer (default: the CPU config's)")
     parser.add_argument("--coverage-tiles", type=int, default=0)
+    parser.add_argument(
+        "--source",
+        choices=("synthetic", "simulated"),
+        default="synthetic",
+        help="tiles: smooth noise (synthetic) or cut from simulated clean radiographs (simulated)",
+    )
+    parser.add_argument("--scan-size", type=int, default=2048, help="side of each simulated scan (--source simulated)")
+    parser.add_argument("--progress-every", type=int, default=0, help="batches between progress lines (stderr)")
     parser.add_argument("--random-backbone", action="store_true", help="random backbone weights (speed comparisons)")
     parser.add_argument("--set", action="append", default=[], help="config override KEY=VALUE (repeatable)")
     parser.add_argument("--timeout", type=float, default=3600)
@@ -266,6 +323,7 @@ def main():
     common += ["--chunk", str(args.chunk)] if args.chunk else []
     common += [f"--set={item}" for item in args.set]
     common += ["--random-backbone"] if args.random_backbone else []
+    common += ["--source", args.source, "--scan-size", str(args.scan_size)]
     result = {
         "what": "peak RSS of fit (one subprocess each) at scale x base tiles; flat = within 10 % of 1x",
         "machine": {"cpu": _cpu_name(), "cores": os.cpu_count(), "memory_gb": _memory_gb()},

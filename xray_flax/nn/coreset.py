@@ -33,6 +33,14 @@ a certified bound on the coverage radius of the final bank over every feature ev
 tests/test_knn_coreset.py, docs/performance.md). With C >= N there is one reduction, all rho
 are 0, and the result is exactly the greedy k-centre coreset.
 
+**Absorption** (``stream_add(absorb=True)``) [ours, from Charikar et al.'s merge rule]: after the
+first reduction, a new feature within the certificate (max rho) of its nearest bank entry is
+absorbed by that entry (its rho rises to at most the certificate) and never enters the buffer.
+The certificate does not grow from it, and on data that repeat themselves (the textures of one
+painting) most features are absorbed, so the greedy reductions, m passes over the m + C pool
+each, become rare; what is paid instead is one blocked nearest-neighbour search of each
+batch in the bank (a matrix product, xray_flax.nn.knn).
+
 Distances are Euclidean on the projected features when a projection is given (PatchCore's
 random projection [paper: dense 128-d; anomalib: sparse, eps 0.9]; here a dense Gaussian
 N(0, 1/out_dim) matrix, Johnson-Lindenstrauss), so radii and certificates are in that space.
@@ -45,6 +53,8 @@ import typing
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from xray_flax.nn import knn
 
 
 class Greedy(typing.NamedTuple):
@@ -167,6 +177,7 @@ def stream_init(bank_size: int, chunk_size: int, dim: int) -> dict:
         "fill": np.zeros((), np.int32),  # features in the buffer
         "seen": np.zeros((), np.int32),  # valid features ever added
         "reductions": np.zeros((), np.int32),
+        "absorbed": np.zeros((), np.int32),  # valid features absorbed by a bank entry (never buffered)
         "coverage_bound": np.zeros((), np.float32),  # max bank radius (the certificate)
     }
 
@@ -200,26 +211,80 @@ def stream_reduce(state: dict, projection: jax.Array | None = None) -> dict:
     }
 
 
-def stream_add(state: dict, features: jax.Array, valid: jax.Array, projection: jax.Array | None = None) -> dict:
-    """Appends [n, dim] features (``valid`` [n]: False rows are ignored) to the buffer and
-    reduces when it is full. The buffer size must be a multiple of n (checked), so a full
-    buffer is always exactly full. Pure: returns a new state."""
+def _absorb(state: dict, features: jax.Array, valid: jax.Array, projection, query_block: int, bank_block: int):
+    """(valid features not absorbed, the state with the absorbing entries' radii raised).
+
+    A feature whose projected distance to its nearest bank entry is at most the current
+    certificate (``coverage_bound``, the largest covering radius) joins that entry: the entry's
+    radius becomes max(rho, distance) <= the certificate, so the certificate does not grow, and
+    the feature never enters the buffer. This is the merge rule of Charikar et al.'s doubling
+    algorithm (STOC 1997: a new point within the current radius of a centre is absorbed by it).
+    Before the first reduction the bank is empty and nothing is absorbed."""
+    bank = _project(jnp.asarray(state["bank"]), projection)
+    distances, indices = knn.nearest_neighbours(
+        _project(features.astype(jnp.float32), projection),
+        bank,
+        jnp.asarray(state["bank_valid"]),
+        1,
+        query_block=query_block,
+        bank_block=bank_block,
+    )
+    distance, nearest = distances[:, 0], indices[:, 0]
+    bound = jnp.asarray(state["coverage_bound"])
+    absorbed = valid & (jnp.asarray(state["reductions"]) > 0) & (distance <= bound)
+    bank_size = state["bank"].shape[0]
+    reach = jnp.where(absorbed, distance, 0.0)
+    raised = jax.ops.segment_max(reach, jnp.where(absorbed, nearest, bank_size), num_segments=bank_size + 1)
+    radius = jnp.maximum(jnp.asarray(state["bank_radius"]), raised[:bank_size])
+    state = {
+        **state,
+        "bank_radius": radius,
+        "absorbed": jnp.asarray(state["absorbed"]) + jnp.sum(absorbed.astype(jnp.int32)),
+    }
+    return valid & ~absorbed, state
+
+
+def stream_add(
+    state: dict,
+    features: jax.Array,
+    valid: jax.Array,
+    projection: jax.Array | None = None,
+    *,
+    absorb: bool = False,
+    query_block: int = 1024,
+    bank_block: int = 4096,
+) -> dict:
+    """Appends the valid rows of [n, dim] ``features`` (``valid`` [n]) to the buffer, first
+    reducing bank + buffer when they would not fit (so a full buffer waits for the next call or
+    `stream_finish`). The buffer size must be a multiple of n (checked), so without absorption a
+    full buffer is always exactly full. With ``absorb`` (static), valid
+    features already within the certificate of a bank entry are absorbed by it instead
+    (`_absorb`; one blocked nearest-neighbour search of the n features in the bank), so only
+    features the bank does not yet cover fill the buffer and reductions become rarer. Pure:
+    returns a new state."""
     n = features.shape[0]
     chunk = state["buffer"].shape[0]
     if chunk % n:
         raise ValueError(f"coreset: the buffer of {chunk} features is not a multiple of the {n} added per call")
-    fill = jnp.asarray(state["fill"])
-    buffer = jax.lax.dynamic_update_slice(jnp.asarray(state["buffer"]), features.astype(jnp.float32), (fill, 0))
-    buffer_valid = jax.lax.dynamic_update_slice(jnp.asarray(state["buffer_valid"]), valid.astype(bool), (fill,))
+    state = jax.tree.map(jnp.asarray, state)
+    valid = jnp.asarray(valid).astype(bool)
+    seen = state["seen"] + jnp.sum(valid.astype(jnp.int32))
+    if absorb:
+        valid, state = _absorb(state, features, valid, projection, query_block, bank_block)
+    # A reduction only when the kept rows would not fit (with absorption most batches add few).
+    kept = jnp.sum(valid.astype(jnp.int32))
+    state = jax.lax.cond(state["fill"] + kept > chunk, lambda s: stream_reduce(s, projection), lambda s: s, state)
+    # The kept rows go to the next free buffer slots, in order (others to slot `chunk`: dropped).
+    fill = state["fill"]
+    slots = jnp.where(valid, fill + jnp.cumsum(valid.astype(jnp.int32)) - 1, chunk)
     state = {
         **state,
-        "buffer": buffer,
-        "buffer_valid": buffer_valid,
-        "fill": fill + n,
-        "seen": jnp.asarray(state["seen"]) + jnp.sum(valid.astype(jnp.int32)),
+        "buffer": state["buffer"].at[slots].set(features.astype(jnp.float32), mode="drop"),
+        "buffer_valid": state["buffer_valid"].at[slots].set(True, mode="drop"),
+        "fill": fill + kept,
+        "seen": seen,
     }
-    state = jax.tree.map(jnp.asarray, state)
-    return jax.lax.cond(state["fill"] >= chunk, lambda s: stream_reduce(s, projection), lambda s: s, state)
+    return state
 
 
 def stream_finish(state: dict, projection: jax.Array | None = None) -> dict:

@@ -90,6 +90,7 @@ def make_plan(config: ml_collections.ConfigDict) -> steps.Plan:
         blur_sigma=float(m.blur_sigma),
         query_block=int(m.query_block),
         bank_block=int(m.bank_block),
+        absorb=bool(m.absorb_covered),
         shard_bank=bool(m.shard_bank),
         mesh_config=config.mesh,
     )

@@ -30,6 +30,11 @@ def defaults() -> ml_collections.ConfigDict:
     # whole batches). Work ~ N M (1 + M / chunk) projected distances; memory (M + chunk) D x 4 B.
     # chunk >= all training patches = one reduction = the exact greedy coreset. [ours]
     model.chunk_size = 65_536
+    # Absorption: after the first reduction, a patch within the bank's certified covering radius
+    # of its nearest entry joins that entry instead of the buffer (xray_flax/nn/coreset.py), so
+    # reductions become rare on repetitive data; the certificate does not grow. False = every
+    # patch goes through the buffer. [ours; Charikar et al. 1997's merge rule]
+    model.absorb_covered = True
     # Random projection of the selection distances (0 or >= D: none). [original code: 128 dims,
     # dense; anomalib: sparse Johnson-Lindenstrauss with eps 0.9, 301 dims at 204,800 patches;
     # ours: dense Gaussian, 128]

@@ -7,7 +7,7 @@ Variables (static shapes from the config):
     memory     {"bank": [M, D] storage dtype, "valid": [M] bool}   M = config.model.bank_size
 
 Fit state: xray_flax.nn.coreset's stream ({bank, bank_valid, bank_radius: [M], buffer: [C, D],
-buffer_valid: [C], fill, seen, reductions, coverage_bound}), C = config.model.chunk_size rounded
+buffer_valid: [C], fill, seen, reductions, absorbed, coverage_bound}), C = config.model.chunk_size rounded
 up to whole batches: (M + C) D x 4 bytes, whatever the number of training tiles.
 """
 
@@ -47,6 +47,7 @@ class Plan:
     blur_sigma: float
     query_block: int
     bank_block: int
+    absorb: bool
     shard_bank: bool
     mesh_config: object
 
@@ -101,7 +102,15 @@ def _update(state, variables, images, valid, *, plan):
     x = embed(variables, images, plan=plan)
     b, h, w, d = x.shape
     patch_valid = jnp.repeat(valid > 0, h * w)
-    return coreset.stream_add(state, x.reshape(b * h * w, d), patch_valid, _projection(plan))
+    return coreset.stream_add(
+        state,
+        x.reshape(b * h * w, d),
+        patch_valid,
+        _projection(plan),
+        absorb=plan.absorb,
+        query_block=plan.query_block,
+        bank_block=plan.bank_block,
+    )
 
 
 def fit_update(state: dict, variables: dict, batch: dict, *, plan: Plan) -> dict:
@@ -129,9 +138,12 @@ def fit_finish(state: dict, variables: dict, *, plan: Plan) -> dict:
 
 
 def fit_summary(state: dict, *, plan: Plan) -> dict:
-    seen, filled, bound = jax.device_get((state["seen"], jnp.sum(state["bank_valid"]), state["coverage_bound"]))
+    seen, absorbed, filled, bound = jax.device_get(
+        (state["seen"], state["absorbed"], jnp.sum(state["bank_valid"]), state["coverage_bound"])
+    )
     return {
         "patches": float(seen),
+        "absorbed": float(absorbed),
         "bank": float(filled),
         "radius_bound": float(bound),
         "state_mb": state_bytes(plan) / 2**20,
