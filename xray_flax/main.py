@@ -251,6 +251,9 @@ def _run(config) -> None:
     # Imported after jax.distributed is initialised: they query devices at import time.
     from xray_flax import evaluate, predict, train  # pylint: disable=g-import-not-at-top
 
+    if config is not None and config.get("family") == "hidden_art" or _workdir_family() == "hidden_art":
+        _run_hidden_art(config)
+        return
     if _MODE.value == "train":
         if config is None:
             raise app.UsageError("--mode train needs --config (e.g. --config configs/default.py)")
@@ -264,6 +267,35 @@ def _run(config) -> None:
         if not _INPUTS.value:
             raise app.UsageError("--mode predict needs --inputs (scan files, folders or globs)")
         predict.predict(config, _WORKDIR.value, _INPUTS.value, _OUTPUT_DIR.value)
+
+
+def _workdir_family() -> str:
+    path = os.path.join(_WORKDIR.value, "config.json")
+    if not os.path.exists(path):
+        return ""
+    import json  # pylint: disable=g-import-not-at-top
+
+    try:
+        with open(path) as f:
+            return str(json.load(f).get("family", ""))
+    except (OSError, ValueError):
+        return ""
+
+
+def _run_hidden_art(config) -> None:
+    """The second family (xray_flax/hidden_art/run.py): train + evaluate, or evaluate."""
+    from xray_flax.hidden_art import run  # pylint: disable=g-import-not-at-top
+
+    if _MODE.value == "predict":
+        raise app.UsageError("--mode predict is for X-ray detectors; hidden-art runs write their maps in evaluate")
+    if _MODE.value == "train":
+        if config is None:
+            raise app.UsageError("--mode train needs --config (e.g. --config configs/hidden_plain.py)")
+        run.train_and_evaluate(config, _WORKDIR.value)
+        return
+    if config is None:
+        config = workdir_config.load(_WORKDIR.value)
+    run.evaluate(config, _WORKDIR.value, _OUTPUT_DIR.value)
 
 
 if __name__ == "__main__":

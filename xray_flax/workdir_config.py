@@ -38,12 +38,24 @@ def load(workdir: str) -> ml_collections.ConfigDict:
         ) from None
     if not isinstance(saved, dict):
         raise ConfigError(f"{path} holds no config object; pass --config with the config it was trained with")
+    if saved.get("family") == "hidden_art":  # the second family: its template is its method's config file
+        return ml_collections.ConfigDict(_typed(saved, _hidden_art_template(saved.get("config_name", ""))))
     if "detector" not in saved:
         raise ConfigError(
             f"{path} has no 'detector' field: it was written by an earlier version of xray_flax; pass "
             f"--config (e.g. configs/default.py) together with --workdir, or retrain into a new workdir"
         )
     return ml_collections.ConfigDict(_typed(saved, _template(saved["detector"])))
+
+
+def _hidden_art_template(config_name) -> ml_collections.ConfigDict | None:
+    """The default config of a hidden-art method (configs/<config_name>.py), None if unknown."""
+    import importlib  # pylint: disable=g-import-not-at-top
+
+    try:
+        return importlib.import_module(f"configs.{config_name}").get_config()
+    except (ImportError, AttributeError, ValueError):
+        return None
 
 
 def _template(detector) -> ml_collections.ConfigDict | None:
