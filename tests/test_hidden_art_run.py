@@ -13,6 +13,7 @@ import sys
 import jax
 import numpy as np
 import pytest
+from PIL import Image
 from sklearn.metrics import roc_auc_score
 
 from xray_flax.checkpoint import CorruptCheckpointError
@@ -54,6 +55,9 @@ def test_train_and_evaluate_writes_maps_metrics_and_gallery(name, tmp_path):
     assert (out / "gallery.html").read_text().count("data:image/png;base64,") >= 2 * 9
     for row in saved["paintings"]:
         assert (out / f"{row['painting']}_{name}_map.png").exists()
+        overlay = np.asarray(Image.open(out / f"{row['painting']}_{name}_overlay.png"))
+        collage = np.asarray(Image.open(out / f"{row['painting']}_{name}_collage.png"))
+        assert overlay.shape == (64, 64, 3) and collage.shape == (64, 64) and collage.max() <= 8
     # The AUROC written is the method's own map scored against the true mask (recomputed here).
     method = methods.build(config)
     scenes = run.load_split(config, "val")

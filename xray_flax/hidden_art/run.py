@@ -11,8 +11,10 @@ from the newest sound one; every save carries SHA-256 digests that restore check
 `evaluate`s: per validation painting the dissimilarity map and per-band maps, the collage of
 the bands, the recovery metrics against the true hidden layer when the data have one
 (correlation, SSIM, AUROC of the hidden mask: `xray_flax.hidden_art.metrics`), written to
-`DIR/hidden_art/results.json`, per-painting 16-bit map PNGs and the self-contained
-`gallery.html`. Nothing here depends on which method runs (`xray_flax.hidden_art.methods`).
+`DIR/hidden_art/results.json`, per painting a 16-bit map PNG, the overlay of the map on the grey
+RGB and the band collage (the 1-based band that differs most, 0 below the threshold), and the
+self-contained `gallery.html`; the training losses also go to TensorBoard (DIR). Nothing here
+depends on which method runs (`xray_flax.hidden_art.methods`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+from clu import metric_writers
 from PIL import Image
 
 from xray_flax import files, integrity
@@ -138,6 +141,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, method: methods.Metho
     if restored is not None:
         state = restored
         log.info("resumed from %s/%d", manager.directory, int(state.step))
+    writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
     step_fn = jax.jit(method.train_step)
     num_steps, every = int(config.train.num_steps), int(config.train.log_every)
     meta = {"method": method.name}
@@ -152,10 +156,12 @@ def train(config: ml_collections.ConfigDict, workdir: str, method: methods.Metho
             if not np.isfinite(values.get("loss", 0.0)):
                 raise FloatingPointError(f"{method.name}: the loss is not finite at step {done}: {values}")
             elapsed = time.perf_counter() - start
+            writer.write_scalars(done, values)
             shown = " ".join(f"{k}={v:.4g}" for k, v in sorted(values.items()))
             print(f"[{method.name}] step {done}/{num_steps} {shown} ({elapsed:.0f} s)", flush=True)
         if done % int(config.train.checkpoint_every) == 0 or done == num_steps:
             save(manager, state, meta)
+    writer.flush()
     return state.variables
 
 
@@ -169,6 +175,11 @@ def _png16(path: str, values: np.ndarray) -> None:
     scaled = np.zeros_like(v) if high <= low else (v - low) / (high - low)
     with files.atomic_output(path) as tmp:
         Image.fromarray(np.round(scaled * 65535).astype(np.uint16)).save(tmp, format="PNG")
+
+
+def _png8(path: str, values: np.ndarray) -> None:
+    with files.atomic_output(path) as tmp:
+        Image.fromarray(np.asarray(values, np.uint8)).save(tmp, format="PNG")
 
 
 def evaluate(config, workdir: str, output_dir: str | None = None, variables=None, method=None) -> dict:
@@ -190,7 +201,14 @@ def evaluate(config, workdir: str, output_dir: str | None = None, variables=None
         if "hidden" in scene:
             row.update(recovery.recovery_metrics(outputs["map"], scene["hidden"], scene["hidden_mask"]))
         rows.append(row)
-        _png16(os.path.join(out, f"{scene['name']}_{method.name}_map.png"), outputs["map"])
+        stem = os.path.join(out, f"{scene['name']}_{method.name}")
+        _png16(f"{stem}_map.png", outputs["map"])
+        _png8(
+            f"{stem}_overlay.png",
+            np.asarray(dis.overlay(jnp.asarray(scene["rgb"])[None], jnp.asarray(outputs["map"])[None]))[0],
+        )
+        # Collage: the band (1-based) that differs most at each pixel, 0 where below the threshold.
+        _png8(f"{stem}_collage.png", (np.asarray(outputs["collage"]) + 1).astype(np.uint8))
         entries.append(gallery.painting_entry(scene, {method.name: outputs}))
     summary = {
         "method": method.name,
