@@ -12,9 +12,10 @@ from the newest sound one; every save carries SHA-256 digests that restore check
 the bands, the recovery metrics against the true hidden layer when the data have one
 (correlation, SSIM, AUROC of the hidden mask: `xray_flax.hidden_art.metrics`), written to
 `DIR/hidden_art/results.json`, per painting a 16-bit map PNG, the overlay of the map on the grey
-RGB and the band collage (the 1-based band that differs most, 0 below the threshold), and the
-self-contained `gallery.html`; the training losses also go to TensorBoard (DIR). Nothing here
-depends on which method runs (`xray_flax.hidden_art.methods`).
+RGB, the band collage (the 1-based band that differs most, 0 below the threshold) and every
+output array (`<painting>_<method>_outputs.npz`), and the self-contained `gallery.html` (further
+per-band maps of a method, e.g. GAT's attention, as their own columns); the training losses also
+go to TensorBoard (DIR). Nothing here depends on which method runs (`xray_flax.hidden_art.methods`).
 """
 
 from __future__ import annotations
@@ -182,6 +183,17 @@ def _png8(path: str, values: np.ndarray) -> None:
         Image.fromarray(np.asarray(values, np.uint8)).save(tmp, format="PNG")
 
 
+def _extra_maps(name: str, outputs: dict) -> dict:
+    """Further per-band maps a method returns besides its dissimilarity (e.g. the attention each
+    superpixel receives, GAT), as their own gallery columns: per band and their mean over bands."""
+    per_band = outputs["per_band"]
+    extra = {}
+    for key, value in outputs.items():
+        if key != "per_band" and np.ndim(value) == 3 and np.shape(value) == np.shape(per_band):
+            extra[f"{name}: {key}"] = {"map": np.mean(value, axis=-1), "per_band": value}
+    return extra
+
+
 def evaluate(config, workdir: str, output_dir: str | None = None, variables=None, method=None) -> dict:
     """Maps, metrics, PNGs and the gallery of the validation paintings."""
     method = method or methods.build(config)
@@ -209,7 +221,8 @@ def evaluate(config, workdir: str, output_dir: str | None = None, variables=None
         )
         # Collage: the band (1-based) that differs most at each pixel, 0 where below the threshold.
         _png8(f"{stem}_collage.png", (np.asarray(outputs["collage"]) + 1).astype(np.uint8))
-        entries.append(gallery.painting_entry(scene, {method.name: outputs}))
+        np.savez_compressed(f"{stem}_outputs.npz", **outputs)
+        entries.append(gallery.painting_entry(scene, {method.name: outputs, **_extra_maps(method.name, outputs)}))
     summary = {
         "method": method.name,
         "config": config.get("config_name", ""),
