@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
-from xray_flax.checkpoint import CorruptCheckpointError
+from xray_flax.checkpoint import CheckpointError, CorruptCheckpointError
 from xray_flax.hidden_art import methods, run
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -65,7 +65,7 @@ def test_train_and_evaluate_writes_maps_metrics_and_gallery(name, tmp_path):
     # The AUROC written is the method's own map scored against the true mask (recomputed here).
     method = methods.build(config)
     scenes = run.load_split(config, "val")
-    variables = run.train(config, str(tmp_path / "w"), method, run.load_split(config, "train"))
+    variables = run.trained_variables(config, str(tmp_path / "w"), method, scenes[0])
     for scene, row in zip(scenes, saved["paintings"]):
         m = np.asarray(
             jax.device_get(method.dissimilarity(variables, method.collate([method.item(scene)], None))["map"])
@@ -114,6 +114,13 @@ def test_a_damaged_checkpoint_is_refused_naming_it(tmp_path):
     open(target, "wb").write(bytes(blob))
     with pytest.raises(CorruptCheckpointError, match="checkpoints/2"):
         run.train(config, workdir, methods.build(config), run.load_split(config, "train"))
+
+
+def test_evaluate_without_a_checkpoint_says_so_and_trains_nothing(tmp_path):
+    config = tiny("regression", str(tmp_path / "cache"))
+    with pytest.raises(CheckpointError, match="no checkpoint in .*checkpoints: train first"):
+        run.evaluate(config, str(tmp_path / "w"))
+    assert not os.listdir(tmp_path / "w" / "checkpoints")
 
 
 def test_command_line_train_then_evaluate_from_the_workdir(tmp_path):

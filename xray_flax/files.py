@@ -5,6 +5,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shutil
+import tempfile
+from collections.abc import Callable
 
 
 def write_text_atomic(path: str | os.PathLike, text: str, what: str = "the file") -> None:
@@ -123,3 +126,30 @@ def atomic_output(path: str | os.PathLike, what: str = "the file"):
         if is_disk_full(error) and not isinstance(error, DiskSpaceError):
             raise disk_space_error(path, None, what) from None
         raise
+
+
+@contextlib.contextmanager
+def staged_folder(folder: str | os.PathLike, is_complete: Callable[[str], bool], prefix: str = ".staged-"):
+    """Yields a private temporary folder beside `folder` to fill; when the block completes it is
+    renamed to `folder`, so `folder` is either absent, complete, or left as it was. Safe when
+    several processes build the same folder at once: a folder that `is_complete` (another process
+    finished first) is kept and the copy dropped; an incomplete or stale one is replaced. The
+    temporary folder is removed on any error."""
+    folder = os.fspath(folder)
+    parent = os.path.dirname(os.path.abspath(folder)) or "."
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=prefix, dir=parent)
+    try:
+        yield tmp
+        if is_complete(folder):
+            return
+        if os.path.isdir(folder):
+            shutil.rmtree(folder)
+        try:
+            os.rename(tmp, folder)
+        except OSError:
+            if not is_complete(folder):
+                raise
+    finally:
+        if os.path.isdir(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)

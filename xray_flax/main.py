@@ -251,51 +251,28 @@ def _run(config) -> None:
     # Imported after jax.distributed is initialised: they query devices at import time.
     from xray_flax import evaluate, predict, train  # pylint: disable=g-import-not-at-top
 
-    if config is not None and config.get("family") == "hidden_art" or _workdir_family() == "hidden_art":
-        _run_hidden_art(config)
+    if config is None:
+        if _MODE.value == "train":
+            raise app.UsageError("--mode train needs --config (e.g. --config configs/default.py)")
+        config = workdir_config.load(_WORKDIR.value)
+    if config.get("family") == "hidden_art":  # the second family: xray_flax/hidden_art/run.py
+        from xray_flax.hidden_art import run  # pylint: disable=g-import-not-at-top
+
+        if _MODE.value == "predict":
+            raise app.UsageError("--mode predict is for X-ray detectors; hidden-art runs write their maps in evaluate")
+        if _MODE.value == "train":
+            run.train_and_evaluate(config, _WORKDIR.value)
+        else:
+            run.evaluate(config, _WORKDIR.value, _OUTPUT_DIR.value)
         return
     if _MODE.value == "train":
-        if config is None:
-            raise app.UsageError("--mode train needs --config (e.g. --config configs/default.py)")
         train.train_and_evaluate(config, _WORKDIR.value)
-        return
-    if config is None:
-        config = workdir_config.load(_WORKDIR.value)
-    if _MODE.value == "evaluate":
+    elif _MODE.value == "evaluate":
         evaluate.evaluate(config, _WORKDIR.value, _OUTPUT_DIR.value)
     else:
         if not _INPUTS.value:
             raise app.UsageError("--mode predict needs --inputs (scan files, folders or globs)")
         predict.predict(config, _WORKDIR.value, _INPUTS.value, _OUTPUT_DIR.value)
-
-
-def _workdir_family() -> str:
-    path = os.path.join(_WORKDIR.value, "config.json")
-    if not os.path.exists(path):
-        return ""
-    import json  # pylint: disable=g-import-not-at-top
-
-    try:
-        with open(path) as f:
-            return str(json.load(f).get("family", ""))
-    except (OSError, ValueError):
-        return ""
-
-
-def _run_hidden_art(config) -> None:
-    """The second family (xray_flax/hidden_art/run.py): train + evaluate, or evaluate."""
-    from xray_flax.hidden_art import run  # pylint: disable=g-import-not-at-top
-
-    if _MODE.value == "predict":
-        raise app.UsageError("--mode predict is for X-ray detectors; hidden-art runs write their maps in evaluate")
-    if _MODE.value == "train":
-        if config is None:
-            raise app.UsageError("--mode train needs --config (e.g. --config configs/hidden_plain.py)")
-        run.train_and_evaluate(config, _WORKDIR.value)
-        return
-    if config is None:
-        config = workdir_config.load(_WORKDIR.value)
-    run.evaluate(config, _WORKDIR.value, _OUTPUT_DIR.value)
 
 
 if __name__ == "__main__":

@@ -28,12 +28,12 @@ import dataclasses
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 
 import numpy as np
 from PIL import Image
 from scipy import ndimage
+
+from xray_flax import files
 
 # Bump when the generator changes so cached scans are regenerated.
 GENERATOR_VERSION = 3
@@ -221,7 +221,7 @@ def highlights(rng, shape, paint, count: int) -> np.ndarray:
         angle, length = rng.uniform(0, np.pi), rng.uniform(8, 30)
         width = rng.uniform(2, 5)
         dy, dx = np.sin(angle) * length / 2, np.cos(angle) * length / 2
-        (sy, sx), dist = _segment_distance(shape, cy - dy, cx - dx, cy + dy, cx + dx, width * 2)
+        (sy, sx), dist = segment_distance(shape, cy - dy, cx - dx, cy + dy, cx + dx, width * 2)
         out[sy, sx] += rng.uniform(0.05, 0.14) * np.exp(-((dist / (width / 2)) ** 2))
     return out
 
@@ -276,7 +276,7 @@ def add_white_spot(rng, image, mask):
     mask[sy, sx] |= region
 
 
-def _segment_distance(shape, y0, x0, y1, x1, reach):
+def segment_distance(shape, y0, x0, y1, x1, reach):
     """(box slices, distance of each box pixel to the segment) for the box around the segment
     grown by `reach` pixels (empty when the segment lies outside the image)."""
     h, w = shape
@@ -291,7 +291,7 @@ def _segment_distance(shape, y0, x0, y1, x1, reach):
 
 
 def _segment(shape, y0, x0, y1, x1, width):
-    sl, dist = _segment_distance(shape, y0, x0, y1, x1, width)
+    sl, dist = segment_distance(shape, y0, x0, y1, x1, width)
     return sl, dist <= width / 2
 
 
@@ -429,7 +429,9 @@ def _write_image(path, array, file_format):
         Image.fromarray(array).save(path, compress_level=1)
 
 
-def _is_complete(folder: str, params: SimulationParams) -> bool:
+def is_complete(folder: str, params) -> bool:
+    """Whether `folder` holds a finished simulation of `params` (its manifest, written last,
+    carries params.fingerprint()); shared by the simulators of both families."""
     try:
         with open(os.path.join(folder, "manifest.json")) as f:
             return json.load(f).get("fingerprint") == params.fingerprint()
@@ -444,13 +446,10 @@ def ensure_simulated(params: SimulationParams, cache_dir: str = "") -> str:
     Safe when several processes (e.g. jax.distributed on one host) call it at once: each builds
     in a private temp folder and renames it into place; a complete folder is never replaced."""
     folder = cache_dir_for(params, cache_dir)
-    if _is_complete(folder, params):
+    if is_complete(folder, params):
         return folder
-    parent = os.path.dirname(os.path.abspath(folder)) or "."
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".sim-", dir=parent)
     ext = ".tif" if params.file_format == "tiff" else ".png"
-    try:
+    with files.staged_folder(folder, lambda f: is_complete(f, params), prefix=".sim-") as tmp:
         for i in range(params.n_scans):
             scan, mask = simulate_scan(params, i)
             _write_image(os.path.join(tmp, f"scan_{i:03d}{ext}"), scan, params.file_format)
@@ -466,16 +465,4 @@ def ensure_simulated(params: SimulationParams, cache_dir: str = "") -> str:
                 f,
                 indent=2,
             )
-        if _is_complete(folder, params):  # another process finished first
-            return folder
-        if os.path.isdir(folder):  # stale: other parameters in an explicit cache_dir, or partial
-            shutil.rmtree(folder)
-        try:
-            os.rename(tmp, folder)
-        except OSError:
-            if not _is_complete(folder, params):
-                raise
-    finally:
-        if os.path.isdir(tmp):
-            shutil.rmtree(tmp, ignore_errors=True)
     return folder

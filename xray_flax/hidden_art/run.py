@@ -34,7 +34,7 @@ from clu import metric_writers
 from PIL import Image
 
 from xray_flax import files, integrity
-from xray_flax.checkpoint import CorruptCheckpointError, first_line
+from xray_flax.checkpoint import CheckpointError, CorruptCheckpointError, first_line
 from xray_flax.detectors.base import TrainState
 from xray_flax.hidden_art import data, gallery, methods, simulate
 from xray_flax.hidden_art import dissimilarity as dis
@@ -166,6 +166,19 @@ def train(config: ml_collections.ConfigDict, workdir: str, method: methods.Metho
     return state.variables
 
 
+def trained_variables(config, workdir: str, method: methods.Method, sample: dict) -> dict:
+    """The variables of a finished run from DIR/checkpoints (evaluate: no training, no training
+    data read); `sample` is any painting, giving the shapes for init."""
+    variables = method.init(jax.random.key(int(config.seed)), method.collate([method.item(sample)], None))
+    if not method.trained:
+        return variables
+    manager = _manager(workdir)
+    state = restore(manager, TrainState.create(variables, method.optimizer))
+    if state is None:
+        raise CheckpointError(f"no checkpoint in {manager.directory}: train first (--mode train with --config)")
+    return state.variables
+
+
 # ----------------------------------------------------------------------------- evaluation
 
 
@@ -199,7 +212,7 @@ def evaluate(config, workdir: str, output_dir: str | None = None, variables=None
     method = method or methods.build(config)
     scenes = load_split(config, config.data.val_split)
     if variables is None:
-        variables = train(config, workdir, method, load_split(config, config.data.train_split))
+        variables = trained_variables(config, workdir, method, scenes[0])
     out = os.path.join(output_dir or workdir, OUTPUT_DIR)
     os.makedirs(out, exist_ok=True)
     rows, entries = [], []

@@ -64,14 +64,13 @@ import dataclasses
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 
 import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from xray_flax.data.simulate import _segment_distance, default_cache_root, smooth_noise
+from xray_flax import files
+from xray_flax.data.simulate import default_cache_root, is_complete, segment_distance, smooth_noise
 
 # Bump when the generator changes so cached scenes are regenerated.
 GENERATOR_VERSION = 1
@@ -255,7 +254,7 @@ def _draw_polyline(out, ys, xs, width, intensity, gaps_rng=None, gap_p=0.0):
     for i in range(len(ys) - 1):
         if gaps_rng is not None and gaps_rng.random() < gap_p:
             continue
-        (sy, sx), dist = _segment_distance(out.shape, ys[i], xs[i], ys[i + 1], xs[i + 1], 2 * width)
+        (sy, sx), dist = segment_distance(out.shape, ys[i], xs[i], ys[i + 1], xs[i + 1], 2 * width)
         if dist.size:
             np.maximum(out[sy, sx], intensity * np.exp(-((dist / (width / 2)) ** 2)), out=out[sy, sx])
 
@@ -508,14 +507,6 @@ def write_scene(folder: str, scene: dict) -> None:
         Image.fromarray(mask).save(os.path.join(rgb_dir, f"{stem}_hidden_mask.png"), compress_level=1)
 
 
-def _is_complete(folder: str, params: SimulationParams) -> bool:
-    try:
-        with open(os.path.join(folder, "manifest.json")) as f:
-            return json.load(f).get("fingerprint") == params.fingerprint()
-    except (OSError, ValueError):
-        return False
-
-
 def ensure_simulated(params: SimulationParams, root: str = "") -> str:
     """Generates the scenes unless already there; returns the dataset root, in the ArtExtract
     layout: train/ and val/, each rgb_images/<stem>_RGB.png (+ _hidden.png, _hidden_mask.png) and
@@ -526,12 +517,9 @@ def ensure_simulated(params: SimulationParams, root: str = "") -> str:
     `root` and renamed into place; a complete folder with the same fingerprint is reused, one with
     another fingerprint (or a partial one) is replaced."""
     folder = root or default_root(params)
-    if _is_complete(folder, params):
+    if is_complete(folder, params):
         return folder
-    parent = os.path.dirname(os.path.abspath(folder)) or "."
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".sim-ms-", dir=parent)
-    try:
+    with files.staged_folder(folder, lambda f: is_complete(f, params), prefix=".sim-ms-") as tmp:
         kinds = {}
         for i in range(params.n_scenes):
             scene = simulate_scene(params, i)
@@ -551,16 +539,4 @@ def ensure_simulated(params: SimulationParams, root: str = "") -> str:
         }
         with open(os.path.join(tmp, "manifest.json"), "w") as f:
             json.dump(manifest, f, indent=2)
-        if _is_complete(folder, params):  # another process finished first
-            return folder
-        if os.path.isdir(folder):  # stale: other parameters in an explicit root, or partial
-            shutil.rmtree(folder)
-        try:
-            os.rename(tmp, folder)
-        except OSError:
-            if not _is_complete(folder, params):
-                raise
-    finally:
-        if os.path.isdir(tmp):
-            shutil.rmtree(tmp, ignore_errors=True)
     return folder
