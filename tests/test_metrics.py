@@ -271,3 +271,50 @@ def test_pixel_metrics_accept_sequences_of_differently_sized_images():
     )
     with pytest.raises(ValueError, match=r"masks\[1\] is \(7, 9\) but maps\[1\] is \(9, 7\)"):
         metrics.pixel_auroc(masks, [maps[0], np.zeros((9, 7))])
+
+
+# ---------------------------------------------------------------------------------------
+# Bootstrap intervals
+
+
+def _tied_scores(n=300, seed=0):
+    rng = np.random.default_rng(seed)
+    labels = (rng.uniform(size=n) < 0.25).astype(int)
+    return labels, np.round(rng.normal(size=n) + 0.8 * labels, 1)  # rounded: many ties
+
+
+def test_bootstrap_auc_statistic_equals_sklearn_with_ties():
+    labels, scores = _tied_scores()
+    auc = metrics._auc_of_samples(scores[labels == 0][None], scores[labels == 1][None])[0]
+    assert auc == pytest.approx(skm.roc_auc_score(labels, scores), abs=1e-12)
+
+
+def test_bootstrap_intervals_match_a_stratified_sklearn_bootstrap():
+    labels, scores = _tied_scores()
+    threshold = 0.5
+    got = metrics.bootstrap_intervals(labels, scores, threshold)
+    rng = np.random.default_rng(1)
+    normal, anomalous = np.where(labels == 0)[0], np.where(labels == 1)[0]
+    aucs, f1s = [], []
+    for _ in range(2000):
+        idx = np.concatenate([rng.choice(normal, normal.size), rng.choice(anomalous, anomalous.size)])
+        aucs.append(skm.roc_auc_score(labels[idx], scores[idx]))
+        f1s.append(skm.f1_score(labels[idx], scores[idx] >= threshold))
+    # Two Monte-Carlo estimates of the same percentiles: agree to their sampling noise.
+    np.testing.assert_allclose(got["roc_auc"], np.percentile(aucs, [2.5, 97.5]), atol=0.012)
+    np.testing.assert_allclose(got["f1"], np.percentile(f1s, [2.5, 97.5]), atol=0.02)
+    point = metrics.classification_metrics(labels, scores, threshold)["f1"]
+    assert got["roc_auc"][0] < skm.roc_auc_score(labels, scores) < got["roc_auc"][1]
+    assert got["f1"][0] < point < got["f1"][1]
+    assert got == metrics.bootstrap_intervals(labels, scores, threshold)  # seeded
+
+
+def test_bootstrap_intervals_need_both_classes_and_reach_the_report():
+    assert metrics.bootstrap_intervals([0, 0, 0], [0.1, 0.2, 0.3], 0.5) == {"roc_auc": None, "f1": None}
+    labels, scores = _tied_scores(n=120)
+    result = metrics.evaluate_scores(labels, scores, labels, scores)
+    assert result["roc_auc_ci95"][0] < result["roc_auc"] < result["roc_auc_ci95"][1]
+    assert len(result["f1_ci95"]) == 2
+    # A wider sample gives a narrower interval.
+    wide = metrics.bootstrap_intervals(*_tied_scores(n=3000), 0.5)["roc_auc"]
+    assert wide[1] - wide[0] < result["roc_auc_ci95"][1] - result["roc_auc_ci95"][0]

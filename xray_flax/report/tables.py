@@ -93,6 +93,13 @@ def load_metrics(workdir: str | os.PathLike) -> dict:
     return report
 
 
+def interval_text(interval) -> str:
+    """[low, high] -> '0.6512 - 0.7830'; n/a when absent (older reports, one class only)."""
+    if not isinstance(interval, (list, tuple)) or len(interval) != 2 or None in interval:
+        return MISSING
+    return f"{format_number(interval[0], 4)} - {format_number(interval[1], 4)}"
+
+
 def metrics_markdown(report: dict) -> str:
     """Markdown summary of one metrics.json: Table-2 row, threshold, fixed-threshold
     metrics, confusion matrices and pixel metrics when present; null values read "n/a",
@@ -103,6 +110,8 @@ def metrics_markdown(report: dict) -> str:
     details = [
         ("test patches", test.get("n"), 0),
         ("anomalous / normal", f"{test.get('n_anomalous', MISSING)} / {test.get('n_normal', MISSING)}", None),
+        ("ROC-AUC 95 % interval (stratified bootstrap)", interval_text(test.get("roc_auc_ci95")), None),
+        ("F1 95 % interval (stratified bootstrap)", interval_text(test.get("f1_ci95")), None),
         ("average precision", test.get("average_precision"), 4),
         ("validation ROC-AUC", (report.get("val") or {}).get("roc_auc"), 4),
         ("threshold (chosen on val)", test.get("threshold"), 6),
