@@ -150,11 +150,32 @@ def test_crowded_small_scans_never_fail():
 
 def test_counts_scale_with_area():
     ref = simulate.SimulationParams()
-    assert ref.anomaly_counts() == {"paint_losses": 8, "white_spots": 10, "nails": 5, "foreign_objects": 3}
+    assert ref.anomaly_counts() == {
+        "paint_losses": 8,
+        "scratches": 0,
+        "fillings": 0,
+        "white_spots": 10,
+        "nails": 5,
+        "foreign_objects": 3,
+    }
     double = simulate.SimulationParams(height=2560)
-    assert double.anomaly_counts() == {"paint_losses": 16, "white_spots": 20, "nails": 10, "foreign_objects": 6}
+    assert double.anomaly_counts() == {
+        "paint_losses": 16,
+        "scratches": 0,
+        "fillings": 0,
+        "white_spots": 20,
+        "nails": 10,
+        "foreign_objects": 6,
+    }
     tiny = simulate.SimulationParams(height=256, width=224, nails=0)
-    assert tiny.anomaly_counts() == {"paint_losses": 1, "white_spots": 1, "nails": 0, "foreign_objects": 1}
+    assert tiny.anomaly_counts() == {
+        "paint_losses": 1,
+        "scratches": 0,
+        "fillings": 0,
+        "white_spots": 1,
+        "nails": 0,
+        "foreign_objects": 1,
+    }
     literal = simulate.SimulationParams(height=256, width=224, scale_counts_to_area=False)
     assert literal.anomaly_counts()["white_spots"] == 10
 

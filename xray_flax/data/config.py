@@ -121,6 +121,13 @@ def defaults() -> ml_collections.ConfigDict:
     # 1.0: anomalies at full strength (easy: a hand-made max-deviation score already separates
     # them); lower values (e.g. 0.3) make them subtle.
     c.simulated.anomaly_contrast = 1.0
+    # 'easy' (the default data: a smoke test, a hand-made score separates its anomalies) or
+    # 'hard' (xray_flax/data/radiograph.py: a radiograph's imaging chain, normal structures
+    # that look like defects, small, thin and faint anomalies; configs/hard.py). [ours, issue 15]
+    c.simulated.difficulty = "easy"
+    # Hard setting only: scratches (thin partial losses) and old fillings (texture changes).
+    c.simulated.scratches = 0
+    c.simulated.fillings = 0
     c.simulated.paint_losses = 8
     c.simulated.white_spots = 10
     c.simulated.nails = 5

@@ -38,6 +38,8 @@ from xray_flax import files
 # Bump when the generator changes so cached scans are regenerated.
 GENERATOR_VERSION = 3
 REFERENCE_HEIGHT, REFERENCE_WIDTH = 1280, 1024
+DIFFICULTIES = ("easy", "hard")
+ANOMALY_KINDS = ("paint_losses", "scratches", "fillings", "white_spots", "nails", "foreign_objects")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +62,22 @@ class SimulationParams:
     # Scales every anomaly's departure from the painting: 1 = full (paint loss to bare support,
     # metal near white), 0.3 = subtle. The default is easy on purpose (see docs/data.md).
     anomaly_contrast: float = 1.0
+    # 'easy': the display-domain generator of this module (a smoke test: a hand-made score
+    # separates its anomalies). 'hard': xray_flax/data/radiograph.py, the radiograph's physics
+    # with small, thin and low-contrast anomalies as well as obvious ones (docs/data.md).
+    difficulty: str = "easy"
+    # Anomaly kinds of the hard setting only (per 1280x1024 scan, scaled like the others).
+    scratches: int = 0
+    fillings: int = 0
+
+    def __post_init__(self):
+        if self.difficulty not in DIFFICULTIES:
+            raise ValueError(f"simulated.difficulty must be one of {DIFFICULTIES}, got {self.difficulty!r}")
+        if self.difficulty == "easy" and (self.scratches or self.fillings):
+            raise ValueError(
+                "simulated.scratches and simulated.fillings exist in the hard setting only; "
+                "set simulated.difficulty='hard' or leave them at 0"
+            )
 
     @staticmethod
     def from_config(sim_config) -> SimulationParams:
@@ -78,19 +96,26 @@ class SimulationParams:
             file_format=str(sim_config.get("file_format", "png")),
             scale_counts_to_area=bool(sim_config.get("scale_counts_to_area", True)),
             anomaly_contrast=float(sim_config.get("anomaly_contrast", 1.0)),
+            difficulty=str(sim_config.get("difficulty", "easy")),
+            scratches=int(sim_config.get("scratches", 0)),
+            fillings=int(sim_config.get("fillings", 0)),
         )
 
     def anomaly_counts(self) -> dict:
         """Anomalies per scan of each kind, after scaling to the scan's area."""
-        counts = {k: getattr(self, k) for k in ("paint_losses", "white_spots", "nails", "foreign_objects")}
+        counts = {k: getattr(self, k) for k in ANOMALY_KINDS}
         if not self.scale_counts_to_area:
             return counts
         ratio = self.height * self.width / (REFERENCE_HEIGHT * REFERENCE_WIDTH)
         return {k: (max(1, int(round(n * ratio))) if n > 0 else 0) for k, n in counts.items()}
 
     def fingerprint(self) -> str:
-        blob = json.dumps({"version": GENERATOR_VERSION, **dataclasses.asdict(self)}, sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+        fields = dataclasses.asdict(self)
+        if self.difficulty == "easy":  # the fields the easy generator ignores: caches stay valid
+            for name in ("difficulty", "scratches", "fillings"):
+                fields.pop(name)
+        text = json.dumps({"version": GENERATOR_VERSION, **fields}, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 # ------------------------------------------------------------------------------------------
@@ -245,7 +270,7 @@ def knots(rng, shape, count: int) -> np.ndarray:
 # Anomalies: each returns (new attenuation image, boolean mask of the changed pixels).
 
 
-def _blob(rng, shape, cy, cx, radius, roughness=0.35):
+def blob(rng, shape, cy, cx, radius, roughness=0.35):
     h, w = shape
     r = int(radius * 1.6) + 2
     y0, y1, x0, x1 = max(int(cy) - r, 0), min(int(cy) + r, h), max(int(cx) - r, 0), min(int(cx) + r, w)
@@ -259,7 +284,7 @@ def add_paint_loss(rng, image, support_only, mask):
     """Paint and ground gone: the region drops to the bare support (very dark)."""
     h, w = image.shape
     cy, cx = rng.uniform(0.06, 0.94) * h, rng.uniform(0.06, 0.94) * w
-    (sy, sx), region = _blob(rng, image.shape, cy, cx, rng.uniform(7, 28), roughness=0.5)
+    (sy, sx), region = blob(rng, image.shape, cy, cx, rng.uniform(7, 28), roughness=0.5)
     # Losses range from a thinned paint layer to bare support.
     depth = rng.uniform(0.55, 1.0)
     lost = image[sy, sx] - depth * (image[sy, sx] - support_only[sy, sx])
@@ -271,7 +296,7 @@ def add_white_spot(rng, image, mask):
     """Dense lead-white spot (drip, old filling) where the composition has none."""
     h, w = image.shape
     cy, cx = rng.uniform(0.06, 0.94) * h, rng.uniform(0.06, 0.94) * w
-    (sy, sx), region = _blob(rng, image.shape, cy, cx, rng.uniform(4, 12), roughness=0.25)
+    (sy, sx), region = blob(rng, image.shape, cy, cx, rng.uniform(4, 12), roughness=0.25)
     image[sy, sx] = np.where(region, np.maximum(image[sy, sx] + rng.uniform(0.18, 0.45), 0.7), image[sy, sx])
     mask[sy, sx] |= region
 
@@ -307,7 +332,7 @@ def add_nail(rng, image, mask):
     cy, cx = rng.uniform(0.05, 0.95) * h, rng.uniform(0.05, 0.95) * w
     level = rng.uniform(0.9, 0.98)
     head = rng.uniform(3.5, 8)
-    sl, region = _blob(rng, image.shape, cy, cx, head, roughness=0.05)
+    sl, region = blob(rng, image.shape, cy, cx, head, roughness=0.05)
     _paint_metal(image, mask, sl, region, level)
     angle, length = rng.uniform(0, 2 * np.pi), rng.uniform(12, 40)
     sl, region = _segment(
@@ -357,8 +382,21 @@ def add_foreign_object(rng, image, mask):
 # One scan.
 
 
+def film_margin(shape: tuple[int, int], margin: float) -> np.ndarray:
+    """Boolean [h, w] mask of the film outside the painting: a border of `margin` x the side."""
+    h, w = shape
+    my, mx = int(margin * h), int(margin * w)
+    outside = np.ones(shape, bool)
+    outside[my : h - my, mx : w - mx] = False
+    return outside
+
+
 def simulate_scan(params: SimulationParams, index: int):
     """(uint16 [H, W] radiograph, bool [H, W] anomaly mask) for scan `index`."""
+    if params.difficulty == "hard":
+        from xray_flax.data import radiograph  # pylint: disable=g-import-not-at-top (it imports this module)
+
+        return radiograph.simulate_scan(params, index)
     # Separate streams for the painting, the anomalies and the noise: the same painting with
     # and without anomalies differs only inside the masks (plus the blur's reach).
     rng, anomaly_rng, noise_rng = (np.random.default_rng([params.seed, index, k]) for k in range(3))
@@ -394,9 +432,7 @@ def simulate_scan(params: SimulationParams, index: int):
         image = painting + np.float32(params.anomaly_contrast) * (image - painting)
 
     # Film margin outside the panel: nothing attenuates, so it is nearly black.
-    my, mx = int(params.margin * h), int(params.margin * w)
-    outside = np.ones(shape, bool)
-    outside[my : h - my, mx : w - mx] = False
+    outside = film_margin(shape, params.margin)
     image[outside] = 0.02
     mask[outside] = False
 
