@@ -4,7 +4,6 @@ workdir holds (checkpoints, logged losses)."""
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import re
@@ -18,6 +17,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 
 from xray_flax import checkpoint, detectors, steps
+from xray_flax.report import plots
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -117,16 +117,7 @@ def latest_state(workdir: str, step: int | None = None):
 
 def logged_scalars(workdir: str, tag: str) -> dict[int, float]:
     """{step: value} of one scalar from the TensorBoard event files in workdir (process 0 writes)."""
-    from tensorboard.backend.event_processing import event_file_loader  # pylint: disable=g-import-not-at-top
-    from tensorboard.util import tensor_util  # pylint: disable=g-import-not-at-top
-
-    values = {}
-    for path in sorted(glob.glob(os.path.join(workdir, "events.out.tfevents.*"))):
-        for event in event_file_loader.EventFileLoader(path).Load():
-            for value in event.summary.value:
-                if value.tag == tag:
-                    values[event.step] = float(tensor_util.make_ndarray(value.tensor))
-    return values
+    return plots.logged_scalars(workdir, tag)
 
 
 def logged_losses(workdir: str) -> list[float]:

@@ -104,3 +104,30 @@ def test_compare_runs_as_a_module(tmp_path):
         [sys.executable, "-m", "xray_flax.compare", str(tmp_path / "run")], capture_output=True, text=True, check=True
     )
     assert done.stdout.startswith("| Method | ROC-AUC | Acc | F1 | Precision | Recall | s/patch |")
+
+
+def test_compare_summarises_the_seeds_of_a_setting_and_plots_their_learning_curves(tmp_path, capsys):
+    from clu import metric_writers
+
+    tests = {}
+    for name, seed in (("a0", 0), ("a1", 1), ("b0", 2)):
+        tests[name] = write_run(tmp_path / name, "m", seed)
+        writer = metric_writers.create_default_writer(str(tmp_path / name))
+        for step in (100, 200, 300):
+            writer.write_scalars(step, {"val_roc_auc": 0.5 + step / 1000 + seed / 100})
+        writer.close()
+    svg = tmp_path / "curves.svg"
+    workdirs = [str(tmp_path / n) for n in ("a0", "a1", "b0")]
+    assert compare.main(workdirs + ["--names", "A", "A", "B", "--curves", str(svg)]) == 0
+    printed = capsys.readouterr().out
+    auc = [tests["a0"]["roc_auc"], tests["a1"]["roc_auc"]]
+    assert f"| A | 2 | {np.mean(auc):.4f} ± {np.std(auc, ddof=1):.4f} |" in printed
+    assert f"| B | 1 | {tests['b0']['roc_auc']:.4f} ± 0.0000 |" in printed
+    low, high = tests["b0"]["roc_auc_ci95"]
+    assert low <= tests["b0"]["roc_auc"] <= high and f"{low:.4f} - {high:.4f}" in printed
+    text = svg.read_text()
+    assert text.count("<polyline") == 3 and text.count(">A</text>") == 1 and text.count(">B</text>") == 1
+    fitted = tmp_path / "fitted"
+    write_run(fitted, "m", 3)
+    assert compare.main([str(fitted), "--curves", str(tmp_path / "none.svg")]) == 2
+    assert "no validation ROC-AUC" in capsys.readouterr().err

@@ -1,10 +1,15 @@
 """Compare evaluated runs in the columns of the paper's Table 2.
 
     python -m xray_flax.compare WORKDIR [WORKDIR ...] [--names NAME ...] [--paper] [--out FILE]
+        [--curves FILE.svg]
 
 Reads WORKDIR/metrics.json of each run (written by `--mode evaluate`) and prints a
-Markdown table (Method | ROC-AUC | Acc | F1 | Precision | Recall | s/patch); `--paper`
-appends the published rows of Table 2 for reference, `--out` also writes it to a file.
+Markdown table (Method | ROC-AUC | Acc | F1 | Precision | Recall | s/patch, and the bootstrap
+95 % interval of the ROC-AUC); `--paper` appends the published rows of Table 2 for reference,
+`--out` also writes it to a file. Runs given the same name (the seeds of one setting) are also
+summarised: mean and standard deviation of their test ROC-AUC and F1. `--curves` plots the
+validation ROC-AUC of every run against its training steps (from its TensorBoard events), the
+runs of one name in one colour.
 """
 
 from __future__ import annotations
@@ -14,7 +19,9 @@ import os
 import sys
 from collections.abc import Sequence
 
-from xray_flax.report import tables
+import numpy as np
+
+from xray_flax.report import plots, tables
 
 
 def default_names(workdirs: Sequence[str], reports: Sequence[dict]) -> list[str]:
@@ -41,7 +48,46 @@ def comparison_markdown(
         raise ValueError(f"--names has {len(names)} names for {len(workdirs)} workdirs")
     reports = [tables.load_metrics(workdir) for workdir in workdirs]
     names = list(names) if names is not None else default_names(workdirs, reports)
-    return tables.table2_markdown([(n, r["test"]) for n, r in zip(names, reports)], include_paper)
+    text = tables.table2_markdown([(n, r["test"]) for n, r in zip(names, reports)], include_paper)
+    intervals = [[n, tables.interval_text(r["test"].get("roc_auc_ci95"))] for n, r in zip(names, reports)]
+    text += "\n" + tables.markdown_table(["Run", "ROC-AUC 95 % interval (stratified bootstrap)"], intervals)
+    if len(set(names)) < len(names):
+        text += "\n" + seed_summary_markdown(names, reports)
+    return text
+
+
+def _mean_sd(values: Sequence[float | None]) -> str:
+    values = [v for v in values if v is not None]
+    if not values:
+        return tables.MISSING
+    sd = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+    return f"{np.mean(values):.4f} ± {sd:.4f}"
+
+
+def seed_summary_markdown(names: Sequence[str], reports: Sequence[dict]) -> str:
+    """Mean ± sample standard deviation of test ROC-AUC and F1 over the runs of each name."""
+    rows = []
+    for name in dict.fromkeys(names):
+        group = [r["test"] for n, r in zip(names, reports) if n == name]
+        rows.append(
+            [name, str(len(group)), _mean_sd([t.get("roc_auc") for t in group]), _mean_sd([t.get("f1") for t in group])]
+        )
+    return tables.markdown_table(["Setting", "runs", "ROC-AUC mean ± sd", "F1 mean ± sd"], rows)
+
+
+def learning_curves_svg(workdirs: Sequence[str], names: Sequence[str]) -> str:
+    """Validation ROC-AUC against training steps for every run, one colour per name."""
+    colours = {name: i for i, name in enumerate(dict.fromkeys(names))}
+    lines, labelled, last_step = [], set(), 1
+    for workdir, name in zip(workdirs, names):
+        curve = plots.logged_scalars(workdir, "val_roc_auc")
+        steps = sorted(s for s, v in curve.items() if np.isfinite(v))
+        if not steps:
+            raise ValueError(f"{workdir}: no validation ROC-AUC in its TensorBoard events (a fitted detector has none)")
+        last_step = max(last_step, steps[-1])
+        lines.append(("" if name in labelled else name, colours[name], steps, [curve[s] for s in steps]))
+        labelled.add(name)
+    return plots.line_plot_svg(lines, "training step", "validation ROC-AUC", (0.0, float(last_step)), (0.4, 1.0))
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -50,6 +96,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--names", nargs="+", help="row names, one per WORKDIR (default: each run's method)")
     parser.add_argument("--paper", action="store_true", help="append the paper's Table 2 rows for reference")
     parser.add_argument("--out", help="also write the table to this file")
+    parser.add_argument("--curves", help="write the validation ROC-AUC learning curves to this SVG file")
     return parser.parse_args(argv)
 
 
@@ -57,6 +104,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         text = comparison_markdown(args.workdirs, args.names, args.paper)
+        if args.curves:
+            names = args.names or default_names(args.workdirs, [tables.load_metrics(w) for w in args.workdirs])
+            svg = learning_curves_svg(args.workdirs, names)
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -65,6 +115,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out, "w", encoding="utf-8") as f:
             f.write(text)
+    if args.curves:
+        os.makedirs(os.path.dirname(os.path.abspath(args.curves)), exist_ok=True)
+        with open(args.curves, "w", encoding="utf-8") as f:
+            f.write(svg)
     return 0
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import ast
 import csv
-import html
 import importlib.util
 import json
 import logging
@@ -34,7 +33,7 @@ import ml_collections
 import numpy as np
 
 from xray_flax import files
-from xray_flax.report import tables
+from xray_flax.report import plots, tables
 
 log = logging.getLogger("xray_flax.table2")
 
@@ -160,49 +159,13 @@ def test_roc_curve(workdir: str) -> tuple[np.ndarray, np.ndarray] | None:
     return fpr, tpr
 
 
-# Colour-blind-safe palette (Okabe & Ito), then greys.
-_COLOURS = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000", "#999999")
-
-
 def roc_svg(curves: Sequence[tuple[str, float | None, np.ndarray, np.ndarray]]) -> str:
     """A self-contained SVG of ROC curves: (label, AUROC, fpr, tpr) each."""
-    size, left, top, right = 360, 56, 24, 250
-    width, height = left + size + right, top + size + 56
-
-    def x(v):
-        return left + float(v) * size
-
-    def y(v):
-        return top + (1.0 - float(v)) * size
-
-    parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-        f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="12">',
-        f'<rect x="0" y="0" width="{width}" height="{height}" fill="white"/>',
-        f'<rect x="{left}" y="{top}" width="{size}" height="{size}" fill="none" stroke="#444"/>',
-        f'<line x1="{x(0)}" y1="{y(0)}" x2="{x(1)}" y2="{y(1)}" stroke="#bbb" stroke-dasharray="4 4"/>',
+    lines = [
+        (f"{label} ({tables.format_number(auroc, 3)})", i, fpr, tpr)
+        for i, (label, auroc, fpr, tpr) in enumerate(curves)
     ]
-    for tick in np.linspace(0, 1, 6):
-        parts.append(f'<text x="{x(tick):.1f}" y="{top + size + 16}" text-anchor="middle">{tick:.1f}</text>')
-        parts.append(f'<text x="{left - 6}" y="{y(tick) + 4:.1f}" text-anchor="end">{tick:.1f}</text>')
-    parts.append(f'<text x="{left + size / 2}" y="{top + size + 36}" text-anchor="middle">false-positive rate</text>')
-    parts.append(
-        f'<text x="14" y="{top + size / 2}" text-anchor="middle" '
-        f'transform="rotate(-90 14 {top + size / 2})">true-positive rate</text>'
-    )
-    for i, (label, auroc, fpr, tpr) in enumerate(curves):
-        colour = _COLOURS[i % len(_COLOURS)]
-        points = " ".join(f"{x(a):.1f},{y(b):.1f}" for a, b in zip(fpr, tpr))
-        parts.append(f'<polyline points="{points}" fill="none" stroke="{colour}" stroke-width="1.8"/>')
-        legend_y = top + 14 + 18 * i
-        parts.append(
-            f'<line x1="{left + size + 14}" y1="{legend_y - 4}" x2="{left + size + 34}" y2="{legend_y - 4}" '
-            f'stroke="{colour}" stroke-width="3"/>'
-        )
-        text = f"{label} ({tables.format_number(auroc, 3)})"
-        parts.append(f'<text x="{left + size + 40}" y="{legend_y}">{html.escape(text)}</text>')
-    parts.append("</svg>")
-    return "\n".join(parts) + "\n"
+    return plots.line_plot_svg(lines, "false-positive rate", "true-positive rate", (0.0, 1.0), diagonal=True)
 
 
 def table_markdown(results: Sequence[dict]) -> str:

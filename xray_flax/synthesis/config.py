@@ -83,6 +83,15 @@ def defaults() -> ml_collections.ConfigDict:
         "rotate",
     )
 
+    # --- X-ray defects (xray_defects.py) ----------------------------------------
+    # Share of the anomalous samples that get an X-ray defect (a density change: a soft
+    # darker or brighter Perlin region, thin lines, small spots) instead of a pasted texture.
+    # [ours, issue 15: X-ray defects are density changes, not textures] 0 keeps DRAEM's
+    # generator, as the paper (configs/paper.py) and DRAEM configs are.
+    c.xray_defect_probability = 0.0
+    # Kinds drawn uniformly. [ours; see xray_defects.py]
+    c.xray_defect_kinds = ("density", "line", "spot")
+
     # --- Execution -----------------------------------------------------------
     # 'map': samples one after another (lax.map); lax.switch then runs only the
     #        chosen augmentation -- cheapest on CPU.

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from xray_flax.synthesis import augment, perlin
+from xray_flax.synthesis import augment, perlin, xray_defects
 from xray_flax.synthesis import textures as textures_lib
 
 SOURCES = ("dtd", "procedural", "batch")
@@ -60,6 +60,9 @@ class SynthesisSpec:
     augmentations: tuple[str, ...] = tuple(augment.OPS)
     num_augmentations: int = 3
     batch_mode: str = "auto"
+    # Share of anomalous samples that get an X-ray defect (xray_defects.py) instead of a texture.
+    xray_defect_probability: float = 0.0
+    xray_defect_kinds: tuple[str, ...] = xray_defects.KINDS
 
     def __post_init__(self):
         if self.channels not in (1, 3):
@@ -71,7 +74,7 @@ class SynthesisSpec:
             raise ValueError(f"blend must be one of {BLENDS}, got {self.blend!r}")
         if not 0.0 <= self.beta_range[0] <= self.beta_range[1] <= 1.0:
             raise ValueError(f"beta_range {self.beta_range} must lie in [0, 1]")
-        for name in ("anomaly_probability", "rotate_normal_probability"):
+        for name in ("anomaly_probability", "rotate_normal_probability", "xray_defect_probability"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1]")
         if len(self.source_weights) != len(SOURCES) or min(self.source_weights) < 0 or sum(self.source_weights) <= 0:
@@ -92,6 +95,9 @@ class SynthesisSpec:
             )
         if self.batch_mode not in BATCH_MODES:
             raise ValueError(f"batch_mode must be one of {BATCH_MODES}")
+        unknown = set(self.xray_defect_kinds) - set(xray_defects.KINDS)
+        if unknown or not self.xray_defect_kinds:
+            raise ValueError(f"xray_defect_kinds {self.xray_defect_kinds}: each must be one of {xray_defects.KINDS}")
 
     @classmethod
     def from_config(cls, synthesis_config: ml_collections.ConfigDict, channels: int) -> "SynthesisSpec":
@@ -121,6 +127,8 @@ class SynthesisSpec:
             augmentations=augment.usable_ops(tuple(c.augmentations), channels),
             num_augmentations=int(c.num_augmentations),
             batch_mode=c.batch_mode,
+            xray_defect_probability=float(c.get("xray_defect_probability", 0.0)),
+            xray_defect_kinds=tuple(c.get("xray_defect_kinds", xray_defects.KINDS)),
         )
 
 
@@ -184,7 +192,7 @@ def synthesize_one(
     lo, hi = spec.beta_range
     beta = lo + (hi - lo) * u[3]
 
-    def with_anomaly(image):
+    def with_texture(image):
         mask = perlin.perlin_mask(
             key_mask, image.shape[:2], spec.scale_exponent_range, spec.threshold, spec.mask_rotation_range
         )[..., None]
@@ -192,6 +200,26 @@ def synthesize_one(
         texture = augment.augment(key_augment, texture, spec.augmentations, spec.num_augmentations)
         has_anomaly = (jnp.sum(mask) > 0).astype(jnp.float32)
         return blend(image, texture, mask, beta, spec.blend), mask, has_anomaly
+
+    def with_xray_defect(image):
+        defective, mask = xray_defects.xray_defect(
+            key_mask,
+            image,
+            spec.xray_defect_kinds,
+            spec.scale_exponent_range,
+            spec.threshold,
+            spec.mask_rotation_range,
+        )
+        return defective, mask, (jnp.sum(mask) > 0).astype(jnp.float32)
+
+    def with_anomaly(image):
+        if spec.xray_defect_probability == 0:
+            return with_texture(image)
+        if spec.xray_defect_probability == 1:
+            return with_xray_defect(image)
+        # Its own draw (fold_in), so the generator without X-ray defects keeps its random stream.
+        u_defect = jax.random.uniform(jax.random.fold_in(key_draws, 1))
+        return jax.lax.cond(u_defect < spec.xray_defect_probability, with_xray_defect, with_texture, image)
 
     def without_anomaly(image):
         return (image, jnp.zeros(image.shape[:2] + (1,), jnp.float32), jnp.zeros((), jnp.float32))
