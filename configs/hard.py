@@ -23,8 +23,8 @@ def hard_data(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     data = config.data
     sim = data.simulated
     sim.difficulty = "hard"
-    # 20 scans of 1280x1024: split 12 / 4 / 4 by scan (data.split_fractions), about 700 clean
-    # training tiles and 240 test tiles of 128 px, ~30 % of them anomalous. [ours]
+    # 20 scans of 1280x1024: split 12 / 4 / 4 by scan (data.split_fractions); at 128 px, 456
+    # clean training tiles and 256 test tiles, 62 of them anomalous (docs/data.md). [ours]
     sim.n_scans = 20
     # Anomalies per 1280x1024 scan, all kinds of xray_flax/data/radiograph.py. [ours, calibrated]
     sim.paint_losses = 4

@@ -115,12 +115,7 @@ def latest_state(workdir: str, step: int | None = None):
     return step, {"variables": restored["variables"], "opt_state": restored["opt_state"]}
 
 
-def logged_scalars(workdir: str, tag: str) -> dict[int, float]:
-    """{step: value} of one scalar from the TensorBoard event files in workdir (process 0 writes)."""
-    return plots.logged_scalars(workdir, tag)
-
-
 def logged_losses(workdir: str) -> list[float]:
     """Per-step training losses in step order (the run must log every step)."""
-    losses = logged_scalars(workdir, "loss")
+    losses = plots.logged_scalars(workdir, "loss")
     return [losses[s] for s in sorted(losses)]

@@ -31,6 +31,7 @@ import pytest
 from xray_flax import parallel
 from xray_flax.data import config as data_config_lib
 from xray_flax.data import pipeline
+from xray_flax.report import plots
 
 NUM_STEPS = 8
 LEARNING_RATE = 1e-3  # configs/tiny.py
@@ -176,7 +177,7 @@ def test_two_processes_preempted_and_resumed_train_like_one_process(one_process_
     # Evaluation ran on process 0's files only once, after the resumed run.
     with open(os.path.join(workdir, "metrics.json")) as f:
         assert json.load(f)["step"] is not None
-    assert helpers.logged_scalars(workdir, "val_roc_auc")
+    assert plots.logged_scalars(workdir, "val_roc_auc")
 
 
 @pytest.mark.slow

@@ -12,6 +12,8 @@ import jax
 import numpy as np
 import pytest
 
+from xray_flax.report import plots
+
 NUM_STEPS = 40
 
 
@@ -61,5 +63,5 @@ def test_sigterm_saves_and_the_same_command_resumes_exactly(tmp_path, detector):
     for a, b in zip(leaves_a, leaves_b):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     # The loss curve of the two halves joins up into the uninterrupted one, every step logged once.
-    assert sorted(helpers.logged_scalars(interrupted, "loss")) == list(range(1, NUM_STEPS + 1))
+    assert sorted(plots.logged_scalars(interrupted, "loss")) == list(range(1, NUM_STEPS + 1))
     assert helpers.logged_losses(interrupted) == helpers.logged_losses(uninterrupted)

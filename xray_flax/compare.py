@@ -39,15 +39,17 @@ def default_names(workdirs: Sequence[str], reports: Sequence[dict]) -> list[str]
     return names
 
 
-def comparison_markdown(
-    workdirs: Sequence[str], names: Sequence[str] | None = None, include_paper: bool = False
-) -> str:
+def load_runs(workdirs: Sequence[str], names: Sequence[str] | None = None) -> tuple[list[str], list[dict]]:
+    """(row names, metrics.json reports) of the workdirs; names default to `default_names`."""
     if not workdirs:
         raise ValueError("give at least one workdir")
     if names is not None and len(names) != len(workdirs):
         raise ValueError(f"--names has {len(names)} names for {len(workdirs)} workdirs")
     reports = [tables.load_metrics(workdir) for workdir in workdirs]
-    names = list(names) if names is not None else default_names(workdirs, reports)
+    return (list(names) if names is not None else default_names(workdirs, reports)), reports
+
+
+def comparison_markdown(names: Sequence[str], reports: Sequence[dict], include_paper: bool = False) -> str:
     text = tables.table2_markdown([(n, r["test"]) for n, r in zip(names, reports)], include_paper)
     intervals = [[n, tables.interval_text(r["test"].get("roc_auc_ci95"))] for n, r in zip(names, reports)]
     text += "\n" + tables.markdown_table(["Run", "ROC-AUC 95 % interval (stratified bootstrap)"], intervals)
@@ -103,9 +105,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        text = comparison_markdown(args.workdirs, args.names, args.paper)
+        names, reports = load_runs(args.workdirs, args.names)
+        text = comparison_markdown(names, reports, args.paper)
         if args.curves:
-            names = args.names or default_names(args.workdirs, [tables.load_metrics(w) for w in args.workdirs])
             svg = learning_curves_svg(args.workdirs, names)
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)

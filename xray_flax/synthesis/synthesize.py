@@ -95,9 +95,7 @@ class SynthesisSpec:
             )
         if self.batch_mode not in BATCH_MODES:
             raise ValueError(f"batch_mode must be one of {BATCH_MODES}")
-        unknown = set(self.xray_defect_kinds) - set(xray_defects.KINDS)
-        if unknown or not self.xray_defect_kinds:
-            raise ValueError(f"xray_defect_kinds {self.xray_defect_kinds}: each must be one of {xray_defects.KINDS}")
+        xray_defects.check_kinds(self.xray_defect_kinds)
 
     @classmethod
     def from_config(cls, synthesis_config: ml_collections.ConfigDict, channels: int) -> "SynthesisSpec":

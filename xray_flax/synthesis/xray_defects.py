@@ -38,6 +38,13 @@ _SPOT_DRAWS = 1 + 4 * MAX_SPOTS
 _DRAWS = 3 + _LINE_DRAWS + _SPOT_DRAWS
 
 
+def check_kinds(kinds: Sequence[str]) -> None:
+    """Raises ValueError unless `kinds` is a non-empty selection of KINDS."""
+    unknown = set(kinds) - set(KINDS)
+    if unknown or not kinds:
+        raise ValueError(f"xray_defect_kinds {tuple(kinds)}: each must be one of {KINDS}")
+
+
 def _between(u: jax.Array, lo: float, hi: float) -> jax.Array:
     return lo + (hi - lo) * u
 
@@ -109,9 +116,7 @@ def xray_defect(
     rotation_range: Sequence[float] = (-90.0, 90.0),
 ) -> tuple[jax.Array, jax.Array]:
     """One X-ray defect in `image` [H, W, C] in [0, 1]: (defective image, unclipped; mask [H, W, 1])."""
-    unknown = set(kinds) - set(KINDS)
-    if unknown or not kinds:
-        raise ValueError(f"xray defect kinds {tuple(kinds)}: each must be one of {KINDS}")
+    check_kinds(kinds)
     key_mask, key_draws = jax.random.split(key)
     u = jax.random.uniform(key_draws, (_DRAWS,))
     shape = image.shape[:2]
