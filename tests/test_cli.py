@@ -2,11 +2,13 @@
 evaluate -> predict on its tiny config (`configs/tiny.py:<name>`). A detector added to the
 registry is covered here without touching this file.
 
-Every detector's training run (which also evaluates the best checkpoint and predicts a test
-scan in that process) runs in CI; the separate evaluate / predict / evaluate-any-checkpoint
-processes run in CI for one detector of each kind (`CI_DETECTORS`) and for the others with
-`-m slow`: that code is shared and never branches on the detector, and each subprocess costs
-several seconds of start-up and compilation on 2 cores."""
+In CI, the training run (which also evaluates the best checkpoint and predicts a test scan in
+that process) runs for the paper's model and every fit-kind detector (`CI_TRAINED`); the
+gradient-trained baselines with pretrained backbones (45-110 s each on 2 cores) train with
+`-m slow`, their train steps being tested in their own files. The separate evaluate / predict /
+evaluate-any-checkpoint processes run in CI for one detector of each kind (`CI_DETECTORS`) and
+for the others with `-m slow`: that code is shared and never branches on the detector, and
+each subprocess costs several seconds of start-up and compilation on 2 cores."""
 
 from __future__ import annotations
 
@@ -37,6 +39,8 @@ def run_cli(*args, timeout=900):
 
 
 CI_DETECTORS = ("draem", "patchcore")  # the paper's model (gradient kind) and a memory bank (fit kind)
+# The paper's model and the fit-kind detectors (a few seconds to fit on the tiny config).
+CI_TRAINED = ("draem", "highpass", "padim", "patch_nn", "patchcore")
 _TRAINED: dict[str, tuple[str, subprocess.CompletedProcess]] = {}
 
 
@@ -51,7 +55,10 @@ def _train_once(name: str, tmp_path_factory) -> tuple[str, subprocess.CompletedP
     return _TRAINED[name]
 
 
-@pytest.fixture(scope="module", params=detectors.names())
+@pytest.fixture(
+    scope="module",
+    params=[pytest.param(n, marks=() if n in CI_TRAINED else pytest.mark.slow) for n in detectors.names()],
+)
 def trained(request, tmp_path_factory):
     """Every detector, trained through the command line."""
     return _train_once(request.param, tmp_path_factory)

@@ -25,6 +25,7 @@ def tiny_protocol_config():
     return config
 
 
+@pytest.mark.slow  # two trainings through the shared loop, ~30 s on 2 cores
 def test_digits_protocol_on_two_classes_gives_a_table_with_its_mean(tmp_path):
     workdir = str(tmp_path)
     result = one_class.run_protocol(
