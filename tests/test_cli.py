@@ -3,7 +3,8 @@ evaluate -> predict on its tiny config (`configs/tiny.py:<name>`). A detector ad
 registry is covered here without touching this file.
 
 In CI, the training run (which also evaluates the best checkpoint and predicts a test scan in
-that process) runs for the paper's model and every fit-kind detector (`CI_TRAINED`); the
+that process) runs for the paper's model and the fit-kind detectors (`CI_TRAINED`, a list kept
+by hand: a new fit-kind detector trains with `-m slow` until it is added there); the
 gradient-trained baselines with pretrained backbones (45-110 s each on 2 cores) train with
 `-m slow`, their train steps being tested in their own files. The separate evaluate / predict /
 evaluate-any-checkpoint processes run in CI for one detector of each kind (`CI_DETECTORS`) and
@@ -55,19 +56,18 @@ def _train_once(name: str, tmp_path_factory) -> tuple[str, subprocess.CompletedP
     return _TRAINED[name]
 
 
-@pytest.fixture(
-    scope="module",
-    params=[pytest.param(n, marks=() if n in CI_TRAINED else pytest.mark.slow) for n in detectors.names()],
-)
+def _slow_unless_in(ci_names: tuple[str, ...]) -> list:
+    """Every registered detector as a fixture parameter, marked slow unless CI runs it."""
+    return [pytest.param(n, marks=() if n in ci_names else pytest.mark.slow) for n in detectors.names()]
+
+
+@pytest.fixture(scope="module", params=_slow_unless_in(CI_TRAINED))
 def trained(request, tmp_path_factory):
     """Every detector, trained through the command line."""
     return _train_once(request.param, tmp_path_factory)
 
 
-@pytest.fixture(
-    scope="module",
-    params=[pytest.param(n, marks=() if n in CI_DETECTORS else pytest.mark.slow) for n in detectors.names()],
-)
+@pytest.fixture(scope="module", params=_slow_unless_in(CI_DETECTORS))
 def trained_any(request, tmp_path_factory):
     """The same runs, for the tests of the separate evaluate/predict processes."""
     return _train_once(request.param, tmp_path_factory)

@@ -49,7 +49,7 @@ def latest_params(workdir: str) -> tuple[int, dict]:
 
 
 # DRAEM's resume (halted, SIGKILLed, SIGINTed, from a corrupt checkpoint) is in tests/test_faults.py.
-@pytest.mark.slow  # ~45 s on 2 cores; DRAEM's resume (test_faults.py) runs in CI
+@pytest.mark.slow  # ~45 s on 2 cores
 @pytest.mark.parametrize("detector", ["pyramid_ae"])
 def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path, detector):
     full = str(tmp_path / "full")
