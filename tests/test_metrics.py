@@ -140,6 +140,23 @@ def test_image_scores_match_scipy_uniform_filter(filter_size):
     np.testing.assert_allclose(got, expected, rtol=1e-5)
 
 
+@pytest.mark.parametrize(("filter_size", "top_k"), [(1, 5), (3, 50), (7, 2000)])
+def test_image_scores_top_k_mean_matches_numpy(filter_size, top_k):
+    rng = np.random.default_rng(1)
+    maps = rng.random((2, 30, 40)).astype(np.float32)
+    maps[0, 3:6, 30:34] = 4.0
+    expected = []
+    for m in maps:
+        filtered = ndimage.uniform_filter(m.astype(np.float64), filter_size, mode="constant").ravel()
+        expected.append(np.sort(filtered)[::-1][: min(top_k, filtered.size)].mean())
+    got = np.asarray(metrics.image_scores(maps, filter_size, top_k))
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+    # k = 1 is the max; k below 1 is refused.
+    np.testing.assert_array_equal(metrics.image_scores(maps, filter_size, 1), metrics.image_scores(maps, filter_size))
+    with pytest.raises(ValueError, match="top_k"):
+        metrics.image_scores(maps, filter_size, 0)
+
+
 def test_image_scores_divide_by_full_window_at_borders():
     # count_include_pad=True: a single hot pixel in the corner is averaged over 9 cells, of
     # which only 4 lie inside the image; the divisor is still 9.

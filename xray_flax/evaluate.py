@@ -71,6 +71,13 @@ def score_filter_size(config: ml_collections.ConfigDict) -> int:
     return evaluation_config.resolve_score_filter_size(config.eval.score_filter_size, config.data.patch_size)
 
 
+def score_top_k(config: ml_collections.ConfigDict) -> int:
+    top_k = int(config.eval.get("score_top_k", 1))
+    if top_k < 1:
+        raise ValueError(f"eval.score_top_k must be a positive int (1 = the max of the map), got {top_k}")
+    return top_k
+
+
 class NonFiniteScoresError(errors.UserError):
     """The detector gave NaN or infinite anomaly maps or scores for finite input tiles."""
 
@@ -214,7 +221,7 @@ def restore_inferencer(config: ml_collections.ConfigDict, workdir: str, mesh, ba
         detector.abstract_variables(config.data.patch_size, config.data.channels), mesh
     )
     variables, meta, path = checkpoint.restore_for_inference(workdir, abstract, config.eval.get("checkpoint", ""))
-    infer = Inferencer(detector, variables, mesh, batch_size, score_filter_size(config), IDENTITY)
+    infer = Inferencer(detector, variables, mesh, batch_size, score_filter_size(config), IDENTITY, score_top_k(config))
     stored = meta.get("normalization")
     if stored:
         norm = ScoreNormalization.from_json(stored)
@@ -312,6 +319,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, output_dir: str | 
         "checkpoint": path,
         "step": meta.get("step"),
         "score_filter_size": score_filter_size(config),
+        "score_top_k": score_top_k(config),
         "normalization": infer.normalization.to_json(),
         "patch_size": config.data.patch_size,
         "test": result,

@@ -31,6 +31,10 @@ def defaults() -> ml_collections.ConfigDict:
     # with the patch size: round(21 * patch / 256), made odd (+1 when even); 43 at 512 px.
     # 1 => plain max of the map.
     cfg.score_filter_size = 0
+    # Image score = mean of the k largest values of the filtered map instead of its max.
+    # 1 = the max [DRAEM]; k > 1 weighs how much of a tile responds, not only its peak. [ours,
+    # issue 15's aggregation trial]
+    cfg.score_top_k = 1
 
     # --- score normalisation (xray_flax/normalization.py) ---------------------------------
     # 'auto': the identity for detectors whose maps are probabilities cut at 0.5 (DRAEM),

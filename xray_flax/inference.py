@@ -38,6 +38,7 @@ class Inferencer:
         batch_size: int,
         score_filter_size: int,
         normalization: ScoreNormalization = IDENTITY,
+        score_top_k: int = 1,
     ):
         devices = mesh.devices.size
         self.batch_size = -(-batch_size // devices) * devices
@@ -53,7 +54,7 @@ class Inferencer:
             if "score" in out:
                 out["score"] = (out["score"].astype(jnp.float32) - shift) * scale
             else:
-                out["score"] = metrics.image_scores(out["map"], score_filter_size)
+                out["score"] = metrics.image_scores(out["map"], score_filter_size, score_top_k)
             return out
 
         self._infer = jax.jit(outputs, in_shardings=(replicated, replicated, self._sharding))

@@ -46,13 +46,15 @@ __all__ = [
 # ---------------------------------------------------------------------------------------
 
 
-@functools.partial(jax.jit, static_argnames=("filter_size",))
-def image_scores(maps: jax.Array, filter_size: int) -> jax.Array:
+@functools.partial(jax.jit, static_argnames=("filter_size", "top_k"))
+def image_scores(maps: jax.Array, filter_size: int, top_k: int = 1) -> jax.Array:
     """Image-level anomaly score: max of the mean-filtered anomaly map (DRAEM).
 
     Args:
       maps: ``[b, H, W]`` (or ``[b, H, W, 1]``) anomaly maps.
       filter_size: odd side of the square mean filter; ``<= 1`` means the plain max.
+      top_k: mean of the ``top_k`` largest values of the (filtered) map instead of its
+        max; 1 is the max (DRAEM). Capped at the map's pixel count.
 
     Returns:
       float32 ``[b]``.
@@ -71,15 +73,25 @@ def image_scores(maps: jax.Array, filter_size: int) -> jax.Array:
     if maps.ndim != 3:
         raise ValueError(f"maps must be [b, H, W] or [b, H, W, 1], got shape {maps.shape}")
     maps = maps.astype(jnp.float32)
+    if top_k is None or top_k < 1:
+        raise ValueError(f"top_k must be a positive int, got {top_k}")
     if filter_size is None or filter_size <= 1:
-        return jnp.max(maps, axis=(1, 2))
+        return _top_k_mean(maps, top_k)
     if filter_size % 2 == 0:
         raise ValueError(f"filter_size must be odd for a centred 'same' filter, got {filter_size}")
     k = int(filter_size)
     pad = k // 2
     rows = jax.lax.reduce_window(maps, 0.0, jax.lax.add, (1, k, 1), (1, 1, 1), ((0, 0), (pad, pad), (0, 0)))
     sums = jax.lax.reduce_window(rows, 0.0, jax.lax.add, (1, 1, k), (1, 1, 1), ((0, 0), (0, 0), (pad, pad)))
-    return jnp.max(sums, axis=(1, 2)) / float(k * k)
+    return _top_k_mean(sums, top_k) / float(k * k)
+
+
+def _top_k_mean(maps: jax.Array, k: int) -> jax.Array:
+    """Mean of the k largest values of each ``[H, W]`` map; k = 1 is the max."""
+    if k == 1:
+        return jnp.max(maps, axis=(1, 2))
+    flat = maps.reshape(maps.shape[0], -1)
+    return jnp.mean(jax.lax.top_k(flat, min(int(k), flat.shape[1]))[0], axis=1)
 
 
 # ---------------------------------------------------------------------------------------

@@ -126,7 +126,15 @@ class _Validator:
     def __init__(self, detector, config, splits, mesh, ckpt, writer, initial_variables):
         self.detector, self.config, self.splits, self.ckpt, self.writer = detector, config, splits, ckpt, writer
         filter_size = evaluate.score_filter_size(config)
-        self.infer = Inferencer(detector, initial_variables, mesh, config.eval.batch_size, filter_size)
+        self.infer = Inferencer(
+            detector,
+            initial_variables,
+            mesh,
+            config.eval.batch_size,
+            filter_size,
+            IDENTITY,
+            evaluate.score_top_k(config),
+        )
 
     def __call__(self, step: int, variables, rank_fraction: float) -> None:
         self.infer.set_variables(variables, IDENTITY)

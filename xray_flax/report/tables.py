@@ -134,7 +134,7 @@ def metrics_markdown(report: dict) -> str:
             ("pixel AUROC error bound", test.get("pixel_auroc_error_bound"), 6),
             (f"AUPRO (FPR <= {test.get('aupro_fpr_limit', 0.3)})", test.get("aupro"), 4),
         ]
-    for key in ("checkpoint", "step", "patch_size", "score_filter_size"):
+    for key in ("checkpoint", "step", "patch_size", "score_filter_size", "score_top_k"):
         if key in report:
             details.append((key.replace("_", " "), report[key], None))
     rows = []
