@@ -325,3 +325,16 @@ def test_cli_overrides_on_evaluate_without_config_take_effect(normal_only_run, t
     assert result.returncode == 0, result.stderr[-3000:]
     timing = json.loads((out / "metrics.json").read_text())["timing"]
     assert timing["batch_size"] == 4 and timing["timed_batches"] == 2
+
+
+def test_a_knob_added_after_training_gets_its_default_and_can_be_overridden(tmp_path, monkeypatch):
+    # A workdir trained before eval.score_top_k existed: its config.json lacks the key.
+    saved = json.loads(tiny.get_config("highpass").to_json_best_effort())
+    del saved["eval"]["score_top_k"]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    loaded = _parse(["prog", "--workdir", str(tmp_path), "--mode=evaluate"], monkeypatch)
+    assert loaded.eval.score_top_k == 1  # the default, which is the old behaviour (the max)
+    loaded = _parse(["prog", "--workdir", str(tmp_path), "--mode=evaluate", "--config.eval.score_top_k=8"], monkeypatch)
+    assert loaded.eval.score_top_k == 8
+    with pytest.raises(AttributeError, match='Did you mean "score_top_k"'):  # a misspelt key is still refused
+        _parse(["prog", "--workdir", str(tmp_path), "--mode=evaluate", "--config.eval.score_topk=8"], monkeypatch)

@@ -4,7 +4,8 @@
 ``--config=<this file>:<workdir>`` (`with_workdir_config`) before absl parses the command
 line, so the saved config goes through the same `config_flags` machinery as a
 `configs/*.py` file and every ``--config.X=...`` override is applied and type-checked
-against it (an override of a key the saved config lacks is refused, as with any config).
+against it (an override of a key the saved config lacks is refused, as with any config; a
+knob the code added after the run was trained gets its default, which keeps the old behaviour).
 
 Imports nothing heavy: config files are loaded while flags are parsed, before
 jax.distributed is initialised.
@@ -82,6 +83,13 @@ def _typed(value, template):
                     typed[key] = ml_collections.config_dict.placeholder(field_type)
                     continue
             typed[key] = _typed(item, child)
+        if sub is not None:
+            # A knob added to the code after this workdir was trained: its default keeps the
+            # earlier behaviour (the project's rule for new knobs), so a saved config gets it
+            # and `--config.X=...` can override it.
+            for key in sub.keys():
+                if key not in typed and not isinstance(sub[key], ml_collections.ConfigDict):
+                    typed[key] = sub[key]
         return typed
     if isinstance(value, list):
         return tuple(_typed(item, None) for item in value)
