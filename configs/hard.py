@@ -8,7 +8,8 @@ The data are SIMULATED radiographs of the hard setting (xray_flax/data/radiograp
 imaging chain of a radiograph, normal structures that look like defects, anomalies from
 obvious to small, thin and faint. Calibrated so that the training-free high-pass reference
 scores about 0.7-0.8 tile ROC-AUC (docs/data.md gives the measurement), leaving room above it.
-Only the data section (and the tile size the methods then work on) differs from NAME's config.
+Only the data section (and the tile size the methods then work on) differs from NAME's config;
+it reads the scans with per-scan percentile normalisation (measured to help every method).
 """
 
 from __future__ import annotations
@@ -42,6 +43,11 @@ def hard_data(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     data.background.max_fraction = 0.05
     # A single masked pixel makes a tile anomalous: a 1-px pin is a defect. [ours]
     data.min_anomalous_fraction = 0.0
+    # Per-scan 0.5-99.5 % percentiles instead of the 16-bit scale: the hard scans differ in
+    # exposure and film response, and this raised every method's test ROC-AUC (paper's model
+    # 0.610 -> 0.728 over 3 seeds, high-pass 0.626 -> 0.712, nearest neighbour 0.672 -> 0.757;
+    # docs/results.md). 'bit_depth' restores the first measurements. [ours, issue 15]
+    data.normalization = "percentile"
     return config
 
 
