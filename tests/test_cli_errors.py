@@ -331,10 +331,22 @@ def test_a_knob_added_after_training_gets_its_default_and_can_be_overridden(tmp_
     # A workdir trained before eval.score_top_k existed: its config.json lacks the key.
     saved = json.loads(tiny.get_config("highpass").to_json_best_effort())
     del saved["eval"]["score_top_k"]
+    del saved["train"]["halt_after_steps"]  # a typed None (placeholder) in the config files
     (tmp_path / "config.json").write_text(json.dumps(saved))
     loaded = _parse(["prog", "--workdir", str(tmp_path), "--mode=evaluate"], monkeypatch)
     assert loaded.eval.score_top_k == 1  # the default, which is the old behaviour (the max)
-    loaded = _parse(["prog", "--workdir", str(tmp_path), "--mode=evaluate", "--config.eval.score_top_k=8"], monkeypatch)
-    assert loaded.eval.score_top_k == 8
+    assert loaded.train.halt_after_steps is None
+    loaded = _parse(
+        [
+            "prog",
+            "--workdir",
+            str(tmp_path),
+            "--mode=evaluate",
+            "--config.eval.score_top_k=8",
+            "--config.train.halt_after_steps=3",
+        ],
+        monkeypatch,
+    )
+    assert loaded.eval.score_top_k == 8 and loaded.train.halt_after_steps == 3
     with pytest.raises(AttributeError, match='Did you mean "score_top_k"'):  # a misspelt key is still refused
         _parse(["prog", "--workdir", str(tmp_path), "--mode=evaluate", "--config.eval.score_topk=8"], monkeypatch)

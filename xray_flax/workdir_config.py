@@ -78,22 +78,26 @@ def _typed(value, template):
         for key, item in value.items():
             child = sub[key] if sub is not None and key in sub else None
             if item is None and child is None and sub is not None and key in sub:
-                field_type = sub.get_type(key)
-                if field_type is not type(None):
-                    typed[key] = ml_collections.config_dict.placeholder(field_type)
-                    continue
-            typed[key] = _typed(item, child)
+                typed[key] = _typed_none(sub, key)
+            else:
+                typed[key] = _typed(item, child)
         if sub is not None:
             # A knob added to the code after this workdir was trained: its default keeps the
             # earlier behaviour (the project's rule for new knobs), so a saved config gets it
             # and `--config.X=...` can override it.
             for key in sub.keys():
                 if key not in typed and not isinstance(sub[key], ml_collections.ConfigDict):
-                    typed[key] = sub[key]
+                    typed[key] = _typed_none(sub, key) if sub[key] is None else sub[key]
         return typed
     if isinstance(value, list):
         return tuple(_typed(item, None) for item in value)
     return value
+
+
+def _typed_none(template: ml_collections.ConfigDict, key: str):
+    """None for `template[key]`, a placeholder of its type when the template declares one."""
+    field_type = template.get_type(key)
+    return None if field_type is type(None) else ml_collections.config_dict.placeholder(field_type)
 
 
 def get_config(workdir: str) -> ml_collections.ConfigDict:
