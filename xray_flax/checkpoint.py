@@ -36,7 +36,7 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 
-from xray_flax import files, integrity
+from xray_flax import errors, files, integrity
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ CORRUPT_DIR = "corrupt"
 BEST_METRIC = "val_roc_auc"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(errors.UserError, RuntimeError):
     """A checkpoint is missing, unreadable or could not be written."""
 
 

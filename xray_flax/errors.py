@@ -5,10 +5,11 @@ and exits with `EXIT_USAGE` (the command line or the config is wrong) or `EXIT_F
 (bad input data, a missing or corrupt checkpoint, a full disk, a diverged training, ...);
 ``--debug`` adds the traceback. Any other exception is a bug and keeps its traceback.
 
-`UserError` is the shared base: a new error class the user can fix inherits from it (or
-from one of the classes `main.py` lists) and is reported the same way without touching the
-command line. Its message must be one sentence naming the file, folder or config key at
-fault and what to do.
+`UserError` is the shared base: every error class the user can fix inherits from it (keeping
+its other bases, so that callers catching those still do) and is reported the same way
+without touching the command line; `ConfigError` (a bad config value, file or override)
+exits with `EXIT_USAGE`, any other `UserError` with `EXIT_FAILURE`. Its message must be one
+sentence naming the file, folder or config key at fault and what to do.
 """
 
 from __future__ import annotations

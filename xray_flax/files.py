@@ -9,6 +9,8 @@ import shutil
 import tempfile
 from collections.abc import Callable
 
+from xray_flax import errors
+
 
 def write_text_atomic(path: str | os.PathLike, text: str, what: str = "the file") -> None:
     """Write `text` to `path` through `atomic_output`: a reader sees the old file or the whole
@@ -19,7 +21,7 @@ def write_text_atomic(path: str | os.PathLike, text: str, what: str = "the file"
         f.write(text)
 
 
-class DiskSpaceError(OSError):
+class DiskSpaceError(errors.UserError, OSError):
     """Not enough free space to write a file (or a checkpoint); nothing was written."""
 
     def __str__(self) -> str:

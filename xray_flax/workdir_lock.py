@@ -23,12 +23,14 @@ import socket
 import sys
 import time
 
+from xray_flax import errors
+
 log = logging.getLogger(__name__)
 
 LOCK_NAME = ".lock"
 
 
-class WorkdirLockedError(RuntimeError):
+class WorkdirLockedError(errors.UserError, RuntimeError):
     """Another process is training in this workdir."""
 
 

@@ -27,6 +27,8 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
+from xray_flax import errors
+
 # Decompression-bomb checks would reject legitimate 20k x 20k scans.
 Image.MAX_IMAGE_PIXELS = None
 
@@ -38,7 +40,7 @@ IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
 # Errors: every message names the offending file.
 
 
-class DataError(Exception):
+class DataError(errors.UserError):
     """Base class of input-pipeline errors; `path` is the file (or folder) at fault."""
 
     def __init__(self, path, message: str):

@@ -19,6 +19,7 @@ from typing import Protocol
 
 import numpy as np
 
+from xray_flax import errors
 from xray_flax.data import tiling
 
 AnomalyFn = Callable[[np.ndarray], np.ndarray]
@@ -30,7 +31,7 @@ WINDOWS = ("hann", "triangle", "flat")
 _WINDOW_FLOOR = 1e-3
 
 
-class NonFiniteMapError(ValueError):
+class NonFiniteMapError(errors.UserError, ValueError):
     """A tile map came out NaN or infinite. `y`, `x`: the first such tile's origin in the
     scan; `input_finite`: whether that tile's pixels were finite (if so, the model is at
     fault - corrupt or diverged weights - rather than the scan)."""

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 
+from xray_flax import errors
 
-class WeightsError(ValueError):
+
+class WeightsError(errors.UserError, ValueError):
     """A weights file that is missing, unreadable, refused or does not fit the model.
 
     The message always names the file (and the key or pickle global where there is one).
