@@ -11,7 +11,7 @@ import scipy.ndimage
 from configs import tiny
 from xray_flax import detectors
 from xray_flax.detectors.base import run_fit
-from xray_flax.detectors.highpass import filters
+from xray_flax.nn import filters
 
 
 def test_filters_equal_scipy_reflect_mode():

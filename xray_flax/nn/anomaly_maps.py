@@ -3,6 +3,7 @@
 Shared by the feature-based detectors (STFPM, CFA, FastFlow, Reverse Distillation, ...):
 
     upsample_bilinear(maps, size)        torch F.interpolate(mode='bilinear', align_corners=False)
+    upsample_nearest(x, size)            torch F.interpolate(mode='nearest') (PaDiM's embedding, PatchCore's map)
     gaussian_blur(maps, sigma)           anomalib's GaussianBlur2d (kornia kernel, torch 'reflect')
     upsample_and_blur(maps, size, sigma) both, the usual last step of an anomaly map
 
@@ -11,7 +12,7 @@ Maps are [B, h, w] (one channel, the usual case) or [B, h, w, C] (NHWC). Sources
 2 * int(4 * sigma + 0.5) + 1 (33 for sigma 4), a normalised separable Gaussian centred on the
 middle tap, 'same' output with torch's 'reflect' padding, which mirrors about the edge pixel
 without repeating it (d c b | a b c d; numpy's 'reflect', scipy.ndimage's 'mirror' — NOT
-scipy's 'reflect', which xray_flax/detectors/highpass/filters.py reproduces).
+scipy's 'reflect', which xray_flax/nn/filters.py reproduces).
 """
 
 from __future__ import annotations
@@ -39,6 +40,18 @@ def upsample_bilinear(maps: jax.Array, size: tuple[int, int]) -> jax.Array:
     if (h, w) != (height, width):
         x = jax.image.resize(x, (b, height, width, c), method="bilinear", antialias=False)
     return x[..., 0] if squeeze else x
+
+
+def upsample_nearest(x: jax.Array, size: tuple[int, int]) -> jax.Array:
+    """torch F.interpolate(mode='nearest') of [B, h, w, C] to (H, W): source index
+    floor(i * h / H) (a whole factor repeats each pixel, the original code's unfold concat)."""
+    height, width = int(size[0]), int(size[1])
+    h, w = x.shape[1], x.shape[2]
+    if (h, w) == (height, width):
+        return x
+    rows = np.floor(np.arange(height) * (h / height)).astype(np.int32)
+    cols = np.floor(np.arange(width) * (w / width)).astype(np.int32)
+    return x[:, rows][:, :, cols]
 
 
 def gaussian_kernel_size(sigma: float) -> int:

@@ -22,7 +22,7 @@ import ml_collections
 import numpy as np
 
 from xray_flax.detectors.base import FIT, Detector
-from xray_flax.detectors.highpass.filters import local_highpass_energy
+from xray_flax.nn.filters import local_highpass_energy
 
 
 def init(key: jax.Array, sample: jax.Array) -> dict:

@@ -33,6 +33,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from xray_flax.nn.anomaly_maps import upsample_nearest
+
 
 def channel_subset(total: int, d: int, seed: int) -> np.ndarray:
     """d of the `total` concatenated channels, drawn without replacement with a fixed seed,
@@ -48,18 +50,6 @@ def split_subset(subset: np.ndarray, channels: Sequence[int]) -> list[np.ndarray
     """The subset as per-tap channel indices (taps concatenated in order)."""
     bounds = np.cumsum([0, *channels])
     return [subset[(subset >= lo) & (subset < hi)] - lo for lo, hi in zip(bounds[:-1], bounds[1:])]
-
-
-def upsample_nearest(x: jax.Array, size: tuple[int, int]) -> jax.Array:
-    """torch F.interpolate(mode='nearest') of [B, h, w, C] to (H, W): source index
-    floor(i * h / H) (a whole factor repeats each pixel, the original code's unfold concat)."""
-    height, width = int(size[0]), int(size[1])
-    h, w = x.shape[1], x.shape[2]
-    if (h, w) == (height, width):
-        return x
-    rows = np.floor(np.arange(height) * (h / height)).astype(np.int32)
-    cols = np.floor(np.arange(width) * (w / width)).astype(np.int32)
-    return x[:, rows][:, :, cols]
 
 
 def avg_pool(x: jax.Array, factor: int) -> jax.Array:

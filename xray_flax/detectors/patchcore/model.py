@@ -14,9 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from xray_flax.detectors.padim.model import upsample_nearest
 from xray_flax.nn import knn
-from xray_flax.nn.anomaly_maps import gaussian_blur, upsample_bilinear
+from xray_flax.nn.anomaly_maps import gaussian_blur, upsample_bilinear, upsample_nearest
 
 UPSAMPLE = ("nearest", "bilinear")
 

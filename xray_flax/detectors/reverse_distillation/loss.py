@@ -26,8 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from xray_flax.detectors.highpass.filters import gaussian_reflect
 from xray_flax.nn.anomaly_maps import gaussian_blur
+from xray_flax.nn.filters import gaussian_reflect
 
 MAP_MODES = ("add", "multiply")
 BLUR_BORDERS = ("torch", "scipy")

@@ -1,4 +1,9 @@
-"""Separable Gaussian and box filters with scipy's 'reflect' borders, for NHWC batches."""
+"""Separable Gaussian and box filters with scipy's 'reflect' borders, for NHWC batches.
+
+Shared: the high-pass reference detector's local energy, and Reverse Distillation's
+`blur_border='scipy'` map blur (the original code's scipy.ndimage.gaussian_filter). The values
+equal scipy.ndimage.gaussian_filter / uniform_filter with mode='reflect' (tests/test_highpass.py).
+"""
 
 from __future__ import annotations
 
