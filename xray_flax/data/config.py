@@ -123,7 +123,7 @@ def defaults() -> ml_collections.ConfigDict:
     c.simulated.anomaly_contrast = 1.0
     # 'easy' (the default data: a smoke test, a hand-made score separates its anomalies) or
     # 'hard' (xray_flax/data/radiograph.py: a radiograph's imaging chain, normal structures
-    # that look like defects, small, thin and faint anomalies; configs/hard.py). [ours, issue 15]
+    # that look like defects, small, thin and faint anomalies; configs/hard.py). [ours, docs/data.md]
     c.simulated.difficulty = "easy"
     # Hard setting only: scratches (thin partial losses) and old fillings (texture changes).
     c.simulated.scratches = 0

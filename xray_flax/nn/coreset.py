@@ -11,7 +11,7 @@ greedy k-centre rule (Gonzalez 1985; Sener & Savarese 2018 as PatchCore cites): 
 point, then repeatedly add the point farthest from the chosen ones. Its coverage radius (the
 largest distance of any feature to its nearest chosen one) is at most twice the optimum. It
 needs all N features at once: anomalib stacks them (N x 1536 x 4 bytes; ~300 GB for the
-paper's data, REFERENCE.md section 7). Start point: anomalib draws it at random, here it is the
+paper's data, docs/papers.md, "PatchCore and PaDiM"). Start point: anomalib draws it at random, here it is the
 first valid point (deterministic, no key) [ours].
 
 **Bounded memory** [ours, from published parts]: a chain of merge-and-reduce steps (the

@@ -1,7 +1,7 @@
 """Normalising-flow coupling blocks on NHWC feature maps: FastFlow's and CS-Flow's.
 
-No maintained JAX/Flax library has these (REFERENCE.md section 6), so they are written here
-after the PyTorch code the two detectors are known by:
+No maintained JAX/Flax library has these (docs/papers.md, "The JAX libraries"), so they are
+written here after the PyTorch code the two detectors are known by:
 
 * `AllInOneBlock`: FrEIA's AllInOneBlock as FastFlow uses it (vendored in anomalib 2.7 as
   anomalib/models/components/flow/all_in_one_block.py, built by

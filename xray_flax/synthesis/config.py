@@ -86,7 +86,7 @@ def defaults() -> ml_collections.ConfigDict:
     # --- X-ray defects (xray_defects.py) ----------------------------------------
     # Share of the anomalous samples that get an X-ray defect (a density change: a soft
     # darker or brighter Perlin region, thin lines, small spots) instead of a pasted texture.
-    # [ours, issue 15: X-ray defects are density changes, not textures] 0 keeps DRAEM's
+    # [ours: X-ray defects are density changes, not textures; docs/results.md measures them] 0 keeps DRAEM's
     # generator, as the paper (configs/paper.py) and DRAEM configs are.
     c.xray_defect_probability = 0.0
     # Kinds drawn uniformly. [ours; see xray_defects.py]

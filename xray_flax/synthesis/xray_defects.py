@@ -1,4 +1,4 @@
-"""Synthetic anomalies fitted to X-radiographs: density changes, not pasted textures (issue 15).
+"""Synthetic anomalies fitted to X-radiographs: density changes, not pasted textures.
 
 DRAEM pastes a DTD texture into a Perlin blob. A defect in an X-radiograph of a painting is a
 change of the density along the ray: a paint loss or a lacuna lets more radiation through

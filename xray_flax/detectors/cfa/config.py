@@ -2,7 +2,7 @@
 
 Sources: [paper] Lee, Lee, Song, IEEE Access 2022 (arXiv 2206.04325); [original code]
 sungwool/CFA_for_anomaly_localization; [anomalib] anomalib 2.7 models/image/cfa; [ours] this
-project's choice. REFERENCE.md sections 3 and 7.
+project's choice. Settings of each source: docs/papers.md, "The baselines".
 """
 
 from __future__ import annotations

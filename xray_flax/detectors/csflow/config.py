@@ -4,8 +4,8 @@ Sources: [paper] M. Rudolph, T. Wehrbein, B. Rosenhahn, B. Wandt, "Fully Convolu
 Cross-Scale-Flows for Image-based Defect Detection", WACV 2022 (arXiv 2110.02855);
 [original] the authors' code, marco-rudolph/cs-flow (config.py, model.py, freia_funcs.py,
 train.py, utils.py, evaluate.py); [anomalib] anomalib 2.7 (models/image/csflow: torch_model.py,
-loss.py, anomaly_map.py, lightning_model.py); [ours] this project's choice. REFERENCE.md
-sections 3 and 7.
+loss.py, anomaly_map.py, lightning_model.py); [ours] this project's choice. Settings of each
+source: docs/papers.md, "The baselines".
 """
 
 from __future__ import annotations

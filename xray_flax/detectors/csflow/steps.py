@@ -8,8 +8,8 @@ Variables:
 
 The backbone always runs in inference mode (BatchNorm running statistics, which never
 change): `Backbone.features` has no training mode. [original, anomalib: the extractor in eval
-mode; REFERENCE.md section 7 lists anomalib issue #2965, NaN batch statistics in CS-Flow's B5
-extractor, which cannot arise here]
+mode; a bug reported to anomalib, NaN batch statistics in CS-Flow's B5 extractor left in train
+mode, cannot arise here]
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Config sections owned by the DRAEM detector: `model`, `loss`, `optim`, `synthesis`.
 
-Sources: [paper] Mezina et al., npj Heritage Science 2025 (REFERENCE.md section 1);
+Sources: [paper] Mezina, Burget, Kotrlý, npj Heritage Science 2025 (docs/papers.md, "The X-ray paper");
 [DRAEM] Zavrtanik et al., ICCV 2021 and its code VitjanZ/DRAEM; [ours] this project's choice.
 """
 

@@ -12,7 +12,7 @@ the shared loop fits a score normalisation on normal validation tiles.
 
 What is whose. [paper] 2-D flows on the features of a frozen backbone, 8 steps alternating
 3x3 and 1x1 subnets for ResNet-18, the likelihood map upsampled to the image. [anomalib 2.7]
-everything concrete, which the X-ray paper's benchmark used (REFERENCE.md sections 3, 7):
+everything concrete, which the X-ray paper's benchmark used (docs/papers.md, "The baselines"):
 ResNet-18 layers 1-3, a trainable LayerNorm over [C, H, W] per tap, FrEIA's AllInOneBlock
 (affine clamp 2, soft tanh clamp of 0.1 x the subnet output, SOFTPLUS global affine starting
 at 1, a hard random permutation, no reverse permutation), subnets conv-ReLU-conv with

@@ -4,7 +4,7 @@ Sources: [paper] J. Yu, Y. Zheng, X. Wang, W. Li, Y. Wu, R. Zhao, L. Wu, "FastFl
 Anomaly Detection and Localization via 2D Normalizing Flows", arXiv 2111.07677 (2021);
 [anomalib] anomalib 2.7 (models/image/fastflow: torch_model.py, loss.py, anomaly_map.py,
 lightning_model.py; FrEIA's AllInOneBlock vendored in models/components/flow); [ours] this
-project's choice. REFERENCE.md sections 3 and 7.
+project's choice. Settings of each source: docs/papers.md, "The baselines".
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 Sources: [paper] Defard et al., ICPR-W 2021 (arXiv 2011.08785); [original code]
 xiahaifeng1995/PaDiM-Anomaly-Detection-Localization-master; [anomalib] anomalib 2.7
-models/image/padim; [ours] this project's choice. REFERENCE.md sections 3 and 7.
+models/image/padim; [ours] this project's choice. Settings and memory of each source:
+docs/papers.md, "PatchCore and PaDiM".
 """
 
 from __future__ import annotations

@@ -11,9 +11,9 @@
 
 With a bank at least as large as the training patches this is the exact nearest-neighbour
 search over every raw training patch (tests/test_patch_nn.py checks it against scipy's cdist).
-Issue 15 measured this reference at ROC-AUC 0.755 on realistic simulated X-rays, beside a
-briefly trained paper model at 0.78: the floor learned detectors must clear. Sources: [ours];
-7 px from issue 15.
+On the hard simulated X-rays this reference reaches test ROC-AUC 0.757, above the paper's model
+(docs/results.md): the floor learned detectors must clear. Sources: [ours]; 7 px chosen by a
+measurement on the hard simulated set.
 """
 
 from __future__ import annotations

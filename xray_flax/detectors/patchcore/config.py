@@ -2,7 +2,7 @@
 
 Sources: [paper] Roth et al., CVPR 2022 (arXiv 2106.08265); [original code]
 amazon-science/patchcore-inspection; [anomalib] anomalib 2.7 models/image/patchcore; [ours]
-this project's choice. REFERENCE.md sections 3 and 7.
+this project's choice. Settings and memory of each source: docs/papers.md, "PatchCore and PaDiM".
 """
 
 from __future__ import annotations

@@ -11,9 +11,10 @@ validation tiles.
     steps.py    train step, anomaly map, preview images
     config.py   the `model`, `loss` and `optim` sections, each knob with its source
 
-What is whose. The ICPR-W paper's text is not available to us (REFERENCE.md section 5): only
-its abstract, its protocol (one-class MNIST / Fashion-MNIST, AUROC per class; MVTec AD) and
-the authors' closely related PIADE code (IJNS 2020, MIT licence, same abstract). So:
+What is whose. The ICPR-W paper's text could not be read (docs/papers.md, "The pyramidal
+autoencoder"): only its abstract, its protocol (one-class MNIST / Fashion-MNIST, AUROC per
+class; MVTec AD) and the authors' closely related PIADE code (IJNS 2020, MIT licence, same
+abstract). So:
 
 * from PIADE: the idea of pyramid-pooling branches on the last encoder map, each an adaptive
   average pool, a 1x1 conv without bias to C/1, C/2, C/4, C/8 channels, BN and ReLU; training

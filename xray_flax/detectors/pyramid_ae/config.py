@@ -1,7 +1,7 @@
 """Config sections owned by the pyramidal autoencoder: `model`, `loss`, `optim`.
 
 Sources: [PIADE] the authors' related code (Mishra, Piciarelli, Foresti; pankajmishra000/PIADE,
-REFERENCE.md section 5); [PSPNet] Zhao et al., CVPR 2017, whose pyramid pooling PIADE's
+docs/papers.md, "The pyramidal autoencoder"); [PSPNet] Zhao et al., CVPR 2017, whose pyramid pooling PIADE's
 branches come from; [ours] this project's choice. The ICPR-W 2021 paper gives no setting we
 can read, so none is attributed to it.
 """

@@ -2,8 +2,8 @@
 
 Sources: [paper] Deng & Li, "Anomaly Detection via Reverse Distillation from One-Class
 Embedding", CVPR 2022; [original code] hq-deng/RD4AD (MIT); [anomalib] anomalib 2.7
-models/image/reverse_distillation (Apache-2.0); [ours] this project's choice. REFERENCE.md
-sections 3 and 7. The defaults are the paper's / anomalib's WRN50-2 model; configs/
+models/image/reverse_distillation (Apache-2.0); [ours] this project's choice. Settings of each
+source: docs/papers.md, "The baselines". The defaults are the paper's / anomalib's WRN50-2 model; configs/
 reverse_distillation_cpu.py puts it on EfficientNet-Lite0 for 2 CPU cores.
 """
 

@@ -3,7 +3,7 @@
 Sources: [paper] G. Wang, S. Han, E. Ding, D. Huang, "Student-Teacher Feature Pyramid
 Matching for Anomaly Detection", BMVC 2021 (arXiv 2103.04257); [anomalib] anomalib 2.7
 (models/image/stfpm: torch_model.py, loss.py, anomaly_map.py, lightning_model.py);
-[ours] this project's choice. REFERENCE.md sections 3 and 7.
+[ours] this project's choice. Settings of each source: docs/papers.md, "The baselines".
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def defaults() -> ml_collections.ConfigDict:
     loss = ml_collections.ConfigDict()
     # Per-layer factor on the summed squared difference of the L2-normalised features, which
     # is divided by that layer's h * w. [anomalib: 0.5 / (h w); paper: the mean over the
-    # positions of each image (REFERENCE.md: factor 1; a factor 1/2 only rescales the loss,
+    # positions of each image (factor 1, docs/papers.md; a factor 1/2 only rescales the loss,
     # which under SGD acts as half the learning rate)]
     loss.layer_scale = 0.5
     # How the images of a batch combine: 'sum' = anomalib's MSELoss(reduction='sum'), which
