@@ -97,7 +97,7 @@ def _config(model: str, patch: int, batch: int, bank: int | None, chunk: int | N
 
 def synthetic_tiles(rng: np.random.Generator, batch: int, patch: int) -> np.ndarray:
     """[batch, patch, patch, 1] float32 in [0, 1]: smooth noise at two scales."""
-    from xray_flax.data.simulate import smooth_noise
+    from xray_flax.data.sim_primitives import smooth_noise
 
     tiles = [
         0.5 + 0.15 * smooth_noise(rng, (patch, patch), 16.0) + 0.05 * smooth_noise(rng, (patch, patch), 3.0)

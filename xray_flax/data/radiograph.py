@@ -38,7 +38,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from xray_flax.data import simulate
+from xray_flax.data import sim_primitives
 
 # Attenuation (mu * t, dimensionless) of each layer where it is at its usual thickness. Paint
 # ranges over [0, LEAD_WHITE] with the composition's lead-white density.
@@ -61,8 +61,8 @@ def _soft_band(coordinate: np.ndarray, start: float, width: float, edge: float =
 def _grain_along(rng, shape, axis: int) -> np.ndarray:
     """Wood grain whose rings run along `axis` (0: vertical rings, 1: horizontal)."""
     if axis == 0:
-        return simulate.wood_panel(rng, shape)
-    return simulate.wood_panel(rng, shape[::-1]).T.copy()
+        return sim_primitives.wood_panel(rng, shape)
+    return sim_primitives.wood_panel(rng, shape[::-1]).T.copy()
 
 
 def cradle(rng, shape) -> np.ndarray:
@@ -106,7 +106,7 @@ def stretcher(rng, shape, margin: float) -> tuple[np.ndarray, np.ndarray]:
         points += [(my + inset * h, x), (h - my - inset * h, x)]
     for cy, cx in points:
         cy, cx = cy + rng.normal(0, 2), cx + rng.normal(0, 1.5)
-        sl, region = simulate.blob(rng, shape, cy, cx, rng.uniform(1.8, 3.0), roughness=0.1)
+        sl, region = sim_primitives.blob(rng, shape, cy, cx, rng.uniform(1.8, 3.0), roughness=0.1)
         tacks[sl] = np.maximum(tacks[sl], region * METAL * rng.uniform(0.4, 0.8))
     return WOOD_BAR * 1.4 * wood, tacks
 
@@ -133,7 +133,7 @@ def add_loss(rng, attenuation, layers, mask):
     """Paint (and ground) partly or wholly gone: A drops by a share of the layers above the
     support."""
     cy, cx = _random_centre(rng, attenuation.shape)
-    sl, region = simulate.blob(rng, attenuation.shape, cy, cx, _log_uniform(rng, 2, 20), roughness=0.45)
+    sl, region = sim_primitives.blob(rng, attenuation.shape, cy, cx, _log_uniform(rng, 2, 20), roughness=0.45)
     depth = _log_uniform(rng, 0.15, 1.0)
     _where(attenuation, mask, sl, region, attenuation[sl] - depth * layers[sl])
 
@@ -146,7 +146,7 @@ def add_scratch(rng, attenuation, layers, mask):
         angle += rng.normal(0, 0.35)
         length = rng.uniform(8, 35)
         ny, nx = y + length * np.sin(angle), x + length * np.cos(angle)
-        sl, dist = simulate.segment_distance(attenuation.shape, y, x, ny, nx, width)
+        sl, dist = sim_primitives.segment_distance(attenuation.shape, y, x, ny, nx, width)
         region = dist <= width / 2
         _where(attenuation, mask, sl, region, attenuation[sl] - depth * layers[sl])
         y, x = ny, nx
@@ -157,21 +157,21 @@ def add_filling(rng, attenuation, layers, support, mask):
     close to the surroundings' average (within +-12 %)."""
     cy, cx = _random_centre(rng, attenuation.shape)
     radius = rng.uniform(5, 18)
-    sl, region = simulate.blob(rng, attenuation.shape, cy, cx, radius, roughness=0.3)
+    sl, region = sim_primitives.blob(rng, attenuation.shape, cy, cx, radius, roughness=0.3)
     around = _local_mean(layers, sl, radius)
-    filler = around * rng.uniform(0.88, 1.12) * (1 + 0.01 * simulate.smooth_noise(rng, around.shape, 8.0))
+    filler = around * rng.uniform(0.88, 1.12) * (1 + 0.01 * sim_primitives.smooth_noise(rng, around.shape, 8.0))
     _where(attenuation, mask, sl, region, support[sl] + filler)
 
 
 def add_inclusion(rng, attenuation, mask):
     """A dense grain or drip in the paint (lead white, a filler with lead): a small bright spot."""
     cy, cx = _random_centre(rng, attenuation.shape)
-    sl, region = simulate.blob(rng, attenuation.shape, cy, cx, _log_uniform(rng, 1.5, 6), roughness=0.25)
+    sl, region = sim_primitives.blob(rng, attenuation.shape, cy, cx, _log_uniform(rng, 1.5, 6), roughness=0.25)
     _where(attenuation, mask, sl, region, attenuation[sl] + _log_uniform(rng, 0.1, 1.2))
 
 
 def _add_metal_segment(attenuation, mask, y0, x0, y1, x1, width, amount):
-    sl, dist = simulate.segment_distance(attenuation.shape, y0, x0, y1, x1, width)
+    sl, dist = sim_primitives.segment_distance(attenuation.shape, y0, x0, y1, x1, width)
     region = dist <= width / 2
     _where(attenuation, mask, sl, region, attenuation[sl] + amount)
 
@@ -181,10 +181,10 @@ def add_nail(rng, attenuation, mask):
     cy, cx = _random_centre(rng, attenuation.shape, 0.05)
     amount = METAL * rng.uniform(0.6, 1.2)
     if rng.uniform() < 0.5:  # pin: 1-2.5 px, nothing else
-        sl, region = simulate.blob(rng, attenuation.shape, cy, cx, rng.uniform(1.0, 2.5), roughness=0.05)
+        sl, region = sim_primitives.blob(rng, attenuation.shape, cy, cx, rng.uniform(1.0, 2.5), roughness=0.05)
         _where(attenuation, mask, sl, region, attenuation[sl] + amount)
         return
-    sl, region = simulate.blob(rng, attenuation.shape, cy, cx, rng.uniform(2.5, 6), roughness=0.05)
+    sl, region = sim_primitives.blob(rng, attenuation.shape, cy, cx, rng.uniform(2.5, 6), roughness=0.05)
     _where(attenuation, mask, sl, region, attenuation[sl] + amount)
     angle, length = rng.uniform(0, 2 * np.pi), rng.uniform(8, 30)
     end_y, end_x = cy + length * np.sin(angle), cx + length * np.cos(angle)
@@ -267,21 +267,23 @@ def simulate_scan(params, index: int):
     if support_kind == "mixed":
         support_kind = "panel" if index % 2 == 0 else "canvas"
     if support_kind == "panel":
-        support = PANEL * (1 + 0.06 * simulate.wood_panel(rng, shape)) + cradle(rng, shape)
-        support += PANEL * 0.08 * simulate.knots(rng, shape, int(rng.integers(1, 4)))
+        support = PANEL * (1 + 0.06 * sim_primitives.wood_panel(rng, shape)) + cradle(rng, shape)
+        support += PANEL * 0.08 * sim_primitives.knots(rng, shape, int(rng.integers(1, 4)))
         tacks = np.zeros(shape, np.float32)
     else:
-        support = CANVAS * (1 + 0.4 * simulate.canvas_weave(rng, shape))
+        support = CANVAS * (1 + 0.4 * sim_primitives.canvas_weave(rng, shape))
         bars, tacks = stretcher(rng, shape, params.margin)
         support = support + bars
-    ground = GROUND * (1 + 0.05 * simulate.smooth_noise(rng, shape, 200.0) + 0.03 * simulate.brushwork(rng, shape))
-    paint = simulate.composition(rng, shape)
-    strokes = simulate.brushwork(rng, shape)
-    earlier = simulate.composition(rng, shape)  # a faint earlier composition (pentimento)
+    ground = GROUND * (
+        1 + 0.05 * sim_primitives.smooth_noise(rng, shape, 200.0) + 0.03 * sim_primitives.brushwork(rng, shape)
+    )
+    paint = sim_primitives.composition(rng, shape)
+    strokes = sim_primitives.brushwork(rng, shape)
+    earlier = sim_primitives.composition(rng, shape)  # a faint earlier composition (pentimento)
     lead = LEAD_WHITE * (paint * (1 + 0.12 * strokes) + 0.1 * (earlier - earlier.mean()))
-    area = h * w / (simulate.REFERENCE_HEIGHT * simulate.REFERENCE_WIDTH)
-    lead += LEAD_WHITE * simulate.highlights(rng, shape, paint, max(int(round(60 * area)), 1))
-    cracks = simulate.craquelure(rng, shape, cell=rng.uniform(25, 50))
+    area = h * w / (sim_primitives.REFERENCE_HEIGHT * sim_primitives.REFERENCE_WIDTH)
+    lead += LEAD_WHITE * sim_primitives.highlights(rng, shape, paint, max(int(round(60 * area)), 1))
+    cracks = sim_primitives.craquelure(rng, shape, cell=rng.uniform(25, 50))
     layers = np.maximum(ground + lead - 0.25 * cracks * (ground + lead) * rng.uniform(0.5, 1.0), 0.0)
     attenuation = (support + layers + tacks).astype(np.float32)
 
@@ -303,7 +305,7 @@ def simulate_scan(params, index: int):
     if params.anomaly_contrast != 1.0:
         attenuation = painting + np.float32(params.anomaly_contrast) * (attenuation - painting)
 
-    outside = simulate.film_margin(shape, params.margin)
+    outside = sim_primitives.film_margin(shape, params.margin)
     attenuation[outside] = 0.0
     mask[outside] = False
     return digitise(imaging_rng, expose(imaging_rng, attenuation, outside)), mask

@@ -34,10 +34,10 @@ from PIL import Image
 from scipy import ndimage
 
 from xray_flax import files
+from xray_flax.data import radiograph, sim_primitives
 
 # Bump when the generator changes so cached scans are regenerated.
 GENERATOR_VERSION = 3
-REFERENCE_HEIGHT, REFERENCE_WIDTH = 1280, 1024
 DIFFICULTIES = ("easy", "hard")
 ANOMALY_KINDS = ("paint_losses", "scratches", "fillings", "white_spots", "nails", "foreign_objects")
 
@@ -106,7 +106,7 @@ class SimulationParams:
         counts = {k: getattr(self, k) for k in ANOMALY_KINDS}
         if not self.scale_counts_to_area:
             return counts
-        ratio = self.height * self.width / (REFERENCE_HEIGHT * REFERENCE_WIDTH)
+        ratio = self.height * self.width / (sim_primitives.REFERENCE_HEIGHT * sim_primitives.REFERENCE_WIDTH)
         return {k: (max(1, int(round(n * ratio))) if n > 0 else 0) for k, n in counts.items()}
 
     def fingerprint(self) -> str:
@@ -119,172 +119,14 @@ class SimulationParams:
 
 
 # ------------------------------------------------------------------------------------------
-# Building blocks (pure given the rng).
-
-
-def _upsampling_matrix(n_out: int, n_coarse: int, cell: float, offset: float) -> np.ndarray:
-    """[n_out, n_coarse] Gaussian interpolation weights (rows sum to 1): coarse node j sits at
-    pixel (j - 1) * cell - offset."""
-    pos = (np.arange(n_out, dtype=np.float32) + offset)[:, None] / cell + 1.0
-    d = pos - np.arange(n_coarse, dtype=np.float32)[None, :]
-    weights = np.exp(-0.5 * (d / 0.6) ** 2)
-    return weights / weights.sum(axis=1, keepdims=True)
-
-
-def smooth_noise(rng: np.random.Generator, shape, cell: float) -> np.ndarray:
-    """Zero-mean, unit-std smooth noise with features about `cell` pixels across.
-
-    A coarse random grid is upsampled by separable Gaussian interpolation written as two small
-    matrix products (rows x grid x columns): ~100x faster than filtering full-size noise."""
-    h, w = shape
-    gh, gw = int(np.ceil(h / cell)) + 3, int(np.ceil(w / cell)) + 3
-    coarse = rng.standard_normal((gh, gw)).astype(np.float32)
-    rows = _upsampling_matrix(h, gh, cell, rng.uniform(0, cell))
-    cols = _upsampling_matrix(w, gw, cell, rng.uniform(0, cell))
-    out = rows @ coarse @ cols.T
-    out -= out.mean()
-    return out / (out.std() + 1e-6)
-
-
-def wood_panel(rng, shape) -> np.ndarray:
-    """Vertical boards: growth rings (sinusoids warped by smooth noise) with a period and slant
-    per board, and joins between boards (thin dark gap, denser glue/filler rim)."""
-    h, w = shape
-    n_boards = int(rng.integers(2, 5))
-    edges = np.sort(rng.uniform(0.15, 0.85, n_boards - 1)) * w
-    xs = np.arange(w, dtype=np.float32)
-    board = np.searchsorted(edges, xs)
-    period = rng.uniform(6.0, 14.0, n_boards).astype(np.float32)[board]
-    slope = rng.uniform(-0.03, 0.03, n_boards).astype(np.float32)[board]
-    phase = rng.uniform(0, 2 * np.pi, n_boards).astype(np.float32)[board]
-    ys = np.arange(h, dtype=np.float32)[:, None]
-    warp = smooth_noise(rng, shape, 90.0) * 6.0 + smooth_noise(rng, shape, 400.0) * 25.0
-    rings = np.sin((xs[None, :] + slope[None, :] * ys + warp) * (2 * np.pi / period)[None, :] + phase[None, :])
-    out = 0.5 * rings**3  # cubed: sharp late-wood lines on a smoother early-wood background
-    for e in edges:
-        d = np.abs(xs - e)
-        out += (-1.2 * np.exp(-((d / 1.5) ** 2)) + 0.5 * np.exp(-(((d - 4) / 2.0) ** 2)))[None, :]
-    return out.astype(np.float32)
-
-
-def canvas_weave(rng, shape) -> np.ndarray:
-    """Plain weave: crossing threads with irregular spacing (thread density varies)."""
-    h, w = shape
-    period = rng.uniform(5.0, 9.0)
-    jy = np.cumsum(1 + 0.15 * smooth_noise(rng, (h, 1), 40.0)[:, 0])
-    jx = np.cumsum(1 + 0.15 * smooth_noise(rng, (1, w), 40.0)[0, :])
-    warp_threads = np.sin(2 * np.pi * jx / period)[None, :]
-    weft_threads = np.sin(2 * np.pi * jy / period)[:, None]
-    return (0.5 * (warp_threads + weft_threads) + 0.5 * warp_threads * weft_threads).astype(np.float32)
-
-
-def composition(rng, shape) -> np.ndarray:
-    """Lead-white density in [0, 1]: a few figures (soft blobs), a light sky gradient and
-    drapery folds, the way lead white concentrates in flesh, sky and highlights."""
-    h, w = shape
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    density = 0.35 + 0.25 * (1 - yy / h) * rng.uniform(0.3, 1.0)  # sky lighter at the top
-    blobby = smooth_noise(rng, shape, min(h, w) / 6)
-    for _ in range(int(rng.integers(3, 7))):  # figures / objects
-        cy, cx = rng.uniform(0.1, 0.9) * h, rng.uniform(0.1, 0.9) * w
-        ry, rx = rng.uniform(0.06, 0.25) * h, rng.uniform(0.04, 0.15) * w
-        r = np.sqrt(((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2) + 0.25 * blobby
-        density += rng.uniform(-0.25, 0.35) * (1 / (1 + np.exp(np.minimum((r - 1) * 8, 50))))
-    folds = np.sin(
-        2 * np.pi * (xx * rng.uniform(-1, 1) + yy) / rng.uniform(25, 60) + 3 * smooth_noise(rng, shape, 120.0)
-    )
-    drapery = 1 / (1 + np.exp(-(smooth_noise(rng, shape, min(h, w) / 4) - 0.8) * 4))
-    density += 0.08 * folds * drapery
-    return np.clip(density, 0.0, 1.0).astype(np.float32)
-
-
-def brushwork(rng, shape) -> np.ndarray:
-    """Directional streaks: noise smeared along strokes whose direction varies by region."""
-    noise = rng.standard_normal(shape).astype(np.float32)
-    # Box smears (one pass each) are several times cheaper than 2-D Gaussians and look alike
-    # once blended.
-    horizontal = ndimage.uniform_filter1d(noise, 13, axis=1)
-    vertical = ndimage.uniform_filter1d(noise, 13, axis=0)
-    mix = 1 / (1 + np.exp(-2 * smooth_noise(rng, shape, 150.0)))
-    strokes = mix * horizontal + (1 - mix) * vertical
-    return strokes / (strokes.std() + 1e-6)
-
-
-def craquelure(rng, shape, cell: float) -> np.ndarray:
-    """Crack network in [0, 1]: borders of jittered Voronoi cells (age cracks split the paint
-    into roughly polygonal islands), some cracks fainter than others.
-
-    Computed at half resolution (the nearest-seed transform dominates the cost) and upsampled,
-    which also makes the cracks 2 px wide, about what a radiograph resolves."""
-    h, w = shape
-    hh, hw = (h + 1) // 2, (w + 1) // 2
-    n = max(int(hh * hw / (cell / 2) ** 2), 4)
-    seeds = np.zeros((hh, hw), np.int32)
-    seeds[rng.integers(0, hh, n), rng.integers(0, hw, n)] = np.arange(1, n + 1)
-    _, (iy, ix) = ndimage.distance_transform_edt(seeds == 0, return_indices=True)
-    # Warp the lookup so cell borders wiggle like real cracks instead of straight lines.
-    jy = np.clip(iy + (1.5 * smooth_noise(rng, (hh, hw), 6.0)).astype(np.int32), 0, hh - 1)
-    jx = np.clip(ix + (1.5 * smooth_noise(rng, (hh, hw), 6.0)).astype(np.int32), 0, hw - 1)
-    label = seeds[jy, jx]
-    edge = np.zeros((hh, hw), bool)
-    edge[:, 1:] |= label[:, 1:] != label[:, :-1]
-    edge[1:, :] |= label[1:, :] != label[:-1, :]
-    strength = rng.uniform(0.3, 1.0, n + 1).astype(np.float32)[label] * edge
-    return np.repeat(np.repeat(strength, 2, axis=0), 2, axis=1)[:h, :w]
-
-
-def highlights(rng, shape, paint, count: int) -> np.ndarray:
-    """Normal bright features: short impasto highlight strokes of lead white (on faces,
-    folds, jewels), denser where there is already paint. They are why "bright" alone is not
-    "anomalous": the model has to learn which bright shapes belong to the painting."""
-    h, w = shape
-    out = np.zeros(shape, np.float32)
-    weights = paint.ravel() ** 2
-    picks = rng.choice(h * w, size=count, p=weights / weights.sum())
-    for flat in picks:
-        cy, cx = divmod(int(flat), w)
-        angle, length = rng.uniform(0, np.pi), rng.uniform(8, 30)
-        width = rng.uniform(2, 5)
-        dy, dx = np.sin(angle) * length / 2, np.cos(angle) * length / 2
-        (sy, sx), dist = segment_distance(shape, cy - dy, cx - dx, cy + dy, cx + dx, width * 2)
-        out[sy, sx] += rng.uniform(0.05, 0.14) * np.exp(-((dist / (width / 2)) ** 2))
-    return out
-
-
-def knots(rng, shape, count: int) -> np.ndarray:
-    """Normal panel features: knots, elliptical ring patterns where a branch grew."""
-    h, w = shape
-    out = np.zeros(shape, np.float32)
-    for _ in range(count):
-        cy, cx = rng.uniform(0.1, 0.9) * h, rng.uniform(0.1, 0.9) * w
-        ry, rx = rng.uniform(12, 30), rng.uniform(6, 14)
-        r = int(3 * max(ry, rx))
-        y0, y1, x0, x1 = max(int(cy) - r, 0), min(int(cy) + r, h), max(int(cx) - r, 0), min(int(cx) + r, w)
-        yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32)
-        d = np.sqrt(((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2)
-        out[y0:y1, x0:x1] += np.exp(-d) * (0.6 * np.cos(2 * np.pi * d * 2.5) - 0.4)
-    return out
-
-
-# ------------------------------------------------------------------------------------------
 # Anomalies: each returns (new attenuation image, boolean mask of the changed pixels).
-
-
-def blob(rng, shape, cy, cx, radius, roughness=0.35):
-    h, w = shape
-    r = int(radius * 1.6) + 2
-    y0, y1, x0, x1 = max(int(cy) - r, 0), min(int(cy) + r, h), max(int(cx) - r, 0), min(int(cx) + r, w)
-    yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32)
-    d = np.sqrt((yy - cy) ** 2 + (xx - cx) ** 2) / radius
-    rough = smooth_noise(rng, (y1 - y0, x1 - x0), max(radius / 2.5, 2.0)) * roughness
-    return (slice(y0, y1), slice(x0, x1)), d + rough < 1.0
 
 
 def add_paint_loss(rng, image, support_only, mask):
     """Paint and ground gone: the region drops to the bare support (very dark)."""
     h, w = image.shape
     cy, cx = rng.uniform(0.06, 0.94) * h, rng.uniform(0.06, 0.94) * w
-    (sy, sx), region = blob(rng, image.shape, cy, cx, rng.uniform(7, 28), roughness=0.5)
+    (sy, sx), region = sim_primitives.blob(rng, image.shape, cy, cx, rng.uniform(7, 28), roughness=0.5)
     # Losses range from a thinned paint layer to bare support.
     depth = rng.uniform(0.55, 1.0)
     lost = image[sy, sx] - depth * (image[sy, sx] - support_only[sy, sx])
@@ -296,27 +138,13 @@ def add_white_spot(rng, image, mask):
     """Dense lead-white spot (drip, old filling) where the composition has none."""
     h, w = image.shape
     cy, cx = rng.uniform(0.06, 0.94) * h, rng.uniform(0.06, 0.94) * w
-    (sy, sx), region = blob(rng, image.shape, cy, cx, rng.uniform(4, 12), roughness=0.25)
+    (sy, sx), region = sim_primitives.blob(rng, image.shape, cy, cx, rng.uniform(4, 12), roughness=0.25)
     image[sy, sx] = np.where(region, np.maximum(image[sy, sx] + rng.uniform(0.18, 0.45), 0.7), image[sy, sx])
     mask[sy, sx] |= region
 
 
-def segment_distance(shape, y0, x0, y1, x1, reach):
-    """(box slices, distance of each box pixel to the segment) for the box around the segment
-    grown by `reach` pixels (empty when the segment lies outside the image)."""
-    h, w = shape
-    pad = int(reach) + 2
-    by0, by1 = max(int(min(y0, y1)) - pad, 0), min(int(max(y0, y1)) + pad, h)
-    bx0, bx1 = max(int(min(x0, x1)) - pad, 0), min(int(max(x0, x1)) + pad, w)
-    by1, bx1 = max(by1, by0), max(bx1, bx0)
-    yy, xx = np.mgrid[by0:by1, bx0:bx1].astype(np.float32)
-    dy, dx = y1 - y0, x1 - x0
-    t = np.clip(((yy - y0) * dy + (xx - x0) * dx) / max(dy * dy + dx * dx, 1e-6), 0, 1)
-    return (slice(by0, by1), slice(bx0, bx1)), np.hypot(yy - (y0 + t * dy), xx - (x0 + t * dx))
-
-
 def _segment(shape, y0, x0, y1, x1, width):
-    sl, dist = segment_distance(shape, y0, x0, y1, x1, width)
+    sl, dist = sim_primitives.segment_distance(shape, y0, x0, y1, x1, width)
     return sl, dist <= width / 2
 
 
@@ -332,7 +160,7 @@ def add_nail(rng, image, mask):
     cy, cx = rng.uniform(0.05, 0.95) * h, rng.uniform(0.05, 0.95) * w
     level = rng.uniform(0.9, 0.98)
     head = rng.uniform(3.5, 8)
-    sl, region = blob(rng, image.shape, cy, cx, head, roughness=0.05)
+    sl, region = sim_primitives.blob(rng, image.shape, cy, cx, head, roughness=0.05)
     _paint_metal(image, mask, sl, region, level)
     angle, length = rng.uniform(0, 2 * np.pi), rng.uniform(12, 40)
     sl, region = _segment(
@@ -382,20 +210,9 @@ def add_foreign_object(rng, image, mask):
 # One scan.
 
 
-def film_margin(shape: tuple[int, int], margin: float) -> np.ndarray:
-    """Boolean [h, w] mask of the film outside the painting: a border of `margin` x the side."""
-    h, w = shape
-    my, mx = int(margin * h), int(margin * w)
-    outside = np.ones(shape, bool)
-    outside[my : h - my, mx : w - mx] = False
-    return outside
-
-
 def simulate_scan(params: SimulationParams, index: int):
     """(uint16 [H, W] radiograph, bool [H, W] anomaly mask) for scan `index`."""
     if params.difficulty == "hard":
-        from xray_flax.data import radiograph  # pylint: disable=g-import-not-at-top (it imports this module)
-
         return radiograph.simulate_scan(params, index)
     # Separate streams for the painting, the anomalies and the noise: the same painting with
     # and without anomalies differs only inside the masks (plus the blur's reach).
@@ -405,17 +222,19 @@ def simulate_scan(params: SimulationParams, index: int):
     support_kind = params.support
     if support_kind == "mixed":
         support_kind = "panel" if index % 2 == 0 else "canvas"
-    support = wood_panel(rng, shape) if support_kind == "panel" else canvas_weave(rng, shape)
+    support = (
+        sim_primitives.wood_panel(rng, shape) if support_kind == "panel" else sim_primitives.canvas_weave(rng, shape)
+    )
     support_level = 0.16 + 0.03 * support  # wood or canvas alone: dark
-    ground = 0.08 + 0.01 * smooth_noise(rng, shape, 200.0)
-    paint = composition(rng, shape)
-    strokes = brushwork(rng, shape)
-    cracks = craquelure(rng, shape, cell=rng.uniform(25, 50))
+    ground = 0.08 + 0.01 * sim_primitives.smooth_noise(rng, shape, 200.0)
+    paint = sim_primitives.composition(rng, shape)
+    strokes = sim_primitives.brushwork(rng, shape)
+    cracks = sim_primitives.craquelure(rng, shape, cell=rng.uniform(25, 50))
     image = support_level + ground + 0.45 * paint * (1 + 0.12 * strokes) - 0.07 * cracks * (0.3 + paint)
-    area = h * w / (REFERENCE_HEIGHT * REFERENCE_WIDTH)
-    image += highlights(rng, shape, paint, max(int(round(60 * area)), 1))
+    area = h * w / (sim_primitives.REFERENCE_HEIGHT * sim_primitives.REFERENCE_WIDTH)
+    image += sim_primitives.highlights(rng, shape, paint, max(int(round(60 * area)), 1))
     if support_kind == "panel":
-        image += 0.04 * knots(rng, shape, int(rng.integers(1, 4)))
+        image += 0.04 * sim_primitives.knots(rng, shape, int(rng.integers(1, 4)))
 
     mask = np.zeros(shape, bool)
     painting = image.copy() if params.anomaly_contrast != 1.0 else None
@@ -432,7 +251,7 @@ def simulate_scan(params: SimulationParams, index: int):
         image = painting + np.float32(params.anomaly_contrast) * (image - painting)
 
     # Film margin outside the panel: nothing attenuates, so it is nearly black.
-    outside = film_margin(shape, params.margin)
+    outside = sim_primitives.film_margin(shape, params.margin)
     image[outside] = 0.02
     mask[outside] = False
 

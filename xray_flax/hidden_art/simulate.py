@@ -70,7 +70,8 @@ from PIL import Image
 from scipy import ndimage
 
 from xray_flax import files
-from xray_flax.data.simulate import default_cache_root, is_complete, segment_distance, smooth_noise
+from xray_flax.data.sim_primitives import segment_distance, smooth_noise
+from xray_flax.data.simulate import default_cache_root, is_complete
 
 # Bump when the generator changes so cached scenes are regenerated.
 GENERATOR_VERSION = 1
