@@ -1,4 +1,4 @@
-"""Hidden-art extraction: the second family of xray_flax (ArtExtract, REFERENCE.md section 4).
+"""Hidden-art extraction: the second family of xray_flax (ArtExtract, docs/papers.md).
 
 Compares a painting's visible RGB image with its multispectral bands to find what lies under the
 visible surface: readers for multispectral layouts, simulated multispectral paintings with a

@@ -1,12 +1,12 @@
 """Multispectral data of the hidden-art family: N-channel band readers, the ArtExtract, CAVE and
-`.mat`-cube layouts, and augmentation shared by the RGB, the bands and the truth (issue 14, item 1).
+`.mat`-cube layouts, and augmentation shared by the RGB, the bands and the truth.
 
 A scene is the family's dict (see `xray_flax.hidden_art`): "name", "rgb" float32 [H, W, 3],
 "bands" float32 [H, W, B], optional "hidden" float32 [H, W] and "hidden_mask" bool [H, W].
 
 Public functions (the source of each choice in brackets)
 - `read_band(path)` -> float32 [H, W]: one band file (PNG/TIFF/BMP), 8- or 16-bit, kept at its
-  full range (uint8 / 255, uint16 / 65535) [REFERENCE.md section 4: the ArtExtract code divides
+  full range (uint8 / 255, uint16 / 65535) [docs/papers.md, "ArtExtract": its code divides
   by 255 twice; we divide once, by the file's own maximum]. RGB/RGBA files whose colour channels
   are equal are accepted as grey [ours: some CAVE bands are stored so]; unequal channels, float
   or 32-bit samples, truncated or unreadable files raise a DataError naming the file.
@@ -25,14 +25,14 @@ Public functions (the source of each choice in brackets)
 - `load_scene(record)` -> scene dict; sizes of bands, RGB and truth are checked against each other.
 - `augment(rng, scene, crop=None, flips=True, rot90=True)`: one random crop / flip / rotation,
   the same for every array of the scene [ours: ArtExtract flips the RGB but not its bands,
-  REFERENCE.md section 4].
+  docs/papers.md].
 - `default_band_selection(n_available, n_inputs=8)`, `to_batch(scenes)`.
 
 Layouts
-- ArtExtract [REFERENCE.md section 4]: `<root>/<split>/rgb_images/<stem>_RGB.<ext>` and
+- ArtExtract [docs/papers.md, "ArtExtract"]: `<root>/<split>/rgb_images/<stem>_RGB.<ext>` and
   `<root>/<split>/ms_masks/<stem>_ms_<i>.<png|tif|tiff|bmp>`, i = 1, 2, ... (zero padding
   accepted). Default bands: every index present in the split (1..8 for ArtExtract's data).
-- CAVE [REFERENCE.md section 4]: a folder per scene holding `<scene>_ms_01..31.png` (16-bit,
+- CAVE [Yasuma et al. 2010; docs/papers.md, "ArtExtract"]: a folder per scene holding `<scene>_ms_01..31.png` (16-bit,
   512x512) and `<scene>_RGB.bmp`; the files may sit in a nested folder of the same name
   (`balloons_ms/balloons_ms/...`, as CAVE's archive unpacks); both are searched. Default bands:
   8 evenly spaced of the 31, indices 1, 5, 10, 14, 18, 22, 27, 31 = 400, 440, 490, 530, 570,

@@ -1,5 +1,5 @@
 """Per-band dissimilarity of a painting's RGB and its multispectral bands: the plain baseline, the
-shared helpers of the pixel methods, and the 2024 tool's collage and overlay (issue 14, item 3).
+shared helpers of the pixel methods, and the 2024 tool's collage and overlay.
 
 Pure `jax.numpy` on batches of the family's data model (common.md): ``{"rgb": [N, H, W, 3],
 "bands": [N, H, W, B]}``, float32 in [0, 1]. Every function is jit-able (shapes are static).
@@ -25,7 +25,7 @@ Public functions and the source of each choice
   0 where all bands are equal (the reference's 1e-8 guard gives the same).
 - `collage(per_band, threshold, reference_quantile)` -> {"collage": int32 [N, H, W] band index of
   the largest difference, -1 where too weak; "strength"; "across_bands"}. THE FIX of the reference's
-  quirk (REFERENCE.md section 4): there the threshold acted after the per-pixel min-max across
+  quirk (docs/papers.md, "ArtExtract"): there the threshold acted after the per-pixel min-max across
   bands, whose maximum is always 1, so it never changed the collage. Here the threshold acts on
   the strength = the pixel's largest difference (max over bands) divided by the image's
   `reference_quantile` of that maximum, clipped to [0, 1] [ours]. reference_quantile=1.0 is the

@@ -1,4 +1,4 @@
-"""A self-contained HTML gallery of hidden-art results (issue 14, item 4): one row per painting,
+"""A self-contained HTML gallery of hidden-art results: one row per painting,
 one column per method and band, and a table of the recovery metrics.
 
 The file works from disk with no server and no network: every image is an inline base64 PNG

@@ -1,5 +1,5 @@
-"""GCN and GAT Siamese networks on superpixel graphs (issue 14, item 3, last bullet; REFERENCE.md
-section 4, the 2025 ArtExtract graph Siamese). Flax linen modules on jraph's segment operations;
+"""GCN and GAT Siamese networks on superpixel graphs (the 2025 ArtExtract graph Siamese,
+docs/papers.md, "ArtExtract"). Flax linen modules on jraph's segment operations;
 the graphs come from `xray_flax.hidden_art.graphs`.
 
 The batch (built on the host by `prepare`, or `scene_graphs` + `collate` when graphs are cached):
@@ -50,7 +50,7 @@ Public functions and the source of each choice
   losses]. Needs N >= 2 (with one painting the "negative" would be the positive itself). The
   negative distance is sqrt(|.|^2 + 1e-12) so that its gradient stays finite at 0.
 - `init(key, batch, **model)`, `optimizer(config=None)`: AdamW, learning rate 1e-3, weight decay
-  0.01 [REFERENCE.md section 4 / ArtExtract code: torch AdamW(lr=1e-3) with its default decay];
+  0.01 [ArtExtract code: torch AdamW(lr=1e-3) with its default decay];
   schedule: a staircase decay by `decay_rate` 0.8 every `decay_every_steps` steps when that is
   > 0 [the reference's StepLR(step_size=3 epochs, gamma=0.8): set decay_every_steps to 3 x the
   steps of an epoch], constant by default (0) [ours: an epoch's length is the caller's].

@@ -1,5 +1,5 @@
-"""Superpixel graphs of a painting for the GCN/GAT Siamese networks (issue 14, item 3, last bullet;
-REFERENCE.md section 4). Host side: NumPy, SciPy and scikit-image; the graphs are
+"""Superpixel graphs of a painting for the GCN/GAT Siamese networks (the 2025 ArtExtract code,
+docs/papers.md, "ArtExtract"). Host side: NumPy, SciPy and scikit-image; the graphs are
 `jraph.GraphsTuple` values of NumPy arrays, padded to static sizes for jit.
 
 Public functions and the source of each choice

@@ -1,5 +1,5 @@
-"""How well a hidden-content map recovers the true hidden layer of a simulated painting (issue 14,
-acceptance: correlation and SSIM of the recovered image with the truth, AUROC of the hidden mask).
+"""How well a hidden-content map recovers the true hidden layer of a simulated painting:
+correlation and SSIM of the recovered image with the truth, AUROC of the hidden mask).
 
 Public functions and the source of each choice
 - `recovery_metrics(recovered, truth, mask)` -> {"correlation", "ssim", "auroc": float or None,

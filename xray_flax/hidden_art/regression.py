@@ -1,5 +1,5 @@
 """Visible-to-band regression residual (Blazek, Striova, Fontana, Zitova, Digital Signal Processing
-60 (2017) 140-151; REFERENCE.md section 4; issue 14, item 3).
+60 (2017) 140-151; docs/papers.md, "Hidden content that can be measured").
 
 A small per-pixel network predicts each multispectral band from the RGB of the same pixel; what
 it cannot predict, |band - prediction|, is the hidden content. Because the network sees one pixel

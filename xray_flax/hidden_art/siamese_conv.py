@@ -1,5 +1,5 @@
-"""The 2024 ArtExtract Siamese dissimilarity tool, with a training objective (issue 14, item 3;
-REFERENCE.md section 4).
+"""The 2024 ArtExtract Siamese dissimilarity tool, with a training objective (docs/papers.md,
+"ArtExtract").
 
 The RGB is projected to one channel by a 3x3 convolution; ONE residual convolution stack
 (1 -> 16 -> 32 -> 32 -> 1) is applied to that projection and, separately, to every band; the
@@ -13,13 +13,14 @@ Public functions (the family contract of common.md) and the source of each choic
   channel per group = instance normalisation, learnt scale and bias) instead of the reference's
   BatchNorm [ours: the reference's BatchNorm pooled the 8 bands of one painting in the band branch
   and the paintings of the batch in the RGB branch, so one image's output depended on the others
-  (REFERENCE.md quirk); here every band of every painting is normalised alone, and the model needs
+  (a quirk listed in docs/papers.md); here every band of every painting is normalised alone, and the model needs
   no batch statistics].
 - `SiameseConv`: `rgb_proj` (3x3 conv 3->1, [ArtExtract code]) and one `stack`: a single
   parameter tree serves both branches.
-- Training objective [ours; the reference trained nothing: its figures came from a randomly
-  initialised network]: a patch-level contrastive loss with margin 1 (the margin and the form of
-  the 2025 graph Siamese, REFERENCE.md section 4):
+- Training objective [ours; the reference's demo figures came from a randomly initialised
+  network, and its training loop maximised the dissimilarity, which saturates]: a patch-level
+  contrastive loss with margin 1 (the margin and the form of the 2025 graph Siamese,
+  docs/papers.md):
       d(a, b) = mean over a `patch` x `patch` block of |a - b|  (the block mean of `per_band`)
       loss    = mean d(rgb_n, band_{n,b})^2 + mean relu(margin - d(rgb_n, neg_{n,b}))^2
   The positive pair is a painting's RGB and its own band at the same place; the negative is the

@@ -1,5 +1,5 @@
 """Simulated multispectral paintings with a known hidden layer: the embedded default data of the
-hidden-art family (issue 14, item 2).
+hidden-art family.
 
 THESE ARE SIMULATED IMAGES, not photographs of real paintings. They exist so that every
 hidden-art method can be run and SCORED (the true hidden layer is saved) without downloading
@@ -49,7 +49,7 @@ The physical model and the source of each choice
   direction shared by all captures plus a weaker ramp per band (each band is a separate capture)
   [ours]; additive Gaussian noise per band, rising towards 1000 nm (silicon sensors lose
   sensitivity) [ours]; quantisation on saving (16-bit bands, 8-bit RGB) as in the ArtExtract
-  layout (REFERENCE.md section 4).
+  layout (docs/papers.md, "ArtExtract").
 - Truth: "hidden" = h in [0, 1], the presence (opacity) of the drawn hidden layer, independent
   of `strength`; "hidden_mask" = h > `mask_level` (0.25 by default).
 
