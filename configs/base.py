@@ -49,7 +49,7 @@ def get_base_config(detector: str = "draem") -> ml_collections.ConfigDict:
     # Fit-kind detectors (PaDiM, PatchCore, ...): peak resident memory of the process in GB;
     # 0 = no limit. Checked before the first batch against the fit state the detector
     # allocates, and after every batch against the measured RSS; over budget, the fit saves
-    # its partial state and stops with an error naming both numbers. [ours, issue 13]
+    # its partial state and stops with an error naming both numbers. [ours; docs/performance.md]
     train.memory_budget_gb = 0.0
     config.train = train
 

@@ -1,6 +1,6 @@
 """CFA (Lee et al. 2022) with anomalib's settings: WRN50-2 layers 1-3, 256 px, AdamW amsgrad.
 
-REFERENCE.md sections 3 and 7; xray_flax/detectors/cfa. The Wide-ResNet-50-2 weights cannot
+Settings: docs/papers.md, "The baselines"; xray_flax/detectors/cfa. The Wide-ResNet-50-2 weights cannot
 be downloaded here: pass a torchvision or timm state dict with
 --config.backbone.weights=/path/wide_resnet50_2.pth (anomalib's CFA loads torchvision's
 DEFAULT weights, IMAGENET1K_V2; the paper the V1 weights, 78.47 % top-1).

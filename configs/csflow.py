@@ -2,7 +2,7 @@
 features of 768-px tiles at 3 scales, 4 coupling blocks, Adam 2e-4, batch 16, 240 epochs.
 
 The flow, loss, map and optimiser are the detector's defaults (xray_flax/detectors/csflow,
-each value with its source; REFERENCE.md sections 3 and 7): 304-channel maps 24^2, 12^2, 6^2;
+each value with its source; docs/papers.md, "The baselines"): 304-channel maps 24^2, 12^2, 6^2;
 cross convolutions with 1024 hidden channels and kernels 3, 3, 3, 5; clamp 3; loss
 mean_b(0.5 |z|^2 - log|det J|) / D; Adam lr 2e-4, eps 1e-4, coupled weight decay 1e-5,
 gradient norm clipped to 1; image score mean(z^2 / 2). 275 M trainable parameters: a GPU

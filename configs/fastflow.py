@@ -1,7 +1,7 @@
 """FastFlow (Yu et al. 2021) with anomalib's settings: ResNet-18 layers 1-3, 256-px tiles, Adam 1e-3.
 
 The head, loss, map and optimiser are the detector's defaults (xray_flax/detectors/fastflow,
-each value with its source; REFERENCE.md sections 3 and 7): a trainable LayerNorm and 8
+each value with its source; docs/papers.md, "The baselines"): a trainable LayerNorm and 8
 AllInOne flow steps per tap (3x3 / 1x1 subnets, hidden ratio 1.0, clamp 2), loss = sum over
 taps of the per-image negative log-likelihood, map = mean over taps of -exp(-0.5 mean_c z^2)
 upsampled, image score = its maximum, Adam lr 1e-3 with coupled weight decay 1e-5. The
@@ -27,7 +27,7 @@ def get_config():
     config.train.batch_size = 32  # [anomalib: the datamodules' train_batch_size 32]
     # 10 epochs of the paper's 11,988 normal patches at batch 32 (375 steps each). [ours:
     # image AUROC peaks after 5-10 epochs in several reproductions and drops later
-    # (REFERENCE.md section 7); the loop keeps the best checkpoint on val]. Set it from the
+    # (docs/papers.md, FastFlow); the loop keeps the best checkpoint on val]. Set it from the
     # number of training tiles of your data (xray_flax.data.pipeline.count_training_tiles).
     config.train.num_steps = 3_750
     config.train.log_every = 50

@@ -1,4 +1,4 @@
-"""Any experiment config on the hard simulated development set (issue 15).
+"""Any experiment config on the hard simulated development set (docs/data.md).
 
     --config configs/hard.py              the paper's model, CPU default (configs/default.py)
     --config configs/hard.py:NAME         configs/NAME.py (e.g. highpass, patch_nn, draem_cpu)
@@ -35,7 +35,7 @@ def hard_data(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     sim.nails = 2
     sim.foreign_objects = 1
     # 128-px tiles: 4x the default's, so a tile holds the context around a small defect; 256 px
-    # (issue 15's first trial) costs 4x more per step again. [ours]
+    # (the first trial) costs 4x more per step again. [ours]
     data.patch_size = 128
     data.stride = 128
     # Tiles inside the painting only, as the paper's patches are: any tile reaching 5 % into the
@@ -46,7 +46,7 @@ def hard_data(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     # Per-scan 0.5-99.5 % percentiles instead of the 16-bit scale: the hard scans differ in
     # exposure and film response, and this raised every method's test ROC-AUC (paper's model
     # 0.610 -> 0.728 over 3 seeds, high-pass 0.626 -> 0.712, nearest neighbour 0.672 -> 0.757;
-    # docs/results.md). 'bit_depth' restores the first measurements. [ours, issue 15]
+    # docs/results.md). 'bit_depth' restores the first measurements. [ours]
     data.normalization = "percentile"
     return config
 

@@ -2,7 +2,8 @@
 
 `get_hidden_config(method_name)` returns the sections every hidden-art run reads; each method's
 config (configs/hidden_<method>.py) fills `model` and, for trained methods, `optim` and `train`.
-Sources: [ArtExtract] the GSoC 2024/2025 code (REFERENCE.md section 4); [ours] this project.
+Sources: [ArtExtract] the GSoC 2024/2025 code (humanai-foundation/ArtExtract;
+docs/papers.md, "ArtExtract"); [ours] this project.
 """
 
 from __future__ import annotations

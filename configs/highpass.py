@@ -1,6 +1,6 @@
 """The training-free high-pass reference (xray_flax/detectors/highpass) on the default data.
 
-Every knob is the detector's default (sigma 4, 5-px window, from issue 15); patches as the
+Every knob is the detector's default (sigma 4, 5-px window, measured on the hard simulated set); patches as the
 CPU default run, so the two compare on the same tiles.
 """
 

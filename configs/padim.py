@@ -1,6 +1,6 @@
 """PaDiM (Defard et al. 2021) with anomalib's settings: ResNet-18 layers 1-3, d = 100, 256 px.
 
-REFERENCE.md sections 3 and 7; xray_flax/detectors/padim (the memory formula and the numbers
+Settings: docs/papers.md, "PatchCore and PaDiM"; xray_flax/detectors/padim (the memory formula and the numbers
 of each setting). The ResNet-18 weights cannot be downloaded here: pass a torchvision or timm
 state dict with --config.backbone.weights=/path/resnet18.pth (anomalib: timm resnet18.a1_in1k;
 the paper: torchvision V1, 69.76 % top-1). The paper's other row, WRN50-2 with d = 550:

@@ -1,5 +1,5 @@
 """Mezina et al. 2025 exactly: DRAEM with a Nested U-Net reconstructive and a U-Net discriminative
-sub-network on 512x512 patches of X-ray scans (REFERENCE.md section 1).
+sub-network on 512x512 patches of X-ray scans (docs/papers.md, "The X-ray paper").
 
 Point it at real scans: --config.data.source=scans --config.data.root=/path/to/scans
 (masks `<name>_mask.png` and/or --config.data.labels_csv=labels.csv, see docs/data.md).

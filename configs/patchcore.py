@@ -1,6 +1,6 @@
 """PatchCore (Roth et al. 2022) with anomalib's settings: WRN50-2 layers 2+3, 256 px.
 
-REFERENCE.md sections 3 and 7; xray_flax/detectors/patchcore. The Wide-ResNet-50-2 weights
+Settings: docs/papers.md, "PatchCore and PaDiM"; xray_flax/detectors/patchcore. The Wide-ResNet-50-2 weights
 cannot be downloaded here: pass a torchvision or timm state dict with
 --config.backbone.weights=/path/wide_resnet50_2.pth (anomalib: timm wide_resnet50_2.racm_in1k;
 the paper: torchvision V1, 78.47 % top-1).

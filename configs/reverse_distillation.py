@@ -2,8 +2,8 @@
 Wide-ResNet-50-2 encoder (layers 1-3), 256-px tiles, batch 16, Adam 0.005.
 
 The encoder, OCBE, decoder, loss, map and optimiser are the detector's defaults
-(xray_flax/detectors/reverse_distillation/config.py, each value with its source; REFERENCE.md
-sections 3 and 7). The WRN50-2 weights cannot be downloaded here: pass a torchvision or timm
+(xray_flax/detectors/reverse_distillation/config.py, each value with its source; docs/papers.md,
+"The baselines"). The WRN50-2 weights cannot be downloaded here: pass a torchvision or timm
 state dict with --config.backbone.weights=/path/wide_resnet50_2.pth (or .safetensors). The
 paper used torchvision's V1 weights; anomalib uses timm's wide_resnet50_2.racm_in1k.
 

@@ -1,7 +1,7 @@
 """STFPM (Wang et al. 2021) with anomalib's settings: ResNet-18 layers 1-3, 256 px, SGD 0.4.
 
-Teacher: an ImageNet ResNet-18, frozen; student: the same network from scratch (REFERENCE.md
-sections 3 and 7; xray_flax/detectors/stfpm). The ResNet-18 weights cannot be downloaded here:
+Teacher: an ImageNet ResNet-18, frozen; student: the same network from scratch (docs/papers.md, "The baselines";
+xray_flax/detectors/stfpm). The ResNet-18 weights cannot be downloaded here:
 pass a torchvision or timm state dict with --config.backbone.weights=/path/resnet18.pth (or
 .safetensors). anomalib uses timm's resnet18.a1_in1k; the paper torchvision's V1 weights.
 
