@@ -62,6 +62,41 @@ class ScanRecord:
         )
 
 
+SPLIT_NAMES = ("train", "val", "test")
+
+
+@dataclasses.dataclass(frozen=True)
+class Splits:
+    """Scan records per split. `tfds_dir` is set when source == 'tfds' (patches are then read
+    from the array_record dataset; the records describe the scans the patches came from)."""
+
+    train: list
+    val: list
+    test: list
+    root: str = ""
+    tfds_dir: str | None = None
+
+    def get(self, name: str) -> list:
+        if name not in SPLIT_NAMES:
+            raise ValueError(f"unknown split {name!r}; use one of {SPLIT_NAMES}")
+        return getattr(self, name)
+
+    def to_json(self) -> dict:
+        return {
+            "root": self.root,
+            "tfds_dir": self.tfds_dir,
+            **{n: [r.to_json() for r in self.get(n)] for n in SPLIT_NAMES},
+        }
+
+    @staticmethod
+    def from_json(d: dict) -> Splits:
+        return Splits(
+            *([ScanRecord.from_json(r) for r in d[n]] for n in SPLIT_NAMES),
+            root=d.get("root", ""),
+            tfds_dir=d.get("tfds_dir"),
+        )
+
+
 def _is_image(name: str) -> bool:
     return name.lower().endswith(readers.IMAGE_SUFFIXES) and not name.startswith(".")
 

@@ -14,7 +14,6 @@ count_tiles(splits, split, data_config) -> int
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -25,43 +24,10 @@ import numpy as np
 
 from xray_flax import files
 from xray_flax.data import config as data_config_lib
-from xray_flax.data import layouts, readers, simulate, tiling
-from xray_flax.data.layouts import ScanRecord
+from xray_flax.data import layouts, readers, simulate, tfds_records, tiling
+from xray_flax.data.layouts import SPLIT_NAMES, Splits
 
-SPLIT_NAMES = ("train", "val", "test")
 TRAIN_KEYS = ("image", "label", "mask")
-
-
-@dataclasses.dataclass(frozen=True)
-class Splits:
-    """Scan records per split. `tfds_dir` is set when source == 'tfds' (patches are then read
-    from the array_record dataset; the records describe the scans the patches came from)."""
-
-    train: list
-    val: list
-    test: list
-    root: str = ""
-    tfds_dir: str | None = None
-
-    def get(self, name: str) -> list:
-        if name not in SPLIT_NAMES:
-            raise ValueError(f"unknown split {name!r}; use one of {SPLIT_NAMES}")
-        return getattr(self, name)
-
-    def to_json(self) -> dict:
-        return {
-            "root": self.root,
-            "tfds_dir": self.tfds_dir,
-            **{n: [r.to_json() for r in self.get(n)] for n in SPLIT_NAMES},
-        }
-
-    @staticmethod
-    def from_json(d: dict) -> Splits:
-        return Splits(
-            *([ScanRecord.from_json(r) for r in d[n]] for n in SPLIT_NAMES),
-            root=d.get("root", ""),
-            tfds_dir=d.get("tfds_dir"),
-        )
 
 
 def _val_test(records, fractions, seed):
@@ -156,9 +122,7 @@ def prepare_splits(data_config, workdir: str | None) -> Splits:
     """Resolves the layout, splits by image (deterministic in split_seed) and writes
     <workdir>/splits.json. For source='tfds' the splits are those the dataset was built with."""
     if data_config.source == "tfds":
-        from xray_flax.data import tfds_builder  # pylint: disable=g-import-not-at-top
-
-        splits = tfds_builder.load_splits(data_config)
+        splits = tfds_records.load_splits(data_config)
     else:
         train, val, test, root = _resolve_records(data_config)
         splits = Splits(train, val, test, root=root)
@@ -219,18 +183,14 @@ def split_tiles(splits: Splits, split: str, data_config) -> tiling.TileTable:
 def count_tiles(splits: Splits, split: str, data_config) -> int:
     """Number of tiles iterate_eval_batches yields for `split`."""
     if splits.tfds_dir:
-        from xray_flax.data import tfds_builder  # pylint: disable=g-import-not-at-top
-
-        return len(tfds_builder.patch_source(splits, split, data_config))
+        return len(tfds_records.patch_source(splits, split, data_config))
     return len(split_tiles(splits, split, data_config))
 
 
 def _source(splits, split, data_config, train: bool):
     """Grain random-access source of tile dicts for `split` (training: clean normal tiles only)."""
     if splits.tfds_dir:
-        from xray_flax.data import tfds_builder  # pylint: disable=g-import-not-at-top
-
-        return tfds_builder.patch_source(splits, split, data_config, train=train)
+        return tfds_records.patch_source(splits, split, data_config, train=train)
     table = split_tiles(splits, split, data_config)
     if train:
         table = table.select(tiling.training_rows(table, data_config))

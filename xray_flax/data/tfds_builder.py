@@ -33,12 +33,8 @@ import os
 import numpy as np
 
 from xray_flax import files
-from xray_flax.data import readers, tiling
-
-VERSION = "1.0.0"
-INDEX_FILE = "xray_index.json"
-STORED_SCALE = 65535.0
-_CHECKED_FIELDS = ("patch_size", "channels")
+from xray_flax.data import pipeline, readers, tfds_records, tiling
+from xray_flax.data.tfds_records import INDEX_FILE, VERSION
 
 
 def _features(patch: int, channels: int):
@@ -57,17 +53,6 @@ def _features(patch: int, channels: int):
             "source": t(shape=(), dtype=np.str_),
         }
     )
-
-
-def encode_patch(image: np.ndarray) -> np.ndarray:
-    """float32 [0, 1] -> uint16 (exact inverse of `decode_patch` for 16-bit samples)."""
-    return np.round(np.clip(image, 0.0, 1.0) * STORED_SCALE).astype(np.uint16)
-
-
-def decode_patch(patch: np.ndarray) -> np.ndarray:
-    # Same arithmetic as readers.normalize on a 16-bit sample, so 16-bit sources round-trip
-    # bit for bit.
-    return readers.normalize(patch, 0.0, STORED_SCALE)
 
 
 def _make_builder_class():
@@ -101,8 +86,6 @@ def _make_builder_class():
             return {name: self._generate_examples(name) for name in ("train", "val", "test") if self._splits.get(name)}
 
         def _generate_examples(self, split):
-            from xray_flax.data import pipeline  # pylint: disable=g-import-not-at-top
-
             table = pipeline.split_tiles(self._splits, split, self._data_config)
             source = tiling.TileSource(self._splits.get(split), table, self._data_config)
             paths = [r.path for r in self._splits.get(split)]
@@ -111,7 +94,7 @@ def _make_builder_class():
                 yield (
                     i,
                     {
-                        "patch": encode_patch(e["image"]),
+                        "patch": tfds_records.encode_patch(e["image"]),
                         "label": e["label"],
                         "masked": np.float32(table.masked[i]),
                         "mask": (e["mask"] > 0).astype(np.uint8),
@@ -125,23 +108,16 @@ def _make_builder_class():
     return XrayPatches
 
 
-def dataset_dir(data_config, data_dir: str | None = None) -> str:
-    data_dir = os.path.expanduser(data_dir or data_config.tfds.data_dir)
-    return os.path.join(data_dir, str(data_config.tfds.name), VERSION)
-
-
 def build_tfds(data_config, data_dir: str | None = None) -> str:
     """Writes the array_record dataset for `data_config` (its source must be a layout, not
     'tfds'); returns the dataset folder. Splits follow prepare_splits exactly."""
-    from xray_flax.data import pipeline  # pylint: disable=g-import-not-at-top
-
     if data_config.source == "tfds":
         raise ValueError("build_tfds converts a layout: set data_config.source to the layout")
     data_dir = os.path.expanduser(data_dir or data_config.tfds.data_dir)
     if not data_dir:
         raise ValueError("build_tfds needs data_dir (or config.data.tfds.data_dir)")
     splits = pipeline.prepare_splits(data_config, None)
-    out = dataset_dir(data_config, data_dir)
+    out = tfds_records.dataset_dir(data_config, data_dir)
     tiling_settings = {
         k: data_config[k]
         for k in ("patch_size", "stride", "border", "channels", "normalization", "min_anomalous_fraction")
@@ -181,89 +157,6 @@ def build_tfds(data_config, data_dir: str | None = None) -> str:
     # Written last, atomically: a whole index marks the dataset complete.
     files.write_text_atomic(index_path, json.dumps(index, indent=1))
     return out
-
-
-# ------------------------------------------------------------------------------------------
-# Reading back.
-
-
-def _read_index(data_config) -> tuple[str, dict]:
-    folder = dataset_dir(data_config)
-    path = os.path.join(folder, INDEX_FILE)
-    if not os.path.isfile(path):
-        raise readers.LayoutError(
-            folder, "no xray_flax TFDS dataset here (run xray_flax.data.tfds_builder.build_tfds first)"
-        )
-    with open(path) as f:
-        index = json.load(f)
-    for k in _CHECKED_FIELDS:
-        if index["tiling"][k] != data_config[k]:
-            raise readers.DataError(
-                path,
-                f"dataset was built with {k}={index['tiling'][k]} but the config asks for {data_config[k]}; rebuild it",
-            )
-    return folder, index
-
-
-def load_splits(data_config):
-    """The Splits the dataset was built from (tfds_dir set)."""
-    from xray_flax.data import pipeline  # pylint: disable=g-import-not-at-top
-
-    folder, index = _read_index(data_config)
-    s = pipeline.Splits.from_json(index["splits"])
-    return pipeline.Splits(s.train, s.val, s.test, root=s.root, tfds_dir=folder)
-
-
-class PatchRecordSource:
-    """Grain random-access source over (a selection of) one split's records, decoded into the
-    pipeline's element dict. Opens the array_record files lazily in each process."""
-
-    def __init__(self, folder: str, split: str, rows: np.ndarray):
-        self._folder = folder
-        self._split = split
-        self._rows = np.asarray(rows, np.int64)
-        self._records = None
-
-    def __getstate__(self):
-        return {**self.__dict__, "_records": None}
-
-    def __len__(self):
-        return len(self._rows)
-
-    def __repr__(self):
-        return f"PatchRecordSource({self._folder}, {self._split}, {len(self)} records)"
-
-    def _source(self):
-        if self._records is None:
-            import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-
-            self._records = tfds.builder_from_directory(self._folder).as_data_source(split=self._split)
-        return self._records
-
-    def __getitem__(self, index: int) -> dict:
-        r = self._source()[int(self._rows[index])]
-        return {
-            "image": decode_patch(r["patch"]),
-            "label": np.int32(r["label"]),
-            "mask": r["mask"].astype(np.float32),
-            "scan_index": np.int32(r["scan_index"]),
-            "y": np.int32(r["y"]),
-            "x": np.int32(r["x"]),
-        }
-
-
-def patch_source(splits, split: str, data_config, train: bool = False) -> PatchRecordSource:
-    """Records of `split`; with train=True only the tiles training may use (same rule as the
-    direct pipeline: tiling.training_rows)."""
-    path = os.path.join(splits.tfds_dir, f"tiles_{split}.npz")
-    if not os.path.isfile(path):
-        return PatchRecordSource(splits.tfds_dir, split, np.zeros((0,), np.int64))
-    with np.load(path) as z:
-        table = tiling.TileTable(z["scan_index"], z["y"], z["x"], z["label"], z["masked"])
-    rows = np.arange(len(table))
-    if train:
-        rows = rows[tiling.training_rows(table, data_config)]
-    return PatchRecordSource(splits.tfds_dir, split, rows)
 
 
 def main(argv):
