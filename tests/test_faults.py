@@ -25,7 +25,7 @@ import pytest
 from PIL import Image
 
 from configs import tiny
-from xray_flax import checkpoint, evaluate, files, predict, train, workdir_lock
+from xray_flax import checkpoint, evaluate, files, predict, scoring, workdir_lock, workflow
 from xray_flax.data import pipeline, readers
 
 NUM_STEPS = 6
@@ -55,7 +55,7 @@ def cache(tmp_path_factory) -> str:
 def reference(tmp_path_factory, cache):
     """(workdir, final state) of an uninterrupted run."""
     workdir = str(tmp_path_factory.mktemp("reference"))
-    train.train_and_evaluate(tiny_config(cache), workdir)
+    workflow.train_and_evaluate(tiny_config(cache), workdir)
     return workdir, helpers.latest_state(workdir)
 
 
@@ -196,8 +196,8 @@ def test_non_finite_maps_stop_the_evaluation_naming_the_tile(tmp_path, cache, re
                 maps[3, 5, 7] = np.nan
             return {"map": maps, "score": maps.reshape(len(maps), -1).max(axis=1)}
 
-    with pytest.raises(evaluate.NonFiniteScoresError, match=r"NaN/Inf for finite input, tile y=\d+ x=\d+ of .*scan"):
-        evaluate.score_split(NaNAfterFirstBatch(), splits, "val", config)
+    with pytest.raises(scoring.NonFiniteScoresError, match=r"NaN/Inf for finite input, tile y=\d+ x=\d+ of .*scan"):
+        scoring.score_split(NaNAfterFirstBatch(), splits, "val", config)
 
 
 def test_a_bad_validation_image_fails_before_step_0(tmp_path, cache):
@@ -217,17 +217,17 @@ def test_a_bad_validation_image_fails_before_step_0(tmp_path, cache):
     config.data.folder.abnormal_dir = "abnormal"
     workdir = str(tmp_path / "run")
     with pytest.raises(readers.DataError, match="small.png"):
-        train.train_and_evaluate(config, workdir)
+        workflow.train_and_evaluate(config, workdir)
     assert not os.path.exists(os.path.join(workdir, checkpoint.LATEST_DIR))
 
 
 def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, cache, reference, caplog):
     workdir = str(tmp_path / "corrupt")
-    assert train.train_and_evaluate(tiny_config(cache, halt_after_steps=4), workdir) is None
+    assert workflow.train_and_evaluate(tiny_config(cache, halt_after_steps=4), workdir) is None
     latest = os.path.join(workdir, checkpoint.LATEST_DIR)
     assert sorted(os.listdir(latest)) == ["2", "4"]
     flip_bytes(os.path.join(latest, "4"))
-    train.train_and_evaluate(tiny_config(cache), workdir)
+    workflow.train_and_evaluate(tiny_config(cache), workdir)
     assert "checkpoints/4 is unusable" in caplog.text
     assert "resuming from the previous sound checkpoint" in caplog.text
     quarantined = os.listdir(os.path.join(workdir, checkpoint.CORRUPT_DIR))
@@ -246,10 +246,10 @@ def test_a_full_disk_stops_with_one_error_and_the_earlier_checkpoints_resume(tmp
 
     monkeypatch.setattr(files, "free_bytes", filling_up)
     with pytest.raises(files.DiskSpaceError, match=r"not enough disk space for checkpoint step 4 in .*best"):
-        train.train_and_evaluate(tiny_config(cache), workdir)
+        workflow.train_and_evaluate(tiny_config(cache), workdir)
     monkeypatch.setattr(files, "free_bytes", real)
     assert os.listdir(os.path.join(workdir, checkpoint.LATEST_DIR)) == ["2"]
-    train.train_and_evaluate(tiny_config(cache), workdir)
+    workflow.train_and_evaluate(tiny_config(cache), workdir)
     assert_same_state(workdir, reference)
 
 
@@ -269,7 +269,7 @@ def test_a_real_full_disk_during_a_checkpoint_write(small_filesystem, cache, ref
     """ENOSPC from inside orbax/tensorstore (the free-space check disabled): one CheckpointError,
     the earlier checkpoint intact, and the same command resumes once space is free."""
     workdir = os.path.join(small_filesystem, "run")
-    assert train.train_and_evaluate(tiny_config(cache, halt_after_steps=2), workdir) is None
+    assert workflow.train_and_evaluate(tiny_config(cache, halt_after_steps=2), workdir) is None
     filler = os.path.join(small_filesystem, "filler")
     fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
     try:
@@ -280,15 +280,15 @@ def test_a_real_full_disk_during_a_checkpoint_write(small_filesystem, cache, ref
     finally:
         os.close(fd)
     with pytest.raises(files.DiskSpaceError, match=r"not enough disk space for the file .*config.json"):
-        train.train_and_evaluate(tiny_config(cache), workdir)
+        workflow.train_and_evaluate(tiny_config(cache), workdir)
     # Room for the small files, not for a checkpoint (variables alone are ~650 KB).
     os.truncate(filler, os.path.getsize(filler) - (128 << 10))
     monkeypatch.setattr(files, "require_free_space", lambda *a, **k: None)
     with pytest.raises(checkpoint.CheckpointError, match="disk is full"):
-        train.train_and_evaluate(tiny_config(cache), workdir)
+        workflow.train_and_evaluate(tiny_config(cache), workdir)
     os.remove(filler)
     assert "2" in os.listdir(os.path.join(workdir, checkpoint.LATEST_DIR))
-    train.train_and_evaluate(tiny_config(cache), workdir)
+    workflow.train_and_evaluate(tiny_config(cache), workdir)
     assert_same_state(workdir, reference)
 
 
@@ -296,7 +296,7 @@ def test_a_second_training_on_the_same_workdir_is_refused_naming_the_holder(tmp_
     workdir = str(tmp_path / "busy")
     with workdir_lock.WorkdirLock(workdir):
         with pytest.raises(workdir_lock.WorkdirLockedError, match=rf"pid {os.getpid()} on .* since"):
-            train.train_and_evaluate(tiny_config(cache), workdir)
+            workflow.train_and_evaluate(tiny_config(cache), workdir)
         second = helpers.run_cli(cli_args(workdir, cache))  # the command line: one line, exit 1
     assert second.returncode == 1
     assert "Traceback" not in second.stderr

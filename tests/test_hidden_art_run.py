@@ -1,4 +1,4 @@
-"""The hidden-art run (xray_flax/hidden_art/run.py) end to end on tiny simulated paintings, for
+"""The hidden-art job (xray_flax/hidden_art/: workflow, train, evaluate) end to end on tiny simulated paintings, for
 every registered method, and through the command line: maps, metrics, gallery, checkpoints,
 resume equal to an uninterrupted run, a damaged checkpoint refused."""
 
@@ -16,8 +16,9 @@ import pytest
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
-from xray_flax.checkpoint import CheckpointError, CorruptCheckpointError
-from xray_flax.hidden_art import methods, run
+from xray_flax.checkpoint import Checkpointer, CheckpointError, CorruptCheckpointError
+from xray_flax.hidden_art import evaluate, methods, paintings, train, workflow
+from xray_flax.train_state import TrainState
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = {"plain": "hidden_plain", "regression": "hidden_regression", "siamese_conv": "hidden_siamese_conv"}
@@ -55,8 +56,8 @@ CI_METHODS = ("plain", "regression", "gcn")
 )
 def test_train_and_evaluate_writes_maps_metrics_and_gallery(name, tmp_path):
     config = tiny(name, str(tmp_path / "cache"))
-    summary = run.train_and_evaluate(config, str(tmp_path / "w"))
-    out = tmp_path / "w" / run.OUTPUT_DIR
+    summary = workflow.train_and_evaluate(config, str(tmp_path / "w"))
+    out = tmp_path / "w" / evaluate.OUTPUT_DIR
     saved = json.loads((out / "results.json").read_text())
     assert saved["method"] == name and len(saved["paintings"]) == 2
     assert saved["mean"]["auroc_count"] == 2 and summary["mean"] == saved["mean"]
@@ -72,8 +73,8 @@ def test_train_and_evaluate_writes_maps_metrics_and_gallery(name, tmp_path):
         assert "gat: attention" in (out / "gallery.html").read_text()
     # The AUROC written is the method's own map scored against the true mask (recomputed here).
     method = methods.build(config)
-    scenes = run.load_split(config, "val")
-    variables = run.trained_variables(config, str(tmp_path / "w"), method, scenes[0])
+    scenes = paintings.load_split(config, "val")
+    variables = train.trained_variables(config, str(tmp_path / "w"), method, scenes[0])
     for scene, row in zip(scenes, saved["paintings"]):
         m = np.asarray(
             jax.device_get(method.dissimilarity(variables, method.collate([method.item(scene)], None))["map"])
@@ -85,14 +86,14 @@ def test_train_and_evaluate_writes_maps_metrics_and_gallery(name, tmp_path):
 
 def _params(workdir, config):
     method = methods.build(config)
-    state = run.restore(run._manager(workdir), _template(config, method))
+    ckpt = Checkpointer(workdir)
+    state = train._restore(ckpt, _template(config, method))
+    ckpt.close()
     return jax.device_get(state.params), int(state.step)
 
 
 def _template(config, method):
-    from xray_flax.detectors.base import TrainState
-
-    scenes = run.load_split(config, "train")
+    scenes = paintings.load_split(config, "train")
     first = method.collate([method.item(s) for s in scenes[:2]], None)
     return TrainState.create(method.init(jax.random.key(0), first), method.optimizer)
 
@@ -100,10 +101,10 @@ def _template(config, method):
 def test_resumed_training_equals_uninterrupted(tmp_path):
     cache = str(tmp_path / "cache")
     straight = tiny("regression", cache, steps=4)
-    run.train(straight, str(tmp_path / "a"), methods.build(straight), run.load_split(straight, "train"))
+    train.train(straight, str(tmp_path / "a"), methods.build(straight), paintings.load_split(straight, "train"))
     first = tiny("regression", cache, steps=2)
-    run.train(first, str(tmp_path / "b"), methods.build(first), run.load_split(first, "train"))
-    run.train(straight, str(tmp_path / "b"), methods.build(straight), run.load_split(straight, "train"))
+    train.train(first, str(tmp_path / "b"), methods.build(first), paintings.load_split(first, "train"))
+    train.train(straight, str(tmp_path / "b"), methods.build(straight), paintings.load_split(straight, "train"))
     a, step_a = _params(str(tmp_path / "a"), straight)
     b, step_b = _params(str(tmp_path / "b"), straight)
     assert step_a == step_b == 4
@@ -113,7 +114,7 @@ def test_resumed_training_equals_uninterrupted(tmp_path):
 def test_a_damaged_checkpoint_is_refused_naming_it(tmp_path):
     config = tiny("regression", str(tmp_path / "cache"), steps=2)
     workdir = str(tmp_path / "w")
-    run.train(config, workdir, methods.build(config), run.load_split(config, "train"))
+    train.train(config, workdir, methods.build(config), paintings.load_split(config, "train"))
     step_dir = os.path.join(workdir, "checkpoints", "2")
     data_files = [os.path.join(d, f) for d, _, fs in os.walk(step_dir) for f in fs if "ocdbt" not in d and "d" in f]
     target = max((p for p in data_files if os.path.getsize(p) > 64), key=os.path.getsize)
@@ -121,13 +122,13 @@ def test_a_damaged_checkpoint_is_refused_naming_it(tmp_path):
     blob[len(blob) // 2] ^= 0xFF
     open(target, "wb").write(bytes(blob))
     with pytest.raises(CorruptCheckpointError, match="checkpoints/2"):
-        run.train(config, workdir, methods.build(config), run.load_split(config, "train"))
+        train.train(config, workdir, methods.build(config), paintings.load_split(config, "train"))
 
 
 def test_evaluate_without_a_checkpoint_says_so_and_trains_nothing(tmp_path):
     config = tiny("regression", str(tmp_path / "cache"))
     with pytest.raises(CheckpointError, match="no checkpoint in .*checkpoints: train first"):
-        run.evaluate(config, str(tmp_path / "w"))
+        evaluate.evaluate(config, str(tmp_path / "w"))
     assert not os.listdir(tmp_path / "w" / "checkpoints")
 
 
@@ -150,7 +151,7 @@ def test_command_line_train_then_evaluate_from_the_workdir(tmp_path):
 
     trained = cli("--config", "configs/hidden_plain.py", *common, *small)
     assert "[plain] validation mean" in trained.stdout
-    before = json.loads(open(os.path.join(workdir, run.OUTPUT_DIR, "results.json")).read())
+    before = json.loads(open(os.path.join(workdir, evaluate.OUTPUT_DIR, "results.json")).read())
     evaluated = cli("--mode", "evaluate", *common, f"--output_dir={tmp_path / 'again'}")
-    again = json.loads(open(os.path.join(tmp_path, "again", run.OUTPUT_DIR, "results.json")).read())
+    again = json.loads(open(os.path.join(tmp_path, "again", evaluate.OUTPUT_DIR, "results.json")).read())
     assert "[plain] wrote" in evaluated.stdout and again["paintings"] == before["paintings"]

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from configs import tiny
-from xray_flax import train
+from xray_flax import workflow
 
 
 def _texture(rng, size: int, defect: bool) -> np.ndarray:
@@ -51,7 +51,7 @@ def test_mvtec_without_ground_truth_gives_image_metrics(tmp_path):
     _write(root / "test" / "spot", rng, 10, 64, True)  # no ground_truth/spot/: image labels only
     config = _config(tmp_path, 32)
     config.data.source, config.data.root = "mvtec", str(root)
-    report = train.train_and_evaluate(config, str(tmp_path / "run"))
+    report = workflow.train_and_evaluate(config, str(tmp_path / "run"))
     # 64-px images in 32-px tiles: the defect's tile is unknown, so tiles of defect images
     # are not labelled; per image (max over its 4 tiles) the spots are found.
     images = report["test_images"]
@@ -72,7 +72,7 @@ def test_folder_layout_with_normal_and_abnormal_dirs_trains_and_evaluates(tmp_pa
     config.data.root = str(tmp_path)
     config.data.folder.normal_dir = "good"
     config.data.folder.abnormal_dir = "bad"
-    report = train.train_and_evaluate(config, str(tmp_path / "run"))
+    report = workflow.train_and_evaluate(config, str(tmp_path / "run"))
     test = report["test"]  # one tile per image: tile metrics are the image metrics
     assert "test_images" not in report
     assert test["n_anomalous"] > 0 and test["n_normal"] > 0
@@ -90,4 +90,4 @@ def test_missing_folders_name_the_path(tmp_path, source):
     if source == "folder":
         config.data.folder.normal_dir = "good"
     with pytest.raises(Exception, match="nowhere"):
-        train.train_and_evaluate(config, str(tmp_path / "run"))
+        workflow.train_and_evaluate(config, str(tmp_path / "run"))

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from xray_flax import detectors, evaluate, metrics, normalization, parallel, steps
+from xray_flax import detectors, metrics, normalization, parallel, scoring, steps
 from xray_flax.data import pipeline
 from xray_flax.detectors.base import run_fit
 from xray_flax.inference import Inferencer
@@ -54,11 +54,11 @@ def test_regions_and_fixed_threshold_do_not_change_when_the_map_is_scaled_by_100
     scaled = dataclasses.replace(detector, anomaly_map=lambda v, x: {"map": 1000.0 * detector.anomaly_map(v, x)["map"]})
     results = []
     for det in (detector, scaled):
-        infer = Inferencer(det, variables, mesh, 16, evaluate.score_filter_size(config))
-        raw_val = evaluate.score_split(infer, splits, "val", config)
-        norm = evaluate.fit_normalization(det, config, raw_val)
+        infer = Inferencer(det, variables, mesh, 16, scoring.score_filter_size(config))
+        raw_val = scoring.score_split(infer, splits, "val", config)
+        norm = scoring.fit_normalization(det, config, raw_val)
         infer.set_variables(variables, norm)
-        test = evaluate.score_split(infer, splits, "test", config)
+        test = scoring.score_split(infer, splits, "test", config)
         image = np.concatenate(
             [b["image"] for b in pipeline.iterate_eval_batches(splits, "test", config.data, batch_size=16)]
         )
@@ -83,4 +83,4 @@ def test_regions_and_fixed_threshold_do_not_change_when_the_map_is_scaled_by_100
 def test_auto_is_the_identity_for_bounded_maps(fitted_highpass):
     config, _, detector, _, _ = fitted_highpass
     bounded = dataclasses.replace(detector, bounded_map=True)
-    assert evaluate.fit_normalization(bounded, config, None) is IDENTITY
+    assert scoring.fit_normalization(bounded, config, None) is IDENTITY

@@ -18,7 +18,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from configs import tiny
-from xray_flax import checkpoint, train
+from xray_flax import checkpoint, train, workflow
 from xray_flax.data import pipeline
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -53,13 +53,13 @@ def latest_params(workdir: str) -> tuple[int, dict]:
 @pytest.mark.parametrize("detector", ["pyramid_ae"])
 def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path, detector):
     full = str(tmp_path / "full")
-    train.train_and_evaluate(tiny_config(tmp_path, detector), full)
+    workflow.train_and_evaluate(tiny_config(tmp_path, detector), full)
 
     split = str(tmp_path / "split")
-    assert train.train_and_evaluate(tiny_config(tmp_path, detector, halt_after_steps=3), split) is None
+    assert workflow.train_and_evaluate(tiny_config(tmp_path, detector, halt_after_steps=3), split) is None
     step, _ = latest_params(split)
     assert step == 3
-    train.train_and_evaluate(tiny_config(tmp_path, detector), split)  # resumes from step 3
+    workflow.train_and_evaluate(tiny_config(tmp_path, detector), split)  # resumes from step 3
 
     step_a, state_a = latest_params(full)
     step_b, state_b = latest_params(split)
@@ -101,7 +101,7 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(tmp_pat
     workdir = str(tmp_path / "nan")
     config = tiny_config(tmp_path, detector, log_every=1, eval_every=100, checkpoint_every=3)
     with pytest.raises(train.TrainingDivergedError, match="non-finite loss.*last good checkpoint is step 3"):
-        train.train_and_evaluate(config, workdir)
+        workflow.train_and_evaluate(config, workdir)
     step, state = latest_params(workdir)
     assert step == 3
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state))
@@ -189,23 +189,23 @@ def test_evaluate_without_checkpoint_is_a_clear_error(tmp_path):
 def test_a_halted_fit_resumes_after_its_last_batch_and_equals_an_uninterrupted_fit(tmp_path, caplog):
     """Fit-kind detectors save their partial state (fit_partial/) and resume from it, not from zero."""
     halted = str(tmp_path / "halted")
-    assert train.train_and_evaluate(tiny_config(tmp_path, "highpass", halt_after_steps=5), halted) is None
+    assert workflow.train_and_evaluate(tiny_config(tmp_path, "highpass", halt_after_steps=5), halted) is None
     assert sorted(int(d) for d in os.listdir(os.path.join(halted, checkpoint.FIT_DIR)) if d.isdigit()) == [3, 5]
     assert not os.path.exists(os.path.join(halted, checkpoint.BEST_DIR, "1"))
     with caplog.at_level("INFO", logger="xray_flax.train"):
-        resumed = train.train_and_evaluate(tiny_config(tmp_path, "highpass"), halted)
+        resumed = workflow.train_and_evaluate(tiny_config(tmp_path, "highpass"), halted)
     assert "resuming the fit of highpass after 5 of" in caplog.text
-    whole = train.train_and_evaluate(tiny_config(tmp_path, "highpass"), str(tmp_path / "whole"))
+    whole = workflow.train_and_evaluate(tiny_config(tmp_path, "highpass"), str(tmp_path / "whole"))
     for key in whole["test"]:
         if key != "seconds_per_patch":
             assert resumed["test"][key] == whole["test"][key], key
     # A partial fit of another batch size is not silently mixed in.
     again = str(tmp_path / "again")
-    train.train_and_evaluate(tiny_config(tmp_path, "highpass", halt_after_steps=2), again)
+    workflow.train_and_evaluate(tiny_config(tmp_path, "highpass", halt_after_steps=2), again)
     config = tiny_config(tmp_path, "highpass")
     config.train.batch_size = 8
     with pytest.raises(checkpoint.CheckpointError, match="partial fit with global batch 4"):
-        train.train_and_evaluate(config, again)
+        workflow.train_and_evaluate(config, again)
 
 
 def test_a_fit_over_its_memory_budget_stops_with_its_partial_state_saved(tmp_path, caplog, monkeypatch):
@@ -217,16 +217,16 @@ def test_a_fit_over_its_memory_budget_stops_with_its_partial_state_saved(tmp_pat
     config = tiny_config(tmp_path, "padim")
     config.train.memory_budget_gb = 1e-6  # below the state alone
     with pytest.raises(train.MemoryBudgetError, match="fit state .* alone exceed config.train.memory_budget_gb"):
-        train.train_and_evaluate(config, str(tmp_path / "tiny_budget"))
+        workflow.train_and_evaluate(config, str(tmp_path / "tiny_budget"))
 
     workdir = str(tmp_path / "rss")
     config.train.memory_budget_gb = 1000.0
     monkeypatch.setattr(progress, "rss_bytes", lambda: int(2000e9))  # as if the process had grown past it
     with caplog.at_level("INFO"), pytest.raises(train.MemoryBudgetError, match="uses 2000.00 GB resident memory"):
-        train.train_and_evaluate(config, workdir)
+        workflow.train_and_evaluate(config, workdir)
     assert [d for d in os.listdir(os.path.join(workdir, checkpoint.FIT_DIR)) if d.isdigit()] == ["1"]
     monkeypatch.undo()
     with caplog.at_level("INFO"):
-        assert train.train_and_evaluate(config, workdir) is not None
+        assert workflow.train_and_evaluate(config, workdir) is not None
     assert "resuming the fit of padim after 1 of" in caplog.text and "peak RSS" in caplog.text
     assert re.search(r"fit padim: \d+/\d+ tiles .* rss \d+\.\d\d GB", caplog.text)  # the progress line

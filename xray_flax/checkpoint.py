@@ -113,8 +113,15 @@ class Checkpointer:
     def __init__(self, workdir: str, keep: int = 3):
         self.workdir = workdir
         self.latest = _latest_manager(workdir, keep)
-        self.best = _best_manager(workdir)
-        self._fit = None  # made on first use: gradient runs have no fit_partial/
+        # Made on first use: gradient runs have no fit_partial/, hidden-art runs no best/.
+        self._best = None
+        self._fit = None
+
+    @property
+    def best(self) -> ocp.CheckpointManager:
+        if self._best is None:
+            self._best = _best_manager(self.workdir)
+        return self._best
 
     @property
     def fit(self) -> ocp.CheckpointManager:
@@ -143,13 +150,17 @@ class Checkpointer:
         return self._restore_newest_sound(self.fit, restore)
 
     def save_latest(self, step: int, variables: Any, opt_state: Any, data_iterator: Any, meta: dict) -> None:
+        """The training state after `step` steps; `data_iterator` is a Grain iterator, or None for a
+        loop that draws its batches from (seed, step) (the hidden-art family)."""
         meta = {**meta, "digest": integrity.digests(variables=variables, opt_state=opt_state)}
-        args = ocp.args.Composite(
-            variables=ocp.args.StandardSave(variables),
-            opt_state=ocp.args.StandardSave(opt_state),
-            data_iterator=grain.checkpoint.CheckpointSave(data_iterator),
-            meta=ocp.args.JsonSave(meta),
-        )
+        items = {
+            "variables": ocp.args.StandardSave(variables),
+            "opt_state": ocp.args.StandardSave(opt_state),
+            "meta": ocp.args.JsonSave(meta),
+        }
+        if data_iterator is not None:
+            items["data_iterator"] = grain.checkpoint.CheckpointSave(data_iterator)
+        args = ocp.args.Composite(**items)
         self._save(self.latest, step, args, nbytes=tree_nbytes(variables, opt_state))
 
     def save_best(self, step: int, variables: Any, meta: dict) -> bool:
@@ -197,12 +208,14 @@ class Checkpointer:
         module docstring); the data iterator is restored in place."""
 
         def restore(step):
-            args = ocp.args.Composite(
-                variables=ocp.args.StandardRestore(abstract_variables),
-                opt_state=ocp.args.StandardRestore(abstract_opt_state),
-                data_iterator=grain.checkpoint.CheckpointRestore(data_iterator),
-                meta=ocp.args.JsonRestore(),
-            )
+            items = {
+                "variables": ocp.args.StandardRestore(abstract_variables),
+                "opt_state": ocp.args.StandardRestore(abstract_opt_state),
+                "meta": ocp.args.JsonRestore(),
+            }
+            if data_iterator is not None:
+                items["data_iterator"] = grain.checkpoint.CheckpointRestore(data_iterator)
+            args = ocp.args.Composite(**items)
             restored = self.latest.restore(step, args=args)
             meta = dict(restored["meta"])
             trees = {"variables": restored["variables"], "opt_state": restored["opt_state"]}
@@ -271,16 +284,14 @@ class Checkpointer:
             self.best.reload()
 
     def wait(self) -> None:
-        self._wait(self.latest)
-        self._wait(self.best)
-        if self._fit is not None:
-            self._wait(self._fit)
+        for manager in (self.latest, self._best, self._fit):
+            if manager is not None:
+                self._wait(manager)
 
     def close(self) -> None:
-        self.latest.close()
-        self.best.close()
-        if self._fit is not None:
-            self._fit.close()
+        for manager in (self.latest, self._best, self._fit):
+            if manager is not None:
+                manager.close()
 
 
 def _restore_step(directory: str, step: int, abstract_variables: Any) -> tuple[Any, dict]:

@@ -30,6 +30,20 @@ class ConfigError(UserError, ValueError):
     """
 
 
+class UsageError(UserError):
+    """The command line asks for something it cannot do (a missing flag, a mode the family lacks)."""
+
+
+class TrainingDivergedError(UserError, RuntimeError):
+    """The loss or the gradients became NaN or infinite; names the last good checkpoint."""
+
+
+def exit_status_of(error: BaseException) -> int:
+    """The exit status of a `UserError`: `EXIT_USAGE` for the command line or the config, else
+    `EXIT_FAILURE`."""
+    return EXIT_USAGE if isinstance(error, (ConfigError, UsageError)) else EXIT_FAILURE
+
+
 def one_line(message: object) -> str:
     """The message on one line: a traceback-free report must not look truncated or framed."""
     return " ".join(str(message).split())

@@ -10,7 +10,7 @@ on the whole test set, where the test images of c are normal and those of the ni
 classes anomalous; the result is the ROC-AUC per class and its mean over the classes.
 
 Every class runs through the same code as every other experiment:
-`xray_flax.train.train_and_evaluate(config, workdir)` on the Folder layout, so the data
+`xray_flax.workflow.train_and_evaluate(config, workdir)` on the Folder layout, so the data
 pipeline, the loop, evaluation and the score normalisation are those of the X-ray runs. The
 dataset is written once as PNG files,
 
@@ -52,14 +52,19 @@ import dataclasses
 import json
 import logging
 import os
+import shutil
 import time
 from collections.abc import Sequence
 
 import ml_collections
 import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
 from PIL import Image
+from sklearn.datasets import load_digits
 
-from xray_flax import files
+from configs.base import get_base_config
+from xray_flax import files, logs, parallel, workflow
 
 log = logging.getLogger(__name__)
 
@@ -137,8 +142,6 @@ def upscale(images: np.ndarray, factor: int) -> np.ndarray:
 
 def load_digits_data(seed: int = 0) -> ClassificationData:
     """scikit-learn's digits, a stratified fixed third per class as the test set, upscaled to 32x32."""
-    from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
-
     digits = load_digits()
     images = upscale(digits.images / 16.0, DIGITS_SCALE)
     labels = digits.target.astype(np.int64)
@@ -168,7 +171,8 @@ def _not_prepared_message(name: str, data_dir: str) -> str:
 
 
 def _tfds_split(name: str, split: str, data_dir: str) -> tuple[np.ndarray, np.ndarray]:
-    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    # Imported here: TFDS pulls in TensorFlow (seconds, hundreds of MB), needed only for these data.
+    import tensorflow_datasets as tfds  # noqa: PLC0415
 
     try:
         ds = tfds.load(name, split=split, data_dir=data_dir or None, download=False, shuffle_files=False)
@@ -256,8 +260,6 @@ def write_folders(data: ClassificationData, root: str) -> str:
             if json.load(f) == fingerprint:
                 return base
         log.warning("%s holds other data (subset or source changed): writing it again", base)
-    import shutil  # pylint: disable=g-import-not-at-top
-
     shutil.rmtree(base, ignore_errors=True)
     for split, images, labels in (
         ("train", data.train_images, data.train_labels),
@@ -295,8 +297,6 @@ def default_config(detector: str = "pyramid_ae") -> ml_collections.ConfigDict:
     Sized for the 10 classes of digits in well under 30 minutes on 2 CPU cores (docs/results.md):
     widths 8..32, 300 steps of 32 images (about 80 epochs of a digit class's ~110 training images).
     """
-    from configs.base import get_base_config  # pylint: disable=g-import-not-at-top
-
     config = get_base_config(detector)
     config.method = f"{detector}, one-class protocol"
     data = config.data
@@ -344,8 +344,6 @@ def class_config(config: ml_collections.ConfigDict, base: str, c: int) -> ml_col
 
 def run_class(config: ml_collections.ConfigDict, base: str, c: int, workdir: str) -> dict:
     """Train and evaluate class c with the shared loop; its row of the table."""
-    from xray_flax import train  # pylint: disable=g-import-not-at-top
-
     config = class_config(config, base, c)
     result_path = os.path.join(workdir, "one_class_result.json")
     config_json = json.loads(config.to_json_best_effort())
@@ -356,7 +354,7 @@ def run_class(config: ml_collections.ConfigDict, base: str, c: int, workdir: str
             log.info("class %d: reusing the finished run in %s", c, workdir)
             return stored["row"]
     start = time.perf_counter()
-    report = train.train_and_evaluate(config, workdir)
+    report = workflow.train_and_evaluate(config, workdir)
     if report is None:
         raise RuntimeError(f"class {c}: training stopped early (halt_after_steps or a termination request)")
     with open(os.path.join(workdir, "splits.json")) as f:
@@ -453,10 +451,6 @@ def run_protocol(
 
 
 def main(argv):
-    from absl import app, flags  # pylint: disable=g-import-not-at-top
-
-    from xray_flax import logs, parallel  # pylint: disable=g-import-not-at-top
-
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     flag_values = flags.FLAGS
@@ -481,9 +475,6 @@ def main(argv):
 
 
 def _define_flags():
-    from absl import flags  # pylint: disable=g-import-not-at-top
-    from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
-
     flags.DEFINE_enum("dataset", "digits", list(DATASETS), "Dataset of the protocol.")
     flags.DEFINE_string("workdir", None, "Folder for the PNG data, the per-class runs and the table.", required=True)
     flags.DEFINE_list("classes", [], "Classes to run (default: all).")
@@ -495,7 +486,5 @@ def _define_flags():
 
 
 if __name__ == "__main__":
-    from absl import app
-
     _define_flags()
     app.run(main)

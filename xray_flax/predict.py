@@ -27,11 +27,11 @@ import jax
 import ml_collections
 import numpy as np
 
-from xray_flax import checkpoint, evaluation_config, files, parallel, progress
+from xray_flax import checkpoint, errors, evaluation_config, files, parallel, progress
 from xray_flax.data import readers
-from xray_flax.evaluate import restore_inferencer
 from xray_flax.inference import Inferencer
 from xray_flax.report import html, overlay, regions, stitch
+from xray_flax.scoring import restore_inferencer
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ _STAGING_PREFIX = ".partial."
 
 def _map_name(fmt: str) -> str:
     if fmt not in MAP_FORMATS:
-        raise ValueError(f"config.eval.predict.map_format={fmt!r}; expected 'tiff' or 'npy'")
+        raise errors.ConfigError(f"config.eval.predict.map_format={fmt!r}; expected 'tiff' or 'npy'")
     return MAP_FORMATS[fmt]
 
 
@@ -301,7 +301,7 @@ def predict(
 ) -> list[dict]:
     """Predict every scan in `inputs` with the best checkpoint of `workdir`."""
     if jax.process_count() > 1:
-        raise RuntimeError(
+        raise errors.UsageError(
             "--mode predict runs as a single process (it writes files); start it without --num_processes / outside srun"
         )
     paths = expand_inputs(inputs, config.data.mask_suffix)

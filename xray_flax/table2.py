@@ -31,8 +31,9 @@ from collections.abc import Sequence
 
 import ml_collections
 import numpy as np
+from sklearn.metrics import roc_curve
 
-from xray_flax import files
+from xray_flax import files, logs, parallel, workflow
 from xray_flax.report import plots, tables
 
 log = logging.getLogger("xray_flax.table2")
@@ -142,8 +143,6 @@ def is_finished(workdir: str, config: ml_collections.ConfigDict) -> bool:
 
 def test_roc_curve(workdir: str) -> tuple[np.ndarray, np.ndarray] | None:
     """(false-positive rates, true-positive rates) of the test tiles in WORKDIR/scores.csv."""
-    from sklearn.metrics import roc_curve
-
     path = os.path.join(workdir, "scores.csv")
     if not os.path.exists(path):
         return None
@@ -191,8 +190,6 @@ def run(
     predict: bool = False,
 ) -> list[dict]:
     """Train/evaluate every method (skipping finished ones), then write the table and the plot."""
-    from xray_flax import train
-
     data = load_config_file(data_spec)
     names = [method_name(spec) for spec in method_specs]
     if len(set(names)) != len(names):
@@ -208,7 +205,7 @@ def run(
             if is_finished(workdir, config):
                 log.info("%s is finished already: not retrained", workdir)
             else:
-                if train.train_and_evaluate(config, workdir) is None:
+                if workflow.train_and_evaluate(config, workdir) is None:
                     raise RuntimeError("stopped before the end of training (halt_after_steps or a termination)")
             result["test"] = tables.load_metrics(workdir)["test"]
         except Exception as error:  # noqa: BLE001 - one failed method must not lose the others' results
@@ -248,8 +245,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from xray_flax import logs, parallel
-
     args = parse_args(argv)
     logs.configure(False)
     parallel.enable_compilation_cache()

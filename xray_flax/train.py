@@ -1,7 +1,8 @@
 """The training loop, one for every detector: state, restore, iterate, log, validate, checkpoint.
 
-`train_and_evaluate(config, workdir)` is the whole job, for any detector of
-`xray_flax.detectors`:
+`train(config, workdir)` trains or fits any detector of `xray_flax.detectors` and keeps its
+best checkpoint; `xray_flax.workflow.train_and_evaluate` then evaluates and predicts with it
+(this module imports neither command):
 
 * gradient kind: optimiser steps on batches of clean normal tiles. It resumes from the latest
   checkpoint in `workdir` when there is one, with the data iterator restored too, and per-step
@@ -9,8 +10,8 @@
 * fit kind: one finite pass over the clean training tiles, no optimiser, saved once; the
   partial fit is checkpointed every few batches (fit_partial/) and a killed fit resumes there.
 
-Both then validate (ROC-AUC on the val split, the score normalisation fitted on its normal
-tiles), keep the best checkpoint, evaluate it on the test split and predict test scans.
+Both validate (ROC-AUC on the val split, the score normalisation fitted on its normal tiles:
+`xray_flax.scoring`) and keep the best checkpoint in `best/`.
 """
 
 from __future__ import annotations
@@ -18,38 +19,24 @@ from __future__ import annotations
 import collections
 import logging
 import os
-import signal
-import threading
 
 import jax
 import ml_collections
 import numpy as np
 from clu import metric_writers
 
-from xray_flax import (
-    checkpoint,
-    detectors,
-    errors,
-    evaluate,
-    files,
-    parallel,
-    predict,
-    progress,
-    steps,
-    workdir_config,
-    workdir_lock,
-)
+from xray_flax import checkpoint, detectors, errors, files, parallel, progress, scoring, steps
 from xray_flax.data import pipeline
 from xray_flax.data import validate as data_validate
 from xray_flax.inference import Inferencer
 from xray_flax.normalization import IDENTITY
-from xray_flax.report import tables
+from xray_flax.stop_request import StopRequest
 
 log = logging.getLogger(__name__)
 
 
-class TrainingDivergedError(RuntimeError):
-    """The loss or the gradients became NaN or infinite."""
+# Raised here; defined with the other user errors (the hidden-art loop raises it too).
+TrainingDivergedError = errors.TrainingDivergedError
 
 
 class MemoryBudgetError(errors.UserError):
@@ -68,50 +55,12 @@ def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
 def validate_config(config: ml_collections.ConfigDict, detector: detectors.Detector) -> None:
     multiple = detector.size_multiple
     if config.data.patch_size % multiple:
-        raise ValueError(
+        raise errors.ConfigError(
             f"config.data.patch_size={config.data.patch_size} must be a multiple of {multiple} "
             f"for the {detector.name} detector as configured (one halving per pooling level)"
         )
     if config.train.num_steps < 1:
-        raise ValueError(f"config.train.num_steps must be >= 1, got {config.train.num_steps}")
-
-
-class _StopRequest:
-    """Stop cleanly, with a checkpoint, when the job is being preempted or cancelled.
-
-    One process: SIGTERM (a preemption, scancel, a job's time limit) or SIGINT (Ctrl-C; a
-    second Ctrl-C stops at once, losing the steps since the last checkpoint). Several
-    processes: the coordination service's preemption sync point, which JAX's distributed
-    runtime raises on SIGTERM and which every process reaches at the same step, so they all
-    save the same step; a Python handler there would replace the runtime's own.
-    """
-
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-    def __init__(self):
-        self.received = False
-        self._previous = {}
-        if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
-            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
-
-    def _handle(self, signum, frame):
-        if self.received and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        name = "Ctrl-C" if signum == signal.SIGINT else f"signal {signum}"
-        log.warning("received %s: saving a checkpoint and stopping after this step (Ctrl-C again: stop now)", name)
-        self.received = True
-
-    def requested(self, manager, step: int) -> bool:
-        """Whether to stop now; `manager` is the orbax CheckpointManager that will save this step."""
-        if jax.process_count() > 1 and not self.received and manager.reached_preemption(step):
-            log.warning("preemption notice at step %d: saving a checkpoint and stopping", step)
-            self.received = True
-        return self.received
-
-    def restore(self) -> None:
-        for signum, previous in self._previous.items():
-            signal.signal(signum, previous)
-        self._previous = {}
+        raise errors.ConfigError(f"config.train.num_steps must be >= 1, got {config.train.num_steps}")
 
 
 def _mean_metrics(pending: list[dict]) -> dict[str, float]:
@@ -125,7 +74,7 @@ class _Validator:
 
     def __init__(self, detector, config, splits, mesh, ckpt, writer, initial_variables):
         self.detector, self.config, self.splits, self.ckpt, self.writer = detector, config, splits, ckpt, writer
-        filter_size = evaluate.score_filter_size(config)
+        filter_size = scoring.score_filter_size(config)
         self.infer = Inferencer(
             detector,
             initial_variables,
@@ -133,14 +82,14 @@ class _Validator:
             config.eval.batch_size,
             filter_size,
             IDENTITY,
-            evaluate.score_top_k(config),
+            scoring.score_top_k(config),
         )
 
     def __call__(self, step: int, variables, rank_fraction: float) -> None:
         self.infer.set_variables(variables, IDENTITY)
-        val = evaluate.score_split(self.infer, self.splits, "val", self.config)
-        normalization = evaluate.fit_normalization(self.detector, self.config, val)
-        val_auc = evaluate.validation_roc_auc(self.splits, "val", val)
+        val = scoring.score_split(self.infer, self.splits, "val", self.config)
+        normalization = scoring.fit_normalization(self.detector, self.config, val)
+        val_auc = scoring.validation_roc_auc(self.splits, "val", val)
         if not np.isfinite(val_auc):
             log.warning(
                 "validation split has one class only: ROC-AUC undefined, the newest checkpoint counts as the best"
@@ -154,21 +103,16 @@ class _Validator:
         log.info("step %d: validation ROC-AUC %.4f%s", step, val_auc, " (best so far)" if improved else "")
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict | None:
-    """Train or fit (resuming if possible), keep the best checkpoint by validation ROC-AUC, evaluate it.
+def train(config: ml_collections.ConfigDict, workdir: str) -> bool:
+    """Train or fit (resuming if possible), keeping the best checkpoint by validation ROC-AUC.
 
-    Returns the test report of evaluate.evaluate, or None when the run stopped early
-    (config.train.halt_after_steps, or a termination request).
+    Returns False when the run stopped early with a checkpoint (config.train.halt_after_steps,
+    or a termination request; the same call resumes), True when it finished. The caller holds
+    the workdir lock (`xray_flax.workflow.train_and_evaluate`).
     """
     detector = detectors.build(config)
     validate_config(config, detector)
     os.makedirs(workdir, exist_ok=True)
-    # Process 0 holds the lock for the whole run, evaluation and prediction included.
-    with workdir_lock.WorkdirLock(workdir, enabled=jax.process_index() == 0):
-        return _train_and_evaluate_locked(config, workdir, detector)
-
-
-def _train_and_evaluate_locked(config, workdir, detector) -> dict | None:
     save_config(config, workdir)
     mesh = parallel.make_mesh(config.mesh)
     splits = pipeline.prepare_splits(config.data, workdir)
@@ -193,18 +137,7 @@ def _train_and_evaluate_locked(config, workdir, detector) -> dict | None:
             log.exception("a checkpoint write failed while stopping")
         finally:
             ckpt.close()
-    if not finished:
-        return None
-    report = evaluate.evaluate(config, workdir)
-    test = report["test"]
-    # Metrics of a one-class split are null (evaluate.py); the line shows them as n/a.
-    log.info(
-        "test ROC-AUC %s | accuracy %s | F1 %s | %s s/patch",
-        *(tables.format_number(test.get(k)) for k in ("roc_auc", "accuracy", "f1", "seconds_per_patch")),
-    )
-    if config.train.predict_test_scans and jax.process_count() == 1:
-        predict.predict(config, workdir, [record.path for record in splits.test[: config.train.predict_test_scans]])
-    return report
+    return finished
 
 
 def _train(detector, config, workdir, splits, mesh, ckpt, writer) -> bool:
@@ -291,7 +224,7 @@ def _train(detector, config, workdir, splits, mesh, ckpt, writer) -> bool:
         mesh.devices.size,
         jax.process_count(),
     )
-    stop = _StopRequest()
+    stop = StopRequest()
     try:
         while step < num_steps and (halt is None or step < halt):
             host_batch = next(train_iter)
@@ -394,7 +327,7 @@ def _fit(detector, config, workdir, splits, mesh, ckpt, writer) -> bool:
     log.info("fitting %s (%s) on %d training tiles, %d batches", config.method, detector.name, total, num_batches)
     halt = config.train.halt_after_steps
     every = max(1, int(config.train.checkpoint_every))
-    stop = _StopRequest()
+    stop = StopRequest()
 
     def save():
         meta = {"batches": done, "tiles": total, "batch_size": config.train.batch_size, "seed": config.seed}
@@ -445,8 +378,3 @@ def _fit(detector, config, workdir, splits, mesh, ckpt, writer) -> bool:
     validate = _Validator(detector, config, splits, mesh, ckpt, writer, variables)
     validate(FIT_STEP, variables, 1.0)
     return True
-
-
-def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:
-    """The config a workdir was trained with (see xray_flax/workdir_config.py)."""
-    return workdir_config.load(workdir)

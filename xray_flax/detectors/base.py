@@ -52,7 +52,11 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import optax
-from flax import struct
+
+# The state and the NaN guard of gradient training, shared with the hidden-art family's loop.
+from xray_flax.train_state import TrainState as TrainState
+from xray_flax.train_state import guard_nonfinite as guard_nonfinite
+from xray_flax.train_state import split_variables as split_variables
 
 Variables = dict[str, Any]
 
@@ -61,71 +65,9 @@ FIT = "fit"
 KINDS = (GRADIENT, FIT)
 
 
-class TrainState(struct.PyTreeNode):
-    """The state of a gradient-kind detector during training; `checkpoints/` store exactly this.
-
-    `params` are the trainable parameters (the only leaves that get gradients and optimiser
-    slots); `collections` every other Flax collection of the variables (e.g. batch_stats).
-    """
-
-    step: jax.Array
-    params: Any
-    collections: Any
-    opt_state: Any
-
-    @classmethod
-    def create(cls, variables: Variables, tx: optax.GradientTransformation) -> TrainState:
-        params, collections = split_variables(variables)
-        return cls(step=jnp.zeros((), jnp.int32), params=params, collections=collections, opt_state=tx.init(params))
-
-    @property
-    def variables(self) -> Variables:
-        return {"params": self.params, **self.collections}
-
-    def apply_gradients(self, grads: Any, tx: optax.GradientTransformation, collections: Any = None) -> TrainState:
-        """One optimiser update; `collections` replaces the non-trainable collections when given
-        (e.g. the batch statistics of this step's forward pass)."""
-        updates, opt_state = tx.update(grads, self.opt_state, self.params)
-        return self.replace(
-            step=self.step + 1,
-            params=optax.apply_updates(self.params, updates),
-            collections=self.collections if collections is None else collections,
-            opt_state=opt_state,
-        )
-
-
 def init_module(key: jax.Array, sample: jax.Array, *, model: Any) -> Variables:
     """`Detector.init` of a detector that is one Flax Linen module called as model(x, train)."""
     return model.init(key, sample, train=False)
-
-
-def split_variables(variables: Variables) -> tuple[Any, dict]:
-    """(params, every other collection) of a Flax variables dict."""
-    variables = dict(variables)
-    return variables.pop("params", {}), variables
-
-
-def guard_nonfinite(train_step: Callable) -> Callable:
-    """Wraps a train step so that a non-finite loss or gradient leaves the state unchanged.
-
-    The step's metrics must hold ``loss`` and ``grad_norm`` (the global norm of the
-    gradients, e.g. optax.tree.norm): a finite norm means every gradient is finite, and a
-    finite update of finite parameters stays finite. The step counter still advances (the data
-    iterator and the keys did), and the metrics report ``nonfinite`` = 1, so the loop stops
-    with a clear error before anything non-finite reaches the parameters or a checkpoint.
-    """
-
-    def guarded(state: TrainState, batch: dict, key: jax.Array, aux: Any) -> tuple[TrainState, dict]:
-        new_state, metrics = train_step(state, batch, key, aux)
-        missing = {"loss", "grad_norm"} - set(metrics)
-        if missing:
-            raise KeyError(f"a gradient detector's train_step must report {sorted(missing)} in its metrics")
-        finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
-        kept = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
-        metrics = dict(metrics, nonfinite=1.0 - finite.astype(jnp.float32))
-        return kept.replace(step=state.step + 1), metrics
-
-    return guarded
 
 
 @dataclasses.dataclass(frozen=True)

@@ -89,9 +89,9 @@ import jraph
 import numpy as np
 import optax
 
-from xray_flax.detectors.base import TrainState
 from xray_flax.hidden_art import dissimilarity as dis
 from xray_flax.hidden_art import graphs as gr
+from xray_flax.train_state import TrainState
 
 ARCHS = ("gcn", "gat")
 DEFAULT_GCN_FEATURES = (128, 32)

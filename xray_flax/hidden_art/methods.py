@@ -5,7 +5,7 @@ A `Method` (built by `build(config)` from `config.method_name`) gives
     init(key, batch) -> variables                 Flax variables ({} when training-free)
     dissimilarity(variables, batch) -> {"per_band": [N, H, W, B] >= 0, "map": [N, H, W], extras}
     optimizer, train_step(state, batch, key) -> (state, metrics)   gradient methods only
-                   (state: xray_flax.detectors.base.TrainState; metrics hold "loss", "grad_norm")
+                   (state: xray_flax.train_state.TrainState; metrics hold "loss", "grad_norm")
     item(scene) -> item                           host side, per painting (graph methods: its
                    superpixel graphs, built once per painting and cached by the run)
     sizes(items, batch_size) -> static sizes      padded sizes that hold any batch of these items
@@ -14,7 +14,7 @@ A `Method` (built by `build(config)` from `config.method_name`) gives
     augment                                       whether the run augments paintings each step
                    (pixel methods; graph methods train on their cached graphs)
 
-The run (`xray_flax.hidden_art.run`) trains, checkpoints, evaluates and writes reports for any
+The family's loop (`xray_flax.hidden_art.train`) trains, checkpoints, evaluates and writes reports for any
 of them and never branches on a method's name; adding a method touches its module, its config
 and one line of `REGISTRY`.
 """
@@ -29,6 +29,7 @@ from typing import Any
 import ml_collections
 import optax
 
+from xray_flax import errors
 from xray_flax.hidden_art import data, gnn, graphs, regression, siamese_conv
 from xray_flax.hidden_art import dissimilarity as plain
 
@@ -140,5 +141,5 @@ REGISTRY: dict[str, Callable[[ml_collections.ConfigDict], Method]] = {
 def build(config: ml_collections.ConfigDict) -> Method:
     name = config.method_name
     if name not in REGISTRY:
-        raise ValueError(f"config.method_name={name!r} is not a hidden-art method; known: {sorted(REGISTRY)}")
+        raise errors.ConfigError(f"config.method_name={name!r} is not a hidden-art method; known: {sorted(REGISTRY)}")
     return REGISTRY[name](config)

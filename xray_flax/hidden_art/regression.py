@@ -43,8 +43,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from xray_flax.detectors.base import TrainState
 from xray_flax.hidden_art import dissimilarity as dis
+from xray_flax.train_state import TrainState
 
 DEFAULT_HIDDEN = (64, 64)
 DEFAULT_LEARNING_RATE = 3e-3

@@ -61,8 +61,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from xray_flax.detectors.base import TrainState
 from xray_flax.hidden_art import dissimilarity as dis
+from xray_flax.train_state import TrainState
 
 DEFAULT_LEARNING_RATE = 1e-3
 _NEGATIVE_SLOPE = 0.01  # [ArtExtract code] nn.LeakyReLU(0.01)
