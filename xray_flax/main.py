@@ -25,7 +25,6 @@ resumed run does not compile again.
 from __future__ import annotations
 
 import errno
-import importlib
 import logging
 import os
 import sys
@@ -64,43 +63,16 @@ _DEBUG = flags.DEFINE_bool(
 INTERRUPTED = "interrupted; rerun the same command to resume"
 
 
-# The project's error classes the user can fix, as (module, class): each names the file,
-# folder or key at fault. New ones should rather inherit from errors.UserError.
-USER_ERRORS = (
-    ("xray_flax.data.readers", "DataError"),  # and its subclasses: bad input images, masks, CSVs, layouts
-    ("xray_flax.checkpoint", "CheckpointError"),
-    ("xray_flax.workdir_lock", "WorkdirLockedError"),
-    ("xray_flax.weights.errors", "WeightsError"),
-    ("xray_flax.train", "TrainingDivergedError"),
-    ("xray_flax.files", "DiskSpaceError"),
-    ("xray_flax.report.stitch", "NonFiniteMapError"),
-)
-
-
-def _user_error_types() -> tuple[type[BaseException], ...]:
-    """errors.UserError and the classes of USER_ERRORS (imported late: most import jax)."""
-    found: list[type[BaseException]] = [errors.UserError]
-    for module, name in USER_ERRORS:
-        try:
-            found.append(getattr(importlib.import_module(module), name))
-        except (ImportError, AttributeError):
-            # A module that does not import is a bug of its own; the error being reported
-            # then keeps its traceback rather than being hidden.
-            logging.debug("error class %s.%s not available", module, name)
-    return tuple(found)
-
-
 def exit_status(error: BaseException) -> int | None:
     """How the command line exits on `error`; None for an unexpected one (a traceback)."""
     if isinstance(error, KeyboardInterrupt):
         return errors.EXIT_INTERRUPTED
-    if isinstance(error, (app.UsageError, errors.ConfigError)):
+    if isinstance(error, app.UsageError):
         return errors.EXIT_USAGE
-    if isinstance(error, _user_error_types()):
-        return errors.EXIT_FAILURE
-    # Config values are validated where they are used, with a ValueError that names the key.
-    if isinstance(error, ValueError) and "config." in str(error):
-        return errors.EXIT_USAGE
+    if isinstance(error, errors.UserError):
+        return errors.exit_status_of(error)
+    # The operating system's own errors name their file: a missing input or checkpoint folder,
+    # a permission, a full disk.
     if isinstance(error, (FileNotFoundError, PermissionError)):
         return errors.EXIT_FAILURE
     if isinstance(error, OSError) and error.errno == errno.ENOSPC:
@@ -134,7 +106,7 @@ def _process_count() -> int:
     jax = sys.modules.get("jax")
     try:
         return jax.process_count() if jax is not None else 1
-    except Exception:  # pylint: disable=broad-except
+    except Exception:  # noqa: BLE001 - any failure to ask means one process
         return 1
 
 
@@ -158,7 +130,7 @@ def parse_flags(argv: list[str]) -> list[str]:
     except KeyboardInterrupt as e:  # while a config file imports the detectors (seconds)
         _report(e, debug=False)
         sys.exit(errors.EXIT_INTERRUPTED)
-    except Exception as e:  # pylint: disable=broad-except
+    except Exception as e:  # noqa: BLE001 - every flag or config problem is one line, exit 2
         if _debug_requested(argv):
             traceback.print_exception(e, file=sys.stderr)
         print(f"error: {_flags_message(e, argv)}", file=sys.stderr, flush=True)
@@ -209,13 +181,13 @@ def _where(error: BaseException) -> str:
 def main(argv):
     try:
         _main(argv)
-    except (Exception, KeyboardInterrupt) as e:  # pylint: disable=broad-except
+    except (Exception, KeyboardInterrupt) as e:  # noqa: BLE001 - the error boundary of the command line
         status = exit_status(e)
         multi = _process_count() > 1
         if status is None and not multi:
             raise  # a bug: its traceback is the report
         if status is None:
-            import jax  # pylint: disable=g-import-not-at-top
+            import jax  # noqa: PLC0415 - loaded by now; not imported before jax.distributed starts
 
             logging.exception("process %d of %d failed", jax.process_index(), jax.process_count())
         else:
@@ -225,7 +197,7 @@ def main(argv):
             # wait in a collective for this one: report, then leave at once, so that srun or
             # launch/local.py sees the failure and stops the others.
             logging.shutdown()
-            os._exit(status or errors.EXIT_FAILURE)  # pylint: disable=protected-access
+            os._exit(status or errors.EXIT_FAILURE)
         sys.exit(status)
 
 
@@ -248,31 +220,14 @@ def _main(argv) -> None:
 
 
 def _run(config) -> None:
-    # Imported after jax.distributed is initialised: they query devices at import time.
-    from xray_flax import evaluate, predict, train  # pylint: disable=g-import-not-at-top
+    # Imported after jax.distributed is initialised: the loop's modules query devices at import.
+    from xray_flax import workflow  # noqa: PLC0415
 
     if config is None:
         if _MODE.value == "train":
             raise app.UsageError("--mode train needs --config (e.g. --config configs/default.py)")
         config = workdir_config.load(_WORKDIR.value)
-    if config.get("family") == "hidden_art":  # the second family: xray_flax/hidden_art/run.py
-        from xray_flax.hidden_art import run  # pylint: disable=g-import-not-at-top
-
-        if _MODE.value == "predict":
-            raise app.UsageError("--mode predict is for X-ray detectors; hidden-art runs write their maps in evaluate")
-        if _MODE.value == "train":
-            run.train_and_evaluate(config, _WORKDIR.value)
-        else:
-            run.evaluate(config, _WORKDIR.value, _OUTPUT_DIR.value)
-        return
-    if _MODE.value == "train":
-        train.train_and_evaluate(config, _WORKDIR.value)
-    elif _MODE.value == "evaluate":
-        evaluate.evaluate(config, _WORKDIR.value, _OUTPUT_DIR.value)
-    else:
-        if not _INPUTS.value:
-            raise app.UsageError("--mode predict needs --inputs (scan files, folders or globs)")
-        predict.predict(config, _WORKDIR.value, _INPUTS.value, _OUTPUT_DIR.value)
+    workflow.run(config, _WORKDIR.value, _MODE.value, _INPUTS.value, _OUTPUT_DIR.value)
 
 
 if __name__ == "__main__":
