@@ -2,7 +2,7 @@
 
     python benchmarks/bench_conv.py [--dtype float32|bfloat16] [--out FILE]
 
-The first four shapes are those cpu_peak.py times for torch's oneDNN conv (../shared/peers),
+The first four shapes are those benchmarks/peer/cpu_peak.py times for torch's oneDNN conv,
 so XLA's conv GFLOP/s lines up against oneDNN's on the same machine. The others are the
 paper model's own large layers. FLOPs = 2 * MACs of the conv (fwd); fwd+bwd counts 3x.
 """

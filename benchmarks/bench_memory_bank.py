@@ -1,4 +1,4 @@
-"""Peak memory of PaDiM's and PatchCore's fit at 1x, 4x, 16x the training tiles (issue 13).
+"""Peak memory of PaDiM's and PatchCore's fit at 1x, 4x, 16x the training tiles.
 
     .venv/bin/python benchmarks/bench_memory_bank.py [--models padim,patchcore] [--scales 1,4,16]
         [--base-tiles 1000] [--patch 64] [--batch 32] [--bank N --chunk N]
@@ -13,7 +13,7 @@ accumulate; --source simulated: tiles cut from simulated clean radiographs inste
 them reported apart and excluded from the fit time), fit_finish. Each child prints one JSON
 line: peak RSS, RSS after the backbone is loaded, fit time, the fit summary, and what anomalib
 would hold before its fit (every embedding stacked: PatchCore N x positions x D x 4 B, PaDiM
-N x P x d x 4 B). Flat means the peak at 16x is within 10 % of the peak at 1x (the acceptance of issue 13).
+N x P x d x 4 B). Flat means the peak at 16x is within 10 % of the peak at 1x (the target; docs/performance.md).
 
 --coverage-tiles N (PatchCore only) also measures the streamed coreset against the exact one on
 real features: the first N clean training tiles of the configured data (the simulated

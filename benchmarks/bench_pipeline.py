@@ -1,6 +1,6 @@
 """Input-pipeline benchmark: patches/s delivered and peak resident memory.
 
-    /work/venv/bin/python benchmarks/bench_pipeline.py [--size 20000] [--workdir /tmp/xray_bench]
+    .venv/bin/python benchmarks/bench_pipeline.py [--size 20000] [--workdir /tmp/xray_bench]
 
 1. Writes a SIZE x SIZE 16-bit tiled TIFF (512x512 tiles, zlib) once, tile by tile, so the
    writer never holds the scan in memory either.

@@ -1,6 +1,6 @@
 """Peak memory of predict-style whole-scan inference on a large 16-bit TIFF.
 
-    /work/venv/bin/python benchmarks/bench_predict_memory.py [--height 5000 --width 3000]
+    .venv/bin/python benchmarks/bench_predict_memory.py [--height 5000 --width 3000]
         [--patch 512 --stride 256 --batch 8] [--memmap] [--no-report] [--tiff PATH]
 
 Writes a tiled 16-bit TIFF (unless --tiff is given), then runs, in a fresh subprocess so

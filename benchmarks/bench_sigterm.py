@@ -1,8 +1,8 @@
 """Time from SIGTERM to exit, with a saved checkpoint, of a 256-px CPU training run.
 
 SLURM and TPU preemption give about 30 s between SIGTERM and SIGKILL. This starts the CLI
-on configs/default.py with 256-px patches (the run of issue 11: "a SIGTERM at step ~45 of a
-256-px CPU run stopped at step 55 and the process exited 70 s later"), sends SIGTERM when
+on configs/default.py with 256-px patches (the run where, before the fix, "a SIGTERM at step ~45 of
+a 256-px CPU run stopped at step 55 and the process exited 70 s later"), sends SIGTERM when
 step `--after_step` is logged, and measures: seconds from the signal to the exit, the step it
 stopped at, and that checkpoints/<step> was written. `--max_steps_in_flight` lets the
 earlier, unbounded behaviour be reproduced for comparison (e.g. 1000).

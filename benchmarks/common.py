@@ -1,4 +1,4 @@
-"""Timing helpers shared by the model benchmarks, in the peers' format (../shared/peers/README.md).
+"""Timing helpers shared by the model benchmarks, in the peers' format (benchmarks/peer/README.md).
 
 Timing rule (the same as the PyTorch peers, so the two sides compare): `warmup` untimed
 calls, then `repeats` timed calls of one full step, median reported, raw times kept.
@@ -8,7 +8,7 @@ Contention guard: this 2-core machine is shared, so before each configuration we
 which others used more than `max_foreign` of the machine (machine busy time from /proc/stat
 minus our own CPU time) is discarded and redone, at most 3 times. The foreign fraction of
 every kept call goes into the JSON, so a disturbed number can be recognised afterwards.
-The idea (and the JSON keys) are those of ../shared/peers/bench_common.py.
+The idea (and the JSON keys) are those of benchmarks/peer/bench_common.py.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The whole benchmark suite, our side and (when its venv exists) the PyTorch peers', in one sitting.
 
-    /work/venv/bin/python benchmarks/run_all.py --out benchmarks/results/
-        [--peers-dir ../shared/peers] [--peer-python /tmp/peer/bin/python]
+    .venv/bin/python benchmarks/run_all.py --out benchmarks/results/
+        [--peers-dir benchmarks/peer] [--peer-python /tmp/peer/bin/python]
         [--draem] [--peer-draem] [--reuse-peer DIR] [--quick] [--skip-extras] [--repeats 5]
 
 Steps (each in its own process, so one's memory never weighs on the next):
@@ -14,7 +14,7 @@ Steps (each in its own process, so one's memory never weighs on the next):
      (peer s/image / ours s/image: > 1 means we are faster), also at each side's best batch.
 On a GPU the model benches run unchanged on the GPU; the CPU ceiling and the CPU peers are
 then a different machine's story and are skipped unless --peers-on-gpu-host is given.
-Build the peer venv with `bash ../shared/peers/setup_peer_venv.sh /tmp/peer` (~2 min).
+Build the peer venv with `bash benchmarks/peer/setup_peer_venv.sh /tmp/peer` (~2 min).
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ def ratio_table(pairs: list[tuple[str, str]], ceiling: float | None) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=os.path.join(HERE, "results"))
-    p.add_argument("--peers-dir", default=os.path.join(os.path.dirname(ROOT), "shared", "peers"))
+    p.add_argument("--peers-dir", default=os.path.join(HERE, "peer"))
     p.add_argument("--peer-python", default="/tmp/peer/bin/python")
     p.add_argument("--draem", action="store_true", help="also benchmark our DRAEM config (fp32)")
     p.add_argument("--peer-draem", action="store_true", help="also run anomalib's DRAEM peer (~12 min)")
@@ -90,7 +90,7 @@ def main() -> None:
     p.add_argument(
         "--peer-batches",
         default="1",
-        help="peer train/infer batches; batch 1 is the peers' best here (../shared/peers/RESULTS.md)",
+        help="peer train/infer batches; batch 1 is the peers' best here (benchmarks/peer/RESULTS.md)",
     )
     p.add_argument("--wait-idle", type=float, default=900.0)
     p.add_argument("--peers-on-gpu-host", action="store_true")

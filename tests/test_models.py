@@ -92,7 +92,8 @@ def draem_discriminative_count(c: int, b: int = 64) -> int:
 def test_paper_networks_match_layer_lists_and_pytorch_counts():
     assert param_count(NestedUNet(out_channels=1), (1, 32, 32, 1)) == nested_unet_count(1) == 9_162_753
     assert param_count(UNet(), (1, 32, 32, 2)) == unet_count(2) == 17_266_882
-    # 9,162,753 and 17,266,882: the PyTorch UNet++/U-Net of shared/peers (RESULTS.md).
+    # 9,162,753 and 17,266,882: the PyTorch UNet++/U-Net of benchmarks/peer/unetpp_torch_bench.py
+    # (benchmarks/peer/RESULTS.md).
 
 
 def test_draem_networks_match_layer_lists_and_anomalib_counts():

@@ -24,7 +24,7 @@ anomalib is changed. CFA's memory bank is initialised as in its `on_train_start`
 
 Inputs are uniform random images in [0, 1], NCHW, 3 channels (anomalib's pre-processor normalisation
 is outside the torch model and not timed, on either side). Timing rules, contention guard and JSON
-schema: ../../shared/peers/bench_common.py and README.md (warmup untimed calls, median of repeats).
+schema: benchmarks/peer/bench_common.py and README.md (warmup untimed calls, median of repeats).
 
 Usage:
   /tmp/peer/bin/python benchmarks/peer/anomalib_baselines_bench.py --models stfpm,fastflow \
@@ -42,8 +42,7 @@ import types
 import warnings
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
-_PEERS = os.path.normpath(os.path.join(_HERE, "..", "..", "..", "shared", "peers"))
-sys.path.insert(0, os.environ.get("PEERS_DIR", _PEERS if os.path.isdir(_PEERS) else "/work/shared/peers"))
+sys.path.insert(0, os.environ.get("PEERS_DIR", _HERE))  # bench_common.py sits beside this script
 warnings.filterwarnings("ignore")
 
 import bench_common as bc  # noqa: E402

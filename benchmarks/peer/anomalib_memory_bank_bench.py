@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Peer benchmark: anomalib 2.7's PaDiM and PatchCore fits (PyTorch, CPU) at a given number of tiles.
 
-The anomalib side of benchmarks/bench_memory_bank.py (issue 13): what anomalib's lightning
+The anomalib side of benchmarks/bench_memory_bank.py: what anomalib's lightning
 modules do in a fit, on the torch models alone:
   * every training batch goes through the torch model in train mode, which appends its
     embeddings to the model's memory bank (PadimModel.memory_bank, PatchcoreModel.embedding_store);
@@ -14,7 +14,7 @@ weights do not change the cost). Inputs: uniform random images [B, 3, S, S], mad
 Each run is one subprocess with an address-space cap (`--memory-cap-gb`, RLIMIT_AS), so running
 out of memory is an allocation error reported in the JSON line, not the kernel's OOM killer.
 
-Usage (the peer venv of ../../shared/peers/setup_peer_venv.sh):
+Usage (the peer venv of benchmarks/peer/setup_peer_venv.sh):
   /tmp/peer/bin/python benchmarks/peer/anomalib_memory_bank_bench.py --model padim --tiles 1000 \
       --size 256 --batch 32 [--backbone resnet18] [--memory-cap-gb 20]
 """

@@ -3,7 +3,7 @@
 Encoder levels 64/128/256/512 plus a bottleneck as wide as the last level (four max-pools:
 512x512 -> 32x32), each level two conv3x3 -> BN -> ReLU. Decoder: bilinear x2 up, concat
 with the skip, a double conv whose middle width is half its input (the widely used
-'milesial' bilinear U-Net, also the PyTorch peer in shared/peers), and a 1x1 conv to the
+'milesial' bilinear U-Net, also the PyTorch peer, benchmarks/peer/unetpp_torch_bench.py), and a 1x1 conv to the
 two class logits (normal, anomalous).
 """
 
