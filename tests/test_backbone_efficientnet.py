@@ -76,7 +76,7 @@ def test_lite0_classifies_real_photos():
 
 
 def test_lite0_parameter_count():
-    # REFERENCE §8: the file holds 4,694,073 numbers = 4,652,008 parameters (torch's
+    # docs/papers.md (weights that install offline): the file holds 4,694,073 numbers = 4,652,008 parameters (torch's
     # sum(p.numel() for p in model.parameters()), conv/BN/fc) + 42,016 BN running statistics +
     # 49 num_batches_tracked scalars (one per BatchNorm).
     classifier = E.Classifier(E.ARCHS["efficientnet_lite0"])

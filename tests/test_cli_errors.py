@@ -1,5 +1,5 @@
 """Errors the user can fix print one line, overrides work without --config, and splits with
-one class only give null metrics instead of a crash (issue 16, items 6 and 7)."""
+one class only give null metrics instead of a crash."""
 
 from __future__ import annotations
 

@@ -132,7 +132,7 @@ def _open_that_fills_the_disk(path, mode="r", *args, **kwargs):
 
 
 FULL_DISK_AT = {
-    # posix_fallocate of the scratch map: the SIGBUS of issue 16 turned into an error up front.
+    # posix_fallocate of the scratch map: a SIGBUS on a full disk turned into an error up front.
     "reserve": lambda mp: mp.setattr(os, "posix_fallocate", _enospc),
     # Free space for scratch + compressed map, checked before stitching.
     "free space": lambda mp: mp.setattr(files, "free_bytes", lambda directory: 1 << 20),

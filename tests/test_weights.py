@@ -360,7 +360,7 @@ def test_lite0_package_file():
     assert state["_fc.weight"].shape == (1000, 1280) and state["_fc.bias"].shape == (1000,)
     assert state["_bn0.num_batches_tracked"].shape == () and state["_bn0.num_batches_tracked"].dtype == np.int64
     buffers = ("running_mean", "running_var", "num_batches_tracked")
-    # REFERENCE's 4,694,073 counts every element of the state dict: the 4,652,008 trainable
+    # The 4,694,073 of docs/papers.md counts every element of the state dict: the 4,652,008 trainable
     # parameters (efficientnet_lite_pytorch's model.parameters()) plus BatchNorm's running
     # statistics (42,016) plus 49 one-element num_batches_tracked counters.
     assert sum(v.size for v in state.values()) == 4_694_073
