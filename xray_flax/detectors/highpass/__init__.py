@@ -5,11 +5,12 @@
 
 Paint losses, nails and foreign objects are local contrast; a score that knows nothing else
 is the floor every learned detector has to beat (on realistic simulated X-rays it reached a
-higher ROC-AUC than a briefly trained paper model, issue 15). It is also the smallest real
+higher ROC-AUC than a briefly trained paper model, docs/results.md). It is also the smallest real
 user of the loop's `fit` path: one pass, no optimiser, saved once. Filters use symmetric
 (scipy 'reflect') padding so tile borders are not mistaken for edges; the values equal
 scipy.ndimage.gaussian_filter / uniform_filter with mode='reflect' (tests/test_highpass.py).
-Sources: [ours]; sigma 4 and window 5 from issue 15's measurement.
+Sources: [ours]; sigma 4 and window 5 chosen by a measurement on the hard simulated set
+(docs/data.md, docs/results.md).
 """
 
 from __future__ import annotations
