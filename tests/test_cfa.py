@@ -17,7 +17,7 @@ from xray_flax.detectors import TrainState
 from xray_flax.detectors.base import guard_nonfinite
 from xray_flax.detectors.cfa import model as cfa_model
 from xray_flax.detectors.cfa.loss import cfa_loss
-from xray_flax.detectors.cfa.optim import make_optimizer
+from xray_flax.detectors.cfa.steps import make_optimizer
 from xray_flax.nn import anomaly_maps
 
 

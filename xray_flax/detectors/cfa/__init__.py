@@ -37,7 +37,6 @@ from xray_flax.backbones.base import fill_pretrained
 from xray_flax.detectors.base import GRADIENT, Detector
 from xray_flax.detectors.cfa import steps
 from xray_flax.detectors.cfa.model import Descriptor
-from xray_flax.detectors.cfa.optim import make_optimizer
 
 
 def _check(config: ml_collections.ConfigDict) -> None:
@@ -71,7 +70,7 @@ def build(config: ml_collections.ConfigDict) -> Detector:
     if channels // int(config.model.gamma_d) < 1:
         raise ValueError(f"config.model.gamma_d={config.model.gamma_d} leaves no descriptor channel of {channels}")
     descriptor = Descriptor(out_channels=channels // int(config.model.gamma_d))
-    tx = make_optimizer(config.optim)
+    tx = steps.make_optimizer(config.optim)
     map_options = {
         "backbone": backbone,
         "descriptor": descriptor,

@@ -35,9 +35,17 @@ from xray_flax.detectors.base import TrainState
 from xray_flax.detectors.cfa import model as cfa_model
 from xray_flax.detectors.cfa.loss import cfa_loss
 from xray_flax.nn.anomaly_maps import upsample_and_blur
+from xray_flax.optim import make_torch_optimizer
 
 BACKBONE = "backbone"
 BANK = "memory_bank"
+
+
+def make_optimizer(optim: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    """torch.optim.AdamW(lr, betas, eps, weight_decay, amsgrad) at a constant rate: decoupled
+    decay, torch's AMSGrad maximum of the raw second moment. [anomalib: AdamW lr 1e-3,
+    weight_decay 5e-4, amsgrad, torch's default betas (0.9, 0.999) and eps 1e-8]"""
+    return make_torch_optimizer(optim, "adamw")
 
 
 def patches_of(backbone: Backbone, backbone_variables: dict, images: jax.Array) -> jax.Array:

@@ -23,6 +23,7 @@ from xray_flax.backbones.base import frozen
 from xray_flax.detectors.base import TrainState
 from xray_flax.detectors.csflow.model import csflow_loss, csflow_map, csflow_score, resize_for_scale
 from xray_flax.nn.flows import CONSTANTS, CrossScaleFlow
+from xray_flax.optim import make_torch_optimizer
 
 BACKBONE = "backbone"
 
@@ -30,13 +31,7 @@ BACKBONE = "backbone"
 def make_optimizer(optim: ml_collections.ConfigDict) -> optax.GradientTransformation:
     """torch: clip_grad_norm_(params, max_norm), then Adam(lr, betas, eps, weight_decay) at a constant
     rate, whose weight decay is added to the (clipped) gradient before the moments. [original]"""
-    parts = []
-    if float(optim.grad_clip_norm) > 0:
-        parts.append(optax.clip_by_global_norm(float(optim.grad_clip_norm)))
-    if float(optim.weight_decay) > 0:
-        parts.append(optax.add_decayed_weights(float(optim.weight_decay)))
-    parts.append(optax.adam(float(optim.learning_rate), b1=float(optim.b1), b2=float(optim.b2), eps=float(optim.eps)))
-    return optax.chain(*parts)
+    return make_torch_optimizer(optim, "adam")
 
 
 def features(backbone: Backbone, variables: dict, images: jax.Array, *, scales: int, resize: str) -> list[jax.Array]:

@@ -23,6 +23,7 @@ from xray_flax.backbones.base import frozen
 from xray_flax.detectors.base import TrainState
 from xray_flax.detectors.fastflow.model import FastFlowHead, fastflow_loss, fastflow_map
 from xray_flax.nn.flows import CONSTANTS
+from xray_flax.optim import make_torch_optimizer
 
 BACKBONE = "backbone"
 
@@ -31,13 +32,7 @@ def make_optimizer(optim: ml_collections.ConfigDict) -> optax.GradientTransforma
     """torch.optim.Adam(lr, betas, eps, weight_decay) at a constant rate: the decay is added to the
     gradient before the moments (coupled L2), after the optional global-norm clip (torch clips
     the gradients before optimizer.step adds the decay). [anomalib]"""
-    parts = []
-    if float(optim.grad_clip_norm) > 0:
-        parts.append(optax.clip_by_global_norm(float(optim.grad_clip_norm)))
-    if float(optim.weight_decay) > 0:
-        parts.append(optax.add_decayed_weights(float(optim.weight_decay)))
-    parts.append(optax.adam(float(optim.learning_rate), b1=float(optim.b1), b2=float(optim.b2), eps=float(optim.eps)))
-    return optax.chain(*parts)
+    return make_torch_optimizer(optim, "adam")
 
 
 def head_variables(variables: dict) -> dict:

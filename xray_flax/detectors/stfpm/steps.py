@@ -23,6 +23,7 @@ from xray_flax.backbones import Backbone
 from xray_flax.backbones.base import frozen
 from xray_flax.detectors.base import TrainState
 from xray_flax.detectors.stfpm import loss as stfpm_loss
+from xray_flax.optim import make_torch_optimizer
 
 TEACHER = "backbone"
 
@@ -31,10 +32,7 @@ def make_optimizer(optim: ml_collections.ConfigDict) -> optax.GradientTransforma
     """torch.optim.SGD(lr, momentum, weight_decay): the decay is added to the gradient first
     (coupled L2), then the heavy-ball momentum buffer b = momentum * b + g, p -= lr * b
     (optax's trace starts at zero, so its first buffer is g, as torch's). [paper, anomalib]"""
-    weight_decay = float(optim.weight_decay)
-    parts = [optax.add_decayed_weights(weight_decay)] if weight_decay > 0 else []
-    parts.append(optax.sgd(float(optim.learning_rate), momentum=float(optim.momentum) or None, nesterov=False))
-    return optax.chain(*parts)
+    return make_torch_optimizer(optim, "sgd")
 
 
 def init(key: jax.Array, sample: jax.Array, *, backbone: Backbone) -> dict:
