@@ -32,6 +32,8 @@ import os
 import sys
 import time
 
+import numpy as np
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -80,10 +82,10 @@ def main(argv=None) -> int:
             os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={args.simulate}"
         ).strip()
     sys.path.insert(0, REPO)
-    import jax  # pylint: disable=g-import-not-at-top
-    import numpy as np  # pylint: disable=g-import-not-at-top
+    # Imported late: JAX (which xray_flax imports) reads JAX_PLATFORMS and XLA_FLAGS, set above.
+    import jax  # noqa: PLC0415
 
-    from xray_flax import detectors, parallel, steps  # pylint: disable=g-import-not-at-top
+    from xray_flax import detectors, parallel, steps  # noqa: PLC0415
 
     parallel.enable_compilation_cache()
     config = importlib.import_module(f"configs.{args.config}").get_config()

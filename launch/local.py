@@ -28,6 +28,7 @@ Exit status: 0 when every process exits 0, else the first non-zero status.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import os
 import signal
 import socket
@@ -57,8 +58,6 @@ def _die_with_the_launcher() -> None:
     """Linux: the kernel kills a process when the launcher dies, even by SIGKILL (a test timeout),
     so no training process is left waiting forever for a collective."""
     if sys.platform.startswith("linux"):
-        import ctypes  # pylint: disable=g-import-not-at-top
-
         pr_set_pdeathsig = 1
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
 

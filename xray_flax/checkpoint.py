@@ -35,6 +35,7 @@ from typing import Any
 import grain
 import jax
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 from xray_flax import errors, files, integrity
 
@@ -75,8 +76,6 @@ def _sync(name: str) -> None:
     """All processes wait here: process 0 has just changed a checkpoint folder that every
     process's manager is about to re-read."""
     if jax.process_count() > 1:
-        from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-
         multihost_utils.sync_global_devices(f"xray_flax:{name}")
 
 

@@ -13,6 +13,7 @@ jax.distributed is initialised.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 
@@ -51,8 +52,6 @@ def load(workdir: str) -> ml_collections.ConfigDict:
 
 def _hidden_art_template(config_name) -> ml_collections.ConfigDict | None:
     """The default config of a hidden-art method (configs/<config_name>.py), None if unknown."""
-    import importlib  # pylint: disable=g-import-not-at-top
-
     try:
         return importlib.import_module(f"configs.{config_name}").get_config()
     except (ImportError, AttributeError, ValueError):
@@ -61,7 +60,9 @@ def _hidden_art_template(config_name) -> ml_collections.ConfigDict | None:
 
 def _template(detector) -> ml_collections.ConfigDict | None:
     """The code's default config of `detector`: the types JSON cannot keep."""
-    from configs import base  # pylint: disable=g-import-not-at-top  (imports the detector registry)
+    # Imported late: configs.base imports the detector registry (JAX), and this module is loaded
+    # while flags are parsed, before jax.distributed is initialised.
+    from configs import base  # noqa: PLC0415
 
     try:
         return base.get_base_config(detector)

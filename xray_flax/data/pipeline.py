@@ -21,6 +21,7 @@ from collections.abc import Iterator
 
 import grain
 import numpy as np
+from absl import flags
 
 from xray_flax import files
 from xray_flax.data import config as data_config_lib
@@ -208,8 +209,6 @@ def _shuffle_seed(data_config, seed: int) -> int:
 
 def _ensure_absl_flags_parsed():
     """Grain's mp_prefetch reads absl flags; outside absl.app.run they are unparsed."""
-    from absl import flags  # pylint: disable=g-import-not-at-top
-
     if not flags.FLAGS.is_parsed():
         flags.FLAGS.mark_as_parsed()
 

@@ -25,6 +25,7 @@ import threading
 from collections.abc import Sequence
 
 import numpy as np
+import tifffile
 from PIL import Image
 
 from xray_flax import errors
@@ -251,8 +252,6 @@ class TiffScanReader(ScanReader):
     """Reads only the TIFF segments (tiles or strips) a region touches, or memory-maps."""
 
     def __init__(self, path, **kw):
-        import tifffile  # pylint: disable=g-import-not-at-top
-
         self._lock = threading.Lock()
         try:
             self._tif = tifffile.TiffFile(path)
@@ -489,8 +488,9 @@ def _read_header(path: str) -> ImageHeader:
 
 
 def _decode_png_16bit_color(path):
-    # Pillow reduces 16-bit RGB PNGs to 8 bits; TensorFlow decodes them at full depth.
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    # Pillow reduces 16-bit RGB PNGs to 8 bits; TensorFlow decodes them at full depth. Imported
+    # late: TensorFlow takes seconds to import and only these files need it.
+    import tensorflow as tf  # noqa: PLC0415
 
     data = tf.io.read_file(path)
     return tf.io.decode_png(data, dtype=tf.uint16).numpy()

@@ -30,6 +30,7 @@ import json
 import os
 
 import numpy as np
+import tifffile
 from PIL import Image
 from scipy import ndimage
 
@@ -277,8 +278,6 @@ def cache_dir_for(params: SimulationParams, cache_dir: str = "") -> str:
 
 def _write_image(path, array, file_format):
     if file_format == "tiff":
-        import tifffile  # pylint: disable=g-import-not-at-top
-
         tifffile.imwrite(path, array, tile=(256, 256), compression="zlib", compressionargs={"level": 1})
     else:
         Image.fromarray(array).save(path, compress_level=1)

@@ -31,15 +31,16 @@ import json
 import os
 
 import numpy as np
+import tensorflow_datasets as tfds
+from absl import app, flags
 
 from xray_flax import files
+from xray_flax.data import config as data_config_lib
 from xray_flax.data import pipeline, readers, tfds_records, tiling
 from xray_flax.data.tfds_records import INDEX_FILE, VERSION
 
 
 def _features(patch: int, channels: int):
-    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-
     t = tfds.features.Tensor
     return tfds.features.FeaturesDict(
         {
@@ -55,57 +56,52 @@ def _features(patch: int, channels: int):
     )
 
 
-def _make_builder_class():
-    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+class XrayPatches(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """Patches of X-ray scans with labels, masks and provenance (see module docstring)."""
 
-    class XrayPatches(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-        """Patches of X-ray scans with labels, masks and provenance (see module docstring)."""
+    VERSION = tfds.core.Version(VERSION)
+    # Nothing is downloaded; a plain attribute also keeps TFDS from looking for a checksums
+    # file next to this module (which needs the optional importlib_resources package).
+    url_infos = {}
+    RELEASE_NOTES = {str(VERSION): "Patches, labels, masks, source scan and coordinates."}
 
-        VERSION = tfds.core.Version(VERSION)
-        # Nothing is downloaded; a plain attribute also keeps TFDS from looking for a checksums
-        # file next to this module (which needs the optional importlib_resources package).
-        url_infos = {}
-        RELEASE_NOTES = {str(VERSION): "Patches, labels, masks, source scan and coordinates."}
+    def __init__(self, *, data_config, splits, **kwargs):
+        self._data_config = data_config
+        self._splits = splits
+        self.name = str(data_config.tfds.name)
+        super().__init__(**kwargs)
 
-        def __init__(self, *, data_config, splits, **kwargs):
-            self._data_config = data_config
-            self._splits = splits
-            self.name = str(data_config.tfds.name)
-            super().__init__(**kwargs)
+    def _info(self):
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description="Patches cut from X-ray scans by xray_flax.data.",
+            features=_features(int(self._data_config.patch_size), int(self._data_config.channels)),
+            disable_shuffling=True,  # records keep the direct pipeline's order
+        )
 
-        def _info(self):
-            return tfds.core.DatasetInfo(
-                builder=self,
-                description="Patches cut from X-ray scans by xray_flax.data.",
-                features=_features(int(self._data_config.patch_size), int(self._data_config.channels)),
-                disable_shuffling=True,  # records keep the direct pipeline's order
+    def _split_generators(self, dl_manager):
+        del dl_manager
+        return {name: self._generate_examples(name) for name in ("train", "val", "test") if self._splits.get(name)}
+
+    def _generate_examples(self, split):
+        table = pipeline.split_tiles(self._splits, split, self._data_config)
+        source = tiling.TileSource(self._splits.get(split), table, self._data_config)
+        paths = [r.path for r in self._splits.get(split)]
+        for i in range(len(source)):
+            e = source[i]
+            yield (
+                i,
+                {
+                    "patch": tfds_records.encode_patch(e["image"]),
+                    "label": e["label"],
+                    "masked": np.float32(table.masked[i]),
+                    "mask": (e["mask"] > 0).astype(np.uint8),
+                    "scan_index": e["scan_index"],
+                    "y": e["y"],
+                    "x": e["x"],
+                    "source": paths[int(e["scan_index"])],
+                },
             )
-
-        def _split_generators(self, dl_manager):
-            del dl_manager
-            return {name: self._generate_examples(name) for name in ("train", "val", "test") if self._splits.get(name)}
-
-        def _generate_examples(self, split):
-            table = pipeline.split_tiles(self._splits, split, self._data_config)
-            source = tiling.TileSource(self._splits.get(split), table, self._data_config)
-            paths = [r.path for r in self._splits.get(split)]
-            for i in range(len(source)):
-                e = source[i]
-                yield (
-                    i,
-                    {
-                        "patch": tfds_records.encode_patch(e["image"]),
-                        "label": e["label"],
-                        "masked": np.float32(table.masked[i]),
-                        "mask": (e["mask"] > 0).astype(np.uint8),
-                        "scan_index": e["scan_index"],
-                        "y": e["y"],
-                        "x": e["x"],
-                        "source": paths[int(e["scan_index"])],
-                    },
-                )
-
-    return XrayPatches
 
 
 def build_tfds(data_config, data_dir: str | None = None) -> str:
@@ -139,9 +135,7 @@ def build_tfds(data_config, data_dir: str | None = None) -> str:
                 "already here; delete it or set config.data.tfds.name",
             )
         return out
-    builder = _make_builder_class()(
-        data_config=data_config, splits=splits, data_dir=data_dir, file_format="array_record"
-    )
+    builder = XrayPatches(data_config=data_config, splits=splits, data_dir=data_dir, file_format="array_record")
     builder.download_and_prepare()
     for name in ("train", "val", "test"):
         if splits.get(name):
@@ -161,10 +155,6 @@ def build_tfds(data_config, data_dir: str | None = None) -> str:
 
 def main(argv):
     del argv
-    from absl import flags  # pylint: disable=g-import-not-at-top
-
-    from xray_flax.data import config as data_config_lib  # pylint: disable=g-import-not-at-top
-
     f = flags.FLAGS
     c = data_config_lib.defaults()
     c.source, c.root = f.source, f.root
@@ -173,11 +163,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    from absl import (
-        app,  # pylint: disable=g-import-not-at-top
-        flags,  # pylint: disable=g-import-not-at-top
-    )
-
     flags.DEFINE_string("data_dir", None, "Where to write the dataset.", required=True)
     flags.DEFINE_string("source", "simulated", "Layout to convert.")
     flags.DEFINE_string("root", "", "Layout root folder.")

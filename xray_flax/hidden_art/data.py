@@ -61,6 +61,7 @@ import re
 from collections.abc import Sequence
 
 import numpy as np
+import scipy.io
 
 from xray_flax.data import readers
 
@@ -169,18 +170,17 @@ def read_band_stack(paths: Sequence) -> np.ndarray:
 
 def _mat_format(path) -> str:
     """'v5' (scipy.io reads it; v4 and v6 too) or 'v7.3' (HDF5); DataError for anything else."""
-    from scipy.io import matlab  # pylint: disable=g-import-not-at-top
-
     try:
-        major, _ = matlab.matfile_version(path)
+        major, _ = scipy.io.matlab.matfile_version(path)
     except Exception as e:  # ValueError for a non-MAT file, OSError for an empty or unreadable one
         raise readers.UnreadableImageError(path, f"not a MATLAB .mat file ({e})") from e
     return "v7.3" if major == 2 else "v5"
 
 
 def _require_h5py(path):
+    # Imported when a v7.3 file is read: h5py is optional, and its absence is reported then.
     try:
-        import h5py  # pylint: disable=g-import-not-at-top
+        import h5py  # noqa: PLC0415
     except ImportError as e:
         raise readers.UnsupportedImageError(
             path, "a MATLAB v7.3 (HDF5) file needs h5py, which is not installed: pip install h5py"
@@ -191,8 +191,6 @@ def _require_h5py(path):
 def _mat_variables(path, fmt: str) -> list[tuple[str, tuple[int, ...], bool]]:
     """(name, shape as [H, W, ...], numeric) of the top-level variables, read from the headers."""
     if fmt == "v5":
-        import scipy.io  # pylint: disable=g-import-not-at-top
-
         try:
             found = scipy.io.whosmat(path)
         except Exception as e:
@@ -252,8 +250,6 @@ def _unit_cube(path, array: np.ndarray) -> np.ndarray:
 
 def _read_mat_array(path, name: str, fmt: str) -> np.ndarray:
     if fmt == "v5":
-        import scipy.io  # pylint: disable=g-import-not-at-top
-
         try:
             data = scipy.io.loadmat(path, variable_names=[name])
         except Exception as e:  # truncated files raise OSError or ValueError

@@ -28,6 +28,11 @@ from PIL import Image, ImageDraw
 from xray_flax.synthesis import config as config_lib
 from xray_flax.synthesis import synthesize, textures
 
+try:
+    from xray_flax.data import simulate
+except ImportError:  # without it, the normal patches are fractal noise
+    simulate = None
+
 SAMPLES = 16
 SAMPLES_PER_ROW = 4
 CAPTION_HEIGHT = 14
@@ -68,10 +73,6 @@ def _normal_patches_from_folder(folder: str, size: int, channels: int, rng: np.r
 def _simulated_normal_patches(size: int, channels: int, seed: int) -> np.ndarray:
     """Crops of simulated anomaly-free radiographs (inside the film margin)."""
     rng = np.random.default_rng(seed)
-    try:
-        from xray_flax.data import simulate  # pylint: disable=g-import-not-at-top
-    except ImportError:
-        simulate = None
     patches = []
     for index in range(2):  # one wood panel, one canvas
         if simulate is not None:
