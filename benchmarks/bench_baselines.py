@@ -121,7 +121,7 @@ def make_backbone(config, mesh, batch: int, size: int):
     """The detector's frozen backbone alone (`Backbone.features` up to its deepest tap, inference mode), jitted."""
     backbone = backbones.build(config.backbone, 3)
     detector = detectors.build(config)
-    variables = steps.init_variables(detector, jax.random.key(0), size, 3, mesh, pretrained=False)["backbone"]
+    variables = steps.init_variables(detector, jax.random.key(0), size, 3, mesh, pretrained=False)[backbones.COLLECTION]
     x = images(batch, size, mesh)
     t0 = time.perf_counter()
     compiled = jax.jit(backbone.features).lower(variables, x).compile()

@@ -140,7 +140,7 @@ def simulated_batches(batch: int, patch: int, scan_size: int, seed: int = 0):
 def child(args) -> dict:
     import jax
 
-    from xray_flax import detectors, parallel, steps
+    from xray_flax import backbones, detectors, parallel, steps
 
     config = _config(args.model, args.patch, args.batch, args.bank, args.chunk, args.set)
     detector = detectors.build(config)
@@ -196,7 +196,7 @@ def child(args) -> dict:
         positions, dim = (args.patch // stride) ** 2, plan.dim
     else:
         positions, dim = (args.patch // (stride * plan.pool)) ** 2, plan.n_features
-    collections = {k: v for k, v in fitted.items() if k != "backbone"}
+    collections = {k: v for k, v in fitted.items() if k != backbones.COLLECTION}
     return {
         "model": args.model,
         "overrides": list(args.set),

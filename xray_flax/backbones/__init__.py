@@ -17,9 +17,9 @@ import importlib
 
 import ml_collections
 
-from xray_flax.backbones.base import GREY_MODES, Backbone
+from xray_flax.backbones.base import COLLECTION, GREY_MODES, Backbone
 
-__all__ = ["GREY_MODES", "Backbone", "build", "defaults", "names"]
+__all__ = ["COLLECTION", "GREY_MODES", "Backbone", "build", "defaults", "names"]
 
 # name -> module that provides build(name, taps, input_channels, grey, weights) -> Backbone
 _BACKBONES = {

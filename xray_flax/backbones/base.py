@@ -2,8 +2,8 @@
 
 A backbone is a `Backbone` value built by `xray_flax.backbones.build(config.backbone)`. It is
 always used in inference mode (BatchNorm running statistics, no dropout) and its variables
-live outside the trainable ``params`` of a detector (a detector keeps them in its own
-collection, e.g. ``variables["backbone"]``), so they get no gradients and no optimiser slots.
+live outside the trainable ``params`` of a detector (every detector keeps them in the collection
+``COLLECTION``, ``variables["backbone"]``), so they get no gradients and no optimiser slots.
 
     backbone.init(key, sample)     -> {"params": ..., "batch_stats": ...}   random, right shapes
     backbone.load()                -> the same tree as numpy arrays, from the weights file
@@ -35,6 +35,11 @@ import numpy as np
 Variables = dict[str, Any]
 
 GREY_MODES = ("replicate", "fold")
+
+# The variables collection a detector keeps its frozen backbone in: {"params", "batch_stats"}
+# of the network, outside the trained `params` (no gradient, no optimiser slot). One name for
+# every detector, so checkpoints and `fill_pretrained` agree on where the backbone is.
+COLLECTION = "backbone"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,7 +85,7 @@ def _leaf_shapes(tree) -> dict[str, tuple[int, ...]]:
     }
 
 
-def fill_pretrained(variables: Variables, *, backbone: Backbone, collection: str = "backbone") -> Variables:
+def fill_pretrained(variables: Variables, *, backbone: Backbone, collection: str = COLLECTION) -> Variables:
     """`Detector.pretrained` of a detector whose frozen backbone sits in `variables[collection]`:
     the same variables (host side) with that collection replaced by `backbone.load()`, after
     checking that the loaded tree has the leaves and shapes of the network built from

@@ -96,5 +96,5 @@ def build(config: ml_collections.ConfigDict) -> Detector:
             memory_bank_steps=int(config.model.memory_bank_steps),
         ),
         preview=functools.partial(steps.preview, **map_options),
-        pretrained=functools.partial(fill_pretrained, backbone=backbone, collection=steps.BACKBONE),
+        pretrained=functools.partial(fill_pretrained, backbone=backbone),
     )

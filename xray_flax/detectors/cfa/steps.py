@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from xray_flax.backbones import Backbone
+from xray_flax.backbones import COLLECTION, Backbone
 from xray_flax.backbones.base import frozen
 from xray_flax.detectors.base import TrainState
 from xray_flax.detectors.cfa import model as cfa_model
@@ -37,7 +37,6 @@ from xray_flax.detectors.cfa.loss import cfa_loss
 from xray_flax.nn.anomaly_maps import upsample_and_blur
 from xray_flax.optim import make_torch_optimizer
 
-BACKBONE = "backbone"
 BANK = "memory_bank"
 
 
@@ -63,7 +62,7 @@ def init(key: jax.Array, sample: jax.Array, *, backbone: Backbone, descriptor: c
     _, h, w, _ = patches.shape
     return {
         "params": {"descriptor": params},
-        BACKBONE: backbone_variables,
+        COLLECTION: backbone_variables,
         BANK: {"centres": jnp.zeros((h * w, descriptor.out_channels), jnp.float32)},
     }
 
@@ -86,7 +85,7 @@ def train_step(
 ) -> tuple[TrainState, dict]:
     """A memory-bank step while step < memory_bank_steps, else one AdamW step (module docstring)."""
     del key, aux
-    patches = patches_of(backbone, state.collections[BACKBONE], batch["image"])
+    patches = patches_of(backbone, state.collections[COLLECTION], batch["image"])
     centres = state.collections[BANK]["centres"]
 
     def bank_step(_):
@@ -137,7 +136,7 @@ def anomaly_map(
 ) -> dict:
     """{'map' [B, H, W]: the softmin score of the nearest centres on the first tap's grid,
     upsampled bilinearly and blurred (sigma 4), 'score' [B]: its maximum}. [anomalib]"""
-    patches = patches_of(backbone, variables[BACKBONE], images)
+    patches = patches_of(backbone, variables[COLLECTION], images)
     desc = descriptors_of(descriptor, variables["params"], patches)
     b, h, w, _ = desc.shape
     squared = cfa_model.squared_distances(desc, variables[BANK]["centres"])

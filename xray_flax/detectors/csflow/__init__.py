@@ -105,5 +105,5 @@ def build(config: ml_collections.ConfigDict) -> Detector:
             steps.train_step, backbone=backbone, flow=flow, tx=tx, resize=resize, logdet_reduction=reduction
         ),
         preview=functools.partial(steps.preview, **map_args),
-        pretrained=functools.partial(fill_pretrained, backbone=backbone, collection=steps.BACKBONE),
+        pretrained=functools.partial(fill_pretrained, backbone=backbone),
     )

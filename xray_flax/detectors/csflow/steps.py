@@ -18,14 +18,12 @@ import jax
 import ml_collections
 import optax
 
-from xray_flax.backbones import Backbone
+from xray_flax.backbones import COLLECTION, Backbone
 from xray_flax.backbones.base import frozen
 from xray_flax.detectors.base import TrainState
 from xray_flax.detectors.csflow.model import csflow_loss, csflow_map, csflow_score, resize_for_scale
 from xray_flax.nn.flows import CONSTANTS, CrossScaleFlow
 from xray_flax.optim import make_torch_optimizer
-
-BACKBONE = "backbone"
 
 
 def make_optimizer(optim: ml_collections.ConfigDict) -> optax.GradientTransformation:
@@ -38,7 +36,8 @@ def features(backbone: Backbone, variables: dict, images: jax.Array, *, scales: 
     """[the backbone's tap of the image resized to side / 2^k] for k < scales, frozen."""
     (tap,) = backbone.taps
     return [
-        frozen(backbone.features(variables[BACKBONE], resize_for_scale(images, k, resize)))[tap] for k in range(scales)
+        frozen(backbone.features(variables[COLLECTION], resize_for_scale(images, k, resize)))[tap]
+        for k in range(scales)
     ]
 
 
@@ -46,9 +45,9 @@ def init(key: jax.Array, sample: jax.Array, *, backbone: Backbone, flow: CrossSc
     """Random backbone and flow (separate keys); `pretrained` replaces the backbone."""
     backbone_key, flow_key = jax.random.split(key)
     backbone_variables = backbone.init(backbone_key, sample)
-    feats = features(backbone, {BACKBONE: backbone_variables}, sample, scales=flow.scales, resize=resize)
+    feats = features(backbone, {COLLECTION: backbone_variables}, sample, scales=flow.scales, resize=resize)
     flow_variables = flow.init(flow_key, feats)
-    return {"params": flow_variables["params"], CONSTANTS: flow_variables[CONSTANTS], BACKBONE: backbone_variables}
+    return {"params": flow_variables["params"], CONSTANTS: flow_variables[CONSTANTS], COLLECTION: backbone_variables}
 
 
 def train_step(

@@ -82,5 +82,5 @@ def build(config: ml_collections.ConfigDict) -> Detector:
         optimizer=tx,
         train_step=functools.partial(steps.train_step, backbone=backbone, head=head, tx=tx),
         preview=functools.partial(steps.preview, backbone=backbone, head=head, blur_sigma=blur_sigma),
-        pretrained=functools.partial(fill_pretrained, backbone=backbone, collection=steps.BACKBONE),
+        pretrained=functools.partial(fill_pretrained, backbone=backbone),
     )

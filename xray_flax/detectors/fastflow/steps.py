@@ -18,14 +18,12 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from xray_flax.backbones import Backbone
+from xray_flax.backbones import COLLECTION, Backbone
 from xray_flax.backbones.base import frozen
 from xray_flax.detectors.base import TrainState
 from xray_flax.detectors.fastflow.model import FastFlowHead, fastflow_loss, fastflow_map
 from xray_flax.nn.flows import CONSTANTS
 from xray_flax.optim import make_torch_optimizer
-
-BACKBONE = "backbone"
 
 
 def make_optimizer(optim: ml_collections.ConfigDict) -> optax.GradientTransformation:
@@ -41,15 +39,15 @@ def head_variables(variables: dict) -> dict:
 
 def features(backbone: Backbone, variables: dict, images: jax.Array) -> dict[str, jax.Array]:
     """The frozen backbone's taps (inference mode, no gradient)."""
-    return frozen(backbone.features(variables[BACKBONE], images))
+    return frozen(backbone.features(variables[COLLECTION], images))
 
 
 def init(key: jax.Array, sample: jax.Array, *, backbone: Backbone, head: FastFlowHead) -> dict:
     """Random backbone and head (separate keys); `pretrained` replaces the backbone."""
     backbone_key, head_key = jax.random.split(key)
     backbone_variables = backbone.init(backbone_key, sample)
-    head_vars = head.init(head_key, features(backbone, {BACKBONE: backbone_variables}, sample))
-    return {"params": head_vars["params"], CONSTANTS: head_vars[CONSTANTS], BACKBONE: backbone_variables}
+    head_vars = head.init(head_key, features(backbone, {COLLECTION: backbone_variables}, sample))
+    return {"params": head_vars["params"], CONSTANTS: head_vars[CONSTANTS], COLLECTION: backbone_variables}
 
 
 def train_step(

@@ -100,7 +100,7 @@ def build(config: ml_collections.ConfigDict) -> base.Detector:
             max(plan.backbone.strides.values()), plan.backbone.strides[plan.backbone.taps[0]] * plan.pool
         ),
         bounded_map=False,
-        pretrained=functools.partial(fill_pretrained, backbone=plan.backbone, collection=steps.BACKBONE),
+        pretrained=functools.partial(fill_pretrained, backbone=plan.backbone),
         fit_init=functools.partial(steps.fit_init, plan=plan),
         fit_update=functools.partial(steps.fit_update, plan=plan),
         fit_finish=functools.partial(steps.fit_finish, plan=plan),

@@ -26,12 +26,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from xray_flax.backbones import Backbone
+from xray_flax.backbones import COLLECTION, Backbone
 from xray_flax.backbones.base import frozen
 from xray_flax.detectors.padim import model
 from xray_flax.nn.anomaly_maps import upsample_and_blur
 
-BACKBONE = "backbone"
 GAUSSIAN = "gaussian"
 ACCUMULATE = ("float64", "float32")
 STORAGE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -71,7 +70,7 @@ def init(key: jax.Array, sample: jax.Array, *, plan: Plan) -> dict:
     p, d = h * w, plan.n_features
     dtype = STORAGE_DTYPES[plan.storage_dtype]
     return {
-        BACKBONE: plan.backbone.init(key, sample),
+        COLLECTION: plan.backbone.init(key, sample),
         GAUSSIAN: {
             "mean": jnp.zeros((p, d), jnp.float32),
             "whitening": jnp.broadcast_to(jnp.eye(d, dtype=dtype), (p, d, d)),
@@ -81,7 +80,7 @@ def init(key: jax.Array, sample: jax.Array, *, plan: Plan) -> dict:
 
 def embed(variables: dict, images: jax.Array, *, plan: Plan) -> jax.Array:
     """[B, P, d] embeddings of images [B, H, W, C] in [0, 1]."""
-    features = frozen(plan.backbone.features(variables[BACKBONE], images))
+    features = frozen(plan.backbone.features(variables[COLLECTION], images))
     x = model.embedding(features, plan.backbone.taps, plan.per_tap, plan.pool)
     return x.reshape(x.shape[0], -1, x.shape[-1])
 

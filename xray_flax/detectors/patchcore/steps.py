@@ -20,12 +20,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from xray_flax.backbones import Backbone
+from xray_flax.backbones import COLLECTION, Backbone
 from xray_flax.backbones.base import frozen
 from xray_flax.detectors.patchcore import model
 from xray_flax.nn import coreset
 
-BACKBONE = "backbone"
 MEMORY = "memory"
 STORAGE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -74,7 +73,7 @@ def state_bytes(plan: Plan) -> int:
 def init(key: jax.Array, sample: jax.Array, *, plan: Plan) -> dict:
     """Random backbone (`pretrained` replaces it) and an empty memory bank."""
     return {
-        BACKBONE: plan.backbone.init(key, sample),
+        COLLECTION: plan.backbone.init(key, sample),
         MEMORY: {
             "bank": jnp.zeros((plan.bank_size, plan.dim), STORAGE_DTYPES[plan.storage_dtype]),
             "valid": jnp.zeros((plan.bank_size,), bool),
@@ -84,7 +83,7 @@ def init(key: jax.Array, sample: jax.Array, *, plan: Plan) -> dict:
 
 def embed(variables: dict, images: jax.Array, *, plan: Plan) -> jax.Array:
     """[B, h, w, D] patch features of images [B, H, W, C] in [0, 1]."""
-    features = frozen(plan.backbone.features(variables[BACKBONE], images))
+    features = frozen(plan.backbone.features(variables[COLLECTION], images))
     return model.patch_embedding(features, plan.backbone.taps, plan.target_dim)
 
 

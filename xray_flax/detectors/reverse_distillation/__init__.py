@@ -121,5 +121,5 @@ def build(config: ml_collections.ConfigDict) -> Detector:
         optimizer=tx,
         train_step=functools.partial(steps.train_step, backbone=backbone, head=head, tx=tx),
         preview=functools.partial(steps.preview, **map_kwargs),
-        pretrained=functools.partial(fill_pretrained, backbone=backbone, collection=steps.BACKBONE),
+        pretrained=functools.partial(fill_pretrained, backbone=backbone),
     )

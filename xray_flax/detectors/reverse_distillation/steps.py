@@ -15,32 +15,30 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from xray_flax.backbones import Backbone
+from xray_flax.backbones import COLLECTION, Backbone
 from xray_flax.backbones.base import frozen
 from xray_flax.detectors.base import TrainState
 from xray_flax.detectors.reverse_distillation import loss as rd_loss
 from xray_flax.detectors.reverse_distillation.network import ReverseDistillationHead
 
-BACKBONE = "backbone"  # the frozen encoder's collection
-
 
 def encode(backbone: Backbone, variables: dict, images: jax.Array) -> list[jax.Array]:
     """The frozen encoder's taps, shallow to deep, gradients stopped."""
-    features = frozen(backbone.features(variables[BACKBONE], images))
+    features = frozen(backbone.features(variables[COLLECTION], images))
     return [features[t] for t in backbone.taps]
 
 
 def head_variables(variables: dict) -> dict:
-    return {k: v for k, v in variables.items() if k != BACKBONE}
+    return {k: v for k, v in variables.items() if k != COLLECTION}
 
 
 def init(key: jax.Array, sample: jax.Array, *, backbone: Backbone, head: ReverseDistillationHead) -> dict:
     """Random encoder and head variables of the right shapes (pure, no file reading)."""
     key_encoder, key_head = jax.random.split(key)
     encoder_variables = backbone.init(key_encoder, sample)
-    taps = encode(backbone, {BACKBONE: encoder_variables}, sample)
+    taps = encode(backbone, {COLLECTION: encoder_variables}, sample)
     head_vars = head.init(key_head, taps, train=False)
-    return {**head_vars, BACKBONE: encoder_variables}
+    return {**head_vars, COLLECTION: encoder_variables}
 
 
 def train_step(

@@ -60,5 +60,5 @@ def build(config: ml_collections.ConfigDict) -> Detector:
         optimizer=tx,
         train_step=functools.partial(steps.train_step, backbone=backbone, tx=tx, loss_config=config.loss),
         preview=functools.partial(steps.preview, backbone=backbone, blur_sigma=blur_sigma),
-        pretrained=functools.partial(fill_pretrained, backbone=backbone, collection=steps.TEACHER),
+        pretrained=functools.partial(fill_pretrained, backbone=backbone),
     )

@@ -19,13 +19,11 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from xray_flax.backbones import Backbone
+from xray_flax.backbones import COLLECTION, Backbone
 from xray_flax.backbones.base import frozen
 from xray_flax.detectors.base import TrainState
 from xray_flax.detectors.stfpm import loss as stfpm_loss
 from xray_flax.optim import make_torch_optimizer
-
-TEACHER = "backbone"
 
 
 def make_optimizer(optim: ml_collections.ConfigDict) -> optax.GradientTransformation:
@@ -42,7 +40,7 @@ def init(key: jax.Array, sample: jax.Array, *, backbone: Backbone) -> dict:
     return {
         "params": student["params"],
         "batch_stats": student["batch_stats"],
-        TEACHER: backbone.init(teacher_key, sample),
+        COLLECTION: backbone.init(teacher_key, sample),
     }
 
 
@@ -63,7 +61,7 @@ def train_step(
     """One SGD step of the student towards the frozen teacher's normalised features."""
     del key, aux
     images = batch["image"]
-    teacher = frozen(backbone.features(state.collections[TEACHER], images))
+    teacher = frozen(backbone.features(state.collections[COLLECTION], images))
     inputs = backbone.preprocess(images)
 
     def loss_fn(params):
@@ -91,7 +89,7 @@ def train_step(
 def anomaly_map(variables: dict, images: jax.Array, *, backbone: Backbone, blur_sigma: float) -> dict:
     """{'map' [B, H, W]: product of the upsampled per-layer maps, 'score' [B]: its maximum}.
     [anomalib: pred_score = amax of the map]"""
-    teacher = backbone.features(variables[TEACHER], images)
+    teacher = backbone.features(variables[COLLECTION], images)
     student = backbone.features(_student(variables), images)
     out = stfpm_loss.anomaly_map(teacher, student, images.shape[1:3], blur_sigma=blur_sigma)
     return {"map": out, "score": jnp.max(out, axis=(1, 2))}
