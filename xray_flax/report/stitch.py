@@ -126,6 +126,15 @@ class _BandAccumulator:
         self.top = row
 
 
+def _output_map(out: np.ndarray | None, height: int, width: int) -> np.ndarray:
+    """`out` when it has the scan's shape (ValueError if not), else a new zero map."""
+    if out is None:
+        return np.zeros((height, width), np.float32)
+    if out.shape != (height, width):
+        raise ValueError(f"out has shape {out.shape}, the scan is {(height, width)}")
+    return out
+
+
 def stitch_anomaly_map(
     reader: ScanReaderLike,
     anomaly_fn: AnomalyFn,
@@ -163,10 +172,7 @@ def stitch_anomaly_map(
     height, width, channels = int(reader.height), int(reader.width), int(reader.channels)
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
-    if out is None:
-        out = np.zeros((height, width), np.float32)
-    elif out.shape != (height, width):
-        raise ValueError(f"out has shape {out.shape}, the scan is {(height, width)}")
+    out = _output_map(out, height, width)
     rows = tiling.tile_starts(height, patch_size, stride, "shift").tolist()
     cols = tiling.tile_starts(width, patch_size, stride, "shift").tolist()
     if stride > patch_size:
