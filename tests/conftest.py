@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import sys
 
+import jax
 import pytest
+from absl import flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.path.join(os.path.dirname(REPO), "shared")
@@ -13,12 +15,8 @@ DTD_ROOT = os.path.join(SHARED, "data", "dtd")
 
 
 def pytest_configure(config):
-    from absl import flags
-
     if not flags.FLAGS.is_parsed():
         flags.FLAGS.mark_as_parsed()  # grain's mp_prefetch reads absl flags outside app.run
-    import jax
-
     # Tests compile the same tiny networks many times; the cache makes the later ones cheap.
     cache = os.environ.get("XRAY_FLAX_TEST_JAX_CACHE", os.path.join(REPO, ".pytest_cache", "jax"))
     jax.config.update("jax_compilation_cache_dir", cache)

@@ -19,6 +19,7 @@ import os
 import signal
 import sys
 
+from absl import app
 from orbax.checkpoint._src.path import atomicity
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -55,9 +56,8 @@ def main() -> None:
     assert sep == "--" and site in SITES and folder, __doc__
     install(site, folder, int(n))
     sys.path.insert(0, REPO)
-    from absl import app
-
-    from xray_flax import main as cli
+    # Imported once the repository is on sys.path: this file runs as a script.
+    from xray_flax import main as cli  # noqa: PLC0415
 
     sys.argv = ["xray_flax.main", *args]
     app.run(cli.main)

@@ -17,7 +17,7 @@ from xray_flax.detectors import TrainState
 from xray_flax.detectors.base import guard_nonfinite
 from xray_flax.detectors.cfa import model as cfa_model
 from xray_flax.detectors.cfa.loss import cfa_loss
-from xray_flax.detectors.cfa.steps import make_optimizer
+from xray_flax.detectors.cfa.steps import descriptors_of, make_optimizer, patches_of
 from xray_flax.nn import anomaly_maps
 
 
@@ -88,8 +88,6 @@ def test_memory_bank_is_the_mean_of_the_descriptors_it_saw():
     step = jax.jit(guard_nonfinite(detector.train_step))
 
     # The descriptors of the initial network on the tiles of the first two batches.
-    from xray_flax.detectors.cfa.steps import descriptors_of, patches_of
-
     backbone = detector.train_step.keywords["backbone"]
     descriptor = detector.train_step.keywords["descriptor"]
     seen = np.concatenate(

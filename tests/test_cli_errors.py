@@ -17,7 +17,8 @@ from ml_collections import config_flags
 from PIL import Image
 
 from configs import tiny
-from xray_flax import checkpoint, errors, evaluate, metrics, train, workdir_config, workflow
+from xray_flax import checkpoint, errors, evaluate, metrics, train, workdir_config, workdir_lock, workflow
+from xray_flax import main as cli_main
 from xray_flax.data import readers
 from xray_flax.report import tables
 
@@ -227,8 +228,6 @@ def test_the_argv_rewrite_only_touches_evaluate_and_predict_without_config(tmp_p
 
 @pytest.fixture
 def cli(monkeypatch):
-    from xray_flax import main as cli_main
-
     def run(error: BaseException, debug: bool = False):
         def fail(argv):
             raise error
@@ -280,8 +279,6 @@ def test_unexpected_errors_keep_their_traceback(cli):
     # is not recognised by its wording, so a check that forgot the class shows up as a bug.
     assert cli_main.exit_status(ValueError("config.train.num_steps must be >= 1, got 0")) is None
     assert cli_main.exit_status(KeyError("x")) is None
-    from xray_flax import workdir_lock
-
     assert cli_main.exit_status(workdir_lock.WorkdirLockedError("/w is in use")) == 1
 
 

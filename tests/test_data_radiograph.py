@@ -2,11 +2,13 @@
 effects on the film, the normal structures, the settings' validation."""
 
 import dataclasses
+import importlib
 
 import numpy as np
 import pytest
 from scipy import ndimage
 
+from configs import hard
 from xray_flax.data import radiograph, simulate
 
 KINDS = ("paint_losses", "scratches", "fillings", "white_spots", "nails", "foreign_objects")
@@ -110,10 +112,6 @@ def test_scan_counts_follow_the_area_and_the_kinds():
 
 @pytest.mark.parametrize("name, detector", [(None, "draem"), ("highpass", "highpass"), ("patch_nn", "patch_nn")])
 def test_hard_config_changes_only_the_data(name, detector):
-    import importlib
-
-    from configs import hard
-
     config = hard.get_config(name)
     original = importlib.import_module(f"configs.{name or 'default'}").get_config()
     assert config.detector == detector

@@ -1,7 +1,10 @@
 """Tiling geometry, coverage, background rule and labels from masks."""
 
+import pickle
+
 import numpy as np
 import pytest
+import tifffile
 from PIL import Image
 
 from xray_flax.data import config as data_config_lib
@@ -123,10 +126,6 @@ def test_labels_agree_with_mask_and_background_is_skipped(tmp_path):
 
 
 def test_source_pickles_without_open_files_and_reads_the_same(tmp_path):
-    import pickle
-
-    import tifffile
-
     raw = np.random.default_rng(0).integers(0, 65536, (100, 90), dtype=np.uint16)
     tifffile.imwrite(tmp_path / "s.tif", raw, tile=(32, 32), compression="zlib")
     cfg = data_config_lib.defaults()

@@ -13,6 +13,7 @@ import errno
 import os
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -166,8 +167,6 @@ def flip_bytes(step_dir: str) -> str:
 
 
 def test_flipped_bytes_in_best_are_an_error_naming_the_checkpoint(tmp_path, cache, reference):
-    import shutil
-
     workdir = str(tmp_path / "copy")
     shutil.copytree(reference[0], workdir)
     best = os.path.join(workdir, checkpoint.BEST_DIR)

@@ -270,7 +270,8 @@ def test_default_band_selection():
 
 def _v73(path, variables):
     """A MATLAB v7.3 file: a 512-byte MAT header, then HDF5 holding the arrays column-major."""
-    import h5py
+    # Imported here: h5py is optional, and the tests that need it skip without it.
+    import h5py  # noqa: PLC0415
 
     with h5py.File(path, "w", userblock_size=512) as f:
         for name, array in variables.items():

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
+import pathlib
+
 import numpy as np
 import pytest
 
@@ -155,9 +158,6 @@ def test_streaming_equals_full_canvas_blend(height, width, stride):
 def test_memory_benchmark_runs_at_small_scale(tmp_path):
     # The real run (5000 x 3000, docs/evaluation.md) takes ~10 s; this proves the script
     # works end to end: TIFF writer, lazy reader, jitted anomaly_fn, exact map, reports.
-    import importlib.util
-    import pathlib
-
     path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "bench_predict_memory.py"
     spec = importlib.util.spec_from_file_location("bench_predict_memory", path)
     bench = importlib.util.module_from_spec(spec)

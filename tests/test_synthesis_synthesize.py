@@ -11,7 +11,7 @@ import scipy.ndimage
 from PIL import Image
 
 from xray_flax import synthesis
-from xray_flax.synthesis import synthesize, textures
+from xray_flax.synthesis import gallery, synthesize, textures
 
 SIZE = 64
 DTD_ROOT = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "dtd"
@@ -313,8 +313,6 @@ def test_no_anomaly_and_normal_rotation():
 
 
 def test_gallery_renders_16_triplets():
-    from xray_flax.synthesis import gallery
-
     normal = gallery._simulated_normal_patches(32, 1, seed=0)
     assert normal.shape == (16, 32, 32, 1)
     assert 0 <= normal.min() and normal.max() <= 1 and normal.std() > 0.01

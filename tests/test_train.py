@@ -18,7 +18,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from configs import tiny
-from xray_flax import checkpoint, train, workflow
+from xray_flax import checkpoint, progress, train, workflow
 from xray_flax.data import pipeline
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -212,8 +212,6 @@ def test_a_fit_over_its_memory_budget_stops_with_its_partial_state_saved(tmp_pat
     """config.train.memory_budget_gb: the allocated state is checked before the first batch, the
     measured RSS after every batch (shown in the progress lines); over budget, one error and the
     partial fit is kept, so raising the budget resumes it."""
-    from xray_flax import progress
-
     config = tiny_config(tmp_path, "padim")
     config.train.memory_budget_gb = 1e-6  # below the state alone
     with pytest.raises(train.MemoryBudgetError, match="fit state .* alone exceed config.train.memory_budget_gb"):

@@ -20,6 +20,7 @@ import os
 from collections.abc import Sequence
 
 import numpy as np
+import tifffile
 from PIL import Image, ImageDraw, ImageFont
 
 from xray_flax import files
@@ -297,8 +298,6 @@ def write_anomaly_map(path: str | os.PathLike, anomaly_map: np.ndarray) -> None:
         if suffix == "npy":
             np.save(tmp, data)
         else:
-            import tifffile
-
             tile = (256, 256) if min(data.shape) >= 256 else None
             tifffile.imwrite(
                 tmp, data, photometric="minisblack", compression="zlib", compressionargs={"level": 1}, tile=tile
@@ -310,8 +309,6 @@ def read_anomaly_map(path: str | os.PathLike) -> np.ndarray:
     if not os.path.exists(path):
         raise FileNotFoundError(f"anomaly map not found: {os.fspath(path)}")
     if suffix in ("tif", "tiff"):
-        import tifffile
-
         return tifffile.imread(path)
     if suffix == "npy":
         return np.load(path, mmap_mode="r")

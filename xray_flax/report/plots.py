@@ -84,8 +84,9 @@ def line_plot_svg(
 def logged_scalars(workdir: str | os.PathLike, tag: str) -> dict[int, float]:
     """{step: value} of one scalar from the TensorBoard event files in `workdir` (a resumed run's
     later files override its earlier ones at the same step)."""
-    from tensorboard.backend.event_processing import event_file_loader  # slow: only when plotting
-    from tensorboard.util import tensor_util
+    # Imported late: tensorboard is slow to import, and only plotting reads event files.
+    from tensorboard.backend.event_processing import event_file_loader  # noqa: PLC0415
+    from tensorboard.util import tensor_util  # noqa: PLC0415
 
     values = {}
     for path in sorted(glob.glob(os.path.join(os.fspath(workdir), "events.out.tfevents.*"))):

@@ -32,9 +32,10 @@ SAFETENSORS_DTYPES = {
 
 
 def _safetensors():
+    # Imported when a file needs it: the peer scripts' torch venv may lack it (package docstring).
     try:
-        import safetensors
-        import safetensors.numpy
+        import safetensors  # noqa: PLC0415
+        import safetensors.numpy  # noqa: PLC0415
     except ImportError:
         raise WeightsError("safetensors files need the safetensors package (pip install safetensors)") from None
     return safetensors

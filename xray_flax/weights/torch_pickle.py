@@ -61,8 +61,10 @@ DTYPE_NAMES = tuple(DTYPE_STORAGES)
 def numpy_dtype(name: str) -> np.dtype:
     """The native-order numpy dtype for one of `DTYPE_NAMES`."""
     if name == "bfloat16":
+        # Imported when a file holds bfloat16: this package imports no more than numpy until a
+        # file needs it (the peer scripts' torch venv may lack it; jax depends on it).
         try:
-            import ml_dtypes  # jax's dependency; only needed when a file holds bfloat16
+            import ml_dtypes  # noqa: PLC0415
         except ImportError:
             raise WeightsError("bfloat16 tensors need the ml_dtypes package (pip install ml_dtypes)") from None
         return np.dtype(ml_dtypes.bfloat16)
