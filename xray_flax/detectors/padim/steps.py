@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from xray_flax import parallel
 from xray_flax.backbones import COLLECTION, Backbone
 from xray_flax.backbones.base import frozen
 from xray_flax.detectors.padim import model
@@ -90,8 +91,6 @@ def _moments(variables, images, valid, *, plan):
 
 
 def _mesh_sharding(plan: Plan, positions: int):
-    from xray_flax import parallel
-
     mesh = parallel.make_mesh(plan.mesh_config)
     n = mesh.devices.size
     if positions % n:

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from xray_flax import parallel
 from xray_flax.backbones import COLLECTION, Backbone
 from xray_flax.backbones.base import frozen
 from xray_flax.detectors.patchcore import model
@@ -59,8 +60,6 @@ class Plan:
     def search_options(self) -> dict:
         mesh = None
         if self.shard_bank:
-            from xray_flax import parallel
-
             mesh = parallel.make_mesh(self.mesh_config)
         return {"query_block": self.query_block, "bank_block": self.bank_block, "mesh": mesh}
 
