@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import gc
 import importlib
+import json
 import os
 import sys
 import time
@@ -215,8 +216,6 @@ def bench_model(name: str, args, mesh) -> dict:
 
 def compare_table(ours_path: str, anomalib_path: str) -> str:
     """Markdown tables (one per model) of the two JSONs: ratio = anomalib's time / ours (> 1: ours faster)."""
-    import json
-
     with open(ours_path) as f:
         ours = json.load(f)
     with open(anomalib_path) as f:
@@ -255,8 +254,6 @@ def compare_table(ours_path: str, anomalib_path: str) -> str:
 def appended(report: dict, path: str | None) -> dict:
     """--append: the models already in `path` are kept (a model run now replaces its entry); each
     sitting's env is listed under "sittings"."""
-    import json
-
     if not path or not os.path.exists(path):
         return {**report, "sittings": [report["env"]]}
     with open(path) as f:

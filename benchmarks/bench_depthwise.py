@@ -22,6 +22,7 @@ import os
 import sys
 import time
 
+import jax
 import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -29,6 +30,8 @@ if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
 from benchmarks.bench_memory_bank import _cpu_name, _memory_gb  # noqa: E402
+from xray_flax import backbones  # noqa: E402
+from xray_flax.nn import depthwise  # noqa: E402
 
 LAYERS = [
     ((128, 128, 48), 3, 1),
@@ -40,8 +43,6 @@ LAYERS = [
 
 
 def _median_seconds(fn, *args, repeats: int) -> float:
-    import jax
-
     jax.block_until_ready(fn(*args))
     times = []
     for _ in range(repeats):
@@ -52,10 +53,6 @@ def _median_seconds(fn, *args, repeats: int) -> float:
 
 
 def bench_layers(batch: int, repeats: int) -> list[dict]:
-    import jax
-
-    from xray_flax.nn import depthwise
-
     rows = []
     for (h, w, c), k, stride in LAYERS:
         x = jax.random.normal(jax.random.key(0), (batch, h, w, c))
@@ -80,11 +77,6 @@ def bench_layers(batch: int, repeats: int) -> list[dict]:
 
 
 def bench_backbone(size: int, batch: int, repeats: int) -> dict:
-    import jax
-
-    from xray_flax import backbones
-    from xray_flax.nn import depthwise
-
     section = backbones.defaults("efficientnet_lite0", ("stage2", "stage3", "stage4"))
     backbone = backbones.build(section, 1)
     variables = jax.tree.map(jax.numpy.asarray, backbone.load())

@@ -121,8 +121,10 @@ def cpu_name() -> str:
 
 
 def env_info(extra: dict | None = None) -> dict:
-    import jax
-    import jaxlib
+    # Imported late: bench_pipeline imports this module for cpu_name, and its parent process must
+    # stay without JAX (on Linux a child's ru_maxrss starts at the parent's peak).
+    import jax  # noqa: PLC0415
+    import jaxlib  # noqa: PLC0415
 
     info = {
         "date_utc": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S"),
