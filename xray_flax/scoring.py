@@ -55,7 +55,9 @@ def score_filter_size(config: ml_collections.ConfigDict) -> int:
 def score_top_k(config: ml_collections.ConfigDict) -> int:
     top_k = int(config.eval.get("score_top_k", 1))
     if top_k < 1:
-        raise errors.ConfigError(f"config.eval.score_top_k must be a positive int (1 = the max of the map), got {top_k}")
+        raise errors.ConfigError(
+            f"config.eval.score_top_k must be a positive int (1 = the max of the map), got {top_k}"
+        )
     return top_k
 
 
