@@ -9,7 +9,7 @@ smooth random images (sums of Gaussian blobs), closer to X-ray patches than whit
 
 The detector is `detectors.build(config)` as in train.py; its anomaly map is
 `detector.anomaly_map`. The gradient needs the step cut open (the train step returns only the
-updated state), so the loss is DRAEM's own: the network of `detectors.draem.model` and
+updated state), so the loss is DRAEM's own: the network of `detectors.draem.network` and
 `detectors.draem.loss.draem_loss` with every term of `config.loss`, on a fixed corrupted image
 and mask instead of a synthesised one.
 """
@@ -30,7 +30,7 @@ import scipy.ndimage  # noqa: E402
 from bench_model import DEFAULT_CHANNELS, load_config  # noqa: E402
 
 from xray_flax import detectors  # noqa: E402
-from xray_flax.detectors.draem import model as draem_model  # noqa: E402
+from xray_flax.detectors.draem import network as draem_model  # noqa: E402
 from xray_flax.detectors.draem.loss import draem_loss  # noqa: E402
 
 

@@ -30,7 +30,7 @@ from bench_model import DEFAULT_CHANNELS, ModelBench, load_config  # noqa: E402
 
 from xray_flax import steps  # noqa: E402
 from xray_flax.detectors.base import guard_nonfinite  # noqa: E402
-from xray_flax.detectors.draem import model as draem_model  # noqa: E402
+from xray_flax.detectors.draem import network as draem_model  # noqa: E402
 from xray_flax.detectors.draem.loss import draem_loss  # noqa: E402
 from xray_flax.optim import make_optimizer  # noqa: E402
 from xray_flax.synthesis import SynthesisSpec, synthesize_batch  # noqa: E402

@@ -10,7 +10,7 @@ import pytest
 from configs import tiny
 from xray_flax import detectors
 from xray_flax.detectors import TrainState
-from xray_flax.detectors.draem import model as draem_model
+from xray_flax.detectors.draem import network as draem_model
 
 
 def _setup(dtype: str):

@@ -9,8 +9,8 @@ import pytest
 import scipy.ndimage
 
 from configs import base
-from xray_flax.detectors.draem import model as draem_model
-from xray_flax.detectors.draem.networks import DraemDiscriminative, DraemReconstructive
+from xray_flax.detectors.draem import network as draem_model
+from xray_flax.detectors.draem.network import DraemDiscriminative, DraemReconstructive
 from xray_flax.nn.layers import upsample2x
 from xray_flax.nn.nested_unet import NestedUNet
 from xray_flax.nn.unet import UNet

@@ -113,7 +113,7 @@ SHARDING_SCRIPT = textwrap.dedent("""
     import dataclasses, functools, jax, jax.numpy as jnp, numpy as np, optax
     from configs import tiny
     from xray_flax import detectors, parallel, steps
-    from xray_flax.detectors.draem import model as draem_model, steps as draem_steps
+    from xray_flax.detectors.draem import network as draem_model, steps as draem_steps
     from xray_flax.synthesis import SynthesisSpec, load_texture_bank
 
     config = tiny.get_config()

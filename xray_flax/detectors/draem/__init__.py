@@ -7,8 +7,7 @@ is the paper's model (configs/paper.py, configs/default.py); with DRAEM's own su
 and blend it is DRAEM (configs/draem.py). The anomaly map is the softmax probability of the
 anomalous class, so it is bounded: scores need no normalisation.
 
-    model.py     the Draem module and its sub-networks by config name
-    networks.py  DRAEM's own reconstructive and discriminative networks
+    network.py   the Draem module, its sub-networks by config name, DRAEM's own networks
     loss.py      lambda * (1 - SSIM) + L2 + focal
     steps.py     train step (synthesis inside), anomaly map, preview images
     config.py    the `model`, `loss`, `optim` and `synthesis` sections
@@ -22,15 +21,14 @@ import jax.numpy as jnp
 import ml_collections
 
 from xray_flax.detectors.base import GRADIENT, Detector, init_module
-from xray_flax.detectors.draem import model as draem_model
-from xray_flax.detectors.draem import steps
+from xray_flax.detectors.draem import network, steps
 from xray_flax.optim import make_optimizer
 from xray_flax.synthesis import SynthesisSpec, load_texture_bank
 
 
 def build(config: ml_collections.ConfigDict) -> Detector:
     channels = config.data.channels
-    model = draem_model.build_model(config.model, channels)
+    model = network.build_model(config.model, channels)
     tx = make_optimizer(config.optim, config.train.num_steps)
     spec = SynthesisSpec.from_config(config.synthesis, channels)
     return Detector(
@@ -38,7 +36,7 @@ def build(config: ml_collections.ConfigDict) -> Detector:
         kind=GRADIENT,
         init=functools.partial(init_module, model=model),
         anomaly_map=functools.partial(steps.anomaly_map, model=model),
-        size_multiple=draem_model.size_multiple(config.model),
+        size_multiple=network.size_multiple(config.model),
         bounded_map=True,
         metric_names=("loss", "ssim", "l2", "focal"),
         optimizer=tx,

@@ -14,7 +14,7 @@ import optax
 
 from xray_flax.detectors.base import TrainState
 from xray_flax.detectors.draem.loss import draem_loss
-from xray_flax.detectors.draem.model import anomaly_probability
+from xray_flax.detectors.draem.network import anomaly_probability
 from xray_flax.synthesis import SynthesisSpec, synthesize_batch
 
 
