@@ -94,7 +94,7 @@ def test_compare_errors_name_the_workdir(tmp_path, capsys):
     with pytest.raises(ValueError, match="bad.*metrics.json is not valid JSON"):
         tables.load_metrics(tmp_path / "bad")
     write_run(tmp_path / "ok", "m", 0)
-    assert compare.main([str(tmp_path / "ok"), "--names", "a", "b"]) == 2
+    assert compare.main([str(tmp_path / "ok"), "--names=a,b"]) == 2
     assert "2 names for 1 workdirs" in capsys.readouterr().err
 
 
@@ -119,7 +119,7 @@ def test_compare_summarises_the_seeds_of_a_setting_and_plots_their_learning_curv
         writer.close()
     svg = tmp_path / "curves.svg"
     workdirs = [str(tmp_path / n) for n in ("a0", "a1", "b0")]
-    assert compare.main(workdirs + ["--names", "A", "A", "B", "--curves", str(svg)]) == 0
+    assert compare.main(workdirs + ["--names=A,A,B", "--curves", str(svg)]) == 0
     printed = capsys.readouterr().out
     auc = [tests["a0"]["roc_auc"], tests["a1"]["roc_auc"]]
     assert f"| A | 2 | {np.mean(auc):.4f} ± {np.std(auc, ddof=1):.4f} |" in printed

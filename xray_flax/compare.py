@@ -1,6 +1,6 @@
 """Compare evaluated runs in the columns of the paper's Table 2.
 
-    python -m xray_flax.compare WORKDIR [WORKDIR ...] [--names NAME ...] [--paper] [--out FILE]
+    python -m xray_flax.compare WORKDIR [WORKDIR ...] [--names=NAME,...] [--paper] [--out FILE]
         [--curves FILE.svg]
 
 Reads WORKDIR/metrics.json of each run (written by `--mode evaluate`) and prints a
@@ -14,13 +14,14 @@ runs of one name in one colour.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from collections.abc import Sequence
 
 import numpy as np
+from absl import flags
 
+from xray_flax import errors, program_flags
 from xray_flax.report import plots, tables
 
 
@@ -42,9 +43,9 @@ def default_names(workdirs: Sequence[str], reports: Sequence[dict]) -> list[str]
 def load_runs(workdirs: Sequence[str], names: Sequence[str] | None = None) -> tuple[list[str], list[dict]]:
     """(row names, metrics.json reports) of the workdirs; names default to `default_names`."""
     if not workdirs:
-        raise ValueError("give at least one workdir")
+        raise errors.UsageError("give at least one workdir")
     if names is not None and len(names) != len(workdirs):
-        raise ValueError(f"--names has {len(names)} names for {len(workdirs)} workdirs")
+        raise errors.UsageError(f"--names has {len(names)} names for {len(workdirs)} workdirs")
     reports = [tables.load_metrics(workdir) for workdir in workdirs]
     return (list(names) if names is not None else default_names(workdirs, reports)), reports
 
@@ -92,24 +93,29 @@ def learning_curves_svg(workdirs: Sequence[str], names: Sequence[str]) -> str:
     return plots.line_plot_svg(lines, "training step", "validation ROC-AUC", (0.0, float(last_step)), (0.4, 1.0))
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m xray_flax.compare", description=__doc__.split("\n\n")[0])
-    parser.add_argument("workdirs", nargs="+", metavar="WORKDIR", help="run directories holding metrics.json")
-    parser.add_argument("--names", nargs="+", help="row names, one per WORKDIR (default: each run's method)")
-    parser.add_argument("--paper", action="store_true", help="append the paper's Table 2 rows for reference")
-    parser.add_argument("--out", help="also write the table to this file")
-    parser.add_argument("--curves", help="write the validation ROC-AUC learning curves to this SVG file")
-    return parser.parse_args(argv)
+def _flag_values() -> flags.FlagValues:
+    fv = flags.FlagValues()
+    flags.DEFINE_list(
+        "names", None, "row names, one per WORKDIR, comma-separated (default: each run's method)", flag_values=fv
+    )
+    flags.DEFINE_bool("paper", False, "append the paper's Table 2 rows for reference", flag_values=fv)
+    flags.DEFINE_string("out", None, "also write the table to this file", flag_values=fv)
+    flags.DEFINE_string("curves", None, "write the validation ROC-AUC learning curves to this SVG file", flag_values=fv)
+    return fv
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
+    """The command line; `argv` without the program name (default: sys.argv[1:]). Returns the exit status."""
+    args = _flag_values()
     try:
-        names, reports = load_runs(args.workdirs, args.names)
+        workdirs = program_flags.parse(args, argv, "python -m xray_flax.compare", __doc__)
+        if workdirs is None:
+            return 0
+        names, reports = load_runs(workdirs, args.names)
         text = comparison_markdown(names, reports, args.paper)
         if args.curves:
-            svg = learning_curves_svg(args.workdirs, names)
-    except (FileNotFoundError, ValueError) as error:
+            svg = learning_curves_svg(workdirs, names)
+    except (FileNotFoundError, ValueError, errors.UserError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     sys.stdout.write(text)

@@ -1,7 +1,7 @@
 """The paper's Table 2 in one command: train and evaluate several detectors on one dataset.
 
     python -m xray_flax.table2 --root workdirs/table2 [--data configs/default.py]
-        [--methods configs/cfa_cpu.py configs/fastflow_cpu.py ...] [--set train.num_steps=100 ...]
+        [--methods=configs/cfa_cpu.py,configs/fastflow_cpu.py,...] [--set train.num_steps=100 ...]
 
 Every method config gets the data section and the threshold rule of the `--data` config, so
 all methods see the same scans, the same split and the same tiles, and their thresholds are
@@ -18,7 +18,6 @@ fails is reported in the table and the others still run; the command then exits 
 
 from __future__ import annotations
 
-import argparse
 import ast
 import csv
 import importlib.util
@@ -31,9 +30,10 @@ from collections.abc import Sequence
 
 import ml_collections
 import numpy as np
+from absl import flags
 from sklearn.metrics import roc_curve
 
-from xray_flax import files, logs, parallel, workflow
+from xray_flax import errors, files, logs, parallel, program_flags, workflow
 from xray_flax.report import plots, tables
 
 log = logging.getLogger("xray_flax.table2")
@@ -75,7 +75,7 @@ def load_config_file(spec: str) -> ml_collections.ConfigDict:
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
     if not hasattr(module, "get_config"):
-        raise ValueError(f"{path} has no get_config()")
+        raise errors.ConfigError(f"config file {path} has no get_config()")
     return module.get_config(arg) if arg else module.get_config()
 
 
@@ -90,7 +90,7 @@ def apply_override(config: ml_collections.ConfigDict, assignment: str) -> None:
     """'train.num_steps=100' -> config.train.num_steps = 100 (Python literal, else a string)."""
     key, sep, text = assignment.partition("=")
     if not sep or not key:
-        raise ValueError(f"--set {assignment!r}: expected KEY=VALUE, e.g. train.num_steps=100")
+        raise errors.ConfigError(f"--set {assignment!r}: expected KEY=VALUE, e.g. train.num_steps=100")
     try:
         value = ast.literal_eval(text)
     except (ValueError, SyntaxError):
@@ -99,10 +99,10 @@ def apply_override(config: ml_collections.ConfigDict, assignment: str) -> None:
     node = config
     for part in parents:
         if part not in node:
-            raise ValueError(f"--set {assignment!r}: the config has no section {part!r}")
+            raise errors.ConfigError(f"--set {assignment!r}: the config has no section {part!r}")
         node = node[part]
     if leaf not in node:
-        raise ValueError(f"--set {assignment!r}: the config has no field {key!r}")
+        raise errors.ConfigError(f"--set {assignment!r}: the config has no field {key!r}")
     node[leaf] = value
 
 
@@ -135,7 +135,7 @@ def is_finished(workdir: str, config: ml_collections.ConfigDict) -> bool:
         return False
     with open(saved, encoding="utf-8") as f:
         if json.load(f) != _comparable(config):
-            raise ValueError(
+            raise errors.UsageError(
                 f"{workdir} holds a finished run of a different config; use another --root or delete {workdir}"
             )
     return True
@@ -193,7 +193,7 @@ def run(
     data = load_config_file(data_spec)
     names = [method_name(spec) for spec in method_specs]
     if len(set(names)) != len(names):
-        raise ValueError(f"two methods would share a run folder: {names}")
+        raise errors.UsageError(f"two methods would share a run folder: {names}")
     configs = [method_config(spec, data, overrides, predict) for spec in method_specs]  # fail fast on bad configs
     os.makedirs(root, exist_ok=True)
     results = []
@@ -225,33 +225,41 @@ def run(
     return results
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m xray_flax.table2", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--root", required=True, help="folder of the runs (one subfolder per method) and the table")
-    parser.add_argument(
-        "--data", default="configs/default.py", help="config whose data section and threshold rule every method uses"
+def _flag_values() -> flags.FlagValues:
+    fv = flags.FlagValues()
+    flags.DEFINE_string(
+        "root", None, "folder of the runs (one subfolder per method) and the table", required=True, flag_values=fv
     )
-    parser.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), help="method configs (path or path:ARG)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a field of every method's config, e.g. --set train.num_steps=100 (repeatable)",
+    flags.DEFINE_string(
+        "data", "configs/default.py", "config whose data section and threshold rule every method uses", flag_values=fv
     )
-    parser.add_argument("--predict", action="store_true", help="also write whole-scan heatmaps of a test scan")
-    return parser.parse_args(argv)
+    flags.DEFINE_list(
+        "methods", list(DEFAULT_METHODS), "method configs, comma-separated (path or path:ARG)", flag_values=fv
+    )
+    flags.DEFINE_multi_string(
+        "set",
+        [],
+        "override a field of every method's config, e.g. --set train.num_steps=100 (repeatable)",
+        flag_values=fv,
+    )
+    flags.DEFINE_bool("predict", False, "also write whole-scan heatmaps of a test scan", flag_values=fv)
+    return fv
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    logs.configure(False)
-    parallel.enable_compilation_cache()
+    """The command line; `argv` without the program name (default: sys.argv[1:]). Returns the exit status."""
+    args = _flag_values()
     try:
-        results = run(args.root, args.data, args.methods, args.overrides, args.predict)
-    except (FileNotFoundError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
+        rest = program_flags.parse(args, argv, "python -m xray_flax.table2", __doc__)
+        if rest is None:
+            return 0
+        if rest:
+            raise errors.UsageError(f"unexpected arguments {rest}: give the method configs as --methods=A,B")
+        logs.configure(False)
+        parallel.enable_compilation_cache()
+        results = run(args.root, args.data, args.methods, args.set, args.predict)
+    except (FileNotFoundError, errors.UserError) as error:
+        print(f"error: {errors.one_line(error)}", file=sys.stderr)
         return 2
     print(open(os.path.join(args.root, "table2.md"), encoding="utf-8").read())
     return 1 if any(r.get("error") for r in results) else 0

@@ -14,17 +14,19 @@ with anomaly_probability = 1 so all 16 show an anomaly (an empty Perlin mask
 can still give an unchanged sample; its caption says so).
 """
 
-import argparse
 import dataclasses
 import json
 import os
 import pathlib
+import sys
 from collections.abc import Sequence
 
 import jax
 import numpy as np
+from absl import flags
 from PIL import Image, ImageDraw
 
+from xray_flax import errors, program_flags
 from xray_flax.synthesis import config as config_lib
 from xray_flax.synthesis import synthesize, textures
 
@@ -179,19 +181,35 @@ def make_gallery(
     return path
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--dtd_root", default="", help="DTD-layout folder (<root>/images/*/*.jpg)")
-    parser.add_argument("--patch_size", type=int, default=256)
-    parser.add_argument("--channels", type=int, default=1, choices=(1, 3))
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--images", default="", help="folder of normal images (default: simulated)")
-    parser.add_argument("--tile", type=int, default=128, help="display size of each tile, pixels")
-    args = parser.parse_args(argv)
-    path = make_gallery(args.out, args.dtd_root, args.patch_size, args.channels, args.seed, args.images, args.tile)
+def _flag_values() -> flags.FlagValues:
+    fv = flags.FlagValues()
+    flags.DEFINE_string("out", None, "output folder", required=True, flag_values=fv)
+    flags.DEFINE_string("dtd_root", "", "DTD-layout folder (<root>/images/*/*.jpg)", flag_values=fv)
+    flags.DEFINE_integer("patch_size", 256, "side of the normal patches, pixels", flag_values=fv)
+    flags.DEFINE_enum("channels", "1", ["1", "3"], "grey (1) or colour (3) patches", flag_values=fv)
+    flags.DEFINE_integer("seed", 0, "seed of the anomalies and the simulated patches", flag_values=fv)
+    flags.DEFINE_string("images", "", "folder of normal images (default: simulated)", flag_values=fv)
+    flags.DEFINE_integer("tile", 128, "display size of each tile, pixels", flag_values=fv)
+    return fv
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command line; `argv` without the program name (default: sys.argv[1:]). Returns the exit status."""
+    args = _flag_values()
+    try:
+        rest = program_flags.parse(args, argv, "python -m xray_flax.synthesis.gallery", __doc__)
+        if rest is None:
+            return 0
+        if rest:
+            raise errors.UsageError(f"unexpected arguments {rest}")
+    except errors.UserError as error:
+        print(f"error: {errors.one_line(error)}", file=sys.stderr)
+        return errors.EXIT_USAGE
+    channels = int(args.channels)
+    path = make_gallery(args.out, args.dtd_root, args.patch_size, channels, args.seed, args.images, args.tile)
     print(path)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
