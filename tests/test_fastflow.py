@@ -15,7 +15,7 @@ from xray_flax import backbones, detectors
 from xray_flax.detectors import TrainState
 from xray_flax.detectors.fastflow import build_head
 from xray_flax.detectors.fastflow import steps as ff_steps
-from xray_flax.detectors.fastflow.model import fastflow_map
+from xray_flax.detectors.fastflow.loss import fastflow_map
 from xray_flax.nn.flows import CONSTANTS
 
 

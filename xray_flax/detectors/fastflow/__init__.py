@@ -5,7 +5,8 @@ normalising flow per depth maps the features of normal tiles to a standard norma
 whose latent is unlikely are anomalous. The map is not a probability (`bounded_map=False`):
 the shared loop fits a score normalisation on normal validation tiles.
 
-    model.py   the head (LayerNorm + FrEIA AllInOne flow per tap), the loss and the map
+    network.py the head (LayerNorm + FrEIA AllInOne flow per tap)
+    loss.py    the loss and the map
     steps.py   init, pretrained backbone, Adam with coupled weight decay, train step, map, preview
     config.py  the `backbone`, `model`, `loss` and `optim` sections, each knob with its source
     xray_flax/nn/flows.py   the AllInOne coupling blocks (shared with CS-Flow's module)
@@ -36,7 +37,7 @@ from xray_flax.backbones.base import fill_pretrained
 from xray_flax.detectors.base import GRADIENT, Detector
 from xray_flax.detectors.fastflow import steps
 from xray_flax.detectors.fastflow.config import IMAGE_SCORES
-from xray_flax.detectors.fastflow.model import FastFlowHead
+from xray_flax.detectors.fastflow.network import FastFlowHead
 
 
 def build_head(config: ml_collections.ConfigDict, backbone: backbones.Backbone) -> FastFlowHead:

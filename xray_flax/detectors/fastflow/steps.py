@@ -21,7 +21,8 @@ import optax
 from xray_flax.backbones import COLLECTION, Backbone
 from xray_flax.backbones.base import frozen
 from xray_flax.detectors.base import TrainState
-from xray_flax.detectors.fastflow.model import FastFlowHead, fastflow_loss, fastflow_map
+from xray_flax.detectors.fastflow.loss import fastflow_loss, fastflow_map
+from xray_flax.detectors.fastflow.network import FastFlowHead
 from xray_flax.nn.flows import CONSTANTS
 from xray_flax.optim import make_torch_optimizer
 
