@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from xray_flax import errors
+
 # DRAEM (Zavrtanik et al. 2021) smooths the anomaly map with a 21x21 mean filter before
 # taking the max, at 256x256 inputs. Larger patches keep the same physical footprint when
 # the filter is scaled with the patch side.
@@ -114,10 +116,10 @@ def resolve_score_filter_size(filter_size: int | None, patch_size: int) -> int:
     """
     if filter_size:
         if filter_size < 0 or filter_size % 2 == 0:
-            raise ValueError(f"score_filter_size must be a positive odd int, got {filter_size}")
+            raise errors.ConfigError(f"config.eval.score_filter_size must be a positive odd int, got {filter_size}")
         return int(filter_size)
     if patch_size <= 0:
-        raise ValueError(f"patch_size must be positive, got {patch_size}")
+        raise errors.ConfigError(f"config.data.patch_size must be positive, got {patch_size}")
     size = max(1, int(round(DRAEM_FILTER_SIZE * patch_size / DRAEM_PATCH_SIZE)))
     return size if size % 2 == 1 else size + 1
 
@@ -126,8 +128,10 @@ def resolve_stride(stride: int, overlap: float, patch_size: int) -> int:
     """Concrete tile stride: `stride` if > 0, else round(patch_size * (1 - overlap))."""
     if stride and stride > 0:
         if stride > patch_size:
-            raise ValueError(f"stride {stride} > patch_size {patch_size} would leave gaps")
+            raise errors.ConfigError(
+                f"config.eval.predict.stride={stride} > config.data.patch_size={patch_size} would leave gaps"
+            )
         return int(stride)
     if not 0.0 <= overlap < 1.0:
-        raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+        raise errors.ConfigError(f"config.eval.predict.overlap must be in [0, 1), got {overlap}")
     return max(1, int(round(patch_size * (1.0 - overlap))))

@@ -20,6 +20,8 @@ import dataclasses
 
 import numpy as np
 
+from xray_flax import errors
+
 IDENTITY_RULE = "identity"
 NORMAL_QUANTILE_RULE = "normal_quantile"
 
@@ -57,13 +59,13 @@ def fit(normal_tile_medians: np.ndarray, normal_scores: np.ndarray, quantile: fl
     medians = np.asarray(normal_tile_medians, np.float64)
     scores = np.asarray(normal_scores, np.float64)
     if medians.size == 0 or scores.size == 0:
-        raise ValueError(
+        raise errors.ConfigError(
             "score normalisation needs normal tiles in the validation split (none found); "
             "set config.data.split_fractions so that val has normal images, or "
             "config.eval.normalization='none'"
         )
     if not 0.0 < quantile <= 1.0:
-        raise ValueError(f"config.eval.normalization_quantile must be in (0, 1], got {quantile}")
+        raise errors.ConfigError(f"config.eval.normalization_quantile must be in (0, 1], got {quantile}")
     if not (np.all(np.isfinite(medians)) and np.all(np.isfinite(scores))):
         raise ValueError("non-finite anomaly maps on validation normal tiles: cannot fit the score normalisation")
     centre = float(np.median(medians))

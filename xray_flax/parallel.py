@@ -17,6 +17,8 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from xray_flax import errors
+
 DATA_AXIS = "data"
 
 
@@ -31,9 +33,9 @@ def make_mesh(mesh_config: ml_collections.ConfigDict) -> Mesh:
     """
     n = jax.device_count() if mesh_config.data in (-1, None) else int(mesh_config.data)
     if n < 1 or n > jax.device_count():
-        raise ValueError(f"config.mesh.data={mesh_config.data} but {jax.device_count()} devices are visible")
+        raise errors.ConfigError(f"config.mesh.data={mesh_config.data} but {jax.device_count()} devices are visible")
     if jax.process_count() > 1 and n != jax.device_count():
-        raise ValueError(
+        raise errors.ConfigError(
             f"config.mesh.data={mesh_config.data}: a run of {jax.process_count()} processes uses "
             f"all {jax.device_count()} devices; set config.mesh.data=-1"
         )
@@ -53,7 +55,7 @@ def check_batch_size(global_batch: int, mesh: Mesh) -> int:
     """Per-process batch size; the global batch must split evenly over devices and processes."""
     devices = mesh.devices.size
     if global_batch % devices:
-        raise ValueError(
+        raise errors.ConfigError(
             f"config.train.batch_size={global_batch} is not divisible by the {devices} devices "
             f"of the mesh; use a multiple of {devices}"
         )

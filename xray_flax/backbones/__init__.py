@@ -17,6 +17,7 @@ import importlib
 
 import ml_collections
 
+from xray_flax import errors
 from xray_flax.backbones.base import COLLECTION, GREY_MODES, Backbone
 
 __all__ = ["COLLECTION", "GREY_MODES", "Backbone", "build", "defaults", "names"]
@@ -55,9 +56,11 @@ def build(section: ml_collections.ConfigDict, input_channels: int) -> Backbone:
     try:
         module = importlib.import_module(_BACKBONES[section.name])
     except KeyError:
-        raise ValueError(f"unknown backbone {section.name!r} (config.backbone.name); known: {names()}") from None
+        raise errors.ConfigError(
+            f"unknown backbone {section.name!r} (config.backbone.name); known: {names()}"
+        ) from None
     if section.grey not in GREY_MODES:
-        raise ValueError(f"config.backbone.grey={section.grey!r}; expected one of {GREY_MODES}")
+        raise errors.ConfigError(f"config.backbone.grey={section.grey!r}; expected one of {GREY_MODES}")
     return module.build(
         section.name,
         taps=tuple(section.taps),

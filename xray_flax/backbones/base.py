@@ -32,6 +32,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from xray_flax import errors
+
 Variables = dict[str, Any]
 
 GREY_MODES = ("replicate", "fold")
@@ -71,7 +73,7 @@ def to_rgb_input(images: jax.Array, grey: str) -> jax.Array:
     """[B, H, W, C] -> the channels the first convolution expects (3, or 1 when folded)."""
     channels = images.shape[-1]
     if grey not in GREY_MODES:
-        raise ValueError(f"config.backbone.grey={grey!r}; expected one of {GREY_MODES}")
+        raise errors.ConfigError(f"config.backbone.grey={grey!r}; expected one of {GREY_MODES}")
     if channels == 3:
         return images
     if channels != 1:
@@ -95,7 +97,7 @@ def fill_pretrained(variables: Variables, *, backbone: Backbone, collection: str
     if expected != got:
         missing, extra = sorted(set(expected) - set(got)), sorted(set(got) - set(expected))
         shaped = [(k, expected[k], got[k]) for k in sorted(set(expected) & set(got)) if expected[k] != got[k]]
-        raise ValueError(
+        raise errors.ConfigError(
             f"the backbone weights from {backbone.weights or backbone.name!r} do not match config.backbone "
             f"({backbone.name}, taps {backbone.taps}): missing {missing[:5]}, extra {extra[:5]}, "
             f"mis-shaped {shaped[:5]}"

@@ -53,6 +53,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from xray_flax import errors
 from xray_flax import weights as weights_lib
 from xray_flax.backbones import common
 from xray_flax.backbones.base import Backbone, Variables, to_rgb_input
@@ -501,7 +502,7 @@ def build(name: str, taps: tuple[str, ...], input_channels: int, grey: str, weig
     taps = tuple(taps)
     unknown = [t for t in taps if t not in TAPS]
     if unknown or not taps:
-        raise ValueError(f"config.backbone.taps={taps!r} for {name}: unknown {unknown}; known {TAPS}")
+        raise errors.ConfigError(f"config.backbone.taps={taps!r} for {name}: unknown {unknown}; known {TAPS}")
     if input_channels not in (1, 3):
         raise ValueError(f"{name} takes 1 (grey) or 3 (RGB) input channels, got {input_channels}")
     module = EfficientNet(arch, taps)

@@ -48,6 +48,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from xray_flax import errors
 from xray_flax import weights as weights_io
 from xray_flax.backbones import common
 from xray_flax.backbones.base import Backbone, Variables, to_rgb_input
@@ -224,9 +225,11 @@ def _check_taps(name: str, taps: tuple[str, ...]) -> tuple[str, ...]:
     taps = tuple(taps)
     bad = [t for t in taps if t not in TAPS]
     if not taps or bad:
-        raise ValueError(f"config.backbone.taps={taps!r}: {name} taps are {TAPS}" + (f"; unknown {bad}" if bad else ""))
+        raise errors.ConfigError(
+            f"config.backbone.taps={taps!r}: {name} taps are {TAPS}" + (f"; unknown {bad}" if bad else "")
+        )
     if len(set(taps)) != len(taps) or list(taps) != sorted(taps, key=TAPS.index):
-        raise ValueError(f"config.backbone.taps={taps!r}: give each tap once, shallow to deep (order {TAPS})")
+        raise errors.ConfigError(f"config.backbone.taps={taps!r}: give each tap once, shallow to deep (order {TAPS})")
     return taps
 
 
@@ -249,7 +252,7 @@ def preprocess_images(
 def build(name: str, taps: tuple[str, ...], input_channels: int, grey: str, weights: str) -> Backbone:
     """The `name` backbone (resnet18 | wide_resnet50_2) with `taps`, as backbones.base.Backbone."""
     if name not in SPECS:
-        raise ValueError(f"config.backbone.name={name!r}: resnet.py builds {sorted(SPECS)}")
+        raise errors.ConfigError(f"config.backbone.name={name!r}: resnet.py builds {sorted(SPECS)}")
     if input_channels not in (1, 3):
         raise ValueError(f"{name}: images must have 1 (grey) or 3 (RGB) channels, got {input_channels}")
     spec = SPECS[name]

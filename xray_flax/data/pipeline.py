@@ -23,7 +23,7 @@ import grain
 import numpy as np
 from absl import flags
 
-from xray_flax import files
+from xray_flax import errors, files
 from xray_flax.data import config as data_config_lib
 from xray_flax.data import layouts, readers, simulate, tfds_records, tiling
 from xray_flax.data.layouts import SPLIT_NAMES, Splits
@@ -105,7 +105,7 @@ def _resolve_records(data_config):
         # val and test with the val:test ratio of split_fractions.
         val, test = _val_test(test_pool, fractions, seed)
         return train, val, test, root
-    raise ValueError(f"unknown data source {source!r}")
+    raise errors.ConfigError(f"unknown data source {source!r} (config.data.source)")
 
 
 def _stored_splits(path: str) -> dict | None:

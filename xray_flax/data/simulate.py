@@ -34,7 +34,7 @@ import tifffile
 from PIL import Image
 from scipy import ndimage
 
-from xray_flax import files
+from xray_flax import errors, files
 from xray_flax.data import radiograph, sim_primitives
 
 # Bump when the generator changes so cached scans are regenerated.
@@ -73,9 +73,9 @@ class SimulationParams:
 
     def __post_init__(self):
         if self.difficulty not in DIFFICULTIES:
-            raise ValueError(f"simulated.difficulty must be one of {DIFFICULTIES}, got {self.difficulty!r}")
+            raise errors.ConfigError(f"simulated.difficulty must be one of {DIFFICULTIES}, got {self.difficulty!r}")
         if self.difficulty == "easy" and (self.scratches or self.fillings):
-            raise ValueError(
+            raise errors.ConfigError(
                 "simulated.scratches and simulated.fillings exist in the hard setting only; "
                 "set simulated.difficulty='hard' or leave them at 0"
             )

@@ -34,7 +34,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from absl import app, flags
 
-from xray_flax import files
+from xray_flax import errors, files
 from xray_flax.data import config as data_config_lib
 from xray_flax.data import pipeline, readers, tfds_records, tiling
 from xray_flax.data.tfds_records import INDEX_FILE, VERSION
@@ -108,10 +108,10 @@ def build_tfds(data_config, data_dir: str | None = None) -> str:
     """Writes the array_record dataset for `data_config` (its source must be a layout, not
     'tfds'); returns the dataset folder. Splits follow prepare_splits exactly."""
     if data_config.source == "tfds":
-        raise ValueError("build_tfds converts a layout: set data_config.source to the layout")
+        raise errors.ConfigError("build_tfds converts a layout: set data_config.source to the layout")
     data_dir = os.path.expanduser(data_dir or data_config.tfds.data_dir)
     if not data_dir:
-        raise ValueError("build_tfds needs data_dir (or config.data.tfds.data_dir)")
+        raise errors.ConfigError("build_tfds needs data_dir (or config.data.tfds.data_dir)")
     splits = pipeline.prepare_splits(data_config, None)
     out = tfds_records.dataset_dir(data_config, data_dir)
     tiling_settings = {

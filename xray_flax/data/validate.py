@@ -26,6 +26,7 @@ import time
 
 import numpy as np
 
+from xray_flax import errors
 from xray_flax.data import layouts, readers
 
 SPLIT_NAMES = ("train", "val", "test")
@@ -127,7 +128,7 @@ def validate_splits(splits, data_config, *, max_listed: int = 10) -> ValidationR
     if getattr(splits, "tfds_dir", None):
         return ValidationReport(skipped=f"source 'tfds': patches are read from {splits.tfds_dir}")
     if int(data_config.channels) not in (1, 3):
-        raise ValueError(f"config.data.channels must be 1 or 3, got {data_config.channels}")
+        raise errors.ConfigError(f"config.data.channels must be 1 or 3, got {data_config.channels}")
     start = time.monotonic()
     records = [(name, r) for name in SPLIT_NAMES for r in splits.get(name)]
     if not records:

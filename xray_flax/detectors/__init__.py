@@ -17,6 +17,7 @@ from types import ModuleType
 
 import ml_collections
 
+from xray_flax import errors
 from xray_flax.detectors.base import FIT, GRADIENT, Detector, TrainState
 
 __all__ = ["FIT", "GRADIENT", "Detector", "TrainState", "build", "config_module", "names"]
@@ -45,7 +46,7 @@ def _package(name: str) -> str:
     try:
         return _DETECTORS[name]
     except KeyError:
-        raise ValueError(f"unknown detector {name!r} (config.detector); known detectors: {names()}") from None
+        raise errors.ConfigError(f"unknown detector {name!r} (config.detector); known detectors: {names()}") from None
 
 
 def module(name: str) -> ModuleType:

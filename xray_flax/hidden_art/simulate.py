@@ -69,7 +69,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from xray_flax import files
+from xray_flax import errors, files
 from xray_flax.data.sim_primitives import segment_distance, smooth_noise
 from xray_flax.data.simulate import default_cache_root, is_complete
 
@@ -155,7 +155,7 @@ class SimulationParams:
         if min(self.strength, self.band_noise, self.rgb_noise, self.varnish, self.illumination) < 0:
             problems.append("strength, band_noise, rgb_noise, varnish and illumination must be >= 0")
         if problems:
-            raise ValueError("SimulationParams: " + "; ".join(problems))
+            raise errors.ConfigError("SimulationParams: " + "; ".join(problems))
 
     @staticmethod
     def from_config(config) -> SimulationParams:
@@ -164,7 +164,7 @@ class SimulationParams:
         names = {f.name: f for f in dataclasses.fields(SimulationParams)}
         unknown = sorted(set(values) - set(names))
         if unknown:
-            raise ValueError(f"unknown simulation parameters {unknown}; known: {sorted(names)}")
+            raise errors.ConfigError(f"unknown simulation parameters {unknown}; known: {sorted(names)}")
         types = {"int": int, "float": float, "str": str}
         return SimulationParams(**{k: types[names[k].type](v) for k, v in values.items()})
 

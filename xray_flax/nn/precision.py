@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
+from xray_flax import errors
+
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
@@ -11,4 +13,4 @@ def compute_dtype(name: str):
     try:
         return _DTYPES[name]
     except KeyError:
-        raise ValueError(f"config.model.compute_dtype={name!r}; expected one of {sorted(_DTYPES)}") from None
+        raise errors.ConfigError(f"config.model.compute_dtype={name!r}; expected one of {sorted(_DTYPES)}") from None

@@ -27,6 +27,7 @@ import dm_pix as pix
 import jax
 import jax.numpy as jnp
 
+from xray_flax import errors
 from xray_flax.synthesis import perlin
 
 Augmentation = Callable[[jax.Array, jax.Array], jax.Array]
@@ -240,7 +241,7 @@ def usable_ops(names: Sequence[str], channels: int) -> tuple[str, ...]:
     """The ops of `names` that apply to `channels`; raises on unknown names."""
     unknown = [n for n in names if n not in OPS]
     if unknown:
-        raise ValueError(f"Unknown augmentation(s) {unknown}; known: {list(OPS)}")
+        raise errors.ConfigError(f"Unknown augmentation(s) {unknown}; known: {list(OPS)}")
     return tuple(n for n in names if channels == 3 or n not in RGB_ONLY)
 
 

@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from xray_flax import errors
 from xray_flax.synthesis import augment, perlin, xray_defects
 from xray_flax.synthesis import textures as textures_lib
 
@@ -66,35 +67,39 @@ class SynthesisSpec:
 
     def __post_init__(self):
         if self.channels not in (1, 3):
-            raise ValueError(f"channels must be 1 or 3, got {self.channels}")
+            raise errors.ConfigError(f"channels must be 1 or 3, got {self.channels}")
         lo, hi = self.scale_exponent_range
         if not 0 <= lo <= hi <= 10:
-            raise ValueError(f"scale_exponent_range {self.scale_exponent_range} must satisfy 0 <= lo <= hi <= 10")
+            raise errors.ConfigError(
+                f"scale_exponent_range {self.scale_exponent_range} must satisfy 0 <= lo <= hi <= 10"
+            )
         if self.blend not in BLENDS:
-            raise ValueError(f"blend must be one of {BLENDS}, got {self.blend!r}")
+            raise errors.ConfigError(f"blend must be one of {BLENDS}, got {self.blend!r}")
         if not 0.0 <= self.beta_range[0] <= self.beta_range[1] <= 1.0:
-            raise ValueError(f"beta_range {self.beta_range} must lie in [0, 1]")
+            raise errors.ConfigError(f"beta_range {self.beta_range} must lie in [0, 1]")
         for name in ("anomaly_probability", "rotate_normal_probability", "xray_defect_probability"):
             if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1]")
+                raise errors.ConfigError(f"{name} must be in [0, 1]")
         if len(self.source_weights) != len(SOURCES) or min(self.source_weights) < 0 or sum(self.source_weights) <= 0:
-            raise ValueError(f"source_weights {self.source_weights} must be 3 non-negative numbers with a positive sum")
+            raise errors.ConfigError(
+                f"source_weights {self.source_weights} must be 3 non-negative numbers with a positive sum"
+            )
         # Raises on unknown names; drops RGB-only ops for grey images, so a spec
         # built directly (not from_config) is valid too.
         object.__setattr__(self, "augmentations", augment.usable_ops(tuple(self.augmentations), self.channels))
         unknown = set(self.procedural_kinds) - set(textures_lib.PROCEDURAL_KINDS)
         if unknown or not self.procedural_kinds:
-            raise ValueError(
+            raise errors.ConfigError(
                 f"procedural_kinds {self.procedural_kinds}: each must be one of {textures_lib.PROCEDURAL_KINDS}"
             )
         if not 0 <= self.num_augmentations <= len(self.augmentations):
-            raise ValueError(
+            raise errors.ConfigError(
                 f"num_augmentations={self.num_augmentations} but only "
                 f"{len(self.augmentations)} augmentations are usable: "
                 f"{self.augmentations}"
             )
         if self.batch_mode not in BATCH_MODES:
-            raise ValueError(f"batch_mode must be one of {BATCH_MODES}")
+            raise errors.ConfigError(f"batch_mode must be one of {BATCH_MODES}")
         xray_defects.check_kinds(self.xray_defect_kinds)
 
     @classmethod
@@ -105,7 +110,7 @@ class SynthesisSpec:
             weights["dtd"] = 0.0  # no bank: the placeholder must never be drawn
         total = sum(weights.values())
         if total <= 0:
-            raise ValueError(
+            raise errors.ConfigError(
                 "No texture source left: texture_sources weights are "
                 f"{dict(c.texture_sources)} and dtd_root is "
                 f"{c.dtd_root!r} (dtd needs a root)."

@@ -25,6 +25,7 @@ import dm_pix
 import jax
 import jax.numpy as jnp
 
+from xray_flax import errors
 from xray_flax.synthesis import perlin
 
 KINDS = ("density", "line", "spot")
@@ -42,7 +43,7 @@ def check_kinds(kinds: Sequence[str]) -> None:
     """Raises ValueError unless `kinds` is a non-empty selection of KINDS."""
     unknown = set(kinds) - set(KINDS)
     if unknown or not kinds:
-        raise ValueError(f"xray_defect_kinds {tuple(kinds)}: each must be one of {KINDS}")
+        raise errors.ConfigError(f"xray_defect_kinds {tuple(kinds)}: each must be one of {KINDS}")
 
 
 def _between(u: jax.Array, lo: float, hi: float) -> jax.Array:

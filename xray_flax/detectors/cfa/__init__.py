@@ -32,7 +32,7 @@ import functools
 
 import ml_collections
 
-from xray_flax import backbones
+from xray_flax import backbones, errors
 from xray_flax.backbones.base import fill_pretrained
 from xray_flax.detectors.base import GRADIENT, Detector
 from xray_flax.detectors.cfa import steps
@@ -42,25 +42,25 @@ from xray_flax.detectors.cfa.model import Descriptor
 def _check(config: ml_collections.ConfigDict) -> None:
     model, loss = config.model, config.loss
     if int(model.gamma_c) != 1:
-        raise ValueError(
+        raise errors.ConfigError(
             f"config.model.gamma_c={model.gamma_c}: only gamma_c = 1 (one memory-bank centre per position, the "
             f"paper's and anomalib's default) is implemented; gamma_c > 1 needs K-means over the bank"
         )
     if int(model.gamma_d) < 1:
-        raise ValueError(f"config.model.gamma_d must be >= 1, got {model.gamma_d}")
+        raise errors.ConfigError(f"config.model.gamma_d must be >= 1, got {model.gamma_d}")
     steps_ = int(model.memory_bank_steps)
     if steps_ < 1 or steps_ >= int(config.train.num_steps):
-        raise ValueError(
+        raise errors.ConfigError(
             f"config.model.memory_bank_steps={steps_} must be >= 1 and < config.train.num_steps="
             f"{config.train.num_steps}: the first steps build the memory bank, the rest train the descriptor"
         )
     if int(loss.num_nearest) < 1 or int(loss.num_hard_negatives) < 0:
-        raise ValueError(
+        raise errors.ConfigError(
             f"config.loss.num_nearest={loss.num_nearest} must be >= 1 and num_hard_negatives="
             f"{loss.num_hard_negatives} >= 0"
         )
     if float(loss.nu) <= 0:
-        raise ValueError(f"config.loss.nu must be > 0, got {loss.nu}")
+        raise errors.ConfigError(f"config.loss.nu must be > 0, got {loss.nu}")
 
 
 def build(config: ml_collections.ConfigDict) -> Detector:
@@ -68,7 +68,9 @@ def build(config: ml_collections.ConfigDict) -> Detector:
     backbone = backbones.build(config.backbone, config.data.channels)
     channels = sum(backbone.channels[t] for t in backbone.taps)
     if channels // int(config.model.gamma_d) < 1:
-        raise ValueError(f"config.model.gamma_d={config.model.gamma_d} leaves no descriptor channel of {channels}")
+        raise errors.ConfigError(
+            f"config.model.gamma_d={config.model.gamma_d} leaves no descriptor channel of {channels}"
+        )
     descriptor = Descriptor(out_channels=channels // int(config.model.gamma_d))
     tx = steps.make_optimizer(config.optim)
     map_options = {

@@ -14,6 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from xray_flax import errors
 from xray_flax.nn.anomaly_maps import upsample_bilinear
 
 
@@ -40,7 +41,7 @@ def coordinate_channels(height: int, width: int) -> jax.Array:
     (i / (h - 1) * 2 - 1). [anomalib AddCoords with with_r=False: channels appended after the
     features, 'xx' along the height axis first, 'yy' along the width]"""
     if height < 2 or width < 2:
-        raise ValueError(
+        raise errors.ConfigError(
             f"CFA's CoordConv needs feature maps of at least 2x2 (coordinates divide by side - 1), "
             f"got {height}x{width}: use larger patches (config.data.patch_size) or a shallower first tap"
         )

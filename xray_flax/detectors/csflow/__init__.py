@@ -37,7 +37,7 @@ import functools
 
 import ml_collections
 
-from xray_flax import backbones
+from xray_flax import backbones, errors
 from xray_flax.backbones.base import fill_pretrained
 from xray_flax.detectors.base import GRADIENT, Detector
 from xray_flax.detectors.csflow import steps
@@ -47,22 +47,24 @@ from xray_flax.nn.flows import CrossScaleFlow, csflow_kernel_sizes
 
 def _choice(value: str, key: str, allowed: tuple[str, ...]) -> str:
     if value not in allowed:
-        raise ValueError(f"config.{key}={value!r}; expected one of {allowed}")
+        raise errors.ConfigError(f"config.{key}={value!r}; expected one of {allowed}")
     return value
 
 
 def build_flow(config: ml_collections.ConfigDict, backbone: backbones.Backbone) -> CrossScaleFlow:
     model = config.model
     if len(backbone.taps) != 1:
-        raise ValueError(
+        raise errors.ConfigError(
             f"CS-Flow uses one backbone tap at several scales; config.backbone.taps={tuple(backbone.taps)}"
         )
     blocks, scales = int(model.coupling_blocks), int(model.scales)
     if blocks < 1 or scales < 1:
-        raise ValueError(f"config.model.coupling_blocks ({blocks}) and config.model.scales ({scales}) must be >= 1")
+        raise errors.ConfigError(
+            f"config.model.coupling_blocks ({blocks}) and config.model.scales ({scales}) must be >= 1"
+        )
     kernels = tuple(int(k) for k in model.kernel_sizes) or csflow_kernel_sizes(blocks)
     if len(kernels) != blocks or any(k < 1 or k % 2 == 0 for k in kernels):
-        raise ValueError(
+        raise errors.ConfigError(
             f"config.model.kernel_sizes={tuple(model.kernel_sizes)}: need one odd size per block ({blocks}), "
             "or () for the original's (3, ..., 3, 5)"
         )
@@ -84,7 +86,7 @@ def build(config: ml_collections.ConfigDict) -> Detector:
     image_score = _choice(model.image_score, "model.image_score", IMAGE_SCORES)
     reduction = _choice(config.loss.logdet_reduction, "loss.logdet_reduction", LOGDET_REDUCTIONS)
     if float(config.optim.learning_rate) <= 0:
-        raise ValueError(f"config.optim.learning_rate must be > 0, got {config.optim.learning_rate}")
+        raise errors.ConfigError(f"config.optim.learning_rate must be > 0, got {config.optim.learning_rate}")
     backbone = backbones.build(config.backbone, config.data.channels)
     flow = build_flow(config, backbone)
     tx = steps.make_optimizer(config.optim)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from xray_flax import errors
 from xray_flax.nn.anomaly_maps import gaussian_blur, upsample_bilinear
 
 
@@ -46,7 +47,7 @@ def resize_for_scale(images: jax.Array, scale: int, mode: str) -> jax.Array:
         return images[:, ::f, ::f]
     if mode == "area":
         return images.reshape(b, h // f, f, w // f, f, c).mean(axis=(2, 4))
-    raise ValueError(f"config.model.image_resize={mode!r}; expected 'nearest' or 'area'")
+    raise errors.ConfigError(f"config.model.image_resize={mode!r}; expected 'nearest' or 'area'")
 
 
 def latent_dimensions(zs: list[jax.Array]) -> int:
@@ -62,7 +63,7 @@ def csflow_loss(zs: list[jax.Array], logdet: jax.Array, reduction: str = "per_sa
     elif reduction == "batch_sum":
         volume = jnp.sum(logdet)
     else:
-        raise ValueError(f"config.loss.logdet_reduction={reduction!r}; expected 'per_sample' or 'batch_sum'")
+        raise errors.ConfigError(f"config.loss.logdet_reduction={reduction!r}; expected 'per_sample' or 'batch_sum'")
     return jnp.mean(0.5 * squared - volume) / latent_dimensions(zs)
 
 
@@ -89,5 +90,5 @@ def csflow_map(zs: list[jax.Array], size: tuple[int, int], mode: str = "all", bl
     elif mode == "largest":
         out = upsample_bilinear(jnp.mean(jnp.square(zs[0]), axis=-1), size)
     else:
-        raise ValueError(f"config.model.map_mode={mode!r}; expected 'nll', 'all' or 'largest'")
+        raise errors.ConfigError(f"config.model.map_mode={mode!r}; expected 'nll', 'all' or 'largest'")
     return gaussian_blur(out, blur_sigma) if float(blur_sigma) > 0 else out

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from xray_flax import errors
 from xray_flax.nn.layers import ConvBNAct, DoubleConv, Dtype, conv_kernel_init, max_pool2, scaled_width, upsample2x
 from xray_flax.nn.nested_unet import NestedUNet
 from xray_flax.nn.precision import compute_dtype
@@ -120,7 +121,7 @@ def build_reconstructive(cfg: ml_collections.ConfigDict, channels: int) -> nn.Mo
             init_scheme=cfg.init_scheme,
             dtype=dtype,
         )
-    raise ValueError(f"config.model.reconstructive={cfg.reconstructive!r}; expected 'nested_unet' or 'draem'")
+    raise errors.ConfigError(f"config.model.reconstructive={cfg.reconstructive!r}; expected 'nested_unet' or 'draem'")
 
 
 def build_discriminative(cfg: ml_collections.ConfigDict) -> nn.Module:
@@ -140,7 +141,7 @@ def build_discriminative(cfg: ml_collections.ConfigDict) -> nn.Module:
             init_scheme=cfg.init_scheme,
             dtype=dtype,
         )
-    raise ValueError(f"config.model.discriminative={cfg.discriminative!r}; expected 'unet' or 'draem'")
+    raise errors.ConfigError(f"config.model.discriminative={cfg.discriminative!r}; expected 'unet' or 'draem'")
 
 
 def build_model(cfg: ml_collections.ConfigDict, channels: int) -> Draem:

@@ -32,7 +32,7 @@ import functools
 
 import ml_collections
 
-from xray_flax import backbones
+from xray_flax import backbones, errors
 from xray_flax.backbones.base import fill_pretrained
 from xray_flax.detectors.base import GRADIENT, Detector
 from xray_flax.detectors.fastflow import steps
@@ -43,9 +43,9 @@ from xray_flax.detectors.fastflow.network import FastFlowHead
 def build_head(config: ml_collections.ConfigDict, backbone: backbones.Backbone) -> FastFlowHead:
     model = config.model
     if int(model.flow_steps) < 1:
-        raise ValueError(f"config.model.flow_steps must be >= 1, got {model.flow_steps}")
+        raise errors.ConfigError(f"config.model.flow_steps must be >= 1, got {model.flow_steps}")
     if float(model.hidden_ratio) <= 0 or float(model.clamp) <= 0:
-        raise ValueError(
+        raise errors.ConfigError(
             f"config.model.hidden_ratio ({model.hidden_ratio}) and config.model.clamp ({model.clamp}) must be > 0"
         )
     return FastFlowHead(
@@ -61,9 +61,11 @@ def build_head(config: ml_collections.ConfigDict, backbone: backbones.Backbone) 
 
 def build(config: ml_collections.ConfigDict) -> Detector:
     if config.model.image_score not in IMAGE_SCORES:
-        raise ValueError(f"config.model.image_score={config.model.image_score!r}; expected one of {IMAGE_SCORES}")
+        raise errors.ConfigError(
+            f"config.model.image_score={config.model.image_score!r}; expected one of {IMAGE_SCORES}"
+        )
     if float(config.optim.learning_rate) <= 0:
-        raise ValueError(f"config.optim.learning_rate must be > 0, got {config.optim.learning_rate}")
+        raise errors.ConfigError(f"config.optim.learning_rate must be > 0, got {config.optim.learning_rate}")
     backbone = backbones.build(config.backbone, config.data.channels)
     head = build_head(config, backbone)
     tx = steps.make_optimizer(config.optim)

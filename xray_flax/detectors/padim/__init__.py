@@ -51,7 +51,7 @@ import math
 
 import ml_collections
 
-from xray_flax import backbones
+from xray_flax import backbones, errors
 from xray_flax.backbones.base import fill_pretrained
 from xray_flax.detectors import base
 from xray_flax.detectors.padim import model, steps
@@ -60,17 +60,21 @@ from xray_flax.detectors.padim import model, steps
 def make_plan(config: ml_collections.ConfigDict) -> steps.Plan:
     m = config.model
     if m.accumulate not in steps.ACCUMULATE:
-        raise ValueError(f"config.model.accumulate={m.accumulate!r}; expected one of {steps.ACCUMULATE}")
+        raise errors.ConfigError(f"config.model.accumulate={m.accumulate!r}; expected one of {steps.ACCUMULATE}")
     if m.storage_dtype not in steps.STORAGE_DTYPES:
-        raise ValueError(
+        raise errors.ConfigError(
             f"config.model.storage_dtype={m.storage_dtype!r}; expected one of {list(steps.STORAGE_DTYPES)}"
         )
     if m.shard_positions and m.accumulate != "float32":
-        raise ValueError("config.model.shard_positions needs config.model.accumulate='float32' (a device accumulator)")
+        raise errors.ConfigError(
+            "config.model.shard_positions needs config.model.accumulate='float32' (a device accumulator)"
+        )
     if int(m.feature_pool) < 1:
-        raise ValueError(f"config.model.feature_pool must be >= 1, got {m.feature_pool}")
+        raise errors.ConfigError(f"config.model.feature_pool must be >= 1, got {m.feature_pool}")
     if float(m.ridge) <= 0:
-        raise ValueError(f"config.model.ridge must be > 0 (the covariance must stay positive definite), got {m.ridge}")
+        raise errors.ConfigError(
+            f"config.model.ridge must be > 0 (the covariance must stay positive definite), got {m.ridge}"
+        )
     backbone = backbones.build(config.backbone, config.data.channels)
     channels = [backbone.channels[t] for t in backbone.taps]
     subset = model.channel_subset(sum(channels), int(m.n_features), int(m.channel_seed))

@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from xray_flax import errors
 from xray_flax.nn.anomaly_maps import upsample_nearest
 
 
@@ -42,7 +43,7 @@ def channel_subset(total: int, d: int, seed: int) -> np.ndarray:
     reduction; anomalib: torch.randperm(total)[:d]; ours: NumPy's generator, so the subset
     differs from anomalib's draw]"""
     if not 0 < d <= total:
-        raise ValueError(f"config.model.n_features={d} must be between 1 and the {total} channels of the taps")
+        raise errors.ConfigError(f"config.model.n_features={d} must be between 1 and the {total} channels of the taps")
     return np.sort(np.random.default_rng(seed).choice(total, size=d, replace=False)).astype(np.int32)
 
 
@@ -58,7 +59,7 @@ def avg_pool(x: jax.Array, factor: int) -> jax.Array:
         return x
     b, h, w, c = x.shape
     if h % factor or w % factor:
-        raise ValueError(f"config.model.feature_pool={factor} does not divide the {h}x{w} feature map")
+        raise errors.ConfigError(f"config.model.feature_pool={factor} does not divide the {h}x{w} feature map")
     return x.reshape(b, h // factor, factor, w // factor, factor, c).mean(axis=(2, 4))
 
 

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from xray_flax import parallel
+from xray_flax import errors, parallel
 from xray_flax.backbones import COLLECTION, Backbone
 from xray_flax.backbones.base import frozen
 from xray_flax.detectors.padim import model
@@ -94,7 +94,7 @@ def _mesh_sharding(plan: Plan, positions: int):
     mesh = parallel.make_mesh(plan.mesh_config)
     n = mesh.devices.size
     if positions % n:
-        raise ValueError(
+        raise errors.ConfigError(
             f"config.model.shard_positions: the {positions} feature positions do not split over {n} devices"
         )
     return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(parallel.DATA_AXIS))

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from xray_flax import errors
 from xray_flax.detectors.base import FIT, Detector
 from xray_flax.nn import coreset, knn
 from xray_flax.nn.anomaly_maps import upsample_and_blur
@@ -135,7 +136,7 @@ def make_plan(config: ml_collections.ConfigDict) -> Plan:
     m = config.model
     size, patch, stride = int(config.data.patch_size), int(m.patch), int(m.stride)
     if not 1 <= patch <= size or stride < 1:
-        raise ValueError(f"config.model.patch={patch} and stride={stride} must fit the {size}-px tiles")
+        raise errors.ConfigError(f"config.model.patch={patch} and stride={stride} must fit the {size}-px tiles")
     per_batch = int(config.train.batch_size) * ((size - patch) // stride + 1) ** 2
     return Plan(
         patch=patch,

@@ -43,7 +43,7 @@ import functools
 
 import ml_collections
 
-from xray_flax import backbones
+from xray_flax import backbones, errors
 from xray_flax.backbones.base import fill_pretrained
 from xray_flax.detectors import base
 from xray_flax.detectors.patchcore import model, steps
@@ -54,26 +54,28 @@ def make_plan(config: ml_collections.ConfigDict) -> steps.Plan:
     m = config.model
     for key in ("bank_size", "chunk_size", "query_block", "bank_block", "num_neighbors"):
         if int(m[key]) < 1:
-            raise ValueError(f"config.model.{key} must be >= 1, got {m[key]}")
+            raise errors.ConfigError(f"config.model.{key} must be >= 1, got {m[key]}")
     if m.map_upsample not in model.UPSAMPLE:
-        raise ValueError(f"config.model.map_upsample={m.map_upsample!r}; expected one of {model.UPSAMPLE}")
+        raise errors.ConfigError(f"config.model.map_upsample={m.map_upsample!r}; expected one of {model.UPSAMPLE}")
     if m.storage_dtype not in steps.STORAGE_DTYPES:
-        raise ValueError(
+        raise errors.ConfigError(
             f"config.model.storage_dtype={m.storage_dtype!r}; expected one of {list(steps.STORAGE_DTYPES)}"
         )
     if int(m.target_dim) < 0 or int(m.projection_dim) < 0:
-        raise ValueError(
+        raise errors.ConfigError(
             f"config.model.target_dim and projection_dim must be >= 0, got {m.target_dim}, {m.projection_dim}"
         )
     backbone = backbones.build(config.backbone, config.data.channels)
     concatenated = sum(backbone.channels[t] for t in backbone.taps)
     dim = int(m.target_dim) or concatenated
     if dim > concatenated:
-        raise ValueError(f"config.model.target_dim={m.target_dim} exceeds the {concatenated} concatenated channels")
+        raise errors.ConfigError(
+            f"config.model.target_dim={m.target_dim} exceeds the {concatenated} concatenated channels"
+        )
     stride = backbone.strides[backbone.taps[0]]
     patch = int(config.data.patch_size)
     if patch % stride:
-        raise ValueError(f"config.data.patch_size={patch} is not a multiple of the first tap's stride {stride}")
+        raise errors.ConfigError(f"config.data.patch_size={patch} is not a multiple of the first tap's stride {stride}")
     per_batch = int(config.train.batch_size) * (patch // stride) ** 2
     chunk = -(-int(m.chunk_size) // per_batch) * per_batch
     return steps.Plan(

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from xray_flax import errors
 from xray_flax.nn import knn
 from xray_flax.nn.anomaly_maps import gaussian_blur, upsample_bilinear, upsample_nearest
 
@@ -90,5 +91,5 @@ def upsample_map(patch_map: jax.Array, size: tuple[int, int], mode: str, sigma: 
     elif mode == "bilinear":
         up = upsample_bilinear(patch_map, size)
     else:
-        raise ValueError(f"config.model.map_upsample={mode!r}; expected one of {UPSAMPLE}")
+        raise errors.ConfigError(f"config.model.map_upsample={mode!r}; expected one of {UPSAMPLE}")
     return gaussian_blur(up, sigma) if sigma > 0 else up

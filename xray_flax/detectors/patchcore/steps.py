@@ -118,7 +118,7 @@ def fit_update(state: dict, variables: dict, batch: dict, *, plan: Plan) -> dict
     if images.shape[0] * h * w != plan.patches_per_batch:
         raise ValueError(
             f"PatchCore: a batch of {images.shape[0]} tiles gives {images.shape[0] * h * w} patch features, but the "
-            f"coreset buffer was sized for {plan.patches_per_batch} (config.train.batch_size x positions per tile)"
+            f"coreset buffer was sized for {plan.patches_per_batch} (the training batch size x positions per tile)"
         )
     return _update(state, variables, images, batch["valid"], plan=plan)
 

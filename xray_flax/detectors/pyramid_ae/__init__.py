@@ -47,6 +47,7 @@ import functools
 import ml_collections
 import optax
 
+from xray_flax import errors
 from xray_flax.detectors.base import GRADIENT, Detector, init_module
 from xray_flax.detectors.pyramid_ae import steps
 from xray_flax.detectors.pyramid_ae.network import PyramidAutoencoder, size_multiple
@@ -73,7 +74,7 @@ def make_pyramid_optimizer(optim: ml_collections.ConfigDict, num_steps: int) -> 
     the gradient first (torch.optim.Adam's weight_decay, what PIADE trains with)."""
     mode = optim.get("weight_decay_mode", "decoupled")
     if mode not in WEIGHT_DECAY_MODES:
-        raise ValueError(f"config.optim.weight_decay_mode={mode!r}; expected one of {WEIGHT_DECAY_MODES}")
+        raise errors.ConfigError(f"config.optim.weight_decay_mode={mode!r}; expected one of {WEIGHT_DECAY_MODES}")
     weight_decay = float(optim.get("weight_decay", 0.0))
     if mode == "decoupled" or weight_decay == 0:
         return make_optimizer(optim, num_steps)
@@ -85,14 +86,16 @@ def make_pyramid_optimizer(optim: ml_collections.ConfigDict, num_steps: int) -> 
 def build(config: ml_collections.ConfigDict) -> Detector:
     model_config = config.model
     if len(model_config.pyramid_bins) != len(model_config.pyramid_reductions):
-        raise ValueError(
+        raise errors.ConfigError(
             f"config.model.pyramid_bins {tuple(model_config.pyramid_bins)} and pyramid_reductions "
             f"{tuple(model_config.pyramid_reductions)} must have the same length (one entry per branch)"
         )
     if model_config.image_score not in steps.IMAGE_SCORES:
-        raise ValueError(f"config.model.image_score={model_config.image_score!r}; expected one of {steps.IMAGE_SCORES}")
+        raise errors.ConfigError(
+            f"config.model.image_score={model_config.image_score!r}; expected one of {steps.IMAGE_SCORES}"
+        )
     if int(model_config.map_levels) < 1:
-        raise ValueError(f"config.model.map_levels must be >= 1, got {model_config.map_levels}")
+        raise errors.ConfigError(f"config.model.map_levels must be >= 1, got {model_config.map_levels}")
     model = build_model(model_config, config.data.channels)
     tx = make_pyramid_optimizer(config.optim, config.train.num_steps)
     levels = int(model_config.map_levels)

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from xray_flax import errors
 from xray_flax.detectors.pyramid_ae.network import resize_linear
 from xray_flax.losses import l2, ssim
 
@@ -58,14 +59,14 @@ def level_errors(original: jax.Array, reconstruction: jax.Array, levels: int) ->
     """Per-pixel squared error, mean over channels, at each of `levels` Gaussian-pyramid levels:
     [B, H / 2^k, W / 2^k] for k = 0 .. levels - 1 (sizes rounded up)."""
     if levels < 1:
-        raise ValueError(f"config.model.map_levels must be >= 1, got {levels}")
+        raise errors.ConfigError(f"config.model.map_levels must be >= 1, got {levels}")
     a, b = original.astype(jnp.float32), reconstruction.astype(jnp.float32)
-    errors = []
+    maps = []
     for k in range(levels):
         if k:
             a, b = pyr_down(a), pyr_down(b)
-        errors.append(jnp.mean(jnp.square(a - b), axis=-1))
-    return errors
+        maps.append(jnp.mean(jnp.square(a - b), axis=-1))
+    return maps
 
 
 def pyramid_error_map(original: jax.Array, reconstruction: jax.Array, levels: int) -> jax.Array:

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from xray_flax import errors
 from xray_flax.detectors.base import TrainState
 from xray_flax.detectors.pyramid_ae.loss import pyramid_error_map, reconstruction_loss
 
@@ -59,7 +60,7 @@ def anomaly_map(variables: dict, images: jax.Array, *, model: nn.Module, levels:
     if image_score == "mean":
         out["score"] = jnp.mean(error, axis=(1, 2))
     elif image_score != "max":
-        raise ValueError(f"config.model.image_score={image_score!r}; expected one of {IMAGE_SCORES}")
+        raise errors.ConfigError(f"config.model.image_score={image_score!r}; expected one of {IMAGE_SCORES}")
     return out
 
 

@@ -29,7 +29,7 @@ import functools
 
 import ml_collections
 
-from xray_flax import backbones
+from xray_flax import backbones, errors
 from xray_flax.backbones.base import fill_pretrained
 from xray_flax.detectors.base import GRADIENT, Detector
 from xray_flax.detectors.reverse_distillation import loss as rd_loss
@@ -49,7 +49,7 @@ def resolve_block(model: ml_collections.ConfigDict, backbone_name: str) -> str:
     if block == "auto":
         return "basic" if backbone_name in ("resnet18", "resnet34") else "bottleneck"
     if block not in BLOCKS:
-        raise ValueError(f"config.model.block={block!r}; expected 'auto' or one of {BLOCKS}")
+        raise errors.ConfigError(f"config.model.block={block!r}; expected 'auto' or one of {BLOCKS}")
     return block
 
 
@@ -58,7 +58,7 @@ def resolve_tap_relu(model: ml_collections.ConfigDict, backbone_name: str) -> bo
     for the others (EfficientNets' stage ends are signed)."""
     activation = model.get("tap_activation", "auto")
     if activation not in TAP_ACTIVATIONS:
-        raise ValueError(f"config.model.tap_activation={activation!r}; expected one of {TAP_ACTIVATIONS}")
+        raise errors.ConfigError(f"config.model.tap_activation={activation!r}; expected one of {TAP_ACTIVATIONS}")
     if activation == "auto":
         return backbone_name.startswith(("resnet", "wide_resnet"))
     return activation == "relu"
@@ -71,7 +71,7 @@ def build_head(config: ml_collections.ConfigDict, backbone: backbones.Backbone) 
     strides = [backbone.strides[t] for t in taps]
     for shallow, deep, s_shallow, s_deep in zip(taps, taps[1:], strides, strides[1:]):
         if s_deep != 2 * s_shallow:
-            raise ValueError(
+            raise errors.ConfigError(
                 f"config.backbone.taps {tuple(taps)}: Reverse Distillation needs each tap at twice the stride of the "
                 f"previous one (the OCBE halves, the decoder doubles); {shallow} has stride {s_shallow}, "
                 f"{deep} {s_deep}"
@@ -79,7 +79,7 @@ def build_head(config: ml_collections.ConfigDict, backbone: backbones.Backbone) 
     block = resolve_block(model, backbone.name)
     n = len(taps)
     if n > 4 and not tuple(model.decoder_blocks):
-        raise ValueError(f"config.model.decoder_blocks must be given for {n} taps (the default covers up to 4)")
+        raise errors.ConfigError(f"config.model.decoder_blocks must be given for {n} taps (the default covers up to 4)")
     decoder_blocks = tuple(model.decoder_blocks) or _RESNET_DEPTHS[block][:n]
     ocbe_blocks = int(model.ocbe_blocks) or (3 if block == "bottleneck" else 2)
     decoder_wpg = int(model.decoder_width_per_group) or (128 if backbone.name.startswith("wide_resnet") else 64)
@@ -99,9 +99,11 @@ def build_head(config: ml_collections.ConfigDict, backbone: backbones.Backbone) 
 def build(config: ml_collections.ConfigDict) -> Detector:
     model = config.model
     if model.map_mode not in rd_loss.MAP_MODES:
-        raise ValueError(f"config.model.map_mode={model.map_mode!r}; expected one of {rd_loss.MAP_MODES}")
+        raise errors.ConfigError(f"config.model.map_mode={model.map_mode!r}; expected one of {rd_loss.MAP_MODES}")
     if model.blur_border not in rd_loss.BLUR_BORDERS:
-        raise ValueError(f"config.model.blur_border={model.blur_border!r}; expected one of {rd_loss.BLUR_BORDERS}")
+        raise errors.ConfigError(
+            f"config.model.blur_border={model.blur_border!r}; expected one of {rd_loss.BLUR_BORDERS}"
+        )
     backbone = backbones.build(config.backbone, config.data.channels)
     head = build_head(config, backbone)
     tx = make_optimizer(config.optim, config.train.num_steps)

@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from xray_flax import errors
 from xray_flax.nn.anomaly_maps import gaussian_blur
 from xray_flax.nn.filters import gaussian_reflect
 
@@ -88,7 +89,7 @@ def blur(maps: jax.Array, sigma: float, border: str) -> jax.Array:
     + 1, torch 'reflect'); 'scipy' = scipy.ndimage.gaussian_filter(mode='reflect', truncate 4),
     the original code's. sigma <= 0: no blur."""
     if border not in BLUR_BORDERS:
-        raise ValueError(f"config.model.blur_border={border!r}; expected one of {BLUR_BORDERS}")
+        raise errors.ConfigError(f"config.model.blur_border={border!r}; expected one of {BLUR_BORDERS}")
     if float(sigma) <= 0:
         return maps
     if border == "torch":
@@ -107,7 +108,7 @@ def anomaly_map(
 ) -> jax.Array:
     """[B, H, W] float32: the per-tap channel cosine distances, upsampled, combined, blurred."""
     if mode not in MAP_MODES:
-        raise ValueError(f"config.model.map_mode={mode!r}; expected one of {MAP_MODES}")
+        raise errors.ConfigError(f"config.model.map_mode={mode!r}; expected one of {MAP_MODES}")
     combined = None
     for e, d in zip(encoder, decoder, strict=True):
         distance = upsample_bilinear_align_corners(1.0 - cosine_similarity(e, d, axis=-1), size)

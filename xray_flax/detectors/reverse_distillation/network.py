@@ -40,6 +40,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from xray_flax import errors
+
 BLOCKS = ("bottleneck", "basic")
 EXPANSION = {"bottleneck": 4, "basic": 1}
 
@@ -220,16 +222,16 @@ def head_spec(
 
     ocbe_channels 0 = 2 c_N, anomalib's 512 e (2048 for WRN50-2, 512 for ResNet-18)."""
     if block not in BLOCKS:
-        raise ValueError(f"config.model.block={block!r}; expected one of {BLOCKS} or 'auto'")
+        raise errors.ConfigError(f"config.model.block={block!r}; expected one of {BLOCKS} or 'auto'")
     n = len(tap_channels)
     if n < 1:
-        raise ValueError("Reverse Distillation needs at least one encoder tap (config.backbone.taps)")
+        raise errors.ConfigError("Reverse Distillation needs at least one encoder tap (config.backbone.taps)")
     if len(decoder_blocks) != n:
-        raise ValueError(
+        raise errors.ConfigError(
             f"config.model.decoder_blocks {tuple(decoder_blocks)} needs one entry per encoder tap ({n} taps)"
         )
     if ocbe_blocks < 1 or min(decoder_blocks) < 1:
-        raise ValueError("config.model.ocbe_blocks and every config.model.decoder_blocks entry must be >= 1")
+        raise errors.ConfigError("config.model.ocbe_blocks and every config.model.decoder_blocks entry must be >= 1")
     out = int(ocbe_channels) or 2 * tap_channels[-1]
     deep_to_shallow = tap_channels[::-1]
     return HeadSpec(

@@ -31,7 +31,7 @@ import functools
 
 import ml_collections
 
-from xray_flax import backbones
+from xray_flax import backbones, errors
 from xray_flax.backbones.base import fill_pretrained
 from xray_flax.detectors.base import GRADIENT, Detector
 from xray_flax.detectors.stfpm import steps
@@ -40,11 +40,11 @@ from xray_flax.detectors.stfpm.config import BATCH_REDUCTIONS
 
 def build(config: ml_collections.ConfigDict) -> Detector:
     if config.loss.batch_reduction not in BATCH_REDUCTIONS:
-        raise ValueError(
+        raise errors.ConfigError(
             f"config.loss.batch_reduction={config.loss.batch_reduction!r}; expected one of {BATCH_REDUCTIONS}"
         )
     if float(config.optim.learning_rate) <= 0:
-        raise ValueError(f"config.optim.learning_rate must be > 0, got {config.optim.learning_rate}")
+        raise errors.ConfigError(f"config.optim.learning_rate must be > 0, got {config.optim.learning_rate}")
     backbone = backbones.build(config.backbone, config.data.channels)
     tx = steps.make_optimizer(config.optim)
     blur_sigma = float(config.model.blur_sigma)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from xray_flax import errors
 from xray_flax.nn.anomaly_maps import gaussian_blur, upsample_bilinear
 
 # torch.nn.functional.normalize's eps: x / max(||x||, eps). [anomalib]
@@ -36,7 +37,7 @@ def layer_loss(teacher: jax.Array, student: jax.Array, *, layer_scale: float, ba
         return jnp.sum(per_image)
     if batch_reduction == "mean":
         return jnp.mean(per_image)
-    raise ValueError(f"config.loss.batch_reduction={batch_reduction!r}; expected 'sum' or 'mean'")
+    raise errors.ConfigError(f"config.loss.batch_reduction={batch_reduction!r}; expected 'sum' or 'mean'")
 
 
 def stfpm_loss(
