@@ -15,7 +15,7 @@ from configs import tiny
 from xray_flax import detectors
 from xray_flax.detectors import TrainState
 from xray_flax.detectors.base import guard_nonfinite
-from xray_flax.detectors.cfa import model as cfa_model
+from xray_flax.detectors.cfa import network as cfa_model
 from xray_flax.detectors.cfa.loss import cfa_loss
 from xray_flax.detectors.cfa.steps import descriptors_of, make_optimizer, patches_of
 from xray_flax.nn import anomaly_maps

@@ -15,7 +15,7 @@ from xray_flax import backbones, detectors
 from xray_flax.detectors import TrainState
 from xray_flax.detectors.csflow import build_flow
 from xray_flax.detectors.csflow import steps as cs_steps
-from xray_flax.detectors.csflow.model import csflow_loss, csflow_map, csflow_score, resize_for_scale
+from xray_flax.detectors.csflow.loss import csflow_loss, csflow_map, csflow_score, resize_for_scale
 from xray_flax.nn.flows import CONSTANTS
 
 

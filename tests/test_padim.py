@@ -10,7 +10,7 @@ from scipy.spatial import distance
 
 from configs import tiny
 from xray_flax import detectors
-from xray_flax.detectors.padim import model
+from xray_flax.detectors.padim import distance as model
 
 N, P, D = 97, 6, 12
 

@@ -11,7 +11,8 @@ from scipy import ndimage
 
 from configs import tiny
 from xray_flax import detectors
-from xray_flax.detectors.patchcore import model, steps
+from xray_flax.detectors.patchcore import distance as model
+from xray_flax.detectors.patchcore import steps
 from xray_flax.nn import coreset, knn
 from xray_flax.nn.anomaly_maps import upsample_bilinear
 

@@ -8,10 +8,10 @@ margin. The map is the softmin-weighted distance to the nearest centre, upsample
 blurred; the image score its maximum. `bounded_map=False`: the shared loop fits a score
 normalisation on normal validation tiles.
 
-    model.py   patch features, CoordConv descriptor, distances, the softmin score
+    network.py patch features, CoordConv descriptor, distances, the softmin score
     loss.py    the soft-boundary loss
-    optim.py   torch's AdamW with AMSGrad as an optax transformation
-    steps.py   init, pretrained, the train step (memory-bank pass, then training), the map
+    steps.py   init, pretrained, torch's AdamW with AMSGrad (xray_flax/optim.py), the train step
+               (memory-bank pass, then training), the map
     config.py  the `backbone`, `model`, `loss`, `optim` sections, each knob with its source
 
 What is whose. [paper] WRN50-2 layers 1-3, the descriptor, gamma_c = gamma_d = 1, K = J = 3,
@@ -36,7 +36,7 @@ from xray_flax import backbones, errors
 from xray_flax.backbones.base import fill_pretrained
 from xray_flax.detectors.base import GRADIENT, Detector
 from xray_flax.detectors.cfa import steps
-from xray_flax.detectors.cfa.model import Descriptor
+from xray_flax.detectors.cfa.network import Descriptor
 
 
 def _check(config: ml_collections.ConfigDict) -> None:

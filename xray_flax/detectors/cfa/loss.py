@@ -17,7 +17,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from xray_flax.detectors.cfa.model import nearest
+from xray_flax.detectors.cfa.network import nearest
 
 
 def cfa_loss(

@@ -32,7 +32,7 @@ import optax
 from xray_flax.backbones import COLLECTION, Backbone
 from xray_flax.backbones.base import frozen
 from xray_flax.detectors.base import TrainState
-from xray_flax.detectors.cfa import model as cfa_model
+from xray_flax.detectors.cfa import network
 from xray_flax.detectors.cfa.loss import cfa_loss
 from xray_flax.nn.anomaly_maps import upsample_and_blur
 from xray_flax.optim import make_torch_optimizer
@@ -49,10 +49,10 @@ def make_optimizer(optim: ml_collections.ConfigDict) -> optax.GradientTransforma
 
 def patches_of(backbone: Backbone, backbone_variables: dict, images: jax.Array) -> jax.Array:
     """The frozen backbone's pooled, upsampled, concatenated taps [B, h0, w0, C] (no gradient)."""
-    return cfa_model.patch_features(frozen(backbone.features(backbone_variables, images)), backbone.taps)
+    return network.patch_features(frozen(backbone.features(backbone_variables, images)), backbone.taps)
 
 
-def init(key: jax.Array, sample: jax.Array, *, backbone: Backbone, descriptor: cfa_model.Descriptor) -> dict:
+def init(key: jax.Array, sample: jax.Array, *, backbone: Backbone, descriptor: network.Descriptor) -> dict:
     """Random backbone (replaced by `pretrained`) and descriptor; a zero memory bank of one
     centre per position of the first tap's map for tiles of the sample's size."""
     backbone_key, descriptor_key = jax.random.split(key)
@@ -67,7 +67,7 @@ def init(key: jax.Array, sample: jax.Array, *, backbone: Backbone, descriptor: c
     }
 
 
-def descriptors_of(descriptor: cfa_model.Descriptor, params: dict, patches: jax.Array) -> jax.Array:
+def descriptors_of(descriptor: network.Descriptor, params: dict, patches: jax.Array) -> jax.Array:
     return descriptor.apply({"params": params["descriptor"]}, patches)
 
 
@@ -78,7 +78,7 @@ def train_step(
     aux: None,
     *,
     backbone: Backbone,
-    descriptor: cfa_model.Descriptor,
+    descriptor: network.Descriptor,
     tx: optax.GradientTransformation,
     loss_config: ml_collections.ConfigDict,
     memory_bank_steps: int,
@@ -107,7 +107,7 @@ def train_step(
 
     def descriptor_step(_):
         def loss_fn(params):
-            squared = cfa_model.squared_distances(descriptors_of(descriptor, params, patches), centres)
+            squared = network.squared_distances(descriptors_of(descriptor, params, patches), centres)
             return cfa_loss(
                 squared,
                 num_nearest=loss_config.num_nearest,
@@ -130,7 +130,7 @@ def anomaly_map(
     images: jax.Array,
     *,
     backbone: Backbone,
-    descriptor: cfa_model.Descriptor,
+    descriptor: network.Descriptor,
     num_nearest: int,
     blur_sigma: float,
 ) -> dict:
@@ -139,8 +139,8 @@ def anomaly_map(
     patches = patches_of(backbone, variables[COLLECTION], images)
     desc = descriptors_of(descriptor, variables["params"], patches)
     b, h, w, _ = desc.shape
-    squared = cfa_model.squared_distances(desc, variables[BANK]["centres"])
-    score = cfa_model.softmin_score(squared, num_nearest).reshape(b, h, w)
+    squared = network.squared_distances(desc, variables[BANK]["centres"])
+    score = network.softmin_score(squared, num_nearest).reshape(b, h, w)
     out = upsample_and_blur(score, images.shape[1:3], blur_sigma)
     return {"map": out, "score": jnp.max(out, axis=(1, 2))}
 

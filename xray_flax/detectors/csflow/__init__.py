@@ -6,7 +6,7 @@ normal. The image score is the mean of z^2 / 2 over all latents, the map the pro
 scales of the upsampled mean_c z^2. The map is not a probability (`bounded_map=False`): the
 shared loop fits a score normalisation on normal validation tiles.
 
-    model.py   multi-scale inputs, loss, map and image score
+    loss.py    multi-scale inputs, loss, map and image score
     steps.py   init, pretrained backbone, clipped Adam with coupled weight decay, train step, map, preview
     config.py  the `backbone`, `model`, `loss` and `optim` sections, each knob with its source
     xray_flax/nn/flows.py   the parallel Glow couplings and cross convolutions (CrossScaleFlow)
@@ -25,7 +25,7 @@ log-determinant summed over the batch
 defaults. [ours] the default map 'nll', the position-weighted mean over scales of the
 upsampled mean_c z^2 / 2, whose tile mean is exactly the image score (the shared loop
 normalises maps and scores with one affine map and cuts map pixels at the threshold chosen
-on scores, so they must share a scale; model.py); any backbone of xray_flax.backbones with one tap (the CPU configs use
+on scores, so they must share a scale; loss.py); any backbone of xray_flax.backbones with one tap (the CPU configs use
 EfficientNet-Lite0), the permutations drawn from the init key, 'area' resizing and the shared
 filtered-max score as options, the exact inverse (both PyTorch versions' reverse pass mixes
 up the shifts of one half-step; only the forward pass is used for training and scoring).

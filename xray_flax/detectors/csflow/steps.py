@@ -21,7 +21,7 @@ import optax
 from xray_flax.backbones import COLLECTION, Backbone
 from xray_flax.backbones.base import frozen
 from xray_flax.detectors.base import TrainState
-from xray_flax.detectors.csflow.model import csflow_loss, csflow_map, csflow_score, resize_for_scale
+from xray_flax.detectors.csflow.loss import csflow_loss, csflow_map, csflow_score, resize_for_scale
 from xray_flax.nn.flows import CONSTANTS, CrossScaleFlow
 from xray_flax.optim import make_torch_optimizer
 

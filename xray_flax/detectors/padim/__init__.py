@@ -6,9 +6,9 @@ position, a Gaussian (mean and covariance + 0.01 I). The map is the Mahalanobis 
 test embedding to its position's Gaussian, upsampled bilinearly and blurred (sigma 4); the
 image score its maximum. A `fit` detector: one pass, no optimiser; `bounded_map=False`.
 
-    model.py   embedding, streaming moments (Chan et al. merge), Cholesky whitening, Mahalanobis
-    steps.py   init, fit_init / fit_update / fit_finish / fit_summary, the map
-    config.py  the `backbone` and `model` sections, each knob with its source
+    distance.py  embedding, streaming moments (Chan et al. merge), Cholesky whitening, Mahalanobis
+    steps.py     init, fit_init / fit_update / fit_finish / fit_summary, the map
+    config.py    the `backbone` and `model` sections, each knob with its source
 
 Memory that does not grow with the data. anomalib and the original code keep every training
 embedding ([N, d, P] floats: 11,988 tiles x 100 x 4,096 positions x 4 B = 19.6 GB for ResNet-18
@@ -54,7 +54,7 @@ import ml_collections
 from xray_flax import backbones, errors
 from xray_flax.backbones.base import fill_pretrained
 from xray_flax.detectors import base
-from xray_flax.detectors.padim import model, steps
+from xray_flax.detectors.padim import distance, steps
 
 
 def make_plan(config: ml_collections.ConfigDict) -> steps.Plan:
@@ -77,10 +77,10 @@ def make_plan(config: ml_collections.ConfigDict) -> steps.Plan:
         )
     backbone = backbones.build(config.backbone, config.data.channels)
     channels = [backbone.channels[t] for t in backbone.taps]
-    subset = model.channel_subset(sum(channels), int(m.n_features), int(m.channel_seed))
+    subset = distance.channel_subset(sum(channels), int(m.n_features), int(m.channel_seed))
     return steps.Plan(
         backbone=backbone,
-        per_tap=tuple(model.split_subset(subset, channels)),
+        per_tap=tuple(distance.split_subset(subset, channels)),
         n_features=int(m.n_features),
         pool=int(m.feature_pool),
         ridge=float(m.ridge),

@@ -29,7 +29,7 @@ import numpy as np
 from xray_flax import errors, parallel
 from xray_flax.backbones import COLLECTION, Backbone
 from xray_flax.backbones.base import frozen
-from xray_flax.detectors.padim import model
+from xray_flax.detectors.padim import distance
 from xray_flax.nn.anomaly_maps import upsample_and_blur
 
 GAUSSIAN = "gaussian"
@@ -82,12 +82,12 @@ def init(key: jax.Array, sample: jax.Array, *, plan: Plan) -> dict:
 def embed(variables: dict, images: jax.Array, *, plan: Plan) -> jax.Array:
     """[B, P, d] embeddings of images [B, H, W, C] in [0, 1]."""
     features = frozen(plan.backbone.features(variables[COLLECTION], images))
-    x = model.embedding(features, plan.backbone.taps, plan.per_tap, plan.pool)
+    x = distance.embedding(features, plan.backbone.taps, plan.per_tap, plan.pool)
     return x.reshape(x.shape[0], -1, x.shape[-1])
 
 
 def _moments(variables, images, valid, *, plan):
-    return model.batch_moments(embed(variables, images, plan=plan), valid)
+    return distance.batch_moments(embed(variables, images, plan=plan), valid)
 
 
 def _mesh_sharding(plan: Plan, positions: int):
@@ -123,7 +123,7 @@ def fit_init(variables: dict, *, plan: Plan) -> dict:
 @functools.partial(jax.jit, static_argnames="plan")
 def _update_device(state, variables, images, valid, *, plan):
     batch = _moments(variables, images, valid, plan=plan)
-    n, mean, scatter = model.merge_moments((state["count"], state["mean"], state["scatter"]), batch)
+    n, mean, scatter = distance.merge_moments((state["count"], state["mean"], state["scatter"]), batch)
     return {"count": n, "mean": mean, "scatter": scatter}
 
 
@@ -136,7 +136,7 @@ def fit_update(state: dict, variables: dict, batch: dict, *, plan: Plan) -> dict
         return _update_device(state, variables, batch["image"], batch["valid"], plan=plan)
     count, mean, scatter = jax.device_get(_moments_jit(variables, batch["image"], batch["valid"], plan=plan))
     state = (np.float64(state["count"]), np.asarray(state["mean"], np.float64), np.asarray(state["scatter"]))
-    n, mean, scatter = model.merge_moments_host(state, (np.float64(count), mean, scatter))
+    n, mean, scatter = distance.merge_moments_host(state, (np.float64(count), mean, scatter))
     return {"count": np.asarray(n, np.float64), "mean": mean, "scatter": scatter}
 
 
@@ -147,11 +147,11 @@ def fit_finish(state: dict, variables: dict, *, plan: Plan) -> dict:
     if count < 2:
         raise ValueError(f"PaDiM needs at least 2 training tiles for a covariance (ddof 1), got {count:g}")
     if plan.accumulate == "float64":
-        mean, whitening = model.whitening_numpy(
+        mean, whitening = distance.whitening_numpy(
             count, np.asarray(state["mean"]), np.asarray(state["scatter"]), plan.ridge, out_dtype=np.float32
         )
     else:
-        mean, whitening = jax.jit(model.whitening_jax, static_argnames="ridge")(
+        mean, whitening = jax.jit(distance.whitening_jax, static_argnames="ridge")(
             state["count"], state["mean"], state["scatter"], ridge=plan.ridge
         )
     if not np.isfinite(np.asarray(jax.device_get(whitening[:1]))).all():
@@ -174,6 +174,6 @@ def anomaly_map(variables: dict, images: jax.Array, *, plan: Plan) -> dict:
     b, height, width = images.shape[0], images.shape[1], images.shape[2]
     h, w = plan.positions(height)
     gaussian = variables[GAUSSIAN]
-    distances = model.mahalanobis(embed(variables, images, plan=plan), gaussian["mean"], gaussian["whitening"])
+    distances = distance.mahalanobis(embed(variables, images, plan=plan), gaussian["mean"], gaussian["whitening"])
     maps = upsample_and_blur(distances.reshape(b, h, w), (height, width), plan.blur_sigma)
     return {"map": maps, "score": jnp.max(maps, axis=(1, 2))}

@@ -7,9 +7,9 @@ its nearest bank entry. The map is the patch scores upsampled and blurred; the i
 anomalib's reweighted maximum or the plain maximum. A `fit` detector: one pass, no optimiser;
 `bounded_map=False`.
 
-    model.py   patch features, the reweighted image score, the map
-    steps.py   init, fit_init / fit_update / fit_finish / fit_summary, the map
-    config.py  the `backbone` and `model` sections, each knob with its source
+    distance.py  patch features, nearest-neighbour distances, the reweighted image score, the map
+    steps.py     init, fit_init / fit_update / fit_finish / fit_summary, the map
+    config.py    the `backbone` and `model` sections, each knob with its source
     xray_flax/nn/coreset.py  greedy k-centre, exact and streamed in bounded memory
     xray_flax/nn/knn.py      blocked, shardable exact nearest-neighbour search
 
@@ -46,7 +46,7 @@ import ml_collections
 from xray_flax import backbones, errors
 from xray_flax.backbones.base import fill_pretrained
 from xray_flax.detectors import base
-from xray_flax.detectors.patchcore import model, steps
+from xray_flax.detectors.patchcore import distance, steps
 from xray_flax.nn import coreset
 
 
@@ -55,8 +55,8 @@ def make_plan(config: ml_collections.ConfigDict) -> steps.Plan:
     for key in ("bank_size", "chunk_size", "query_block", "bank_block", "num_neighbors"):
         if int(m[key]) < 1:
             raise errors.ConfigError(f"config.model.{key} must be >= 1, got {m[key]}")
-    if m.map_upsample not in model.UPSAMPLE:
-        raise errors.ConfigError(f"config.model.map_upsample={m.map_upsample!r}; expected one of {model.UPSAMPLE}")
+    if m.map_upsample not in distance.UPSAMPLE:
+        raise errors.ConfigError(f"config.model.map_upsample={m.map_upsample!r}; expected one of {distance.UPSAMPLE}")
     if m.storage_dtype not in steps.STORAGE_DTYPES:
         raise errors.ConfigError(
             f"config.model.storage_dtype={m.storage_dtype!r}; expected one of {list(steps.STORAGE_DTYPES)}"

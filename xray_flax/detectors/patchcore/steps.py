@@ -23,7 +23,7 @@ import numpy as np
 from xray_flax import parallel
 from xray_flax.backbones import COLLECTION, Backbone
 from xray_flax.backbones.base import frozen
-from xray_flax.detectors.patchcore import model
+from xray_flax.detectors.patchcore import distance
 from xray_flax.nn import coreset
 
 MEMORY = "memory"
@@ -83,7 +83,7 @@ def init(key: jax.Array, sample: jax.Array, *, plan: Plan) -> dict:
 def embed(variables: dict, images: jax.Array, *, plan: Plan) -> jax.Array:
     """[B, h, w, D] patch features of images [B, H, W, C] in [0, 1]."""
     features = frozen(plan.backbone.features(variables[COLLECTION], images))
-    return model.patch_embedding(features, plan.backbone.taps, plan.target_dim)
+    return distance.patch_embedding(features, plan.backbone.taps, plan.target_dim)
 
 
 def _projection(plan: Plan):
@@ -158,13 +158,13 @@ def anomaly_map(variables: dict, images: jax.Array, *, plan: Plan) -> dict:
     queries = x.reshape(b * h * w, d)
     bank, valid = variables[MEMORY]["bank"], variables[MEMORY]["valid"]
     options = plan.search_options()
-    distances, indices = model.search(queries, bank, valid, 1, **options)
+    distances, indices = distance.search(queries, bank, valid, 1, **options)
     patch = distances[:, 0].reshape(b, h * w)
     if plan.num_neighbors > 1:
-        score = model.reweighted_score(
+        score = distance.reweighted_score(
             x.reshape(b, h * w, d), patch, indices[:, 0].reshape(b, h * w), bank, valid, plan.num_neighbors, **options
         )
     else:
         score = jnp.max(patch, axis=1)
-    maps = model.upsample_map(patch.reshape(b, h, w), (height, width), plan.map_upsample, plan.blur_sigma)
+    maps = distance.upsample_map(patch.reshape(b, h, w), (height, width), plan.map_upsample, plan.blur_sigma)
     return {"map": maps, "score": score}
