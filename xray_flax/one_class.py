@@ -64,7 +64,7 @@ from PIL import Image
 from sklearn.datasets import load_digits
 
 from configs.base import get_base_config
-from xray_flax import files, logs, parallel, workflow
+from xray_flax import errors, files, logs, parallel, workflow
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ DIGITS_TEST_FRACTION = 1.0 / 3.0
 SPLIT_FRACTIONS = (0.9, 0.1, 1e6)
 
 
-class DatasetNotPreparedError(FileNotFoundError):
+class DatasetNotPreparedError(errors.UserError, FileNotFoundError):
     """A TFDS dataset is not on this machine (the protocol never downloads)."""
 
 
