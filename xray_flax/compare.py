@@ -108,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """The command line; `argv` without the program name (default: sys.argv[1:]). Returns the exit status."""
     args = _flag_values()
     try:
-        workdirs = program_flags.parse(args, argv, "python -m xray_flax.compare", __doc__)
+        workdirs = program_flags.parse(args, argv, "python -m xray_flax.compare", __doc__, positional=True)
         if workdirs is None:
             return 0
         names, reports = load_runs(workdirs, args.names)
@@ -116,8 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.curves:
             svg = learning_curves_svg(workdirs, names)
     except (FileNotFoundError, ValueError, errors.UserError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return program_flags.report(error)
     sys.stdout.write(text)
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

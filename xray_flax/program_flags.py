@@ -20,12 +20,20 @@ from xray_flax import errors
 HELP = ("--help", "-h", "-help", "--helpshort")
 
 
-def parse(flag_values: flags.FlagValues, argv: Sequence[str] | None, program: str, usage: str) -> list[str] | None:
+def parse(
+    flag_values: flags.FlagValues,
+    argv: Sequence[str] | None,
+    program: str,
+    usage: str,
+    positional: bool = False,
+    hint: str = "",
+) -> list[str] | None:
     """The positional arguments of `argv` (default: the command line's) after its flags are parsed
     into `flag_values`; None after printing the help when asked for it.
 
     Raises errors.UsageError, naming the flag, for an unknown flag, a bad value or a missing
-    required flag.
+    required flag, and for positional arguments unless the program takes them (`hint` then says
+    what to do instead).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     if any(arg in HELP for arg in argv):
@@ -35,4 +43,12 @@ def parse(flag_values: flags.FlagValues, argv: Sequence[str] | None, program: st
         rest = flag_values([program, *argv])
     except flags.Error as e:
         raise errors.UsageError(f"{program}: {errors.one_line(e)}") from e
+    if len(rest) > 1 and not positional:
+        raise errors.UsageError(f"{program}: unexpected arguments {rest[1:]}{': ' + hint if hint else ''}")
     return list(rest[1:])
+
+
+def report(error: BaseException) -> int:
+    """Prints `error` as one line on stderr; returns the exit status of a command-line mistake."""
+    print(f"error: {errors.one_line(error)}", file=sys.stderr)
+    return errors.EXIT_USAGE

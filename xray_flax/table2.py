@@ -250,17 +250,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     """The command line; `argv` without the program name (default: sys.argv[1:]). Returns the exit status."""
     args = _flag_values()
     try:
-        rest = program_flags.parse(args, argv, "python -m xray_flax.table2", __doc__)
-        if rest is None:
+        hint = "give the method configs as --methods=A,B"
+        if program_flags.parse(args, argv, "python -m xray_flax.table2", __doc__, hint=hint) is None:
             return 0
-        if rest:
-            raise errors.UsageError(f"unexpected arguments {rest}: give the method configs as --methods=A,B")
         logs.configure(False)
         parallel.enable_compilation_cache()
         results = run(args.root, args.data, args.methods, args.set, args.predict)
     except (FileNotFoundError, errors.UserError) as error:
-        print(f"error: {errors.one_line(error)}", file=sys.stderr)
-        return 2
+        return program_flags.report(error)
     print(open(os.path.join(args.root, "table2.md"), encoding="utf-8").read())
     return 1 if any(r.get("error") for r in results) else 0
 

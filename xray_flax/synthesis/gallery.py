@@ -197,14 +197,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """The command line; `argv` without the program name (default: sys.argv[1:]). Returns the exit status."""
     args = _flag_values()
     try:
-        rest = program_flags.parse(args, argv, "python -m xray_flax.synthesis.gallery", __doc__)
-        if rest is None:
+        if program_flags.parse(args, argv, "python -m xray_flax.synthesis.gallery", __doc__) is None:
             return 0
-        if rest:
-            raise errors.UsageError(f"unexpected arguments {rest}")
     except errors.UserError as error:
-        print(f"error: {errors.one_line(error)}", file=sys.stderr)
-        return errors.EXIT_USAGE
+        return program_flags.report(error)
     channels = int(args.channels)
     path = make_gallery(args.out, args.dtd_root, args.patch_size, channels, args.seed, args.images, args.tile)
     print(path)
