@@ -4,9 +4,11 @@ resume equal to an uninterrupted run, a damaged checkpoint refused."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -16,6 +18,7 @@ import pytest
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
+from xray_flax import errors
 from xray_flax.checkpoint import Checkpointer, CheckpointError, CorruptCheckpointError
 from xray_flax.hidden_art import evaluate, methods, paintings, train, workflow
 from xray_flax.train_state import TrainState
@@ -155,3 +158,50 @@ def test_command_line_train_then_evaluate_from_the_workdir(tmp_path):
     evaluated = cli("--mode", "evaluate", *common, f"--output_dir={tmp_path / 'again'}")
     again = json.loads(open(os.path.join(tmp_path, "again", evaluate.OUTPUT_DIR, "results.json")).read())
     assert "[plain] wrote" in evaluated.stdout and again["paintings"] == before["paintings"]
+
+
+def test_a_non_finite_step_stops_the_run_and_leaves_the_last_checkpoint_finite(tmp_path):
+    config = tiny("regression", str(tmp_path / "cache"), steps=4)
+    method = methods.build(config)
+    def poisoned(state, batch, key):
+        # Steps 3 and 4 (traced once, chosen on the device by the step counter) give NaN.
+        new_state, metrics = method.train_step(state, batch, key)
+        bad = state.step >= 2
+        nan = jax.numpy.where(bad, jax.numpy.nan, 0.0)
+        new_state = new_state.replace(params=jax.tree.map(lambda p: p + nan, new_state.params))
+        return new_state, {**metrics, "loss": metrics["loss"] + nan, "grad_norm": metrics["grad_norm"] + nan}
+
+    workdir = str(tmp_path / "w")
+    with pytest.raises(
+        errors.TrainingDivergedError, match=r"at step 3 .*last good checkpoint: step 2 in .*checkpoints"
+    ):
+        train.train(
+            config, workdir, dataclasses.replace(method, train_step=poisoned), paintings.load_split(config, "train")
+        )
+    params, step = _params(workdir, config)
+    assert step == 2 and all(np.isfinite(x).all() for x in jax.tree.leaves(params))
+
+
+def test_sigterm_saves_a_checkpoint_and_the_rerun_equals_an_uninterrupted_run(tmp_path):
+    cache = str(tmp_path / "cache")
+    config = tiny("regression", cache, steps=4)
+    config.train.checkpoint_every = 4
+    train.train(config, str(tmp_path / "a"), methods.build(config), paintings.load_split(config, "train"))
+    method = methods.build(config)
+    batches = []
+
+    def collate_then_terminate(items, sizes):
+        batches.append(1)
+        if len(batches) == 3:  # the batch of step 2 (after the init's batch and step 1's)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return method.collate(items, sizes)
+
+    interrupted = dataclasses.replace(method, collate=collate_then_terminate)
+    workdir = str(tmp_path / "b")
+    assert train.train(config, workdir, interrupted, paintings.load_split(config, "train")) is None
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2"]
+    train.train(config, workdir, method, paintings.load_split(config, "train"))
+    a, step_a = _params(str(tmp_path / "a"), config)
+    b, step_b = _params(workdir, config)
+    assert step_a == step_b == 4
+    jax.tree.map(np.testing.assert_array_equal, a, b)

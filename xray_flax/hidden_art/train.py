@@ -92,16 +92,26 @@ def train(config: ml_collections.ConfigDict, workdir: str, method: methods.Metho
     state = TrainState.create(variables, method.optimizer)
     ckpt = checkpoint.Checkpointer(workdir, keep=CHECKPOINTS_KEPT)
     writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+    finished = False
     try:
         restored = _restore(ckpt, state)
         if restored is not None:
             state = restored
             log.info("resumed %s from %s/%d", method.name, ckpt.latest.directory, int(state.step))
         state = _steps(config, method, state, items, train_scenes, sizes, ckpt, writer)
+        finished = True
     finally:
+        # As the detectors' loop: finish the checkpoint writes already started, and report their
+        # failure only when nothing else failed first.
         writer.flush()
-        ckpt.wait()
-        ckpt.close()
+        try:
+            ckpt.wait()
+        except checkpoint.CheckpointError:
+            if finished:
+                raise
+            log.exception("a checkpoint write failed while stopping")
+        finally:
+            ckpt.close()
     return None if state is None else state.variables
 
 
