@@ -8,6 +8,13 @@ stopped at, and that checkpoints/<step> was written. `--max_steps_in_flight` let
 earlier, unbounded behaviour be reproduced for comparison (e.g. 1000).
 
     python benchmarks/bench_sigterm.py --out benchmarks/results/sigterm.json
+
+A fit-kind detector (`--fit_config configs/patchcore_cpu.py`): the same at 256 px, SIGTERM once
+the fit has logged `--after_tiles` tiles done; the partial fit must be saved in fit_partial/.
+`--fit_max_update_pixels -1` reproduces fits in whole batches of train.batch_size (before the
+split of CPU fit updates):
+
+    python benchmarks/bench_sigterm.py --fit_config configs/patchcore_cpu.py --out benchmarks/results/sigterm_fit.json
 """
 
 from __future__ import annotations
@@ -37,23 +44,34 @@ def main() -> None:
     parser.add_argument("--log_every", type=int, default=20)
     parser.add_argument("--num_steps", type=int, default=400)
     parser.add_argument("--max_steps_in_flight", type=int, default=2)
+    parser.add_argument("--fit_config", default="", help="a fit-kind detector's config instead of a training run")
+    parser.add_argument("--after_tiles", type=int, default=1, help="fit: signal once this many tiles are done")
+    parser.add_argument("--fit_max_update_pixels", type=int, default=0, help="fit: 0 = the default, -1 = no split")
     parser.add_argument("--timeout", type=float, default=1200.0)
     parser.add_argument("--out", default="")
     args = parser.parse_args()
 
     workdir = tempfile.mkdtemp(prefix="bench_sigterm_")
     command = [
-        sys.executable, "-m", "xray_flax.main", "--config", "configs/default.py", "--workdir", workdir,
-        f"--config.data.patch_size={args.patch}", f"--config.data.stride={args.patch}",
-        f"--config.train.num_steps={args.num_steps}", f"--config.train.log_every={args.log_every}",
+        sys.executable, "-m", "xray_flax.main", "--config", args.fit_config or "configs/default.py",
+        "--workdir", workdir, f"--config.data.patch_size={args.patch}", f"--config.data.stride={args.patch}",
         f"--config.train.max_steps_in_flight={args.max_steps_in_flight}",
     ]  # fmt: skip
+    if args.fit_config:
+        command.append(f"--config.train.fit_max_update_pixels={args.fit_max_update_pixels}")
+        # The fit's progress line every 10 s: "fit <name>: <done>/<total> tiles".
+        pattern = re.compile(r"\] fit \w+: (\d+)/\d+ tiles")
+    else:
+        command += [f"--config.train.num_steps={args.num_steps}", f"--config.train.log_every={args.log_every}"]
+        pattern = re.compile(rf"\] train: {args.after_step}/{args.num_steps} steps")
     proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     sent_at, lines, started = None, [], time.monotonic()
-    pattern = re.compile(rf"\] train: {args.after_step}/{args.num_steps} steps")
     for line in proc.stdout:
         lines.append(line)
-        if sent_at is None and pattern.search(line):
+        match = pattern.search(line)
+        if args.fit_config and match and int(match.group(1)) < args.after_tiles:
+            match = None
+        if sent_at is None and match:
             proc.send_signal(signal.SIGTERM)
             sent_at = time.monotonic()
         if time.monotonic() - started > args.timeout:
@@ -63,16 +81,19 @@ def main() -> None:
     exited_at = time.monotonic()
     output = "".join(lines)
     if sent_at is None:
-        raise SystemExit(f"the run ended before step {args.after_step}:\n{output[-3000:]}")
-    stopped = re.findall(r"stopped at step (\d+)", output)
+        raise SystemExit(f"the run ended before the signal was due:\n{output[-3000:]}")
+    stopped = re.findall(r"stopped (?:at step|the fit after) (\d+)", output)
     step = int(stopped[-1]) if stopped else None
-    saved = step is not None and os.path.isdir(os.path.join(workdir, "checkpoints", str(step)))
+    folder = "fit_partial" if args.fit_config else "checkpoints"
+    saved = step is not None and os.path.isdir(os.path.join(workdir, folder, str(step)))
+    updates = re.findall(r"batches of (\d+)", output)
     result = {
         "benchmark": "sigterm_to_exit",
         "command": " ".join(command[1:]),
-        "signal_at_step": args.after_step,
-        "log_every": args.log_every,
+        "signal_at_step": None if args.fit_config else args.after_step,
+        "log_every": None if args.fit_config else args.log_every,
         "stopped_at_step": step,
+        "tiles_per_fit_update": int(updates[-1]) if updates else None,
         "checkpoint_saved": saved,
         "exit_status": status,
         "seconds_signal_to_exit": round(exited_at - sent_at, 2),

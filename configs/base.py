@@ -51,6 +51,11 @@ def get_base_config(detector: str = "draem") -> ml_collections.ConfigDict:
     # allocates, and after every batch against the measured RSS; over budget, the fit saves
     # its partial state and stops with an error naming both numbers. [ours; docs/performance.md]
     train.memory_budget_gb = 0.0
+    # Fit-kind detectors: at most this many pixels per fit update (a batch of train.batch_size
+    # tiles is split into smaller updates beyond it); one update is one jitted call that a
+    # SIGTERM cannot interrupt. 0 = by platform: 131,072 on a CPU (32 tiles of 64 px, so a stop
+    # is served within seconds), no limit on GPU/TPU; -1 = no limit. [ours; benchmarks/bench_sigterm.py]
+    train.fit_max_update_pixels = 0
     config.train = train
 
     mesh = ml_collections.ConfigDict()

@@ -208,6 +208,42 @@ def test_a_halted_fit_resumes_after_its_last_batch_and_equals_an_uninterrupted_f
         workflow.train_and_evaluate(config, again)
 
 
+def test_fit_updates_are_split_on_a_cpu_so_that_a_stop_is_served_within_seconds():
+    """On a CPU a fit batch of more than train.CPU_FIT_UPDATE_PIXELS pixels is split into smaller
+    updates (one update is one jitted call a SIGTERM cannot interrupt); a multiple of the devices."""
+
+    class Mesh:
+        def __init__(self, n):
+            self.devices = np.zeros(n)
+
+    config = tiny.get_config("highpass")
+    config.train.batch_size = 32
+    for patch, devices, expected in ((64, 1, 32), (256, 1, 2), (512, 1, 1), (256, 4, 4), (128, 4, 8)):
+        config.data.patch_size = patch
+        assert train.fit_batch_size(config, Mesh(devices)) == expected, (patch, devices)
+    config.data.patch_size = 256
+    config.train.fit_max_update_pixels = 256 * 256 * 8  # set explicitly: used on any platform
+    assert train.fit_batch_size(config, Mesh(1)) == 8
+    config.train.fit_max_update_pixels = -1  # no limit
+    config.data.patch_size = 512
+    assert train.fit_batch_size(config, Mesh(1)) == 32
+
+
+def test_a_fit_in_split_updates_resumes_and_equals_an_uninterrupted_one(tmp_path, caplog):
+    """Updates of 2 tiles (train.batch_size 4): halted after 3 updates, resumed, equal to one whole run."""
+    small = {"fit_max_update_pixels": 2 * 32 * 32}
+    halted = str(tmp_path / "halted")
+    with caplog.at_level("INFO", logger="xray_flax.train"):
+        assert workflow.train_and_evaluate(tiny_config(tmp_path, "padim", halt_after_steps=3, **small), halted) is None
+    assert "batches of 2 (train.batch_size 4 split" in caplog.text
+    assert 3 in [int(d) for d in os.listdir(os.path.join(halted, checkpoint.FIT_DIR)) if d.isdigit()]
+    resumed = workflow.train_and_evaluate(tiny_config(tmp_path, "padim", **small), halted)
+    whole = workflow.train_and_evaluate(tiny_config(tmp_path, "padim", **small), str(tmp_path / "whole"))
+    for key in whole["test"]:
+        if key != "seconds_per_patch":
+            assert resumed["test"][key] == whole["test"][key], key
+
+
 def test_a_fit_over_its_memory_budget_stops_with_its_partial_state_saved(tmp_path, caplog, monkeypatch):
     """config.train.memory_budget_gb: the allocated state is checked before the first batch, the
     measured RSS after every batch (shown in the progress lines); over budget, one error and the

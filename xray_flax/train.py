@@ -274,6 +274,26 @@ def _train(detector, config, workdir, splits, mesh, ckpt, writer) -> bool:
 
 FIT_STEP = 1  # the checkpoint step of a fitted detector: one pass
 
+# On a CPU, a fit update of more pixels than this is split into several (smaller batches).
+# One update is one jitted call that a SIGTERM cannot interrupt, and SLURM or TPU preemption
+# gives ~30 s before SIGKILL: 32 tiles of 256 px took minutes on 2 cores. 131,072 pixels = 32
+# tiles of 64 px, the CPU configs' batch, so those fits are unchanged. GPUs and TPUs run a
+# batch in well under a second and keep config.train.batch_size. [ours; benchmarks/bench_sigterm.py]
+CPU_FIT_UPDATE_PIXELS = 131_072
+
+
+def fit_batch_size(config: ml_collections.ConfigDict, mesh) -> int:
+    """Tiles per fit update (global): config.train.batch_size, or fewer on a CPU (or when
+    config.train.fit_max_update_pixels > 0) so that one update covers at most that many pixels;
+    a multiple of the mesh's devices, at least one per device."""
+    limit = int(config.train.get("fit_max_update_pixels", 0) or 0)  # 0: by platform; < 0: no limit
+    if limit < 0 or (limit == 0 and jax.default_backend() != "cpu"):
+        return config.train.batch_size
+    limit = limit or CPU_FIT_UPDATE_PIXELS
+    devices = mesh.devices.size
+    tiles = max(1, limit // config.data.patch_size**2 // devices) * devices
+    return min(config.train.batch_size, tiles)
+
 
 def _fit(detector, config, workdir, splits, mesh, ckpt, writer) -> bool:
     """One pass over the clean training tiles, then validation and the best checkpoint, once.
@@ -288,9 +308,10 @@ def _fit(detector, config, workdir, splits, mesh, ckpt, writer) -> bool:
     channels, patch = config.data.channels, config.data.patch_size
     init_key = jax.random.split(jax.random.key(config.seed), 3)[0]
     variables = steps.init_variables(detector, init_key, patch, channels, mesh)
-    batch_size = parallel.check_batch_size(config.train.batch_size, mesh)
+    fit_batch = fit_batch_size(config, mesh)
+    batch_size = parallel.check_batch_size(fit_batch, mesh)
     total = pipeline.count_training_tiles(splits, config.data)
-    num_batches = -(-total // config.train.batch_size)
+    num_batches = -(-total // fit_batch)
     fit_state = detector.fit_init(variables)
     budget = float(config.train.get("memory_budget_gb", 0.0) or 0.0) * _GB
     state_gb, model_gb = checkpoint.tree_nbytes(fit_state) / _GB, checkpoint.tree_nbytes(variables) / _GB
@@ -313,24 +334,36 @@ def _fit(detector, config, workdir, splits, mesh, ckpt, writer) -> bool:
     if restored is not None:
         fit_state, meta = restored
         done = int(meta["batches"])
-        if int(meta["batch_size"]) != config.train.batch_size or int(meta["tiles"]) != total:
+        if int(meta["batch_size"]) != fit_batch or int(meta["tiles"]) != total:
             raise checkpoint.CheckpointError(
                 f"{ckpt.fit.directory} holds a partial fit with global batch {meta['batch_size']} over "
-                f"{meta['tiles']} tiles; this run has {config.train.batch_size} over {total}. Resume with the "
+                f"{meta['tiles']} tiles; this run has {fit_batch} over {total}. Resume with the "
                 f"same config, or fit into a new --workdir."
             )
         log.info("resuming the fit of %s after %d of %d batches", detector.name, done, num_batches)
 
     report = progress.ReportProgress(f"fit {detector.name}", total, unit="tiles", every_secs=10.0)
-    tiles = lambda batches: min(total, batches * config.train.batch_size)  # noqa: E731
+    tiles = lambda batches: min(total, batches * fit_batch)  # noqa: E731
     report(tiles(done))
-    log.info("fitting %s (%s) on %d training tiles, %d batches", config.method, detector.name, total, num_batches)
+    log.info(
+        "fitting %s (%s) on %d training tiles, %d batches of %d%s",
+        config.method,
+        detector.name,
+        total,
+        num_batches,
+        fit_batch,
+        f" (train.batch_size {config.train.batch_size} split into smaller updates on a CPU, so that a stop request "
+        "is served within seconds: config.train.fit_max_update_pixels)"
+        if fit_batch < config.train.batch_size
+        else "",
+    )
     halt = config.train.halt_after_steps
-    every = max(1, int(config.train.checkpoint_every))
+    # train.checkpoint_every counts batches of train.batch_size: the same number of tiles between saves.
+    every = max(1, int(config.train.checkpoint_every) * config.train.batch_size // fit_batch)
     stop = StopRequest()
 
     def save():
-        meta = {"batches": done, "tiles": total, "batch_size": config.train.batch_size, "seed": config.seed}
+        meta = {"batches": done, "tiles": total, "batch_size": fit_batch, "seed": config.seed}
         ckpt.save_fit(done, fit_state, meta)
 
     try:
