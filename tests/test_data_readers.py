@@ -149,22 +149,6 @@ def test_mask_of_the_wrong_size(tmp_path):
     _raises(readers.MaskShapeError, tmp_path / "m.png", lambda: readers.read_mask(tmp_path / "m.png", (12, 10)))
 
 
-def test_tiff_codec_without_decoder(tmp_path):
-    try:
-        tifffile.TIFF.DECOMPRESSORS[7]
-        pytest.skip("imagecodecs installed: JPEG TIFFs are decodable")
-    except KeyError:
-        pass
-    path = tmp_path / "jpeg.tif"
-    tifffile.imwrite(path, np.zeros((64, 64), np.uint8), tile=(32, 32))
-    with tifffile.TiffFile(path) as t:
-        offset = t.pages[0].tags["Compression"].valueoffset
-    data = bytearray(path.read_bytes())
-    data[offset : offset + 2] = (7).to_bytes(2, "little")  # claim JPEG: needs imagecodecs here
-    path.write_bytes(bytes(data))
-    _raises(readers.UnsupportedImageError, path, lambda: readers.open_scan(path))
-
-
 def test_array_reader_returns_values_as_stored_or_normalised():
     # Without a bit depth: float values as stored (negative, above 1, any channel count).
     values = np.random.default_rng(0).normal(size=(5, 7, 2))

@@ -1,9 +1,10 @@
 """Scan readers: PNG and TIFF, 8/16-bit, gray or RGB, read by region into float32 [0, 1].
 
-* TIFF (tiled or striped, classic or BigTIFF, any compression tifffile decodes without extra
-  codecs) is read segment by segment: `read_region` seeks to and decodes only the tiles/strips
-  the region touches, so a 512x512 patch of a 20000x20000 scan costs a few tiles, never the
-  whole scan. Uncompressed contiguous TIFFs are memory-mapped instead.
+* TIFF (tiled or striped, classic or BigTIFF, every compression imagecodecs decodes: LZW,
+  Deflate/zlib, PackBits, JPEG, ZSTD, LZMA, ...) is read segment by segment: `read_region`
+  seeks to and decodes only the tiles/strips the region touches, so a 512x512 patch of a
+  20000x20000 scan costs a few tiles, never the whole scan. Uncompressed contiguous TIFFs
+  are memory-mapped instead.
 * PNG has no random access (one zlib stream), so it is decoded once on first use and kept
   in a small per-process LRU cache (`png_cache_images`); every Grain worker holds its own
   copy. Many large PNGs: convert them to tiled TIFF or to the TFDS/array_record form.
@@ -24,6 +25,7 @@ import struct
 import threading
 from collections.abc import Sequence
 
+import imagecodecs
 import numpy as np
 import tifffile
 from PIL import Image
@@ -279,7 +281,10 @@ class TiffScanReader(ScanReader):
         if samples not in (1, 2, 3, 4):
             raise UnsupportedImageError(path, f"unsupported samples per pixel {samples}")
         photometric = int(page.photometric)
-        # 0 = min-is-white (inverted gray, common for radiographs), 1 = min-is-black, 2 = RGB.
+        # 0 = min-is-white (inverted gray, common for radiographs), 1 = min-is-black, 2 = RGB;
+        # 6 = YCbCr in JPEG-compressed TIFFs, which the JPEG decoder returns as RGB.
+        if photometric == 6 and int(page.compression) == 7:
+            photometric = 2
         if photometric not in (0, 1, 2):
             raise UnsupportedImageError(
                 path, f"unsupported photometric interpretation {page.photometric!r}; need gray or RGB"
@@ -314,16 +319,7 @@ class TiffScanReader(ScanReader):
         self.segments_read = 0  # instrumentation: lets tests prove reads stay local
         self._seg_rows = -(-height // self._seg_h)
         self._seg_cols = -(-width // self._seg_w)
-        try:
-            tifffile.TIFF.DECOMPRESSORS[page.compression]
-        except Exception as e:  # KeyError, or ImportError for an optional codec package
-            # e.g. JPEG or LZW without the optional imagecodecs package: fail here, naming the
-            # file, rather than deep inside a Grain worker.
-            raise UnsupportedImageError(
-                path,
-                f"no decoder for TIFF compression {page.compression!r} "
-                f"(install imagecodecs, or rewrite the file with zlib)",
-            ) from e
+        _check_tiff_decoder(path, page)
         super().__init__(path, height, width, samples, bits, **kw)
 
     def __getstate__(self):
@@ -371,6 +367,22 @@ class TiffScanReader(ScanReader):
 
     def close(self):
         self._tif.close()
+
+
+def _check_tiff_decoder(path, page):
+    """Fails here, naming the file, rather than deep inside a Grain worker, when no installed
+    codec decodes the TIFF's compression (tifffile uses imagecodecs for all but zlib and
+    PackBits; an unusual or private compression code has no decoder at all)."""
+    try:
+        tifffile.TIFF.DECOMPRESSORS[page.compression]
+    except Exception as e:  # KeyError, or ImportError for a codec missing from imagecodecs
+        code = int(page.compression)
+        name = getattr(page.compression, "name", str(code))
+        raise UnsupportedImageError(
+            path,
+            f"no decoder for TIFF compression {name} ({code}) in imagecodecs {imagecodecs.__version__}; "
+            f"rewrite the file uncompressed or with LZW, Deflate or ZSTD",
+        ) from e
 
 
 # ------------------------------------------------------------------------------------------
@@ -488,12 +500,10 @@ def _read_header(path: str) -> ImageHeader:
 
 
 def _decode_png_16bit_color(path):
-    # Pillow reduces 16-bit RGB PNGs to 8 bits; TensorFlow decodes them at full depth. Imported
-    # late: TensorFlow takes seconds to import and only these files need it.
-    import tensorflow as tf  # noqa: PLC0415
-
-    data = tf.io.read_file(path)
-    return tf.io.decode_png(data, dtype=tf.uint16).numpy()
+    # Pillow reduces 16-bit RGB PNGs to 8 bits; imagecodecs (libpng) decodes them at full depth.
+    with open(path, "rb") as f:
+        data = f.read()
+    return np.asarray(imagecodecs.png_decode(data))
 
 
 def decode_whole_image(path):
