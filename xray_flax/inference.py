@@ -29,6 +29,24 @@ def to_host(x: jax.Array) -> np.ndarray:
     return np.asarray(x)
 
 
+def normalised_outputs(detector: Detector, score_filter_size: int, score_top_k: int = 1):
+    """The pure function every consumer of maps runs (evaluation, predict, the exported model):
+    (variables, [shift, scale], images [b, H, W, C]) -> {'map' [b, H, W] normalised, 'score' [b],
+    and the detector's extras}."""
+
+    def outputs(variables, shift_scale, images):
+        out = dict(detector.anomaly_map(variables, images))
+        shift, scale = shift_scale[0], shift_scale[1]
+        out["map"] = (out["map"].astype(jnp.float32) - shift) * scale
+        if "score" in out:
+            out["score"] = (out["score"].astype(jnp.float32) - shift) * scale
+        else:
+            out["score"] = metrics.image_scores(out["map"], score_filter_size, score_top_k)
+        return out
+
+    return outputs
+
+
 class Inferencer:
     def __init__(
         self,
@@ -46,17 +64,7 @@ class Inferencer:
         self._sharding = parallel.batch_sharded(mesh)
         self.set_variables(variables, normalization)
         replicated = parallel.replicated(mesh)
-
-        def outputs(variables, shift_scale, images):
-            out = dict(detector.anomaly_map(variables, images))
-            shift, scale = shift_scale[0], shift_scale[1]
-            out["map"] = (out["map"].astype(jnp.float32) - shift) * scale
-            if "score" in out:
-                out["score"] = (out["score"].astype(jnp.float32) - shift) * scale
-            else:
-                out["score"] = metrics.image_scores(out["map"], score_filter_size, score_top_k)
-            return out
-
+        outputs = normalised_outputs(detector, score_filter_size, score_top_k)
         self._infer = jax.jit(outputs, in_shardings=(replicated, replicated, self._sharding))
         self._maps = jax.jit(
             lambda v, n, x: outputs(v, n, x)["map"], in_shardings=(replicated, replicated, self._sharding)
