@@ -52,8 +52,8 @@ import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 from bench_model import xla_flops  # noqa: E402
 
-from configs.base import get_base_config  # noqa: E402
 from xray_flax import backbones, detectors, parallel, steps  # noqa: E402
+from xray_flax.config_base import get_base_config  # noqa: E402
 
 MODELS = ("stfpm", "reverse_distillation", "fastflow", "csflow", "cfa")
 FIXED_BACKBONE = {"csflow": "efficientnet_b5"}  # anomalib's CS-Flow is hard-wired to EfficientNet-B5
@@ -62,12 +62,15 @@ FIXED_BACKBONE = {"csflow": "efficientnet_b5"}  # anomalib's CS-Flow is hard-wir
 def load_config(name: str, size: int, backbone: str) -> tuple[ml_collections.ConfigDict, str]:
     """configs/<name>.py with the backbone, patch size and channels of the comparison, and where it came from.
 
-    Without configs/<name>.py: `configs.base.get_base_config(name)`, i.e. the detector's own defaults
+    Without configs/<name>.py: `xray_flax.config_base.get_base_config(name)`, i.e. the detector's own defaults
     (which are the same paper / anomalib settings), said so in the JSON."""
     if os.path.exists(os.path.join(_ROOT, "configs", f"{name}.py")):
         config, source = importlib.import_module(f"configs.{name}").get_config(), f"configs/{name}.py"
     else:
-        config, source = get_base_config(name), f"configs.base.get_base_config({name!r}) (no configs/{name}.py)"
+        config, source = (
+            get_base_config(name),
+            f"xray_flax.config_base.get_base_config({name!r}) (no configs/{name}.py)",
+        )
     if config.detector != name:
         raise SystemExit(f"configs/{name}.py builds detector {config.detector!r}, expected {name!r}")
     config.backbone.name = FIXED_BACKBONE.get(name, backbone)

@@ -10,7 +10,7 @@ Point it at real scans: --config.data.source=scans --config.data.root=/path/to/s
 and centre-crops 224; our pipeline tiles and does not resize).
 """
 
-from configs.base import get_base_config
+from xray_flax.config_base import get_base_config
 
 
 def get_config():

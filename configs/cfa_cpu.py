@@ -11,8 +11,8 @@ batch 4, blur sigma 4); the memory bank is built in one pass (250 steps of 4 til
 descriptor trains 5 epochs (the original's 30 do not fit in minutes).
 """
 
-from configs.base import get_base_config
 from xray_flax import backbones
+from xray_flax.config_base import get_base_config
 
 
 def get_config():

@@ -16,7 +16,7 @@ be multiples of 128 (stride 32 at the third scale), e.g. --config.data.patch_siz
 the X-ray paper's patches at their own resolution (maps 16^2, 8^2, 4^2).
 """
 
-from configs.base import get_base_config
+from xray_flax.config_base import get_base_config
 
 
 def get_config():

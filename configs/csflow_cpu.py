@@ -13,8 +13,8 @@ Adam 2e-4, eps 1e-4, coupled weight decay 1e-5, gradient norm clipped to 1, imag
 mean(z^2 / 2), the 'nll' map.
 """
 
-from configs.base import get_base_config
 from xray_flax import backbones
+from xray_flax.config_base import get_base_config
 
 
 def get_config():

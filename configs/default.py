@@ -5,7 +5,7 @@ paintings (xray_flax/data/simulate.py), generated on first use; point the config
 scans with --config.data.source=scans --config.data.root=DIR (docs/data.md).
 """
 
-from configs.base import get_base_config
+from xray_flax.config_base import get_base_config
 
 
 def get_config():

@@ -5,7 +5,9 @@ with five pools), DRAEM's blend (beta ~ U[0, 0.8) on the original image) and DTD
 Widths and steps follow configs/paper.py unless overridden.
 """
 
-from configs import paper
+from xray_flax.config_files import sibling
+
+paper = sibling(__file__, "paper")
 
 
 def get_config():

@@ -6,7 +6,9 @@ every width scaled by 1/8 (reconstructive 16..128, discriminative 8..64) so that
 2 CPU cores in minutes, as the paper's model does in configs/default.py.
 """
 
-from configs import default
+from xray_flax.config_files import sibling
+
+default = sibling(__file__, "default")
 
 
 def get_config():

@@ -16,7 +16,7 @@ does not resize: --config.data.patch_size=512 keeps the paper's field of view at
 resolution; sides must be multiples of 16, and the LayerNorm's affine follows the tile size).
 """
 
-from configs.base import get_base_config
+from xray_flax.config_base import get_base_config
 
 
 def get_config():

@@ -11,8 +11,8 @@ clamp 2, Adam 1e-3 with coupled weight decay 1e-5, map = mean of -exp(-0.5 mean_
 score = its maximum.
 """
 
-from configs.base import get_base_config
 from xray_flax import backbones
+from xray_flax.config_base import get_base_config
 
 
 def get_config():

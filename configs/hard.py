@@ -14,9 +14,9 @@ it reads the scans with per-scan percentile normalisation (measured to help ever
 
 from __future__ import annotations
 
-import importlib
-
 import ml_collections
+
+from xray_flax.config_files import sibling
 
 
 def hard_data(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -52,7 +52,7 @@ def hard_data(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 
 def get_config(name: str | None = None) -> ml_collections.ConfigDict:
-    module = importlib.import_module(f"configs.{name or 'default'}")
+    module = sibling(__file__, name or "default")
     config = hard_data(module.get_config())
     config.method = f"{config.get('method', '') or name or 'default'} (hard data)"
     return config

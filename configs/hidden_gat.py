@@ -1,6 +1,6 @@
-"""ArtExtract's graph Siamese network, GAT (configs/hidden_base.py get_graph_config)."""
+"""ArtExtract's graph Siamese network, GAT (xray_flax/hidden_art/config.py get_graph_config)."""
 
-from configs.hidden_base import get_graph_config
+from xray_flax.hidden_art.config import get_graph_config
 
 
 def get_config():

@@ -1,7 +1,7 @@
 """The plain baseline of hidden-art extraction: per-band |normalise(band) - normalise(grey(RGB))|
 (xray_flax/hidden_art/dissimilarity.py), training-free, on the simulated multispectral paintings."""
 
-from configs.hidden_base import get_hidden_config
+from xray_flax.hidden_art.config import get_hidden_config
 
 
 def get_config():

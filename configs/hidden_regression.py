@@ -1,7 +1,7 @@
 """Visible-to-band regression residual (Blazek et al. 2017; xray_flax/hidden_art/regression.py):
 a per-pixel network predicts each band from the RGB, the residual is the hidden content."""
 
-from configs.hidden_base import get_hidden_config
+from xray_flax.hidden_art.config import get_hidden_config
 
 
 def get_config():

@@ -1,7 +1,7 @@
 """The 2024 ArtExtract Siamese dissimilarity tool with a stated training objective
 (xray_flax/hidden_art/siamese_conv.py: shared residual conv stack, per-band |difference|)."""
 
-from configs.hidden_base import get_hidden_config
+from xray_flax.hidden_art.config import get_hidden_config
 
 
 def get_config():

@@ -4,7 +4,7 @@ Every knob is the detector's default (sigma 4, 5-px window, measured on the hard
 CPU default run, so the two compare on the same tiles.
 """
 
-from configs.base import get_base_config
+from xray_flax.config_base import get_base_config
 
 
 def get_config():

@@ -17,7 +17,7 @@ centre-crops 224; our pipeline tiles and does not resize). One pass over the tra
 the fit state is saved every `train.checkpoint_every` batches and a killed fit resumes there.
 """
 
-from configs.base import get_base_config
+from xray_flax.config_base import get_base_config
 
 
 def get_config():

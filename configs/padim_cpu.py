@@ -10,8 +10,8 @@ fitted L^-1 is 256 x 100^2 x 4 B = 10 MB, the float64 fit state 20 MB, for any n
 Everything else is the detector's default (ridge 0.01, blur sigma 4, score = max).
 """
 
-from configs.base import get_base_config
 from xray_flax import backbones
+from xray_flax.config_base import get_base_config
 
 
 def get_config():

@@ -5,7 +5,7 @@ Point it at real scans: --config.data.source=scans --config.data.root=/path/to/s
 (masks `<name>_mask.png` and/or --config.data.labels_csv=labels.csv, see docs/data.md).
 """
 
-from configs.base import get_base_config
+from xray_flax.config_base import get_base_config
 
 
 def get_config():

@@ -6,7 +6,7 @@ the CPU default run, so it compares with the paper's model and the high-pass ref
 same tiles.
 """
 
-from configs.base import get_base_config
+from xray_flax.config_base import get_base_config
 
 
 def get_config():

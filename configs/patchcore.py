@@ -17,7 +17,7 @@ Point it at real scans: --config.data.source=scans --config.data.root=/path/to/s
 `train.checkpoint_every` batches and a killed fit resumes there.
 """
 
-from configs.base import get_base_config
+from xray_flax.config_base import get_base_config
 
 
 def get_config():

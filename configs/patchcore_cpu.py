@@ -11,8 +11,8 @@ skipped (120 < 128: the distances are exact). Everything else is the detector's 
 (anomalib's reweighted score with 9 neighbours, nearest map upsampling, blur sigma 4).
 """
 
-from configs.base import get_base_config
 from xray_flax import backbones
+from xray_flax.config_base import get_base_config
 
 
 def get_config():

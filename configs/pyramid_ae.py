@@ -11,7 +11,7 @@ related code, an anomaly map averaged over 3 Gaussian-pyramid levels, the shared
 image score.
 """
 
-from configs.base import get_base_config
+from xray_flax.config_base import get_base_config
 
 
 def get_config():

@@ -14,7 +14,7 @@ tiles and does not resize: --config.data.patch_size=512 keeps the paper's field 
 twice the resolution; the sides must be multiples of 32).
 """
 
-from configs.base import get_base_config
+from xray_flax.config_base import get_base_config
 
 
 def get_config():

@@ -17,8 +17,8 @@ channel-cosine map blurred with sigma 4, score = its maximum. The paper's 200 ep
 a step on 2 cores).
 """
 
-from configs.base import get_base_config
 from xray_flax import backbones
+from xray_flax.config_base import get_base_config
 
 
 def get_config():

@@ -12,7 +12,7 @@ and does not resize: --config.data.patch_size=512 keeps the paper's field of vie
 the resolution).
 """
 
-from configs.base import get_base_config
+from xray_flax.config_base import get_base_config
 
 
 def get_config():

@@ -12,8 +12,8 @@ maximum); the paper's 100 epochs at batch 32 do not fit in minutes, so this run 
 epochs at batch 8.
 """
 
-from configs.base import get_base_config
 from xray_flax import backbones
+from xray_flax.config_base import get_base_config
 
 
 def get_config():

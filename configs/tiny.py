@@ -4,8 +4,8 @@
 registered detector, shrunk by its own `config.shrink_for_tests`.
 """
 
-from configs.base import get_base_config
 from xray_flax import detectors
+from xray_flax.config_base import get_base_config
 
 
 def get_config(detector: str | None = None):

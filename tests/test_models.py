@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import scipy.ndimage
 
-from configs import base
+from xray_flax import config_base as base
 from xray_flax.detectors.draem import network as draem_model
 from xray_flax.detectors.draem.network import DraemDiscriminative, DraemReconstructive
 from xray_flax.nn.layers import upsample2x

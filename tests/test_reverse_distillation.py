@@ -14,8 +14,8 @@ import pytest
 import scipy.ndimage
 
 from configs import tiny
-from configs.base import get_base_config
 from xray_flax import backbones, detectors
+from xray_flax.config_base import get_base_config
 from xray_flax.detectors.base import TrainState
 from xray_flax.detectors.reverse_distillation import build_head, resolve_tap_relu
 from xray_flax.detectors.reverse_distillation import loss as rd_loss

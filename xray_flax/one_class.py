@@ -63,8 +63,8 @@ from ml_collections import config_flags
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from configs.base import get_base_config
 from xray_flax import errors, files, logs, parallel, workflow
+from xray_flax.config_base import get_base_config
 
 log = logging.getLogger(__name__)
 

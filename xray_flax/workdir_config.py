@@ -13,12 +13,13 @@ jax.distributed is initialised.
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
+import re
 
 import ml_collections
 
+from xray_flax import config_files
 from xray_flax.errors import ConfigError
 
 CONFIG_NAME = "config.json"
@@ -52,20 +53,22 @@ def load(workdir: str) -> ml_collections.ConfigDict:
 
 def _hidden_art_template(config_name) -> ml_collections.ConfigDict | None:
     """The default config of a hidden-art method (configs/<config_name>.py), None if unknown."""
+    if not isinstance(config_name, str) or not re.fullmatch(r"\w+", config_name):
+        return None
     try:
-        return importlib.import_module(f"configs.{config_name}").get_config()
-    except (ImportError, AttributeError, ValueError):
+        return config_files.load(os.path.join(config_files.CONFIGS_DIR, f"{config_name}.py")).get_config()
+    except (ImportError, AttributeError, ValueError, FileNotFoundError):
         return None
 
 
 def _template(detector) -> ml_collections.ConfigDict | None:
     """The code's default config of `detector`: the types JSON cannot keep."""
-    # Imported late: configs.base imports the detector registry (JAX), and this module is loaded
+    # Imported late: config_base imports the detector registry (JAX), and this module is loaded
     # while flags are parsed, before jax.distributed is initialised.
-    from configs import base  # noqa: PLC0415
+    from xray_flax import config_base  # noqa: PLC0415
 
     try:
-        return base.get_base_config(detector)
+        return config_base.get_base_config(detector)
     except (ValueError, KeyError, TypeError):
         return None  # an unknown detector: reported where the config is used, naming config.detector
 
