@@ -9,8 +9,9 @@ from xray_flax.data import readers
 
 
 def _ramp16(h=64, w=80):
-    # Consecutive 16-bit codes: any 8-bit quantisation would merge 256 of them.
-    return (np.arange(h * w, dtype=np.uint32).reshape(h, w) + 1000).astype(np.uint16)
+    # Consecutive 16-bit codes: any 8-bit quantisation would merge 256 of them. Above 2^14, so
+    # the data are 16-bit (lower maxima are read as 12- or 14-bit: test_data_bit_depth.py).
+    return (np.arange(h * w, dtype=np.uint32).reshape(h, w) + 20000).astype(np.uint16)
 
 
 def test_png16_keeps_every_code(tmp_path):
@@ -77,6 +78,11 @@ def test_tiled_tiff_region_reads_only_touched_tiles(tmp_path):
     raw = np.random.default_rng(0).integers(0, 65536, (2048, 2048), dtype=np.uint16)
     path = str(tmp_path / "big.tif")
     tifffile.imwrite(path, raw, tile=(256, 256), compression="zlib", bigtiff=True)
+    # The first reader of a scan decides its bit depth from up to 64 windows (once per
+    # process); every later reader of it decodes only what its regions touch.
+    first = readers.open_scan(path)
+    first.read_region(0, 0, 8, 8)
+    assert first.segments_read <= 64 + 1 and first.bit_depth == 16
     r = readers.open_scan(path)
     patch = r.read_region(300, 520, 128, 128)  # inside tile row 1, tile column 2
     assert r.segments_read == 1
@@ -133,7 +139,8 @@ def test_truncated_png_and_tiff(tmp_path):
 
 
 def test_unsupported_depths_and_modes(tmp_path):
-    tifffile.imwrite(tmp_path / "f32.tif", np.zeros((8, 8), np.float32))
+    # Float radiographs are read (test_data_bit_depth.py); float colour is not.
+    tifffile.imwrite(tmp_path / "f32.tif", np.zeros((8, 8, 3), np.float32), photometric="rgb")
     _raises(readers.UnsupportedImageError, tmp_path / "f32.tif", lambda: readers.open_scan(tmp_path / "f32.tif"))
     tifffile.imwrite(tmp_path / "u32.tif", np.zeros((8, 8), np.uint32))
     _raises(readers.UnsupportedImageError, tmp_path / "u32.tif", lambda: readers.open_scan(tmp_path / "u32.tif"))

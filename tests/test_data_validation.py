@@ -112,7 +112,7 @@ def test_a_single_problem_is_raised_as_its_own_error(tmp_path):
 
 
 def test_unsupported_bit_depths(tmp_path):
-    tifffile.imwrite(tmp_path / "f32.tif", np.zeros((64, 64), np.float32))
+    tifffile.imwrite(tmp_path / "f32.tif", np.zeros((64, 64, 3), np.float32), photometric="rgb")  # float colour
     # A PNG whose IHDR claims 32-bit samples (not a PNG depth; Pillow cannot decode it either).
     ihdr = struct.pack(">IIBBBBB", 64, 64, 32, 0, 0, 0, 0)
     body = _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", zlib.compress(b"\0" * 100)) + _png_chunk(b"IEND", b"")

@@ -13,6 +13,7 @@ from xray_flax.data.readers import (  # noqa: F401
     ImageTooSmallError,
     LayoutError,
     MaskShapeError,
+    NonFiniteImageError,
     UnreadableImageError,
     UnsupportedImageError,
 )

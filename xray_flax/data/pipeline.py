@@ -218,10 +218,63 @@ def _training_source(splits: Splits, data_config):
     naming the data when there are none."""
     source = _source(splits, "train", data_config, train=True)
     if len(source) == 0:
-        raise readers.EmptySplitError(
-            splits.root or "<data>", "the train split has no normal tiles (all background, anomalous or unlabelled)"
-        )
+        if splits.tfds_dir:
+            raise readers.EmptySplitError(splits.tfds_dir, "the train split has no normal tiles")
+        raise readers.EmptySplitError(splits.root or "<data>", _no_training_tiles(splits, data_config))
     return source
+
+
+def _background_rule(bg) -> str:
+    if bg.rule == "dark_fraction":
+        return (
+            f"config.data.background.rule='dark_fraction': at least max_fraction={bg.max_fraction} of a tile's "
+            f"pixels below threshold={bg.threshold}"
+        )
+    return f"config.data.background.rule={bg.rule!r}: a tile's standard deviation below threshold={bg.threshold}"
+
+
+def _intensity_scales(records, data_config, listed: int = 3) -> str:
+    """How the first `listed` scans' samples became [0, 1] values, and the values they take."""
+    scales = []
+    for record in records[:listed]:
+        reader = readers.open_scan(record.path, **tiling.reader_options(data_config))
+        try:
+            scales.append(f"{os.path.basename(record.path)}: {reader.describe_scale()}")
+        finally:
+            reader.close()
+    more = f"; and {len(records) - listed} more scans" if len(records) > listed else ""
+    return "; ".join(scales) + more
+
+
+def _no_training_tiles(splits: Splits, data_config) -> str:
+    """Why the train split has no clean normal tile, in numbers, with the intensity scale the
+    background rule saw and what to try."""
+    records = splits.train
+    table = split_tiles(splits, "train", data_config)
+    patch, stride, border = int(data_config.patch_size), int(data_config.stride), data_config.border
+    grid = 0
+    for index, record in enumerate(records):
+        if record.patch_labels is None:
+            header = readers.read_header(record.path)
+            grid += len(tiling.grid_positions(header.height, header.width, patch, stride, border)[0])
+        else:
+            grid += int(np.sum(table.scan_index == index))
+    background = grid - len(table)
+    anomalous = int(np.sum((table.label == tiling.LABEL_ANOMALOUS) | (table.masked > 0)))
+    unknown = int(np.sum(table.label == tiling.LABEL_UNKNOWN))
+    parts = [f"the train split has no clean normal tiles: of its {grid} tiles in {len(records)} scan(s)"]
+    parts.append(f"{background} are background ({_background_rule(data_config.background)})")
+    parts.append(f"{anomalous} anomalous or touch a mask")
+    if not data_config.train_on_unlabelled:
+        parts.append(f"{unknown} unlabelled (config.data.train_on_unlabelled=False)")
+    message = ", ".join(parts)
+    if background:
+        message += (
+            f". Intensity scale (config.data.normalization={data_config.normalization!r}): "
+            f"{_intensity_scales(records, data_config)}. Try --config.data.normalization=percentile, a lower "
+            f"--config.data.background.threshold, or --config.data.background.rule=none"
+        )
+    return message
 
 
 def make_train_dataset(

@@ -1,4 +1,5 @@
-"""Scan readers: PNG and TIFF, 8/16-bit, gray or RGB, read by region into float32 [0, 1].
+"""Scan readers: PNG, TIFF and other image files, 8- to 16-bit integers or float TIFF, gray or
+RGB, read by region into float32 [0, 1].
 
 * TIFF (tiled or striped, classic or BigTIFF, every compression imagecodecs decodes: LZW,
   Deflate/zlib, PackBits, JPEG, ZSTD, LZMA, ...) is read segment by segment: `read_region`
@@ -12,14 +13,18 @@
 `read_header` checks a file from its header alone (what `validate.validate_splits` runs on
 every input before training); `read_mask` binarises masks by `binarize_mask`'s rule.
 
-Values keep their full dynamic range: 16-bit data are divided by 65535 (or stretched between
-per-image percentiles), never squeezed through 8 bits.
+Values keep their full dynamic range: integer samples are divided by 2^bits - 1, with
+`bits` the depth the file states or, for 16-bit samples stating none, the depth detected
+from the data (`decide_bit_depth`: 12-bit data in 16-bit files read as 0..1, not 0..0.06),
+or stretched between per-image percentiles; never squeezed through 8 bits. Float samples
+follow `float_scale`.
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
+import logging
 import os
 import struct
 import threading
@@ -31,6 +36,8 @@ import tifffile
 from PIL import Image
 
 from xray_flax import errors
+
+log = logging.getLogger(__name__)
 
 # Decompression-bomb checks would reject legitimate 20k x 20k scans.
 Image.MAX_IMAGE_PIXELS = None
@@ -73,6 +80,10 @@ class EmptySplitError(DataError):
 
 class LayoutError(DataError):
     """A folder that does not follow the configured layout."""
+
+
+class NonFiniteImageError(DataError):
+    """A float image holding NaN or infinite values."""
 
 
 class ImageTooSmallError(UnsupportedImageError):
@@ -118,9 +129,93 @@ def to_channels(pixels: np.ndarray, channels: int, rgb_to_gray: str = "luminance
 
 
 def normalize(raw: np.ndarray, scale_lo: float, scale_hi: float) -> np.ndarray:
-    """Integer samples -> float32 in [0, 1] by a linear map [scale_lo, scale_hi] -> [0, 1]."""
+    """Samples -> float32 in [0, 1] by a linear map [scale_lo, scale_hi] -> [0, 1], clipped."""
     out = (raw.astype(np.float32) - np.float32(scale_lo)) * np.float32(1.0 / (scale_hi - scale_lo))
     return np.clip(out, 0.0, 1.0, out=out)
+
+
+# ------------------------------------------------------------------------------------------
+# The intensity scale: which stored values become 0 and 1 (docs/data.md, "Bit depth").
+
+# Depths a 16-bit container is tested for, smallest first, when the file states none: the
+# detectors of digital radiography and film digitisers deliver 12 or 14 bits in 16-bit files.
+DETECTED_DEPTHS = (12, 14)
+
+
+def decide_bit_depth(
+    container_bits: int, sample_max: int, stated_bits: int | None = None, stated_by: str = ""
+) -> tuple[int, str]:
+    """(significant bits, why) of integer samples stored in `container_bits`-bit words, whose
+    largest value in a sample of the image is `sample_max`:
+
+    1. a depth the file states (`stated_bits`, named by `stated_by`: TIFF SMaxSampleValue or
+       MaxSampleValue, TIFF BitsPerSample below the word size, PNG sBIT, DICOM BitsStored) is
+       used when the samples fit in it (all < 2^stated_bits);
+    2. otherwise (nothing stated, or samples above it, e.g. a PNG whose sBIT-bit values were
+       scaled up to 16 bits as the PNG specification asks) 16-bit words are 12-bit when the
+       largest sample is < 2^12, 14-bit when < 2^14, else 16-bit;
+    3. other words (8-bit) are used whole.
+    """
+    prefix = ""
+    if stated_bits is not None:
+        if sample_max < 2**stated_bits:
+            return int(stated_bits), f"stated by {stated_by}"
+        prefix = f"{stated_by} states {stated_bits} bits but a sample is {sample_max}, so "
+    if container_bits == 16:
+        for bits in DETECTED_DEPTHS:
+            if sample_max < 2**bits:
+                return bits, f"{prefix}detected from the data: 16-bit samples whose largest is {sample_max} < 2^{bits}"
+        return 16, f"{prefix}16-bit samples whose largest is {sample_max} >= 2^{DETECTED_DEPTHS[-1]}"
+    return int(container_bits), f"{prefix}{container_bits}-bit samples"
+
+
+def float_scale(sample_min: float, sample_max: float) -> tuple[float, float, str]:
+    """(lo, hi, why): the float values mapped to 0 and 1. Values that already lie in [0, 1]
+    are kept as they are; any other range is mapped min-max (lo = the smallest value, hi =
+    the largest; a constant image maps to 0)."""
+    if 0.0 <= sample_min and sample_max <= 1.0:
+        return 0.0, 1.0, f"float samples {sample_min:.6g}..{sample_max:.6g}, within [0, 1]: kept as they are"
+    hi = sample_max if sample_max > sample_min else sample_min + 1.0
+    return float(sample_min), float(hi), f"float samples {sample_min:.6g}..{sample_max:.6g}, mapped min-max to [0, 1]"
+
+
+@dataclasses.dataclass(frozen=True)
+class ScaleDecision:
+    """How a scan's samples map to [0, 1] under normalization='bit_depth': `lo` -> 0, `hi` -> 1.
+    `bits`: the significant bits of integer samples (None for float samples); `reason`: why."""
+
+    bits: int | None
+    lo: float
+    hi: float
+    reason: str
+
+    def describe(self) -> str:
+        if self.bits is None:
+            return self.reason
+        return f"bit depth {self.bits} ({self.reason}): samples 0..{2**self.bits - 1} -> [0, 1]"
+
+
+# Decisions taken from a file's data, per (path, mtime, size): made and logged once per
+# process, however many readers open the scan (tile table, Grain source, predict).
+_DECISIONS: dict[tuple, ScaleDecision] = {}
+_DECISIONS_LOCK = threading.Lock()
+
+
+def _file_key(path: str) -> tuple | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (os.path.abspath(path), st.st_mtime_ns, st.st_size)
+
+
+def _nonfinite_error(path, values: np.ndarray, where: str) -> NonFiniteImageError:
+    count = int(np.size(values) - np.count_nonzero(np.isfinite(values)))
+    return NonFiniteImageError(
+        path,
+        f"{count} NaN or infinite value(s) {where} of this float image; replace them "
+        f"(e.g. numpy.nan_to_num) and save it again",
+    )
 
 
 # ------------------------------------------------------------------------------------------
@@ -128,17 +223,42 @@ def normalize(raw: np.ndarray, scale_lo: float, scale_hi: float) -> np.ndarray:
 
 
 class ScanReader:
-    """Region access to one scan. Subclasses implement `_read_raw(y0, x0, y1, x1)` for an
-    in-bounds window, returning the stored samples [h, w, c_stored].
+    """Region access to one scan. Subclasses set `_dtype` and implement `_read_raw(y0, x0, y1,
+    x1)` for an in-bounds window, returning the stored samples [h, w, c_stored] with high =
+    bright; `_read_stored` (default: `_read_raw`) returns them as the file holds them (before
+    a MinIsWhite inversion), which is what the bit-depth detection looks at.
 
-    `bit_depth` None means the samples are already values on their final scale (an in-memory
-    float image): `read_region` returns them as stored, so `channels` must equal the stored
-    channels and `normalization` must be None."""
+    The constructor's `bit_depth` is the size of the stored samples in bits (8, 16; 32 or 64
+    for float samples). None means the samples are already values on their final scale (an
+    in-memory float image): `read_region` returns them as stored, so `channels` must equal
+    the stored channels and `normalization` must be None. `stated_bits` / `stated_by`: the
+    significant bits the file states and the tag that says so. `detect_depth`: decide the
+    depth by `decide_bit_depth` (from the data when 16-bit samples state none; what
+    `open_scan` asks), else take `stated_bits` or `bit_depth` as given.
+
+    Attributes: `container_bits` (the sample size); `bit_depth`, the significant bits
+    'bit_depth' normalisation divides by (2^bit_depth - 1; None for float samples and values
+    as stored), decided on first use and logged once per scan; `scale` (lo, hi), the stored
+    values read as 0 and 1; `scale_decision`."""
 
     def __init__(
-        self, path, height, width, stored_channels, bit_depth, channels, normalization, percentiles, rgb_to_gray
+        self,
+        path,
+        height,
+        width,
+        stored_channels,
+        bit_depth,
+        channels,
+        normalization,
+        percentiles,
+        rgb_to_gray,
+        *,
+        stated_bits: int | None = None,
+        stated_by: str = "",
+        detect_depth: bool = False,
     ):
-        if bit_depth is None:
+        self._as_stored = bit_depth is None
+        if self._as_stored:
             if channels not in (None, stored_channels) or normalization is not None:
                 raise ValueError(
                     f"{path}: samples without a bit depth are returned as stored: channels must be "
@@ -154,20 +274,104 @@ class ScanReader:
         self.height = int(height)
         self.width = int(width)
         self.stored_channels = int(stored_channels)
-        self.bit_depth = None if bit_depth is None else int(bit_depth)
+        self.container_bits = None if bit_depth is None else int(bit_depth)
         self.channels = int(channels)
         self.normalization = normalization
         self.rgb_to_gray = rgb_to_gray
-        self._scale = None if bit_depth is None else (0.0, float(2**self.bit_depth - 1))
-        if normalization == "percentile":
-            self._scale = self._percentile_scale(percentiles)
+        self._float = not self._as_stored and np.dtype(self._dtype).kind == "f"
+        self.stated_bits = None if stated_bits is None else int(stated_bits)
+        self.stated_by = stated_by
+        self._detect = bool(detect_depth)
+        self._percentiles = tuple(percentiles)
+        self._decision: ScaleDecision | None = None
+        self._scale: tuple[float, float] | None = None
+        self._clip_warned = False
 
     @property
     def shape(self):
         return (self.height, self.width, self.channels)
 
+    @property
+    def bit_depth(self) -> int | None:
+        if self._as_stored or self._float:
+            return None
+        return self.scale_decision.bits
+
+    @property
+    def scale_decision(self) -> ScaleDecision:
+        """How 'bit_depth' normalisation maps this scan's samples (decided once, see
+        `decide_bit_depth` and `float_scale`)."""
+        if self._as_stored:
+            raise ValueError(f"{self.path}: values as stored have no scale")
+        if self._decision is None:
+            self._decision = self._decide()
+        return self._decision
+
+    @property
+    def scale(self) -> tuple[float, float]:
+        """(lo, hi): the stored values read as 0 and 1 (by `normalization`)."""
+        if self._scale is None:
+            if self.normalization == "percentile":
+                self._scale = self._percentile_scale(self._percentiles)
+            else:
+                self._scale = (self.scale_decision.lo, self.scale_decision.hi)
+        return self._scale
+
+    def describe_scale(self) -> str:
+        """The intensity scale in words, with the range a sample of the scan takes on it, e.g.
+        'bit depth 16 (16-bit samples ...): samples 0..65535 -> [0, 1]; this scan's samples
+        12..4095 read as 0.000..0.062'."""
+        if self._as_stored:
+            return "values as stored"
+        lo, hi = self.scale
+        rule = (
+            f"per-scan percentiles {self._percentiles}: samples {lo:.6g}..{hi:.6g} -> [0, 1]"
+            if self.normalization == "percentile"
+            else self.scale_decision.describe()
+        )
+        values = self._windows(self._read_raw)
+        if values.size == 0:
+            return rule
+        v_lo, v_hi = float(values.min()), float(values.max())
+        n_lo, n_hi = ((np.clip((v - lo) / (hi - lo), 0.0, 1.0)) for v in (v_lo, v_hi))
+        return f"{rule}; this scan's samples {v_lo:.6g}..{v_hi:.6g} read as {n_lo:.3f}..{n_hi:.3f}"
+
+    def _decide(self) -> ScaleDecision:
+        stated_bits, stated_by = self.stated_bits, self.stated_by
+        if not self._float and not (self._detect and (stated_bits is not None or self.container_bits == 16)):
+            # Nothing to decide from the data: 8-bit words, or a depth the caller gives.
+            bits = stated_bits or self.container_bits
+            return ScaleDecision(bits, 0.0, float(2**bits - 1), stated_by or f"{bits}-bit samples")
+        key = _file_key(self.path) if self._detect else None
+        with _DECISIONS_LOCK:
+            if key in _DECISIONS:
+                return _DECISIONS[key]
+        decision = self._decide_from_data()
+        with _DECISIONS_LOCK:
+            first = key is not None and key not in _DECISIONS
+            if key is not None:
+                decision = _DECISIONS.setdefault(key, decision)
+        if first:
+            log.info("%s: %s", self.path, decision.describe())
+        return decision
+
+    def _decide_from_data(self) -> ScaleDecision:
+        values = self._depth_sample()
+        if self._float:
+            if not np.isfinite(values).all():
+                raise _nonfinite_error(self.path, values, "in a sample")
+            if values.size == 0:
+                return ScaleDecision(None, *float_scale(0.0, 0.0))
+            return ScaleDecision(None, *float_scale(float(values.min()), float(values.max())))
+        sample_max = int(values.max()) if values.size else 0
+        bits, reason = decide_bit_depth(self.container_bits, sample_max, self.stated_bits, self.stated_by)
+        return ScaleDecision(bits, 0.0, float(2**bits - 1), reason)
+
     def _read_raw(self, y0, x0, y1, x1) -> np.ndarray:
         raise NotImplementedError
+
+    def _read_stored(self, y0, x0, y1, x1) -> np.ndarray:
+        return self._read_raw(y0, x0, y1, x1)
 
     def close(self):
         pass
@@ -185,17 +389,40 @@ class ScanReader:
         """float32 [h, w, channels] in [0, 1] (as stored when bit_depth is None); zeros where the
         window leaves the image."""
         raw = self.read_raw_region(y, x, h, w)
-        if self.bit_depth is None:
+        if self._as_stored:
             return raw.astype(np.float32, copy=False)
-        inside = np.zeros((h, w), bool)
-        inside[max(-y, 0) : max(min(self.height - y, h), 0), max(-x, 0) : max(min(self.width - x, w), 0)] = True
-        pixels = to_channels(normalize(raw, *self._scale), self.channels, self.rgb_to_gray)
-        if self.normalization == "percentile" and not inside.all():
-            pixels[~inside] = 0.0  # padding stays 0 even when p_lo > 0 would map it elsewhere
+        if self._float and not np.isfinite(raw).all():
+            raise _nonfinite_error(self.path, raw, f"in the region y={y}, x={x}, {h}x{w}")
+        lo, hi = self.scale
+        self._warn_if_clipped(raw, hi)
+        pixels = to_channels(normalize(raw, lo, hi), self.channels, self.rgb_to_gray)
+        if lo != 0.0 and (y < 0 or x < 0 or y + h > self.height or x + w > self.width):
+            # Padding stays 0 even where lo > 0 (percentiles, float ranges) maps 0 elsewhere.
+            inside = np.zeros((h, w), bool)
+            inside[max(-y, 0) : max(min(self.height - y, h), 0), max(-x, 0) : max(min(self.width - x, w), 0)] = True
+            pixels[~inside] = 0.0
         return pixels
 
-    def _percentile_scale(self, percentiles: Sequence[float]):
-        """Percentiles from up to 64 evenly spaced 256x256 windows (whole image if smaller)."""
+    def _warn_if_clipped(self, raw: np.ndarray, hi: float):
+        """One warning when samples exceed a depth below the word size (a detection from a
+        sample of a large TIFF that missed its brightest pixels): they read as 1.0."""
+        if self._clip_warned or self._float or self.normalization != "bit_depth":
+            return
+        if self.bit_depth >= self.container_bits or not raw.size or raw.max() <= hi:
+            return
+        self._clip_warned = True
+        log.warning(
+            "%s: samples up to %d exceed the bit depth %d (%s) and read as 1.0; "
+            "--config.data.normalization=percentile scales each scan by its own range",
+            self.path,
+            int(raw.max()),
+            self.bit_depth,
+            self.scale_decision.reason,
+        )
+
+    def _windows(self, read) -> np.ndarray:
+        """[n, stored_channels] samples of `read` over up to 64 evenly spaced 256x256 windows:
+        the whole image when it is at most 2048 px a side."""
         n = 8
         size = 256
         ys = np.linspace(0, max(self.height - size, 0), n).astype(int)
@@ -204,8 +431,18 @@ class ScanReader:
         for y in np.unique(ys):
             for x in np.unique(xs):
                 h, w = min(size, self.height - y), min(size, self.width - x)
-                samples.append(self._read_raw(y, x, y + h, x + w).reshape(-1, self.stored_channels))
-        values = np.concatenate(samples)
+                samples.append(read(y, x, y + h, x + w).reshape(-1, self.stored_channels))
+        return np.concatenate(samples)
+
+    def _depth_sample(self) -> np.ndarray:
+        """The stored samples the bit-depth and float rules look at (`_windows`)."""
+        return self._windows(self._read_stored)
+
+    def _percentile_scale(self, percentiles: Sequence[float]):
+        """Percentiles from up to 64 evenly spaced 256x256 windows (whole image if smaller)."""
+        values = self._windows(self._read_raw)
+        if self._float and not np.isfinite(values).all():
+            raise _nonfinite_error(self.path, values, "in a sample")
         if self.stored_channels >= 3:
             values = values[:, :3].mean(axis=1)
         lo, hi = np.percentile(values, percentiles)
@@ -217,8 +454,10 @@ class ScanReader:
 class ArrayScanReader(ScanReader):
     """An image held in memory, [H, W] or [H, W, C], read region by region with zeros outside.
 
-    * With `bit_depth` (a decoded PNG or other whole-file format, from `open_scan`): integer
-      samples, normalised and converted to `channels` like every other scan.
+    * With `bit_depth` (a decoded PNG, DICOM or other whole-file format, from `open_scan`):
+      samples of that size, normalised and converted to `channels` like every other scan
+      (`stated_bits`, `stated_by`, `detect_depth`: see ScanReader; the depth detection looks
+      at the whole array).
     * Without (`bit_depth=None`, the default): values already on their final scale (test
       images, a scan decoded elsewhere, tiles in reports), returned as float32 exactly as
       stored, with all their channels.
@@ -234,6 +473,9 @@ class ArrayScanReader(ScanReader):
         normalization: str | None = None,
         percentiles: Sequence[float] = (0.5, 99.5),
         rgb_to_gray: str = "luminance",
+        stated_bits: int | None = None,
+        stated_by: str = "",
+        detect_depth: bool = False,
     ):
         array = np.asarray(array)
         if array.ndim == 2:
@@ -243,11 +485,23 @@ class ArrayScanReader(ScanReader):
         self._array = array
         self._dtype = array.dtype
         super().__init__(
-            path, *array.shape, bit_depth, channels, normalization, percentiles=percentiles, rgb_to_gray=rgb_to_gray
+            path,
+            *array.shape,
+            bit_depth,
+            channels,
+            normalization,
+            percentiles=percentiles,
+            rgb_to_gray=rgb_to_gray,
+            stated_bits=stated_bits,
+            stated_by=stated_by,
+            detect_depth=detect_depth,
         )
 
     def _read_raw(self, y0, x0, y1, x1):
         return self._array[y0:y1, x0:x1]
+
+    def _depth_sample(self):
+        return self._array.reshape(-1, self.stored_channels)  # decoded whole anyway
 
 
 class TiffScanReader(ScanReader):
@@ -272,11 +526,7 @@ class TiffScanReader(ScanReader):
         except Exception as e:
             raise UnreadableImageError(path, f"not a readable TIFF ({e})") from e
         self._page = page
-        bits = int(page.bitspersample)
-        if page.dtype is None or page.dtype.kind not in "u" or bits not in (8, 16):
-            raise UnsupportedImageError(
-                path, f"unsupported sample type {page.dtype} ({bits} bits); need 8- or 16-bit unsigned"
-            )
+        container, stated_bits, stated_by = _tiff_sample_type(path, page)
         samples = int(page.samplesperpixel)
         if samples not in (1, 2, 3, 4):
             raise UnsupportedImageError(path, f"unsupported samples per pixel {samples}")
@@ -289,6 +539,8 @@ class TiffScanReader(ScanReader):
             raise UnsupportedImageError(
                 path, f"unsupported photometric interpretation {page.photometric!r}; need gray or RGB"
             )
+        if photometric == 0 and page.dtype.kind == "f":
+            raise UnsupportedImageError(path, "float TIFF stored MinIsWhite; save it MinIsBlack (high = bright)")
         self._invert = photometric == 0
         self._dtype = page.dtype
         height, width = int(page.imagelength), int(page.imagewidth)
@@ -301,7 +553,8 @@ class TiffScanReader(ScanReader):
                 f"{int(ends.max()) if len(ends) else 0} but the file has {file_size}",
             )
         self._memmap = None
-        if page.is_contiguous and page.compression == 1 and page.planarconfig == 1 and not page.is_tiled:
+        packed = int(page.bitspersample) != container  # e.g. 12-bit samples packed: unpacked by decode
+        if page.is_contiguous and page.compression == 1 and page.planarconfig == 1 and not page.is_tiled and not packed:
             # Uncompressed, one contiguous block: let the OS page it in on demand.
             self._memmap = np.memmap(
                 path,
@@ -320,15 +573,26 @@ class TiffScanReader(ScanReader):
         self._seg_rows = -(-height // self._seg_h)
         self._seg_cols = -(-width // self._seg_w)
         _check_tiff_decoder(path, page)
-        super().__init__(path, height, width, samples, bits, **kw)
+        super().__init__(
+            path,
+            height,
+            width,
+            samples,
+            container,
+            **kw,
+            stated_bits=stated_bits,
+            stated_by=stated_by,
+            detect_depth=True,
+        )
 
     def __getstate__(self):
         raise TypeError("readers hold open files; open them in each process")
 
     def _read_raw(self, y0, x0, y1, x1):
         raw = self._read_stored(y0, x0, y1, x1)
-        if self._invert:
-            np.subtract(np.iinfo(raw.dtype).max, raw, out=raw)
+        if self._invert:  # MinIsWhite: white = 2^bits - 1 of the scan's bit depth
+            top = 2**self.bit_depth - 1
+            np.subtract(top, np.minimum(raw, top, out=raw), out=raw)
         return raw
 
     def _read_stored(self, y0, x0, y1, x1):
@@ -367,6 +631,34 @@ class TiffScanReader(ScanReader):
 
     def close(self):
         self._tif.close()
+
+
+def _tiff_sample_type(path, page) -> tuple[int, int | None, str]:
+    """(sample size in bits, the significant bits the file states or None, the tag stating
+    them). Unsigned integers of 8 to 16 bits (12-bit packed too) or single-channel floats."""
+    dtype, bits = page.dtype, int(page.bitspersample)
+    if dtype is not None and dtype.kind == "f":
+        if int(page.samplesperpixel) != 1:
+            raise UnsupportedImageError(
+                path,
+                f"{dtype} TIFF with {page.samplesperpixel} samples per pixel; float scans must be single-channel",
+            )
+        return dtype.itemsize * 8, None, ""
+    if dtype is None or dtype.kind != "u" or not 8 <= bits <= 16 or dtype.itemsize * 8 < bits:
+        raise UnsupportedImageError(
+            path,
+            f"unsupported sample type {dtype} ({bits} bits); need unsigned integers of 8 to 16 bits "
+            f"or single-channel float",
+        )
+    container = dtype.itemsize * 8
+    for code, name in ((341, "SMaxSampleValue"), (281, "MaxSampleValue")):
+        tag = page.tags.get(code)
+        top = int(np.max(tag.value)) if tag is not None and np.size(tag.value) else 0
+        if top > 0:
+            return container, min(top.bit_length(), container), f"TIFF {name} {top}"
+    if bits < container:
+        return container, bits, f"TIFF BitsPerSample {bits}"
+    return container, None, ""
 
 
 def _check_tiff_decoder(path, page):
@@ -431,9 +723,35 @@ def _png_structure_problem(path) -> str | None:
             pos = end
 
 
+def _png_sbit(path) -> int | None:
+    """The significant bits a PNG's sBIT chunk states for its colour channels (the largest
+    over grey or R, G, B; alpha is not a colour), or None without one (or for a palette PNG,
+    whose samples are 8-bit palette entries)."""
+    ihdr = _png_ihdr(path)
+    if ihdr is None or ihdr[3] == 3:
+        return None
+    colour_channels = {0: 1, 2: 3, 4: 1, 6: 3}.get(ihdr[3], 1)
+    pos = 8
+    with open(path, "rb") as f:
+        while True:  # sBIT precedes the image data
+            f.seek(pos)
+            head = f.read(8)
+            if len(head) < 8:
+                return None
+            length, kind = struct.unpack(">I4s", head)
+            if kind in (b"IDAT", b"IEND"):
+                return None
+            if kind == b"sBIT":
+                bits = f.read(min(length, 4))[:colour_channels]
+                return max(bits) if bits and 0 < max(bits) <= ihdr[2] else None
+            pos += 12 + length
+
+
 @dataclasses.dataclass(frozen=True)
 class ImageHeader:
-    """What a file's header says: size, stored samples per pixel, bits per sample."""
+    """What a file's header says: size, stored samples per pixel, bits per sample (the
+    significant bits the header states, else the sample size; a depth detected from the
+    data is decided when pixels are read, see `decide_bit_depth`)."""
 
     path: str
     height: int
@@ -464,7 +782,8 @@ def _read_header(path: str) -> ImageHeader:
             path, channels=1, normalization="bit_depth", percentiles=(0, 100), rgb_to_gray="luminance"
         )
         reader.close()
-        return ImageHeader(path, reader.height, reader.width, reader.stored_channels, reader.bit_depth)
+        bits = reader.stated_bits or reader.container_bits
+        return ImageHeader(path, reader.height, reader.width, reader.stored_channels, bits)
     ihdr = _png_ihdr(path)
     if ihdr is not None:
         width, height, depth, color_type = ihdr
@@ -481,7 +800,7 @@ def _read_header(path: str) -> ImageHeader:
         if problem:
             raise UnreadableImageError(path, problem)
         # decode_whole_image returns 16-bit samples only for 16-bit PNGs; 8 bits otherwise.
-        return ImageHeader(path, height, width, stored, 16 if depth == 16 else 8)
+        return ImageHeader(path, height, width, stored, _png_sbit(path) or (16 if depth == 16 else 8))
     try:
         with Image.open(path) as im:  # lazy: reads the header, not the pixels
             width, height, mode = im.width, im.height, im.mode
@@ -583,19 +902,34 @@ def open_scan(
     array, bits = _cached_decode(path, png_cache_images)
     if array.ndim == 3 and array.shape[-1] not in (1, 2, 3, 4):
         raise UnsupportedImageError(path, f"unsupported channel count {array.shape[-1]}")
-    return ArrayScanReader(array, bits, path=path, **kw)
+    stated_bits, stated_by = _stated_depth(path, bits)
+    return ArrayScanReader(
+        array, bits, path=path, stated_bits=stated_bits, stated_by=stated_by, detect_depth=True, **kw
+    )
+
+
+def _stated_depth(path: str, container_bits: int) -> tuple[int | None, str]:
+    """(significant bits, the tag stating them) of a file decoded whole, from its header:
+    PNG sBIT; (None, '') when it states none."""
+    sbit = _png_sbit(path)
+    if sbit is not None and container_bits in (8, 16):
+        return sbit, f"PNG sBIT {sbit}"
+    return None, ""
 
 
 def read_mask_raw(path) -> tuple[np.ndarray, int]:
-    """A mask's stored samples, [H, W] (the maximum over channels), and their bit depth."""
+    """A mask's stored samples, [H, W] (the maximum over channels), and their sample size in
+    bits (a mask is cut at half its type's maximum, whatever depth its values use)."""
     path = os.fspath(path)
     if path.lower().endswith(TIFF_SUFFIXES):
         reader = open_scan(path)
         try:
+            if reader.container_bits not in (8, 16):
+                raise UnsupportedImageError(path, f"a mask of {reader.container_bits}-bit floats; save it as 8-bit")
             raw = reader.read_raw_region(0, 0, reader.height, reader.width)
         finally:
             reader.close()
-        bits = reader.bit_depth
+        bits = reader.container_bits
     else:
         if not os.path.isfile(path):
             raise UnreadableImageError(path, "file not found")

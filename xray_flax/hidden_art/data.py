@@ -96,8 +96,9 @@ def _read_raw(path) -> tuple[np.ndarray, int]:
             raw = reader.read_raw_region(0, 0, reader.height, reader.width)
         finally:
             reader.close()
-        return raw, reader.bit_depth
-    raw, bits = readers.decode_whole_image(path)
+        bits = reader.container_bits  # the sample size: a band uses the file's full range
+    else:
+        raw, bits = readers.decode_whole_image(path)
     if raw.dtype.kind != "u" or bits not in (8, 16):
         raise readers.UnsupportedImageError(path, f"unsupported samples {raw.dtype} ({bits} bits); need 8 or 16 bits")
     return (raw if raw.ndim == 3 else raw[..., None]), bits
