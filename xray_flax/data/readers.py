@@ -9,6 +9,10 @@ RGB, read by region into float32 [0, 1].
 * PNG has no random access (one zlib stream), so it is decoded once on first use and kept
   in a small per-process LRU cache (`png_cache_images`); every Grain worker holds its own
   copy. Many large PNGs: convert them to tiled TIFF or to the TFDS/array_record form.
+* DICOM (`.dcm`, `.dicom`, or any file with the DICM preamble) is decoded whole by pydicom
+  and cached the same way: one frame, MONOCHROME1/2 or colour, the rescale slope's sign and
+  MONOCHROME1 applied so that high = bright, BitsStored as the stated depth
+  (`_dicom_to_unsigned`).
 
 `read_header` checks a file from its header alone (what `validate.validate_splits` runs on
 every input before training); `read_mask` binarises masks by `binarize_mask`'s rule.
@@ -32,6 +36,9 @@ from collections.abc import Sequence
 
 import imagecodecs
 import numpy as np
+import pydicom
+import pydicom.pixels
+import pydicom.uid
 import tifffile
 from PIL import Image
 
@@ -43,7 +50,8 @@ log = logging.getLogger(__name__)
 Image.MAX_IMAGE_PIXELS = None
 
 TIFF_SUFFIXES = (".tif", ".tiff")
-IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
+DICOM_SUFFIXES = (".dcm", ".dicom")
+IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp", *DICOM_SUFFIXES)
 
 
 # ------------------------------------------------------------------------------------------
@@ -747,6 +755,137 @@ def _png_sbit(path) -> int | None:
             pos += 12 + length
 
 
+# ------------------------------------------------------------------------------------------
+# DICOM (pydicom).
+
+_DICOM_PHOTOMETRICS = ("MONOCHROME1", "MONOCHROME2", "RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT")
+
+
+def is_dicom(path) -> bool:
+    """A `.dcm` / `.dicom` file, or any file with the DICOM preamble ('DICM' at byte 128)."""
+    path = os.fspath(path)
+    if path.lower().endswith(DICOM_SUFFIXES):
+        return True
+    try:
+        with open(path, "rb") as f:
+            head = f.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:] == b"DICM"
+
+
+def _read_dicom(path, pixels: bool) -> pydicom.Dataset:
+    """The dataset (without the pixel data unless `pixels`); UnreadableImageError naming the
+    file when pydicom cannot parse it."""
+    try:
+        # force: a .dcm file written without the 128-byte preamble is still a dataset.
+        return pydicom.dcmread(path, force=True, stop_before_pixels=not pixels)
+    except Exception as e:  # pydicom raises InvalidDicomError, EOFError, ValueError, ...
+        raise UnreadableImageError(path, f"not a readable DICOM file ({e})") from e
+
+
+@dataclasses.dataclass(frozen=True)
+class _DicomInfo:
+    height: int
+    width: int
+    samples: int
+    bits_allocated: int
+    bits_stored: int
+    signed: bool
+    photometric: str
+    transfer_syntax: str
+
+
+def _dicom_info(path, ds) -> _DicomInfo:
+    """The Image Pixel attributes, checked: one frame, 8- or 16-bit words, a photometric
+    interpretation we read, and a decoder for the transfer syntax (what to install if not)."""
+    missing = [
+        k for k in ("Rows", "Columns", "BitsAllocated", "BitsStored", "PhotometricInterpretation") if k not in ds
+    ]
+    if missing:
+        raise UnreadableImageError(path, f"DICOM file without {', '.join(missing)}: not an image")
+    photometric = str(ds.PhotometricInterpretation).strip()
+    info = _DicomInfo(
+        int(ds.Rows),
+        int(ds.Columns),
+        int(ds.get("SamplesPerPixel", 1) or 1),
+        int(ds.BitsAllocated),
+        int(ds.BitsStored),
+        int(ds.get("PixelRepresentation", 0) or 0) == 1,
+        photometric,
+        str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or ""),
+    )
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if frames != 1:
+        raise UnsupportedImageError(path, f"multi-frame DICOM ({frames} frames); export one frame per file")
+    if info.bits_allocated not in (8, 16) or not 1 <= info.bits_stored <= info.bits_allocated:
+        raise UnsupportedImageError(
+            path, f"DICOM BitsAllocated {info.bits_allocated}, BitsStored {info.bits_stored}; need 8- or 16-bit words"
+        )
+    if photometric not in _DICOM_PHOTOMETRICS or info.samples not in (1, 3):
+        raise UnsupportedImageError(
+            path,
+            f"DICOM PhotometricInterpretation {photometric} with {info.samples} samples; need MONOCHROME1/2 or RGB",
+        )
+    if "ModalityLUTSequence" in ds and "RescaleSlope" not in ds:
+        raise UnsupportedImageError(path, "DICOM with a Modality LUT Sequence (a lookup table, not a linear rescale)")
+    _check_dicom_decoder(path, info.transfer_syntax)
+    return info
+
+
+def _check_dicom_decoder(path, transfer_syntax: str):
+    """UnsupportedImageError naming the file, the compression and the packages that would
+    decode it, when no installed pydicom plugin does."""
+    uid = pydicom.uid.UID(transfer_syntax) if transfer_syntax else None
+    if uid is None or not uid.is_compressed:
+        return
+    try:
+        decoder = pydicom.pixels.get_decoder(uid)
+    except NotImplementedError:
+        raise UnsupportedImageError(
+            path, f"DICOM compressed as {uid.name} ({uid}): pydicom has no decoder; export it uncompressed"
+        ) from None
+    if not decoder.is_available:
+        options = "; ".join(decoder.missing_dependencies) or "a pydicom pixel-data plugin"
+        raise UnsupportedImageError(
+            path,
+            f"DICOM compressed as {uid.name}: no decoder installed (pydicom decodes it with one of: {options}); "
+            f"pip install one of them, or export the file uncompressed",
+        )
+
+
+def _decode_dicom(path) -> tuple[np.ndarray, int]:
+    ds = _read_dicom(path, pixels=True)
+    info = _dicom_info(path, ds)
+    if "PixelData" not in ds:
+        raise UnreadableImageError(path, "DICOM file without pixel data")
+    try:
+        raw = ds.pixel_array
+    except Exception as e:  # pydicom: truncated data, a plugin failing on the stream, ...
+        raise UnreadableImageError(path, f"cannot decode the DICOM pixel data ({e})") from e
+    return _dicom_to_unsigned(path, ds, raw, info), info.bits_allocated
+
+
+def _dicom_to_unsigned(path, ds, raw: np.ndarray, info: _DicomInfo) -> np.ndarray:
+    """Stored values -> unsigned integers in [0, 2^BitsStored - 1], high = bright.
+
+    The modality rescale m = RescaleSlope * v + RescaleIntercept is applied and the range the
+    stored values can take (0 .. 2^BitsStored - 1, or -2^(BitsStored-1) .. 2^(BitsStored-1) - 1
+    when signed) is mapped through it onto [0, 2^BitsStored - 1]: the intercept and the
+    slope's size cancel in that map (the scan keeps the detector's absolute scale), a negative
+    slope reverses it. MONOCHROME1 (minimum = white) is then reversed, so that high = bright
+    as in MONOCHROME2. The window (VOI LUT) is a display setting and is not applied."""
+    top = 2**info.bits_stored - 1
+    values = raw.astype(np.int64)
+    if info.signed:
+        values = values + 2 ** (info.bits_stored - 1)
+    values = np.clip(values, 0, top)
+    slope = float(ds.get("RescaleSlope", 1.0) or 1.0) if info.samples == 1 else 1.0
+    if (slope < 0) != (info.photometric == "MONOCHROME1"):
+        values = top - values
+    return values.astype(np.uint8 if info.bits_allocated == 8 else np.uint16)
+
+
 @dataclasses.dataclass(frozen=True)
 class ImageHeader:
     """What a file's header says: size, stored samples per pixel, bits per sample (the
@@ -784,6 +923,9 @@ def _read_header(path: str) -> ImageHeader:
         reader.close()
         bits = reader.stated_bits or reader.container_bits
         return ImageHeader(path, reader.height, reader.width, reader.stored_channels, bits)
+    if is_dicom(path):
+        info = _dicom_info(path, _read_dicom(path, pixels=False))
+        return ImageHeader(path, info.height, info.width, info.samples, info.bits_stored)
     ihdr = _png_ihdr(path)
     if ihdr is not None:
         width, height, depth, color_type = ihdr
@@ -826,7 +968,9 @@ def _decode_png_16bit_color(path):
 
 
 def decode_whole_image(path):
-    """Decodes a non-TIFF image: (array uint8/uint16 [H, W] or [H, W, C], bit depth)."""
+    """Decodes a non-TIFF image: (array uint8/uint16 [H, W] or [H, W, C], sample size in bits)."""
+    if is_dicom(path):
+        return _decode_dicom(path)
     header = _png_header(path)
     if header is not None:
         depth, color_type = header
@@ -910,7 +1054,10 @@ def open_scan(
 
 def _stated_depth(path: str, container_bits: int) -> tuple[int | None, str]:
     """(significant bits, the tag stating them) of a file decoded whole, from its header:
-    PNG sBIT; (None, '') when it states none."""
+    DICOM BitsStored, PNG sBIT; (None, '') when it states none."""
+    if is_dicom(path):
+        bits = int(_read_dicom(path, pixels=False).BitsStored)
+        return bits, f"DICOM BitsStored {bits}"
     sbit = _png_sbit(path)
     if sbit is not None and container_bits in (8, 16):
         return sbit, f"PNG sBIT {sbit}"
