@@ -1,5 +1,5 @@
 """Image-level labels: MVTec types without masks, the Folder layout, old splits.json files,
-and the tile labels that follow from an image's label."""
+the tile labels that follow from an image's label, and scan folders searched recursively."""
 
 import json
 import logging
@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from xray_flax import predict
 from xray_flax.data import config as data_config_lib
 from xray_flax.data import layouts, pipeline, readers, tiling
 
@@ -279,3 +280,54 @@ def test_an_anomalous_image_in_the_train_split_is_refused(tmp_path, monkeypatch)
     monkeypatch.setattr(pipeline, "_resolve_records", lambda _: ([good, bad], [], [], str(tmp_path)))
     with pytest.raises(readers.LayoutError, match="bad.png"):
         pipeline.prepare_splits(_config(split_fractions=(1, 0, 0)), None)
+
+
+# ------------------------------------------------------------------------------------------
+# Scan folders are searched recursively (scans layout, folder layout, predict's --inputs).
+
+
+def _scan_tree(root, order):
+    """A lab's scan folder: nested subfolders, a mask, a DICOM export without suffixes, and
+    files that are not scans. `order`: the order the scans are created in."""
+    scans = {"a.png": _png, "sub/b.png": _png, "sub/deeper/c.png": _png, "sub/IM000001": _dicm}
+    for name in order:
+        scans[name](root / name)
+    _mask(root / "sub/b_mask.png")
+    _png(root / ".hidden/d.png")  # hidden folder
+    _png(root / "sub/.e.png")  # hidden file
+    _dicm(root / "DICOMDIR")  # the export's index, not an image
+    (root / "notes.txt").write_text("not a scan")
+    (root / "labels.csv").write_text("image,x,y,label\nsub/deeper/c.png,0,0,1\n")
+    return sorted(os.path.normpath(root / name) for name in scans)
+
+
+def _dicm(path):
+    """Enough of a DICOM file for the listing: the preamble, 'DICM' at byte 128."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(b"\0" * 128 + b"DICM" + b"\0" * 16)
+
+
+def test_scans_are_found_in_subfolders_and_split_deterministically(tmp_path):
+    order = ["sub/deeper/c.png", "a.png", "sub/IM000001", "sub/b.png"]
+    expected = _scan_tree(tmp_path / "one", order)
+    records = layouts.scans_layout(str(tmp_path / "one"))
+    assert [r.path for r in records] == expected  # sorted by path; hidden, masks, DICOMDIR, text skipped
+    by_name = {os.path.basename(r.path): r for r in records}
+    assert by_name["b.png"].mask_path == os.path.normpath(tmp_path / "one/sub/b_mask.png")
+    assert by_name["c.png"].patch_labels == ((0, 0, 1),)  # CSV paths relative to the root
+    # The same tree created in another order splits the same way.
+    _scan_tree(tmp_path / "two", order[::-1])
+    other = layouts.scans_layout(str(tmp_path / "two"))
+    relative = lambda parts, root: [[os.path.relpath(r.path, root) for r in p] for p in parts]  # noqa: E731
+    split = layouts.split_by_image(records, (1, 1, 1), 3)
+    assert relative(split, tmp_path / "one") == relative(layouts.split_by_image(other, (1, 1, 1), 3), tmp_path / "two")
+    assert split == layouts.split_by_image(records, (1, 1, 1), 3)
+    # Predict's --inputs: a folder gives what the layout gives; globs and files are filtered.
+    assert predict.expand_inputs([str(tmp_path / "one")]) == expected
+    assert predict.expand_inputs([str(tmp_path / "one/sub/*")]) == [
+        str(tmp_path / "one/sub/IM000001"),
+        str(tmp_path / "one/sub/b.png"),
+    ]
+    with pytest.raises(FileNotFoundError, match="no scans"):
+        predict.expand_inputs([str(tmp_path / "one/notes.txt")])

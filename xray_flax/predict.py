@@ -28,35 +28,33 @@ import ml_collections
 import numpy as np
 
 from xray_flax import checkpoint, errors, evaluation_config, files, parallel, progress
-from xray_flax.data import readers
+from xray_flax.data import layouts, readers
 from xray_flax.inference import Inferencer
 from xray_flax.report import html, overlay, regions, stitch
 from xray_flax.scoring import restore_inferencer
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".png", ".tif", ".tiff")
+IMAGE_SUFFIXES = readers.IMAGE_SUFFIXES  # and DICOM files by their preamble (layouts.is_scan_file)
 
 
 def expand_inputs(inputs: list[str], mask_suffix: str = "_mask") -> list[str]:
-    """Scan paths from files, folders and glob patterns; masks (<name>_mask.*) are skipped."""
+    """Scan paths from files, folders (searched recursively, sorted; hidden files and folders
+    skipped) and glob patterns, as the scans layout finds them (`layouts.scan_files`); masks
+    (<name>_mask.*) are skipped."""
     paths: list[str] = []
     for item in inputs:
         if os.path.isdir(item):
-            found = sorted(os.path.join(item, f) for f in os.listdir(item))
+            found = layouts.scan_files(item)
         elif any(ch in item for ch in "*?["):
-            found = sorted(glob.glob(item))
+            found = sorted(p for p in glob.glob(item) if os.path.isfile(p) and layouts.is_scan_file(p))
         elif os.path.exists(item):
-            found = [item]
+            found = [item] if layouts.is_scan_file(item) else []
         else:
             raise FileNotFoundError(f"--inputs: {item} does not exist")
-        scans = [
-            p
-            for p in found
-            if p.lower().endswith(IMAGE_SUFFIXES) and not os.path.splitext(os.path.basename(p))[0].endswith(mask_suffix)
-        ]
+        scans = [p for p in found if not os.path.splitext(os.path.basename(p))[0].endswith(mask_suffix)]
         if not scans:
-            raise FileNotFoundError(f"--inputs: no PNG or TIFF scans in {item}")
+            raise FileNotFoundError(f"--inputs: no scans (PNG, TIFF, DICOM, JPEG, BMP) in {item} or below it")
         paths.extend(scans)
     return list(dict.fromkeys(paths))
 

@@ -1,7 +1,8 @@
 """Dataset layouts on disk -> lists of scan records, and the split by image.
 
-* scans:  `root/*.{png,tif,tiff}` full scans; `<stem>_mask.png` (or .tif) next to a scan is
-          its pixel mask; an optional CSV `image,x,y,label` gives per-patch expert labels.
+* scans:  full scans anywhere below `root` (`scan_files`: PNG, TIFF, DICOM, ..., searched
+          recursively); `<stem>_mask.png` (or .tif) next to a scan is its pixel mask; an
+          optional CSV `image,x,y,label` gives per-patch expert labels.
 * mvtec:  `root/train/good/*`, `root/test/<type>/*`, `root/ground_truth/<type>/<stem>_mask.png`.
           A defect type without a `ground_truth/<type>/` folder has image labels only.
 * folder: like anomalib's Folder datamodule: `normal_dir` (normal images), optional
@@ -99,6 +100,32 @@ class Splits:
 
 def _is_image(name: str) -> bool:
     return name.lower().endswith(readers.IMAGE_SUFFIXES) and not name.startswith(".")
+
+
+def is_scan_file(path: str) -> bool:
+    """A file the readers open: an image suffix (`readers.IMAGE_SUFFIXES`), or a DICOM file
+    by its preamble whatever its name (DICOMDIR exports name images `IM000001`); hidden files
+    and the DICOMDIR index itself are not scans."""
+    name = os.path.basename(path)
+    if name.startswith(".") or name.upper() == "DICOMDIR":
+        return False
+    return _is_image(name) or readers.is_dicom(path)
+
+
+def scan_files(folder: str, skip: Sequence[str] = ()) -> list[str]:
+    """Scan files below `folder` (`is_scan_file`), searched recursively, sorted by path (so the
+    same files give the same list, hence the same splits); hidden folders (`.name`) are not
+    entered, nor the `skip` folders."""
+    skip = {os.path.normpath(os.path.abspath(d)) for d in skip}
+    found = []
+    for dirpath, dirnames, files in os.walk(folder):
+        # Another configured folder nested inside this one (e.g. masks inside abnormal_dir)
+        # holds other images; os.walk honours the pruned list.
+        dirnames[:] = sorted(
+            d for d in dirnames if not d.startswith(".") and os.path.abspath(os.path.join(dirpath, d)) not in skip
+        )
+        found += [p for p in (os.path.normpath(os.path.join(dirpath, n)) for n in files) if is_scan_file(p)]
+    return sorted(found)
 
 
 def _find_mask(folder: str, stem: str, suffixes: Sequence[str]) -> str | None:
@@ -202,42 +229,27 @@ def labels_csv_path(root: str, labels_csv: str = "") -> str | None:
 
 
 def scans_layout(root: str, *, labels_csv: str = "", mask_suffix: str = "_mask") -> list[ScanRecord]:
-    """Full scans in `root` (not recursive) with optional masks and CSV labels."""
+    """Full scans in `root` and its subfolders (`scan_files`), each with its mask
+    `<stem><mask_suffix>.*` from the same folder and its CSV labels (image paths relative to
+    `root`); files named `<stem><mask_suffix>.*` are masks, not scans."""
     if not os.path.isdir(root):
         raise readers.LayoutError(root, "scans folder not found")
     csv_path = labels_csv_path(root, labels_csv)
     labels = read_labels_csv(csv_path, root) if csv_path else {}
     records = []
-    names = sorted(n for n in os.listdir(root) if _is_image(n))
-    for name in names:
-        stem = os.path.splitext(name)[0]
+    for path in scan_files(root):
+        stem = os.path.splitext(os.path.basename(path))[0]
         if stem.endswith(mask_suffix):
             continue
-        path = os.path.normpath(os.path.join(root, name))
         patch_labels = labels.pop(path, None)
-        records.append(
-            ScanRecord(
-                path, _find_mask(root, stem, [mask_suffix]), None if patch_labels is None else tuple(patch_labels)
-            )
-        )
+        mask = _find_mask(os.path.dirname(path), stem, [mask_suffix])
+        records.append(ScanRecord(path, mask, None if patch_labels is None else tuple(patch_labels)))
     if labels:
         image = sorted(labels)[0]
-        raise readers.CsvLabelError(csv_path, f"labels refer to an image that is not in {root}: {image}")
+        raise readers.CsvLabelError(csv_path, f"labels refer to an image that is not in {root} or below it: {image}")
     if not records:
-        raise readers.LayoutError(root, "no scans (*.png, *.tif, *.tiff) found")
+        raise readers.LayoutError(root, "no scans (PNG, TIFF, DICOM, JPEG, BMP) in it or its subfolders")
     return records
-
-
-def _images_under(folder: str, skip: Sequence[str] = ()) -> list[str]:
-    """Image files below `folder` (recursive, sorted), not descending into `skip` folders."""
-    skip = {os.path.normpath(os.path.abspath(d)) for d in skip}
-    found = []
-    for dirpath, dirnames, files in os.walk(folder):
-        # Another configured folder nested inside this one (e.g. masks inside abnormal_dir)
-        # holds other images; os.walk honours the pruned, sorted list.
-        dirnames[:] = sorted(d for d in dirnames if os.path.abspath(os.path.join(dirpath, d)) not in skip)
-        found += [os.path.normpath(os.path.join(dirpath, n)) for n in files if _is_image(n)]
-    return sorted(found)
 
 
 def folder_layout(
@@ -275,7 +287,7 @@ def folder_layout(
     def images(key: str) -> list[str]:
         if key not in given:
             return []
-        found = _images_under(given[key], [f for f in folders if f != given[key]])
+        found = scan_files(given[key], [f for f in folders if f != given[key]])
         if not found:
             raise readers.LayoutError(given[key], f"folder layout: no images in {key}")
         return found
