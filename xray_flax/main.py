@@ -4,6 +4,8 @@
                    checkpoint on the test split
   --mode evaluate  evaluate the checkpoint in DIR (config from DIR/config.json unless --config)
   --mode predict   whole-scan anomaly maps, overlays, regions and HTML reports for --inputs
+  --mode export    the checkpoint as serialized jax.export StableHLO + manifest.json, loadable
+                   without the training code (<workdir>/export; docs/api.md)
 
 Any config field can be overridden: --config.train.num_steps=100 --config.data.root=/scans,
 also on evaluate/predict without --config (the overrides then apply to DIR/config.json).
@@ -37,10 +39,15 @@ from xray_flax import errors, logs, parallel, workdir_config
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.", required=True)
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "evaluate", "predict"], "What to do.")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "evaluate", "predict", "export"], "What to do.")
 _INPUTS = flags.DEFINE_list("inputs", [], "predict: scan files, folders or glob patterns (PNG/TIFF, 8/16-bit).")
 _OUTPUT_DIR = flags.DEFINE_string(
     "output_dir", None, "evaluate/predict: where to write (default: the workdir, predict: <workdir>/predictions)."
+)
+_EXPORT_PLATFORMS = flags.DEFINE_list(
+    "export_platforms",
+    ["cuda", "tpu"],
+    "export: platforms lowered in one artefact beside the CPU one (cpu, cuda, rocm, tpu; empty: CPU only).",
 )
 _COORDINATOR = flags.DEFINE_string(
     "coordinator_address",
@@ -227,7 +234,7 @@ def _run(config) -> None:
         if _MODE.value == "train":
             raise app.UsageError("--mode train needs --config (e.g. --config configs/default.py)")
         config = workdir_config.load(_WORKDIR.value)
-    workflow.run(config, _WORKDIR.value, _MODE.value, _INPUTS.value, _OUTPUT_DIR.value)
+    workflow.run(config, _WORKDIR.value, _MODE.value, _INPUTS.value, _OUTPUT_DIR.value, _EXPORT_PLATFORMS.value)
 
 
 if __name__ == "__main__":

@@ -143,7 +143,7 @@ def with_workdir_config(argv: list[str]) -> list[str]:
     has_config, _ = flag_value(argv, "config")
     _, mode = flag_value(argv, "mode")
     _, workdir = flag_value(argv, "workdir")
-    if has_config or mode not in ("evaluate", "predict") or not workdir:
+    if has_config or mode not in ("evaluate", "predict", "export") or not workdir:
         return list(argv)
     path = os.path.join(workdir, CONFIG_NAME)
     if not os.path.exists(path):

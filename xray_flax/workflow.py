@@ -19,13 +19,13 @@ import os
 import jax
 import ml_collections
 
-from xray_flax import errors, evaluate, predict, train, workdir_lock
+from xray_flax import errors, evaluate, export, predict, train, workdir_lock
 from xray_flax.data import pipeline
 from xray_flax.report import tables
 
 log = logging.getLogger(__name__)
 
-MODES = ("train", "evaluate", "predict")
+MODES = ("train", "evaluate", "predict", "export")
 HIDDEN_ART = "hidden_art"
 
 
@@ -61,10 +61,14 @@ def run(
     mode: str,
     inputs: list[str] | None = None,
     output_dir: str | None = None,
+    export_platforms: list[str] | None = None,
 ) -> dict | list | None:
     """What `python -m xray_flax.main --mode MODE` does with a resolved config."""
     if mode not in MODES:
         raise errors.ConfigError(f"--mode={mode!r}; expected one of {', '.join(MODES)}")
+    if mode == "export":
+        # The checkpoint as a jax.export artefact (xray_flax/export.py; it refuses hidden-art runs).
+        return export.export(config, workdir, output_dir, export_platforms)
     if config.get("family") == HIDDEN_ART:
         # Imported here: the hidden-art family pulls in jraph and the graph code, which the
         # X-ray detectors never need.
