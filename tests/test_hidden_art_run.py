@@ -64,6 +64,7 @@ def test_train_and_evaluate_writes_maps_metrics_and_gallery(name, tmp_path):
     saved = json.loads((out / "results.json").read_text())
     assert saved["method"] == name and len(saved["paintings"]) == 2
     assert saved["mean"]["auroc_count"] == 2 and summary["mean"] == saved["mean"]
+    assert saved["provenance"]["config_sha256"] and saved["provenance"]["versions"]["jax"]  # provenance.py
     assert (out / "gallery.html").read_text().count("data:image/png;base64,") >= 2 * 9
     for row in saved["paintings"]:
         assert (out / f"{row['painting']}_{name}_map.png").exists()

@@ -225,7 +225,7 @@ def _from_export(model: exported.ExportedModel, batch_size: int | None) -> Model
 def _from_workdir(workdir: str, checkpoint: str, batch_size: int | None) -> Model:
     # Imported here: an exported model loads without the training code (detectors, Flax,
     # orbax); only a workdir needs it.
-    from xray_flax import evaluation_config, parallel, predict, scoring, workdir_config  # noqa: PLC0415
+    from xray_flax import evaluation_config, parallel, predict, provenance, scoring, workdir_config  # noqa: PLC0415
 
     config = workdir_config.load(workdir)
     if config.get("family") == "hidden_art":
@@ -240,6 +240,7 @@ def _from_workdir(workdir: str, checkpoint: str, batch_size: int | None) -> Mode
         "checkpoint": path,
         "method": f"{config.method} ({detector.name})",
         "region threshold": f"{threshold:.4f} ({source})",
+        **provenance.rows(provenance.collect(config)),
     }
 
     def predict_scan(scan: str, output_dir: str | None) -> ScanPrediction:

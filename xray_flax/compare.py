@@ -10,13 +10,19 @@ Markdown table (Method | ROC-AUC | Acc | F1 | Precision | Recall | s/patch, and 
 summarised: mean and standard deviation of their test ROC-AUC and F1. `--curves` plots the
 validation ROC-AUC of every run against its training steps (from its TensorBoard events), the
 runs of one name in one colour.
+
+Below the tables: where each run came from (git commit, uncommitted changes, config hash,
+device, jax version, date: the provenance metrics.json records), and the config keys whose
+values differ between the runs (from each WORKDIR/config.json), so two runs can be told apart.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from absl import flags
@@ -93,6 +99,84 @@ def learning_curves_svg(workdirs: Sequence[str], names: Sequence[str]) -> str:
     return plots.line_plot_svg(lines, "training step", "validation ROC-AUC", (0.0, float(last_step)), (0.4, 1.0))
 
 
+def provenance_markdown(names: Sequence[str], reports: Sequence[dict]) -> str:
+    """Where each run came from: the provenance its metrics.json records (n/a for older runs)."""
+    rows = []
+    for name, report in zip(names, reports):
+        p = report.get("provenance") or {}
+        commit = p.get("git_commit")
+        code = tables.MISSING if commit is None else commit[:12] + (" (dirty)" if p.get("git_dirty") else "")
+        digest = p.get("config_sha256")
+        device = f"{p['device_count']} x {p['device_kind']}" if p.get("device_kind") else tables.MISSING
+        jax_version = (p.get("versions") or {}).get("jax") or tables.MISSING
+        rows.append(
+            [
+                name,
+                code,
+                digest[:12] if digest else tables.MISSING,
+                device,
+                jax_version,
+                p.get("written_utc") or tables.MISSING,
+            ]
+        )
+    return tables.markdown_table(["Run", "git commit", "config sha256", "device", "jax", "evaluated (UTC)"], rows)
+
+
+def flat_config(workdir: str) -> dict[str, Any] | None:
+    """WORKDIR/config.json flattened to dotted keys; None when the run has none."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        saved = json.load(f)
+    flat: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict) and value:
+            for key, item in value.items():
+                walk(f"{prefix}{key}.", item)
+        else:
+            flat[prefix[:-1]] = value
+
+    walk("", saved)
+    return flat
+
+
+def config_differences(workdirs: Sequence[str]) -> tuple[list[str], list[list[str]]]:
+    """(keys, rows): the config keys whose values differ between the runs, each row the key and
+    every run's value as JSON ('absent' where a run lacks the key, n/a without a config.json)."""
+    configs = [flat_config(w) for w in workdirs]
+    present = [c for c in configs if c is not None]
+    keys = sorted({k for c in present for k in c})
+    missing = object()
+    differing = [k for k in keys if len({json.dumps(c.get(k, missing), default=str) for c in present}) > 1]
+    rows = []
+    for key in differing:
+        cells = []
+        for config in configs:
+            if config is None:
+                cells.append(tables.MISSING)
+            else:
+                cells.append(_short(json.dumps(config[key])) if key in config else "absent")
+        rows.append([key, *cells])
+    return differing, rows
+
+
+def _short(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def config_differences_markdown(names: Sequence[str], workdirs: Sequence[str]) -> str:
+    if len(workdirs) < 2:
+        return ""
+    keys, rows = config_differences(workdirs)
+    if not keys:
+        lacking = [n for n, w in zip(names, workdirs) if flat_config(w) is None]
+        note = f" ({', '.join(lacking)}: no config.json)" if lacking else ""
+        return f"Config: the same in every run{note}.\n"
+    return "Config keys that differ:\n\n" + tables.markdown_table(["Config key", *names], rows)
+
+
 def _flag_values() -> flags.FlagValues:
     fv = flags.FlagValues()
     flags.DEFINE_list(
@@ -113,6 +197,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         names, reports = load_runs(workdirs, args.names)
         text = comparison_markdown(names, reports, args.paper)
+        text += "\n" + provenance_markdown(names, reports)
+        differences = config_differences_markdown(names, workdirs)
+        text += "\n" + differences if differences else ""
         if args.curves:
             svg = learning_curves_svg(workdirs, names)
     except (FileNotFoundError, ValueError, errors.UserError) as error:

@@ -12,6 +12,11 @@ Writes to the output directory:
     metrics.json, metrics.md     test metrics (tile level; image level where image labels exist)
     scores.csv                   every scored tile: split, image, tile origin, label, score, prediction
     heatmaps_test_patches.png    gallery of the best-scored anomalous and normal test tiles
+    tensorboard_test/            TensorBoard: the test metrics (test/<metric>) at the checkpoint's
+                                 step and the config as hyperparameters (HParams dashboard)
+
+metrics.json records its provenance (git commit, versions, command line, config hash, device,
+host, dates: xray_flax/provenance.py).
 """
 
 from __future__ import annotations
@@ -27,13 +32,17 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
+from clu import metric_writers
 
-from xray_flax import files, metrics, parallel, scoring
+from xray_flax import files, metrics, parallel, provenance, scoring
 from xray_flax.data import pipeline
 from xray_flax.report import gallery, tables
 from xray_flax.scoring import SplitScores, known, score_filter_size, score_split, score_top_k
 
 GALLERY_ROWS = 8
+# TensorBoard folder of the test metrics and hyperparameters: a run of its own beside the
+# training curves (one event file per training run stays in the workdir itself).
+TENSORBOARD_DIR = "tensorboard_test"
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +67,7 @@ def one_class_warning(split: str, labels: np.ndarray, what: str, unit: str = "ti
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str, output_dir: str | None = None) -> dict:
     """Evaluate the best checkpoint of `workdir` on the test split; writes metrics, scores and reports."""
+    started = provenance.utc_now()
     output_dir = output_dir or workdir
     mesh = parallel.make_mesh(config.mesh)
     splits = pipeline.prepare_splits(config.data, None)
@@ -121,12 +131,52 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, output_dir: str | 
         log.warning("%s", warning)
     if warnings:
         report["warnings"] = warnings
+    report["provenance"] = provenance.collect(config, started)
     if jax.process_index() == 0:
         write_reports(report, test, output_dir)
         write_scores_csv(
             os.path.join(output_dir, "scores.csv"), splits, {"val": val, "test": test}, result["threshold"]
         )
+        write_tensorboard(report, config, os.path.join(output_dir, TENSORBOARD_DIR))
     return report
+
+
+def test_scalars(report: dict) -> dict[str, float]:
+    """The finite numeric test metrics of `report` as TensorBoard scalars: test/<metric>, and
+    test_images/<metric> where the layout gives image labels."""
+    scalars = {}
+    for section in ("test", "test_images"):
+        for key, value in (report.get(section) or {}).items():
+            if isinstance(value, (int, float, np.number)) and not isinstance(value, bool) and math.isfinite(value):
+                scalars[f"{section}/{key}"] = float(value)
+    return scalars
+
+
+def hyperparameters(config: ml_collections.ConfigDict) -> dict[str, bool | int | float | str]:
+    """The config flattened to dotted keys with the values TensorBoard's HParams take (others as text)."""
+    flat: dict[str, bool | int | float | str] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                walk(f"{prefix}{key}.", item)
+        else:
+            flat[prefix[:-1]] = value if isinstance(value, (bool, int, float, str)) else str(value)
+
+    walk("", config.to_dict())
+    return flat
+
+
+def write_tensorboard(report: dict, config: ml_collections.ConfigDict, logdir: str) -> None:
+    """The test metrics at the checkpoint's step and the config as hyperparameters, through the
+    metric-writer interface (`write_scalars`, `write_hparams` where the writer has it)."""
+    writer = metric_writers.SummaryWriter(logdir)
+    try:
+        writer.write_scalars(int(report.get("step") or 0), test_scalars(report))
+        if hasattr(writer, "write_hparams"):
+            writer.write_hparams(hyperparameters(config))
+    finally:
+        writer.close()
 
 
 # How each fallback of metrics.select_threshold_with_rule picks the test threshold.

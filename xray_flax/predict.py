@@ -27,7 +27,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from xray_flax import checkpoint, errors, evaluation_config, files, parallel, progress
+from xray_flax import checkpoint, errors, evaluation_config, files, parallel, progress, provenance
 from xray_flax.data import layouts, readers
 from xray_flax.inference import Inferencer
 from xray_flax.report import html, overlay, regions, stitch
@@ -312,6 +312,7 @@ def predict(
         "checkpoint": checkpoint_path,
         "method": f"{config.method} ({detector.name})",
         "region threshold": f"{threshold:.4f} ({source})",
+        **provenance.rows(provenance.collect(config)),
     }
     summaries = [
         predict_scan(infer, path, os.path.join(output_dir, name), config, threshold, metadata)

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from xray_flax import files
+from xray_flax import files, provenance
 from xray_flax.hidden_art import dissimilarity as dis
 from xray_flax.hidden_art import gallery, methods, paintings
 from xray_flax.hidden_art import metrics as recovery
@@ -56,6 +56,7 @@ def _extra_maps(name: str, outputs: dict) -> dict:
 
 def evaluate(config, workdir: str, output_dir: str | None = None, variables=None, method=None) -> dict:
     """Maps, metrics, PNGs and the gallery of the validation paintings."""
+    started = provenance.utc_now()
     method = method or methods.build(config)
     scenes = paintings.load_split(config, config.data.val_split)
     if variables is None:
@@ -88,6 +89,7 @@ def evaluate(config, workdir: str, output_dir: str | None = None, variables=None
         "config": config.get("config_name", ""),
         "paintings": rows,
         "mean": recovery.mean_metrics(rows),
+        "provenance": provenance.collect(config, started),
     }
     files.write_text_atomic(os.path.join(out, "results.json"), json.dumps(summary, indent=1, default=float) + "\n")
     counts = gallery.write_gallery(
