@@ -25,6 +25,7 @@ from xray_flax.train_state import TrainState
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = {"plain": "hidden_plain", "regression": "hidden_regression", "siamese_conv": "hidden_siamese_conv"}
+CONFIGS["polynomial"] = "hidden_polynomial"
 CONFIGS.update({"gcn": "hidden_gcn", "gat": "hidden_gat"})
 
 
@@ -51,7 +52,7 @@ def test_every_registered_method_has_a_config_here():
 # The convolutional Siamese and the GAT take ~25-40 s each on 2 cores: CI runs the other methods
 # (the plain difference, the regression, the GCN: the same run code, the graph path included);
 # -m slow runs all.
-CI_METHODS = ("plain", "regression", "gcn")
+CI_METHODS = ("plain", "polynomial", "regression", "gcn")
 
 
 @pytest.mark.parametrize(
@@ -164,6 +165,7 @@ def test_command_line_train_then_evaluate_from_the_workdir(tmp_path):
 def test_a_non_finite_step_stops_the_run_and_leaves_the_last_checkpoint_finite(tmp_path):
     config = tiny("regression", str(tmp_path / "cache"), steps=4)
     method = methods.build(config)
+
     def poisoned(state, batch, key):
         # Steps 3 and 4 (traced once, chosen on the device by the step counter) give NaN.
         new_state, metrics = method.train_step(state, batch, key)

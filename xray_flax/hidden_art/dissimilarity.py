@@ -13,13 +13,19 @@ Public functions and the source of each choice
   zero mean, unit standard deviation, so |a - b| of two normalised images is in units of their
   spread and a band's exposure or gain does not matter. "percentile": the 1st and 99th
   percentiles map to 0 and 1 (not clipped, so differences stay linear), robust to a few hot pixels.
-- `combine(per_band, how)` -> [N, H, W]: the one hidden-content map. "mean" over the bands
-  (default) [ours: no prior on which bands show the hidden layer]; "long_half": the mean over the
-  last ceil(B/2) bands, for bands ordered by wavelength (the ArtExtract layout's ms_1..8, the
-  simulator's 400-1000 nm) [ours: paint grows transparent towards the infrared, so the hidden
-  layer shows there most]; "max" over the bands.
-- `init(key, batch)` -> {} and `dissimilarity(variables, batch, ...)` -> {"per_band", "map"}: the
-  PLAIN baseline of the issue, per_band = |normalise(band) - normalise(grey(RGB))|.
+- `combine(per_band, how)` -> [N, H, W]: the one hidden-content map, `maps.COMBINATIONS`
+  (`xray_flax.hidden_art.maps`): "mean" over the bands [ours: no prior on which bands show the
+  hidden layer]; "long_half": the mean over the last ceil(B/2) bands, for bands ordered by
+  wavelength (the ArtExtract layout's ms_1..8, the simulator's 400-1000 nm) [ours: paint grows
+  transparent towards the infrared, so the hidden layer shows there most]; "longest",
+  "wavelength", "signal" (band weights, `maps.form`); "max" over the bands.
+- `init(key, batch)` -> {} and `dissimilarity(variables, batch, ...)` -> {"per_band", "map",
+  "signed"}: the PLAIN baseline of the issue. The signed difference is
+  normalise(grey(RGB)) - normalise(band) (positive: the band darker than the RGB's luma says),
+  turned into the map by `maps.form` (sign, noise normalisation, combination); the defaults
+  (sign="absolute", scale="none", combination="mean") are the reference's
+  |normalise(band) - normalise(grey(RGB))| averaged over the bands, the config's
+  (configs/hidden_plain.py) the measured better form.
 - `validate_batch(batch, what)`: clear errors for missing keys and mismatched shapes.
 - `across_bands(per_band)`: per pixel, min-max normalisation across the bands [ArtExtract code],
   0 where all bands are equal (the reference's 1e-8 guard gives the same).
@@ -46,8 +52,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from xray_flax.hidden_art import maps
+
 NORMALISATIONS = ("zscore", "percentile")
-COMBINATIONS = ("mean", "long_half", "max")
+COMBINATIONS = maps.COMBINATIONS
 LUMA_STANDARD = "rec601"
 # Keeps constant images finite: their normalised values are 0 (zscore) or the shifted raw values.
 _EPS = 1e-6
@@ -91,12 +99,11 @@ def combine(per_band: jax.Array, how: str = "mean") -> jax.Array:
     """One map [N, H, W] from per-band differences [N, H, W, B]; see the module text."""
     if how == "mean":
         return jnp.mean(per_band, axis=-1)
-    if how == "long_half":
-        n_bands = per_band.shape[-1]
-        return jnp.mean(per_band[..., n_bands // 2 :], axis=-1)
     if how == "max":
         return jnp.max(per_band, axis=-1)
-    raise ValueError(f"combination {how!r} is unknown; expected one of {COMBINATIONS}")
+    if how not in COMBINATIONS:
+        raise ValueError(f"combination {how!r} is unknown; expected one of {COMBINATIONS}")
+    return maps.form(per_band, sign="signed", scale="none", combination=how)["map"]
 
 
 def init(key: jax.Array, batch: dict) -> dict:
@@ -107,15 +114,23 @@ def init(key: jax.Array, batch: dict) -> dict:
 
 
 def dissimilarity(
-    variables: dict, batch: dict, *, normalisation: str = "zscore", combination: str = "mean"
+    variables: dict,
+    batch: dict,
+    *,
+    normalisation: str = "zscore",
+    combination: str = "mean",
+    sign: str = "absolute",
+    scale: str = "none",
 ) -> dict[str, jax.Array]:
-    """The plain baseline: per_band = |normalise(band) - normalise(grey(RGB))| [N, H, W, B] and
-    map = combine(per_band, combination) [N, H, W]."""
+    """The plain baseline: signed = normalise(grey(RGB)) - normalise(band) [N, H, W, B];
+    per_band and map in the form (sign, scale, combination) of `maps.form`; the
+    defaults give per_band = |normalise(band) - normalise(grey(RGB))| and its mean."""
     del variables
     validate_batch(batch)
     luma = normalise(grey(batch["rgb"])[..., None], normalisation)
-    per_band = jnp.abs(normalise(batch["bands"], normalisation) - luma)
-    return {"per_band": per_band, "map": combine(per_band, combination)}
+    signed = luma - normalise(batch["bands"], normalisation)
+    out = maps.form(signed, sign=sign, scale=scale, combination=combination)
+    return {**out, "signed": signed}
 
 
 def across_bands(per_band: jax.Array) -> jax.Array:

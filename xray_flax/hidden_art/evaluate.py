@@ -49,7 +49,8 @@ def _extra_maps(name: str, outputs: dict) -> dict:
     per_band = outputs["per_band"]
     extra = {}
     for key, value in outputs.items():
-        if key != "per_band" and np.ndim(value) == 3 and np.shape(value) == np.shape(per_band):
+        # "signed" is the residual before the map form: per_band shows it already (as |.| or scaled).
+        if key not in ("per_band", "signed") and np.ndim(value) == 3 and np.shape(value) == np.shape(per_band):
             extra[f"{name}: {key}"] = {"map": np.mean(value, axis=-1), "per_band": value}
     return extra
 

@@ -17,6 +17,12 @@ A `Method` (built by `build(config)` from `config.method_name`) gives
 The family's loop (`xray_flax.hidden_art.train`) trains, checkpoints, evaluates and writes reports for any
 of them and never branches on a method's name; adding a method touches its module, its config
 and one line of `REGISTRY`.
+
+No peeking: `build` wraps every method so that `item` receives the painting WITHOUT its truth
+(`TRUTH_KEYS`: the hidden layer, its mask, and the simulator's noiseless and visible-only bands
+are removed) and `dissimilarity` and `train_step` refuse a batch that carries any of them
+(`check_blind`). The map form knobs every method reads from `config.model` (`form_of`):
+`sign`, `scale` and `combination` (`xray_flax.hidden_art.maps`).
 """
 
 from __future__ import annotations
@@ -30,8 +36,11 @@ import ml_collections
 import optax
 
 from xray_flax import errors
-from xray_flax.hidden_art import data, gnn, graphs, regression, siamese_conv
+from xray_flax.hidden_art import data, gnn, graphs, maps, polynomial, regression, siamese_conv
 from xray_flax.hidden_art import dissimilarity as plain
+
+# What a method must never see: the simulator's truth and its noiseless / hidden-free bands.
+TRUTH_KEYS = ("hidden", "hidden_mask", "visible_only", "bands_clean")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +58,50 @@ class Method:
     @property
     def trained(self) -> bool:
         return self.train_step is not None
+
+
+def blind(scene: Mapping) -> dict:
+    """The painting without its truth (`TRUTH_KEYS` removed)."""
+    return {k: v for k, v in scene.items() if k not in TRUTH_KEYS}
+
+
+def check_blind(batch: Mapping, what: str = "the batch") -> None:
+    """ValueError when `batch` carries any of `TRUTH_KEYS`: no method may see the truth."""
+    seen = sorted(k for k in TRUTH_KEYS if k in batch)
+    if seen:
+        raise ValueError(f"{what} carries the truth {seen}: no hidden-art method may see it")
+
+
+def _blinded(method: Method) -> Method:
+    """`method` with `item` fed blind paintings and its batches checked (module text)."""
+
+    def item(scene):
+        return method.item(blind(scene))
+
+    def dissimilarity(variables, batch):
+        check_blind(batch, f"{method.name}'s batch")
+        return method.dissimilarity(variables, batch)
+
+    train_step = None
+    if method.train_step is not None:
+
+        def train_step(state, batch, key):
+            check_blind(batch, f"{method.name}'s training batch")
+            return method.train_step(state, batch, key)
+
+    return dataclasses.replace(method, item=item, dissimilarity=dissimilarity, train_step=train_step)
+
+
+def form_of(model: Mapping, defaults: Mapping | None = None) -> dict:
+    """{"sign", "scale", "combination"} of `config.model` (missing knobs: `defaults`, else the
+    first version's absolute mean); ConfigError naming the bad knob."""
+    defaults = defaults or {"sign": "absolute", "scale": "none", "combination": "mean"}
+    out = {k: model.get(k, v) for k, v in defaults.items()}
+    try:
+        maps.check_form(out["sign"], out["scale"], out["combination"])
+    except ValueError as e:
+        raise errors.ConfigError(f"config.model: {e}") from e
+    return out
 
 
 def _pixel_batch(scenes: Sequence[Mapping], sizes: Any = None) -> dict:
@@ -69,7 +122,29 @@ def _plain(config) -> Method:
     return Method(
         name="plain",
         init=plain.init,
-        dissimilarity=functools.partial(plain.dissimilarity, normalisation=m.normalisation, combination=m.combination),
+        dissimilarity=functools.partial(plain.dissimilarity, normalisation=m.normalisation, **form_of(m)),
+        **PIXEL,
+    )
+
+
+def _polynomial(config) -> Method:
+    m = config.model
+    if int(m.degree) not in polynomial.DEGREES or m.robust not in polynomial.ROBUST or int(m.iterations) < 0:
+        raise errors.ConfigError(
+            f"config.model: degree={m.degree!r} must be one of {polynomial.DEGREES}, robust={m.robust!r} one of "
+            f"{polynomial.ROBUST}, iterations={m.iterations!r} >= 0"
+        )
+    return Method(
+        name="polynomial",
+        init=polynomial.init,
+        dissimilarity=functools.partial(
+            polynomial.dissimilarity,
+            degree=int(m.degree),
+            robust=m.robust,
+            iterations=int(m.iterations),
+            linear_rgb=bool(m.linear_rgb),
+            **form_of(m, maps.DEFAULT_FORM),
+        ),
         **PIXEL,
     )
 
@@ -81,7 +156,7 @@ def _regression(config) -> Method:
     return Method(
         name="regression",
         init=functools.partial(regression.init, hidden=hidden),
-        dissimilarity=functools.partial(regression.dissimilarity, hidden=hidden, combination=m.combination),
+        dissimilarity=functools.partial(regression.dissimilarity, hidden=hidden, **form_of(m)),
         **PIXEL,
         optimizer=tx,
         train_step=functools.partial(
@@ -131,6 +206,7 @@ def _graph(arch: str, config) -> Method:
 
 REGISTRY: dict[str, Callable[[ml_collections.ConfigDict], Method]] = {
     "plain": _plain,
+    "polynomial": _polynomial,
     "regression": _regression,
     "siamese_conv": _siamese_conv,
     "gcn": functools.partial(_graph, "gcn"),
@@ -142,4 +218,4 @@ def build(config: ml_collections.ConfigDict) -> Method:
     name = config.method_name
     if name not in REGISTRY:
         raise errors.ConfigError(f"config.method_name={name!r} is not a hidden-art method; known: {sorted(REGISTRY)}")
-    return REGISTRY[name](config)
+    return _blinded(REGISTRY[name](config))
