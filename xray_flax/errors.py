@@ -10,9 +10,16 @@ its other bases, so that callers catching those still do) and is reported the sa
 without touching the command line; `ConfigError` (a bad config value, file or override)
 exits with `EXIT_USAGE`, any other `UserError` with `EXIT_FAILURE`. Its message must be one
 sentence naming the file, folder or config key at fault and what to do.
+
+A run checks its whole config before it writes anything (`xray_flax.config_check`): every
+problem found is one sentence naming the key, the value and what is allowed, and all of them
+are raised together as one `ConfigError` (`config_problems`), whose `problems` keep them
+apart for a caller that gathers problems from several checks (`problems_of`).
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
@@ -27,7 +34,11 @@ class ConfigError(UserError, ValueError):
     """A config (file, saved config.json or override) that cannot be used; names the key or file.
 
     A ValueError too, so that callers catching the ValueError of a bad config value still do.
+    `problems`: the problems it lists, one sentence each (set by `config_problems`; empty for
+    an error raised with a message of its own, which is then its one problem).
     """
+
+    problems: tuple[str, ...] = ()
 
 
 class UsageError(UserError):
@@ -36,6 +47,29 @@ class UsageError(UserError):
 
 class TrainingDivergedError(UserError, RuntimeError):
     """The loss or the gradients became NaN or infinite; names the last good checkpoint."""
+
+
+def config_problems(problems: Sequence[str]) -> ConfigError:
+    """One `ConfigError` listing every problem on one line: the problem itself when there is one,
+    else ``config has N problems: <first>; <second>; ...``."""
+    problems = tuple(dict.fromkeys(one_line(p) for p in problems))  # in order, each once
+    if not problems:
+        raise ValueError("config_problems needs at least one problem")
+    listing = problems[0] if len(problems) == 1 else f"config has {len(problems)} problems: " + "; ".join(problems)
+    error = ConfigError(listing)
+    error.problems = problems
+    return error
+
+
+def problems_of(error: ConfigError) -> list[str]:
+    """The problems `error` lists (its message when it was raised with one of its own)."""
+    return list(error.problems) or [one_line(error)]
+
+
+def require(problems: Sequence[str]) -> None:
+    """Raises `config_problems(problems)` when there are any: a rule applied where its value is used."""
+    if problems:
+        raise config_problems(problems)
 
 
 def exit_status_of(error: BaseException) -> int:
