@@ -71,7 +71,7 @@ def test_bad_data_values_are_config_errors():
         simulate.SimulationParams(difficulty="medium")
     with pytest.raises(errors.ConfigError, match="unknown simulation parameters"):
         hidden_art_simulate.SimulationParams.from_config({"no_such_knob": 1})
-    with pytest.raises(errors.ConfigError, match="blend must be one of"):
+    with pytest.raises(errors.ConfigError, match=r"config\.synthesis\.blend='no_such_blend' is not one of"):
         synthesize.SynthesisSpec(channels=1, blend="no_such_blend")
 
 

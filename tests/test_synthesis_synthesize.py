@@ -131,7 +131,7 @@ def test_spec_from_config_and_validation():
     assert hash(spec) == hash(synthesis.SynthesisSpec.from_config(_config(dtd_root="/x"), 1))
     with pytest.raises(ValueError, match="blend"):
         synthesis.SynthesisSpec.from_config(_config(blend="mix"), 1)
-    with pytest.raises(ValueError, match="No texture source"):
+    with pytest.raises(ValueError, match="no texture source"):
         synthesis.SynthesisSpec.from_config(_config(texture_sources=dict(dtd=1.0, procedural=0.0, batch=0.0)), 1)
     with pytest.raises(ValueError, match="num_augmentations"):
         synthesis.SynthesisSpec.from_config(_config(augmentations=("gamma", "invert")), 1)

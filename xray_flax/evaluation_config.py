@@ -10,7 +10,12 @@ from __future__ import annotations
 
 import ml_collections
 
-from xray_flax import errors
+from xray_flax import config_rules, errors
+from xray_flax.report import overlay, stitch
+
+NORMALIZATIONS = ("auto", "none", "normal_quantile")
+THRESHOLD_METRICS = ("f1", "youden")
+MAP_FORMATS = ("tiff", "npy")
 
 # DRAEM (Zavrtanik et al. 2021) smooths the anomaly map with a 21x21 mean filter before
 # taking the max, at 256x256 inputs. Larger patches keep the same physical footprint when
@@ -115,23 +120,71 @@ def resolve_score_filter_size(filter_size: int | None, patch_size: int) -> int:
     no centre). None or 0 scales DRAEM's 21 px at 256 px with `patch_size`.
     """
     if filter_size:
-        if filter_size < 0 or filter_size % 2 == 0:
-            raise errors.ConfigError(f"config.eval.score_filter_size must be a positive odd int, got {filter_size}")
+        errors.require(score_filter_size_problems(filter_size))
         return int(filter_size)
-    if patch_size <= 0:
-        raise errors.ConfigError(f"config.data.patch_size must be positive, got {patch_size}")
+    errors.require(config_rules.integer("config.data.patch_size", patch_size, 1))
     size = max(1, int(round(DRAEM_FILTER_SIZE * patch_size / DRAEM_PATCH_SIZE)))
     return size if size % 2 == 1 else size + 1
 
 
 def resolve_stride(stride: int, overlap: float, patch_size: int) -> int:
     """Concrete tile stride: `stride` if > 0, else round(patch_size * (1 - overlap))."""
+    errors.require(predict_stride_problems(stride, overlap, patch_size))
     if stride and stride > 0:
-        if stride > patch_size:
-            raise errors.ConfigError(
-                f"config.eval.predict.stride={stride} > config.data.patch_size={patch_size} would leave gaps"
-            )
         return int(stride)
-    if not 0.0 <= overlap < 1.0:
-        raise errors.ConfigError(f"config.eval.predict.overlap must be in [0, 1), got {overlap}")
     return max(1, int(round(patch_size * (1.0 - overlap))))
+
+
+def score_filter_size_problems(filter_size) -> list[str]:
+    """0 (derived from the patch size) or a positive odd int: a 'same' mean filter of even side has no centre."""
+    if config_rules.is_int(filter_size) and (filter_size == 0 or (filter_size > 0 and filter_size % 2 == 1)):
+        return []
+    return [
+        f"config.eval.score_filter_size={filter_size!r} must be 0 (scaled with the patch size) or a positive odd int"
+    ]
+
+
+def predict_stride_problems(stride, overlap, patch_size) -> list[str]:
+    """config.eval.predict.stride: 0 (from `overlap`, in [0, 1)) or an int up to the patch size (no gaps)."""
+    problems = config_rules.integer("config.eval.predict.stride", stride, 0)
+    if problems:
+        return problems
+    if stride > 0:
+        if config_rules.is_int(patch_size) and stride > patch_size:
+            return [
+                f"config.eval.predict.stride={stride} must be at most config.data.patch_size={patch_size} "
+                "(a larger stride leaves gaps in the map)"
+            ]
+        return []
+    return config_rules.number("config.eval.predict.overlap", overlap, 0.0, 1.0, high_open=True)
+
+
+def check(section: ml_collections.ConfigDict, patch_size: int) -> list[str]:
+    """The problems of the `config.eval` section, one sentence each (none: it is fine)."""
+    key, p = "config.eval", section.predict
+    problems = config_rules.one_of(f"{key}.normalization", section.normalization, NORMALIZATIONS)
+    problems += config_rules.number(
+        f"{key}.normalization_quantile", section.normalization_quantile, 0, 1, low_open=True
+    )
+    problems += config_rules.one_of(f"{key}.threshold_metric", section.threshold_metric, THRESHOLD_METRICS)
+    problems += config_rules.number(f"{key}.fixed_threshold", section.fixed_threshold)
+    problems += score_filter_size_problems(section.score_filter_size)
+    problems += config_rules.integer(f"{key}.score_top_k", section.get("score_top_k", 1), 1)
+    problems += config_rules.integer(f"{key}.pixel_exact_max_pixels", section.pixel_exact_max_pixels, 0)
+    problems += config_rules.integer(f"{key}.pixel_histogram_bins", section.pixel_histogram_bins, 2)
+    problems += config_rules.number(f"{key}.aupro_fpr_limit", section.aupro_fpr_limit, 0, 1, low_open=True)
+    problems += config_rules.integer(f"{key}.timing_batches", section.timing_batches, 1)
+    problems += config_rules.integer(f"{key}.timing_warmup_batches", section.timing_warmup_batches, 0)
+    problems += config_rules.integer(f"{key}.batch_size", section.batch_size, 1)
+    problems += predict_stride_problems(p.stride, p.overlap, patch_size)
+    problems += config_rules.one_of(f"{key}.predict.window", p.window, stitch.WINDOWS)
+    problems += config_rules.integer(f"{key}.predict.batch_size", p.batch_size, 1)
+    problems += config_rules.number(f"{key}.predict.region_threshold", p.region_threshold, 0.0)
+    problems += config_rules.integer(f"{key}.predict.min_region_area", p.min_region_area, 0)
+    problems += config_rules.integer(f"{key}.predict.overlay_max_side", p.overlay_max_side, 1)
+    problems += config_rules.fraction(f"{key}.predict.overlay_alpha", p.overlay_alpha)
+    problems += config_rules.one_of(f"{key}.predict.colormap", p.colormap, overlay.COLORMAPS)
+    problems += config_rules.one_of(f"{key}.predict.map_format", p.map_format, MAP_FORMATS)
+    problems += config_rules.integer(f"{key}.predict.report_max_regions", p.report_max_regions, 0)
+    problems += config_rules.integer(f"{key}.predict.crop_margin", p.crop_margin, 0)
+    return problems

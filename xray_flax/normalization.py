@@ -20,7 +20,7 @@ import dataclasses
 
 import numpy as np
 
-from xray_flax import errors
+from xray_flax import config_rules, errors
 
 IDENTITY_RULE = "identity"
 NORMAL_QUANTILE_RULE = "normal_quantile"
@@ -64,8 +64,7 @@ def fit(normal_tile_medians: np.ndarray, normal_scores: np.ndarray, quantile: fl
             "set config.data.split_fractions so that val has normal images, or "
             "config.eval.normalization='none'"
         )
-    if not 0.0 < quantile <= 1.0:
-        raise errors.ConfigError(f"config.eval.normalization_quantile must be in (0, 1], got {quantile}")
+    errors.require(config_rules.number("config.eval.normalization_quantile", quantile, 0, 1, low_open=True))
     if not (np.all(np.isfinite(medians)) and np.all(np.isfinite(scores))):
         raise ValueError("non-finite anomaly maps on validation normal tiles: cannot fit the score normalisation")
     centre = float(np.median(medians))

@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from xray_flax import errors
+from xray_flax import config_rules, errors
 
 DATA_AXIS = "data"
 
@@ -31,16 +31,28 @@ def make_mesh(mesh_config: ml_collections.ConfigDict) -> Mesh:
     entry of the mesh shape; every array spec here names only `data`, so it would stay
     replicated along the new axis until a layer asks for more.
     """
-    n = jax.device_count() if mesh_config.data in (-1, None) else int(mesh_config.data)
-    if n < 1 or n > jax.device_count():
-        raise errors.ConfigError(f"config.mesh.data={mesh_config.data} but {jax.device_count()} devices are visible")
-    if jax.process_count() > 1 and n != jax.device_count():
-        raise errors.ConfigError(
-            f"config.mesh.data={mesh_config.data}: a run of {jax.process_count()} processes uses "
-            f"all {jax.device_count()} devices; set config.mesh.data=-1"
-        )
+    errors.require(mesh_problems(mesh_config))
+    n = mesh_devices(mesh_config)
     devices = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))[:n]
     return Mesh(np.asarray(devices), (DATA_AXIS,))
+
+
+def mesh_devices(mesh_config: ml_collections.ConfigDict) -> int:
+    """The devices on the mesh's `data` axis that `mesh_config` asks for (-1 or None: all)."""
+    return jax.device_count() if mesh_config.data in (-1, None) else int(mesh_config.data)
+
+
+def mesh_problems(mesh_config: ml_collections.ConfigDict) -> list[str]:
+    """config.mesh.data must be -1 or a device count this run has (all of them with several processes)."""
+    data, visible = mesh_config.data, jax.device_count()
+    if data is not None and not (config_rules.is_int(data) and (data == -1 or 1 <= data <= visible)):
+        return [f"config.mesh.data={data!r} must be -1 (all devices) or an int in [1, {visible}]: {visible} visible"]
+    if jax.process_count() > 1 and mesh_devices(mesh_config) != visible:
+        return [
+            f"config.mesh.data={data}: a run of {jax.process_count()} processes uses "
+            f"all {visible} devices; set config.mesh.data=-1"
+        ]
+    return []
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -53,13 +65,17 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
 
 def check_batch_size(global_batch: int, mesh: Mesh) -> int:
     """Per-process batch size; the global batch must split evenly over devices and processes."""
-    devices = mesh.devices.size
-    if global_batch % devices:
-        raise errors.ConfigError(
-            f"config.train.batch_size={global_batch} is not divisible by the {devices} devices "
-            f"of the mesh; use a multiple of {devices}"
-        )
+    errors.require(batch_size_problems(global_batch, mesh.devices.size))
     return global_batch // jax.process_count()
+
+
+def batch_size_problems(global_batch: int, devices: int, key: str = "config.train.batch_size") -> list[str]:
+    """The global batch must split evenly over the `devices` of the mesh."""
+    if global_batch % devices:
+        return [
+            f"{key}={global_batch} is not divisible by the {devices} devices of the mesh; use a multiple of {devices}"
+        ]
+    return []
 
 
 def global_batch(host_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:

@@ -23,7 +23,17 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from xray_flax import checkpoint, detectors, errors, evaluation_config, metrics, normalization, progress, steps
+from xray_flax import (
+    checkpoint,
+    config_rules,
+    detectors,
+    errors,
+    evaluation_config,
+    metrics,
+    normalization,
+    progress,
+    steps,
+)
 from xray_flax.data import pipeline
 from xray_flax.inference import Inferencer
 from xray_flax.normalization import IDENTITY, ScoreNormalization
@@ -53,12 +63,9 @@ def score_filter_size(config: ml_collections.ConfigDict) -> int:
 
 
 def score_top_k(config: ml_collections.ConfigDict) -> int:
-    top_k = int(config.eval.get("score_top_k", 1))
-    if top_k < 1:
-        raise errors.ConfigError(
-            f"config.eval.score_top_k must be a positive int (1 = the max of the map), got {top_k}"
-        )
-    return top_k
+    top_k = config.eval.get("score_top_k", 1)
+    errors.require(config_rules.integer("config.eval.score_top_k", top_k, 1))
+    return int(top_k)
 
 
 class NonFiniteScoresError(errors.UserError):
@@ -164,8 +171,7 @@ def gallery_rows(candidates: dict[str, np.ndarray], rows: int) -> dict[str, np.n
 def normalization_is_fitted(detector: detectors.Detector, config: ml_collections.ConfigDict) -> bool:
     """Whether config.eval.normalization asks for a fitted normalisation (else the identity)."""
     mode = config.eval.normalization
-    if mode not in ("auto", "none", normalization.NORMAL_QUANTILE_RULE):
-        raise errors.ConfigError(f"config.eval.normalization={mode!r}; expected 'auto', 'none' or 'normal_quantile'")
+    errors.require(config_rules.one_of("config.eval.normalization", mode, evaluation_config.NORMALIZATIONS))
     return not (mode == "none" or (mode == "auto" and detector.bounded_map))
 
 

@@ -17,10 +17,10 @@ import importlib
 
 import ml_collections
 
-from xray_flax import errors
+from xray_flax import config_rules, errors
 from xray_flax.backbones.base import COLLECTION, GREY_MODES, Backbone
 
-__all__ = ["COLLECTION", "GREY_MODES", "Backbone", "build", "defaults", "names"]
+__all__ = ["COLLECTION", "GREY_MODES", "Backbone", "build", "defaults", "names", "weights_problems"]
 
 # name -> module that provides build(name, taps, input_channels, grey, weights) -> Backbone
 _BACKBONES = {
@@ -68,3 +68,9 @@ def build(section: ml_collections.ConfigDict, input_channels: int) -> Backbone:
         grey=section.grey,
         weights=section.weights,
     )
+
+
+def weights_problems(section: ml_collections.ConfigDict) -> list[str]:
+    """A weights file named by config.backbone.weights must exist ('' = the default place, whose
+    absence `Backbone.load` explains with how to get the file)."""
+    return config_rules.file("config.backbone.weights", section.weights) if section.weights else []

@@ -7,12 +7,20 @@ few simulated scans; the paper setting is patch_size=512 on real scans).
 
 from __future__ import annotations
 
+import os
+
 import ml_collections
+
+from xray_flax import config_rules
+from xray_flax.data import simulate
 
 SOURCES = ("simulated", "scans", "mvtec", "folder", "tfds")
 NORMALIZATIONS = ("bit_depth", "percentile")
 BORDER_POLICIES = ("pad", "shift", "drop")
 BACKGROUND_RULES = ("none", "dark_fraction", "low_std")
+RGB_TO_GRAY = ("luminance", "mean")
+CHANNELS = (1, 3)
+FOLDER_DIRS = ("normal_dir", "abnormal_dir", "normal_test_dir", "mask_dir")
 
 
 def defaults() -> ml_collections.ConfigDict:
@@ -145,3 +153,79 @@ def defaults() -> ml_collections.ConfigDict:
     c.tfds.data_dir = ""  # Where `tfds_builder.build_tfds` wrote the dataset.
     c.tfds.name = "xray_patches"
     return c
+
+
+def resolve(path: str, root: str) -> str:
+    """A path of the data section: `~` expanded, relative to `root` when `root` is set."""
+    path = os.path.expanduser(path)
+    return os.path.join(os.path.expanduser(root), path) if path and root and not os.path.isabs(path) else path
+
+
+def check(data: ml_collections.ConfigDict, *, reads_data: bool = True) -> list[str]:
+    """The problems of the `config.data` section, one sentence each (none: it is fine).
+
+    `reads_data`: the run reads the configured images (train, evaluate), so the folders and
+    files named must exist; predict reads only the scans given to it.
+    """
+    key = "config.data"
+    problems = config_rules.one_of(f"{key}.source", data.source, SOURCES)
+    problems += config_rules.one_of(f"{key}.normalization", data.normalization, NORMALIZATIONS)
+    problems += config_rules.one_of(f"{key}.border", data.border, BORDER_POLICIES)
+    problems += config_rules.one_of(f"{key}.background.rule", data.background.rule, BACKGROUND_RULES)
+    problems += config_rules.one_of(f"{key}.rgb_to_gray", data.rgb_to_gray, RGB_TO_GRAY)
+    problems += config_rules.one_of(f"{key}.channels", data.channels, CHANNELS)
+    problems += config_rules.integer(f"{key}.patch_size", data.patch_size, 1)
+    problems += config_rules.integer(f"{key}.stride", data.stride, 1)
+    problems += _percentile_problems(data.percentiles)
+    problems += config_rules.fraction(f"{key}.background.threshold", data.background.threshold)
+    problems += config_rules.fraction(f"{key}.background.max_fraction", data.background.max_fraction)
+    problems += config_rules.fraction(f"{key}.min_anomalous_fraction", data.min_anomalous_fraction)
+    problems += _split_problems(data.split_fractions)
+    problems += config_rules.integer(f"{key}.png_cache_images", data.png_cache_images, 0)
+    problems += config_rules.integer(f"{key}.workers", data.workers, 0)
+    problems += config_rules.integer(f"{key}.prefetch", data.prefetch, 1)
+    problems += config_rules.integer(f"{key}.read_threads", data.read_threads, 1)
+    if data.source == "simulated":
+        problems += simulate.SimulationParams.config_problems(data.simulated)
+    if reads_data:
+        problems += _path_problems(data)
+    return problems
+
+
+def _percentile_problems(percentiles) -> list[str]:
+    key = "config.data.percentiles"
+    problems = config_rules.numbers_in(key, percentiles, 2, 0.0, 100.0)
+    if not problems and not percentiles[0] < percentiles[1]:
+        problems.append(f"{key}={tuple(percentiles)!r}: the low percentile must be below the high one")
+    return problems
+
+
+def _split_problems(fractions) -> list[str]:
+    """Three non-negative weights of train, val and test, not all 0 (the code divides by their sum)."""
+    key = "config.data.split_fractions"
+    problems = config_rules.numbers_in(key, fractions, 3, 0.0, None)
+    if not problems and sum(fractions) <= 0:
+        problems.append(f"{key}={tuple(fractions)!r}: train, val and test cannot all be 0")
+    return problems
+
+
+def _path_problems(data: ml_collections.ConfigDict) -> list[str]:
+    """The folders and files a source reads must exist."""
+    key = "config.data"
+    folders = {name: data.get("folder", {}).get(name, "") for name in FOLDER_DIRS}
+    problems = []
+    if data.source in ("scans", "mvtec") or (data.source == "folder" and not folders["normal_dir"]):
+        problems += config_rules.folder(f"{key}.root", data.root, f"for {key}.source={data.source!r}", expand=True)
+    elif data.source == "folder" and data.root:
+        problems += config_rules.folder(f"{key}.root", data.root, expand=True)
+    if data.source == "folder":
+        for name, path in folders.items():
+            if path:
+                problems += config_rules.folder(f"{key}.folder.{name}", resolve(path, data.root))
+    if data.source == "scans" and data.labels_csv:
+        problems += config_rules.file(f"{key}.labels_csv", resolve(data.labels_csv, data.root))
+    if data.source == "tfds":
+        problems += config_rules.folder(
+            f"{key}.tfds.data_dir", data.tfds.data_dir, f"for {key}.source='tfds'", expand=True
+        )
+    return problems

@@ -28,19 +28,23 @@ import dataclasses
 import hashlib
 import json
 import os
+import types
 
 import numpy as np
 import tifffile
 from PIL import Image
 from scipy import ndimage
 
-from xray_flax import errors, files
+from xray_flax import config_rules, errors, files
 from xray_flax.data import radiograph, sim_primitives
 
 # Bump when the generator changes so cached scans are regenerated.
 GENERATOR_VERSION = 3
 DIFFICULTIES = ("easy", "hard")
 ANOMALY_KINDS = ("paint_losses", "scratches", "fillings", "white_spots", "nails", "foreign_objects")
+SUPPORTS = ("panel", "canvas", "mixed")
+FILE_FORMATS = ("png", "tiff")
+KEY = "config.data.simulated"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,13 +76,32 @@ class SimulationParams:
     fillings: int = 0
 
     def __post_init__(self):
-        if self.difficulty not in DIFFICULTIES:
-            raise errors.ConfigError(f"simulated.difficulty must be one of {DIFFICULTIES}, got {self.difficulty!r}")
+        errors.require(self.problems())
+
+    def problems(self) -> list[str]:
+        """What is wrong with these parameters, one sentence each naming its config.data.simulated key."""
+        problems = config_rules.one_of(f"{KEY}.difficulty", self.difficulty, DIFFICULTIES)
+        problems += config_rules.one_of(f"{KEY}.support", self.support, SUPPORTS)
+        problems += config_rules.one_of(f"{KEY}.file_format", self.file_format, FILE_FORMATS)
+        for name in ("n_scans", "height", "width"):
+            problems += config_rules.integer(f"{KEY}.{name}", getattr(self, name), 1)
+        for name in ANOMALY_KINDS:
+            problems += config_rules.integer(f"{KEY}.{name}", getattr(self, name), 0)
+        problems += config_rules.number(f"{KEY}.margin", self.margin, 0.0, 0.5, high_open=True)
+        problems += config_rules.number(f"{KEY}.anomaly_contrast", self.anomaly_contrast, 0.0)
         if self.difficulty == "easy" and (self.scratches or self.fillings):
-            raise errors.ConfigError(
-                "simulated.scratches and simulated.fillings exist in the hard setting only; "
-                "set simulated.difficulty='hard' or leave them at 0"
+            problems.append(
+                f"{KEY}.scratches={self.scratches} and {KEY}.fillings={self.fillings}: these exist in the hard "
+                f"setting only; set {KEY}.difficulty='hard' or leave them at 0"
             )
+        return problems
+
+    @staticmethod
+    def config_problems(sim_config) -> list[str]:
+        """The problems of `config.data.simulated` as given (no conversion: a float where an int
+        belongs is one), the knobs it lacks at their defaults."""
+        values = {k: sim_config.get(k, v) for k, v in dataclasses.asdict(SimulationParams()).items()}
+        return SimulationParams.problems(types.SimpleNamespace(**values))
 
     @staticmethod
     def from_config(sim_config) -> SimulationParams:

@@ -15,6 +15,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from xray_flax import config_rules, errors
+from xray_flax.data import config as data_config_lib
 from xray_flax.data import readers
 
 LABEL_NORMAL = 0
@@ -37,8 +39,7 @@ def tile_starts(length: int, patch: int, stride: int, border: str) -> np.ndarray
     """
     if patch <= 0 or stride <= 0:
         raise ValueError(f"patch ({patch}) and stride ({stride}) must be positive")
-    if border not in ("pad", "shift", "drop"):
-        raise ValueError(f"unknown border policy {border!r}; use 'pad', 'shift' or 'drop'")
+    errors.require(config_rules.one_of("config.data.border", border, data_config_lib.BORDER_POLICIES))
     if length <= 0:
         return np.zeros((0,), np.int64)
     full = np.arange(0, max(length - patch, -1) + 1, stride, dtype=np.int64)  # tiles that fit

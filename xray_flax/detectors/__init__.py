@@ -20,7 +20,7 @@ import ml_collections
 from xray_flax import errors
 from xray_flax.detectors.base import FIT, GRADIENT, Detector, TrainState
 
-__all__ = ["FIT", "GRADIENT", "Detector", "TrainState", "build", "config_module", "names"]
+__all__ = ["FIT", "GRADIENT", "Detector", "TrainState", "build", "check", "config_module", "names"]
 
 # name -> package. Imported on first use, so a run loads only the detector it trains.
 _DETECTORS = {
@@ -63,3 +63,25 @@ def build(config: ml_collections.ConfigDict) -> Detector:
     if not isinstance(detector, Detector):
         raise TypeError(f"{_package(config.detector)}.build returned {type(detector).__name__}, not a Detector")
     return detector
+
+
+def check(config: ml_collections.ConfigDict) -> list[str]:
+    """The problems of the detector's config: what `build` refuses (it is pure and writes
+    nothing: its ConfigError is the problem, or the problems it lists) and the patch size the
+    built detector needs."""
+    try:
+        detector = build(config)
+    except errors.ConfigError as e:
+        return errors.problems_of(e)
+    return patch_size_problems(config.data.patch_size, detector)
+
+
+def patch_size_problems(patch_size: int, detector: Detector) -> list[str]:
+    """Patch sides must be multiples of the detector's `size_multiple` (pooling levels, strides)."""
+    multiple = detector.size_multiple
+    if patch_size % multiple == 0:
+        return []
+    return [
+        f"config.data.patch_size={patch_size} must be a multiple of {multiple} for the {detector.name} detector "
+        "as configured (its pooling levels or its backbone's strides)"
+    ]

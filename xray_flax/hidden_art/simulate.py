@@ -134,28 +134,32 @@ class SimulationParams:
     mask_level: float = 0.25  # hidden_mask = hidden > mask_level
 
     def __post_init__(self):
+        # Each problem names its knob of config.data.simulation (configs/hidden_base.py).
+        key = "config.data.simulation"
         problems = []
         if self.hidden_kind not in HIDDEN_KINDS:
-            problems.append(f"hidden_kind must be one of {HIDDEN_KINDS}, got {self.hidden_kind!r}")
+            problems.append(f"{key}.hidden_kind={self.hidden_kind!r} must be one of {HIDDEN_KINDS}")
         if self.rgb_encoding not in ("srgb", "linear"):
-            problems.append(f"rgb_encoding must be 'srgb' or 'linear', got {self.rgb_encoding!r}")
+            problems.append(f"{key}.rgb_encoding={self.rgb_encoding!r} must be 'srgb' or 'linear'")
         if self.n_scenes < 1 or not 0 <= self.n_val <= self.n_scenes:
-            problems.append(f"need n_scenes >= 1 and 0 <= n_val <= n_scenes, got {self.n_scenes}, {self.n_val}")
+            problems.append(
+                f"{key}.n_scenes={self.n_scenes} and {key}.n_val={self.n_val}: need n_scenes >= 1 and "
+                "0 <= n_val <= n_scenes"
+            )
         if self.size < 32:
-            problems.append(f"size must be at least 32 px, got {self.size}")
+            problems.append(f"{key}.size={self.size} must be at least 32 px")
         if self.n_bands < 1:
-            problems.append(f"n_bands must be at least 1, got {self.n_bands}")
+            problems.append(f"{key}.n_bands={self.n_bands} must be at least 1")
         if not 300.0 <= self.wavelength_min <= self.wavelength_max <= 1100.0:
             problems.append(
-                f"need 300 <= wavelength_min <= wavelength_max <= 1100 nm, got "
-                f"{self.wavelength_min}, {self.wavelength_max}"
+                f"{key}.wavelength_min={self.wavelength_min} and {key}.wavelength_max={self.wavelength_max}: "
+                "need 300 <= wavelength_min <= wavelength_max <= 1100 nm"
             )
         if not 0.0 < self.mask_level < 1.0:
-            problems.append(f"mask_level must lie in (0, 1), got {self.mask_level}")
+            problems.append(f"{key}.mask_level={self.mask_level} must lie in (0, 1)")
         if min(self.strength, self.band_noise, self.rgb_noise, self.varnish, self.illumination) < 0:
-            problems.append("strength, band_noise, rgb_noise, varnish and illumination must be >= 0")
-        if problems:
-            raise errors.ConfigError("SimulationParams: " + "; ".join(problems))
+            problems.append(f"{key}: strength, band_noise, rgb_noise, varnish and illumination must be >= 0")
+        errors.require(problems)
 
     @staticmethod
     def from_config(config) -> SimulationParams:
@@ -164,7 +168,9 @@ class SimulationParams:
         names = {f.name: f for f in dataclasses.fields(SimulationParams)}
         unknown = sorted(set(values) - set(names))
         if unknown:
-            raise errors.ConfigError(f"unknown simulation parameters {unknown}; known: {sorted(names)}")
+            raise errors.ConfigError(
+                f"config.data.simulation: unknown simulation parameters {unknown}; known: {sorted(names)}"
+            )
         types = {"int": int, "float": float, "str": str}
         return SimulationParams(**{k: types[names[k].type](v) for k, v in values.items()})
 

@@ -17,8 +17,52 @@ import os
 
 import ml_collections
 
-from xray_flax import errors, files, workdir_lock
-from xray_flax.hidden_art import evaluate, methods, paintings, train
+from xray_flax import config_rules, errors, files, workdir_lock
+from xray_flax.hidden_art import dissimilarity, evaluate, graphs, maps, methods, paintings, regression, train
+
+# config.train's knobs (xray_flax/hidden_art/config.py) and their least values.
+TRAIN_MINIMUMS = {"num_steps": 0, "batch_size": 1, "crop": 0, "log_every": 1, "checkpoint_every": 1}
+# The enumerated `config.model` knobs a method may have, and their values.
+MODEL_CHOICES = {
+    "sign": maps.SIGNS,
+    "scale": maps.SCALES,
+    "combination": maps.COMBINATIONS,
+    "normalisation": dissimilarity.NORMALISATIONS,
+    "loss": regression.LOSSES,
+    "standardise": graphs.STANDARDISATIONS,
+}
+
+
+def check(config: ml_collections.ConfigDict, *, reads_data: bool = True, build: bool = True) -> list[str]:
+    """The problems of a hidden-art config, one sentence each (`xray_flax.config_check` gathers
+    them before a run writes anything). `reads_data`: the run reads the paintings (a folder named
+    must exist); `build`: also build the method (pure; its ConfigError is a problem), which needs
+    the knobs' types right."""
+    problems = paintings.check(config, reads_data=reads_data)
+    problems += _method_problems(config, build)
+    problems += config_rules.integer("config.seed", config.seed)
+    for name, minimum in TRAIN_MINIMUMS.items():
+        problems += config_rules.integer(f"config.train.{name}", config.train[name], minimum)
+    problems += config_rules.number("config.optim.learning_rate", config.optim.learning_rate, 0.0, low_open=True)
+    problems += config_rules.number("config.optim.weight_decay", config.optim.get("weight_decay", 0.0), 0.0)
+    problems += config_rules.number("config.eval.threshold", config.eval.threshold, 0.0, low_open=True)
+    return problems
+
+
+def _method_problems(config: ml_collections.ConfigDict, build: bool) -> list[str]:
+    """`config.method_name` and the enumerated `config.model` knobs; then what the method's
+    build refuses (pure: its ConfigError is the problem)."""
+    model = config.get("model", {})
+    problems = config_rules.one_of("config.method_name", config.method_name, methods.REGISTRY)
+    for knob, allowed in MODEL_CHOICES.items():
+        if knob in model:
+            problems += config_rules.one_of(f"config.model.{knob}", model[knob], allowed)
+    if build and not problems:
+        try:
+            methods.build(config)
+        except errors.ConfigError as e:
+            problems += errors.problems_of(e)
+    return problems
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict | None:

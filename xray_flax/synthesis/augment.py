@@ -239,10 +239,17 @@ RGB_ONLY = frozenset({"hue_saturation"})
 
 def usable_ops(names: Sequence[str], channels: int) -> tuple[str, ...]:
     """The ops of `names` that apply to `channels`; raises on unknown names."""
-    unknown = [n for n in names if n not in OPS]
-    if unknown:
-        raise errors.ConfigError(f"Unknown augmentation(s) {unknown}; known: {list(OPS)}")
+    errors.require(op_problems(names))
     return tuple(n for n in names if channels == 3 or n not in RGB_ONLY)
+
+
+def op_problems(names: Sequence[str]) -> list[str]:
+    """config.synthesis.augmentations must name ops of `OPS`."""
+    unknown = [n for n in names if n not in OPS]
+    if not unknown:
+        return []
+    listing = ", ".join(repr(n) for n in OPS)
+    return [f"config.synthesis.augmentations={tuple(names)!r}: unknown {unknown}; known: {listing}"]
 
 
 def augment(key: jax.Array, image: jax.Array, names: Sequence[str], count: int) -> jax.Array:

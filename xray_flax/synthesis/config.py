@@ -8,6 +8,9 @@ Every field says what it controls and where its default comes from:
 
 import ml_collections
 
+from xray_flax import config_rules, errors
+from xray_flax.synthesis import synthesize
+
 
 def defaults() -> ml_collections.ConfigDict:
     """Returns the `config.synthesis` section with documented defaults."""
@@ -101,3 +104,19 @@ def defaults() -> ml_collections.ConfigDict:
     #        multi-device mesh where the batch axis is sharded). [ours]
     c.batch_mode = "auto"
     return c
+
+
+def check(section: ml_collections.ConfigDict, channels: int, *, reads_files: bool = True) -> list[str]:
+    """The problems of the `config.synthesis` section, one sentence each (none: it is fine).
+
+    `reads_files`: the run synthesises anomalies (train), so a DTD folder named must exist.
+    """
+    try:
+        synthesize.SynthesisSpec.from_config(section, channels)
+        problems = []
+    except errors.ConfigError as e:
+        problems = errors.problems_of(e)
+    problems += config_rules.integer("config.synthesis.max_textures", section.max_textures, 1)
+    if reads_files and section.dtd_root and section.texture_sources.dtd:
+        problems += config_rules.folder("config.synthesis.dtd_root", section.dtd_root)
+    return problems

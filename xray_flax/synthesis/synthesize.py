@@ -28,13 +28,22 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from xray_flax import errors
+from xray_flax import config_rules, errors
 from xray_flax.synthesis import augment, perlin, xray_defects
 from xray_flax.synthesis import textures as textures_lib
 
 SOURCES = ("dtd", "procedural", "batch")
 BLENDS = ("paper", "draem")
 BATCH_MODES = ("auto", "map", "vmap")
+KEY = "config.synthesis"
+
+
+def _ordered_range(key: str, value, low: float | None, high: float | None) -> list[str]:
+    """(lo, hi) with low <= lo <= hi <= high."""
+    problems = config_rules.numbers_in(key, value, 2, low, high)
+    if not problems and value[0] > value[1]:
+        problems.append(f"{key}={tuple(value)!r}: the first value must not exceed the second")
+    return problems
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,41 +75,44 @@ class SynthesisSpec:
     xray_defect_kinds: tuple[str, ...] = xray_defects.KINDS
 
     def __post_init__(self):
-        if self.channels not in (1, 3):
-            raise errors.ConfigError(f"channels must be 1 or 3, got {self.channels}")
-        lo, hi = self.scale_exponent_range
-        if not 0 <= lo <= hi <= 10:
-            raise errors.ConfigError(
-                f"scale_exponent_range {self.scale_exponent_range} must satisfy 0 <= lo <= hi <= 10"
-            )
-        if self.blend not in BLENDS:
-            raise errors.ConfigError(f"blend must be one of {BLENDS}, got {self.blend!r}")
-        if not 0.0 <= self.beta_range[0] <= self.beta_range[1] <= 1.0:
-            raise errors.ConfigError(f"beta_range {self.beta_range} must lie in [0, 1]")
-        for name in ("anomaly_probability", "rotate_normal_probability", "xray_defect_probability"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise errors.ConfigError(f"{name} must be in [0, 1]")
-        if len(self.source_weights) != len(SOURCES) or min(self.source_weights) < 0 or sum(self.source_weights) <= 0:
-            raise errors.ConfigError(
-                f"source_weights {self.source_weights} must be 3 non-negative numbers with a positive sum"
-            )
-        # Raises on unknown names; drops RGB-only ops for grey images, so a spec
-        # built directly (not from_config) is valid too.
+        errors.require(self.problems())
+        # Drops RGB-only ops for grey images, so a spec built directly (not from_config) is valid too.
         object.__setattr__(self, "augmentations", augment.usable_ops(tuple(self.augmentations), self.channels))
-        unknown = set(self.procedural_kinds) - set(textures_lib.PROCEDURAL_KINDS)
+
+    def problems(self) -> list[str]:
+        """What is wrong with this spec, one sentence each naming its config key."""
+        problems = config_rules.one_of("config.data.channels", self.channels, (1, 3))
+        problems += _ordered_range(f"{KEY}.scale_exponent_range", self.scale_exponent_range, 0, 10)
+        problems += config_rules.number(f"{KEY}.threshold", self.threshold)
+        problems += _ordered_range(f"{KEY}.mask_rotation_range", self.mask_rotation_range, None, None)
+        problems += config_rules.one_of(f"{KEY}.blend", self.blend, BLENDS)
+        problems += _ordered_range(f"{KEY}.beta_range", self.beta_range, 0.0, 1.0)
+        for name in ("anomaly_probability", "rotate_normal_probability", "xray_defect_probability"):
+            problems += config_rules.fraction(f"{KEY}.{name}", getattr(self, name))
+        problems += _ordered_range(f"{KEY}.normal_rotation_range", self.normal_rotation_range, None, None)
+        weights = self.source_weights
+        if len(weights) != len(SOURCES) or min(weights) < 0 or sum(weights) <= 0:
+            problems.append(
+                f"{KEY}.texture_sources={dict(zip(SOURCES, weights))}: the weights of {config_rules.listing(SOURCES)} "
+                "must be non-negative with a positive sum"
+            )
+        unknown = [k for k in self.procedural_kinds if k not in textures_lib.PROCEDURAL_KINDS]
         if unknown or not self.procedural_kinds:
-            raise errors.ConfigError(
-                f"procedural_kinds {self.procedural_kinds}: each must be one of {textures_lib.PROCEDURAL_KINDS}"
+            problems.append(
+                f"{KEY}.procedural_kinds={tuple(self.procedural_kinds)!r}: each must be one of "
+                f"{config_rules.listing(textures_lib.PROCEDURAL_KINDS)}"
             )
-        if not 0 <= self.num_augmentations <= len(self.augmentations):
-            raise errors.ConfigError(
-                f"num_augmentations={self.num_augmentations} but only "
-                f"{len(self.augmentations)} augmentations are usable: "
-                f"{self.augmentations}"
+        ops = augment.op_problems(self.augmentations)
+        problems += ops
+        usable = () if ops else augment.usable_ops(tuple(self.augmentations), self.channels)
+        if not ops and not (config_rules.is_int(self.num_augmentations) and 0 <= self.num_augmentations <= len(usable)):
+            problems.append(
+                f"{KEY}.num_augmentations={self.num_augmentations!r} must be an int in [0, {len(usable)}]: "
+                f"{len(usable)} augmentations are usable with {self.channels} channel(s): {usable}"
             )
-        if self.batch_mode not in BATCH_MODES:
-            raise errors.ConfigError(f"batch_mode must be one of {BATCH_MODES}")
-        xray_defects.check_kinds(self.xray_defect_kinds)
+        problems += config_rules.one_of(f"{KEY}.batch_mode", self.batch_mode, BATCH_MODES)
+        problems += xray_defects.kind_problems(self.xray_defect_kinds)
+        return problems
 
     @classmethod
     def from_config(cls, synthesis_config: ml_collections.ConfigDict, channels: int) -> "SynthesisSpec":
@@ -109,12 +121,22 @@ class SynthesisSpec:
         if not c.dtd_root:
             weights["dtd"] = 0.0  # no bank: the placeholder must never be drawn
         total = sum(weights.values())
-        if total <= 0:
-            raise errors.ConfigError(
-                "No texture source left: texture_sources weights are "
-                f"{dict(c.texture_sources)} and dtd_root is "
-                f"{c.dtd_root!r} (dtd needs a root)."
+        none_left = []
+        if total <= 0 and min(weights.values()) >= 0:
+            none_left.append(
+                f"{KEY}.texture_sources={dict(c.texture_sources)}: no texture source left "
+                f"({KEY}.dtd_root={c.dtd_root!r}, and dtd needs a root)"
             )
+            total = 1.0
+        try:
+            spec = cls._from_config(c, channels, tuple(weights[name] / total for name in SOURCES))
+        except errors.ConfigError as e:
+            errors.require(none_left + errors.problems_of(e))
+        errors.require(none_left)
+        return spec
+
+    @classmethod
+    def _from_config(cls, c: ml_collections.ConfigDict, channels: int, source_weights) -> "SynthesisSpec":
         return cls(
             channels=channels,
             scale_exponent_range=tuple(int(v) for v in c.scale_exponent_range),
@@ -125,9 +147,9 @@ class SynthesisSpec:
             anomaly_probability=float(c.anomaly_probability),
             rotate_normal_probability=float(c.rotate_normal_probability),
             normal_rotation_range=tuple(float(v) for v in c.normal_rotation_range),
-            source_weights=tuple(weights[name] / total for name in SOURCES),
+            source_weights=source_weights if sum(source_weights) > 0 else (0.0, 1.0, 0.0),
             procedural_kinds=tuple(c.procedural_kinds),
-            augmentations=augment.usable_ops(tuple(c.augmentations), channels),
+            augmentations=tuple(c.augmentations),
             num_augmentations=int(c.num_augmentations),
             batch_mode=c.batch_mode,
             xray_defect_probability=float(c.get("xray_defect_probability", 0.0)),

@@ -40,10 +40,16 @@ _DRAWS = 3 + _LINE_DRAWS + _SPOT_DRAWS
 
 
 def check_kinds(kinds: Sequence[str]) -> None:
-    """Raises ValueError unless `kinds` is a non-empty selection of KINDS."""
-    unknown = set(kinds) - set(KINDS)
-    if unknown or not kinds:
-        raise errors.ConfigError(f"xray_defect_kinds {tuple(kinds)}: each must be one of {KINDS}")
+    """Raises a ConfigError (a ValueError) unless `kinds` is a non-empty selection of KINDS."""
+    errors.require(kind_problems(kinds))
+
+
+def kind_problems(kinds: Sequence[str]) -> list[str]:
+    """config.synthesis.xray_defect_kinds must be a non-empty selection of KINDS."""
+    if kinds and not set(kinds) - set(KINDS):
+        return []
+    listing = ", ".join(repr(k) for k in KINDS)
+    return [f"config.synthesis.xray_defect_kinds={tuple(kinds)!r}: each must be one of {listing} (at least one)"]
 
 
 def _between(u: jax.Array, lo: float, hi: float) -> jax.Array:
