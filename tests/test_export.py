@@ -63,7 +63,8 @@ def test_exported_maps_equal_the_checkpoints(tmp_path, trained, detector):
     assert [a["platforms"] for a in manifest["artefacts"]] == (
         [["cpu"], ["cuda"]] if detector == "highpass" else [["cpu"], ["cuda", "tpu"]]
     )
-    assert manifest["provenance"]["config_sha256"] and manifest["provenance"]["versions"]["jax"]
+    assert manifest["provenance"]["config_sha256"] and manifest["versions"]["jax"] and manifest["normalization"]
+    assert manifest["platforms"] == (["cpu", "cuda"] if detector == "highpass" else ["cpu", "cuda", "tpu"])
 
     checkpoint = api.load(workdir)
     model = exported.load(out)

@@ -116,6 +116,7 @@ def export(
         log.info("wrote %s (%.1f MB, %.1f s)", name, len(blob) / 1e6, time.perf_counter() - start)
     threshold, source = region_threshold(config, workdir)
     opts = config.eval.predict
+    record = provenance.collect(config, started)
     manifest = {
         "format": exported.FORMAT,
         "detector": detector.name,
@@ -150,8 +151,10 @@ def export(
             "window": opts.window,
         },
         "batch_size": int(opts.batch_size),
+        "platforms": sorted({p for a in artefacts for p in a["platforms"]}),
         "artefacts": artefacts,
-        "provenance": provenance.collect(config, started),
+        "versions": record["versions"],
+        "provenance": record,
     }
     files.write_text_atomic(os.path.join(output_dir, exported.MANIFEST), json.dumps(manifest, indent=2) + "\n")
     log.info("exported %s to %s (%s)", checkpoint_path, output_dir, ", ".join(a["file"] for a in artefacts))
