@@ -51,6 +51,14 @@ def load(workdir: str) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(_typed(saved, _template(saved["detector"])))
 
 
+def template(config) -> ml_collections.ConfigDict | None:
+    """The code's default config of `config`'s detector, or of its hidden-art method (its config
+    file): the types its knobs have (`xray_flax.config_check`); None when that is unknown."""
+    if config.get("family") == "hidden_art":
+        return _hidden_art_template(config.get("config_name", ""))
+    return _template(config.get("detector"))
+
+
 def _hidden_art_template(config_name) -> ml_collections.ConfigDict | None:
     """The default config of a hidden-art method (configs/<config_name>.py), None if unknown."""
     if not isinstance(config_name, str) or not re.fullmatch(r"\w+", config_name):

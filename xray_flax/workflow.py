@@ -19,7 +19,7 @@ import os
 import jax
 import ml_collections
 
-from xray_flax import errors, evaluate, export, predict, train, workdir_lock
+from xray_flax import config_check, errors, evaluate, export, predict, train, workdir_lock
 from xray_flax.data import pipeline
 from xray_flax.report import tables
 
@@ -35,7 +35,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
 
     Returns the test report of `evaluate.evaluate`, or None when training stopped early
     (config.train.halt_after_steps, or a termination request; the same call resumes).
+    A config with problems raises one ConfigError listing them, before anything is written.
     """
+    config_check.check(config, "train")
+    return _train_and_evaluate(config, workdir)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict | None:
     os.makedirs(workdir, exist_ok=True)
     # Process 0 holds the lock for the whole job, evaluation and prediction included.
     with workdir_lock.WorkdirLock(workdir, enabled=jax.process_index() == 0):
@@ -63,9 +69,14 @@ def run(
     output_dir: str | None = None,
     export_platforms: list[str] | None = None,
 ) -> dict | list | None:
-    """What `python -m xray_flax.main --mode MODE` does with a resolved config."""
+    """What `python -m xray_flax.main --mode MODE` does with a resolved config.
+
+    The whole config is checked first (`config_check`), before anything is created or written
+    in `workdir`: a config with problems raises one ConfigError listing them all.
+    """
     if mode not in MODES:
         raise errors.ConfigError(f"--mode={mode!r}; expected one of {', '.join(MODES)}")
+    config_check.check(config, mode)
     if mode == "export":
         # The checkpoint as a jax.export artefact (xray_flax/export.py; it refuses hidden-art runs).
         return export.export(config, workdir, output_dir, export_platforms)
@@ -76,7 +87,7 @@ def run(
 
         return hidden_art.run(config, workdir, mode, output_dir)
     if mode == "train":
-        return train_and_evaluate(config, workdir)
+        return _train_and_evaluate(config, workdir)
     if mode == "evaluate":
         return evaluate.evaluate(config, workdir, output_dir)
     if not inputs:
