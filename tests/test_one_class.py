@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -70,6 +72,7 @@ def test_digits_are_upscaled_to_32_pixels_with_a_stratified_test_third():
 
 
 def test_tfds_path_with_mock_data_writes_28_pixel_pngs_that_tile_to_32(tmp_path):
+    pytest.importorskip("tensorflow", reason='the TFDS datasets need TensorFlow: pip install -e ".[tensorflow]"')
     tfds = pytest.importorskip("tensorflow_datasets")
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -92,9 +95,36 @@ def test_tfds_path_with_mock_data_writes_28_pixel_pngs_that_tile_to_32(tmp_path)
 
 
 def test_absent_tfds_data_raise_a_clear_error(tmp_path):
+    pytest.importorskip("tensorflow", reason='the TFDS datasets need TensorFlow: pip install -e ".[tensorflow]"')
     pytest.importorskip("tensorflow_datasets")
     with pytest.raises(one_class.DatasetNotPreparedError, match=r"tfds build fashion_mnist --data_dir DIR"):
         one_class.load_tfds_data("fashion_mnist", data_dir=str(tmp_path))
+
+
+# python -m xray_flax.one_class as if TensorFlow were not installed.
+PROGRAM_WITHOUT_TENSORFLOW = (
+    "from absl import app\n"
+    "from xray_flax import one_class\n"
+    "one_class.tensorflow_installed = lambda: False\n"
+    "one_class._define_flags()\n"
+    "app.run(one_class.main)\n"
+)
+
+
+def test_without_tensorflow_the_tfds_datasets_say_which_extra_to_install(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(one_class, "tensorflow_installed", lambda: False)
+    with pytest.raises(one_class.TensorFlowNeededError, match=r'pip install -e "\.\[tensorflow\]"'):
+        one_class.load_tfds_data("mnist", data_dir=str(tmp_path))
+    done = subprocess.run(
+        [sys.executable, "-c", PROGRAM_WITHOUT_TENSORFLOW, "--dataset=mnist", f"--workdir={tmp_path / 'w'}"],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 1 and done.stderr.strip().splitlines() == [
+        "error: --dataset mnist is read from TFDS's prepared files through TensorFlow, which the default install "
+        'leaves out: install it with `pip install -e ".[tensorflow]"` (or `pip install tensorflow-cpu`), '
+        "or run --dataset digits"
+    ]
 
 
 def test_unknown_classes_and_datasets_are_rejected(tmp_path):

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from xray_flax import compare, metrics
+from xray_flax import compare, metrics, summary
 from xray_flax.report import tables
 
 
@@ -107,13 +107,10 @@ def test_compare_runs_as_a_module(tmp_path):
 
 
 def test_compare_summarises_the_seeds_of_a_setting_and_plots_their_learning_curves(tmp_path, capsys):
-    # Imported here: clu.metric_writers imports TensorFlow (seconds); only this test writes events.
-    from clu import metric_writers  # noqa: PLC0415
-
     tests = {}
     for name, seed in (("a0", 0), ("a1", 1), ("b0", 2)):
         tests[name] = write_run(tmp_path / name, "m", seed)
-        writer = metric_writers.create_default_writer(str(tmp_path / name))
+        writer = summary.create_writer(str(tmp_path / name))
         for step in (100, 200, 300):
             writer.write_scalars(step, {"val_roc_auc": 0.5 + step / 1000 + seed / 100})
         writer.close()

@@ -32,9 +32,8 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
-from clu import metric_writers
 
-from xray_flax import files, metrics, parallel, provenance, scoring
+from xray_flax import files, metrics, parallel, provenance, scoring, summary
 from xray_flax.data import pipeline
 from xray_flax.report import gallery, tables
 from xray_flax.scoring import SplitScores, known, score_filter_size, score_split, score_top_k
@@ -170,7 +169,7 @@ def hyperparameters(config: ml_collections.ConfigDict) -> dict[str, bool | int |
 def write_tensorboard(report: dict, config: ml_collections.ConfigDict, logdir: str) -> None:
     """The test metrics at the checkpoint's step and the config as hyperparameters, through the
     metric-writer interface (`write_scalars`, `write_hparams` where the writer has it)."""
-    writer = metric_writers.SummaryWriter(logdir)
+    writer = summary.EventFileWriter(logdir)
     try:
         writer.write_scalars(int(report.get("step") or 0), test_scalars(report))
         if hasattr(writer, "write_hparams"):

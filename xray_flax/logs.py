@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 import sys
 
-# Orbax, grain and TensorFlow log every save and restore at INFO through absl.
-_QUIET = ("absl", "orbax", "grain", "tensorflow", "jax._src")
+# Orbax, grain and TensorFlow log every save and restore at INFO through absl; the summary
+# writer logs every TensorBoard scalar (the progress lines already show the losses).
+_QUIET = ("absl", "orbax", "grain", "tensorflow", "jax._src", "xray_flax.summary")
 
 
 def configure(verbose: bool = False) -> None:

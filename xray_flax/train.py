@@ -23,7 +23,6 @@ import os
 import jax
 import ml_collections
 import numpy as np
-from clu import metric_writers
 
 from xray_flax import checkpoint, detectors, errors, files, parallel, progress, scoring, steps
 from xray_flax.data import pipeline
@@ -31,6 +30,7 @@ from xray_flax.data import validate as data_validate
 from xray_flax.inference import Inferencer
 from xray_flax.normalization import IDENTITY
 from xray_flax.stop_request import StopRequest
+from xray_flax.summary import create_writer
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> bool:
     # so that none waits in a collective while another stops): bad data fail in seconds.
     data_validate.validate_splits(splits, config.data)
     ckpt = checkpoint.Checkpointer(workdir, keep=config.train.keep_checkpoints)
-    writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+    writer = create_writer(workdir, just_logging=jax.process_index() > 0)
     run = _train if detector.kind == detectors.GRADIENT else _fit
     finished = False
     try:

@@ -14,7 +14,8 @@ need from the shared modules (docs/architecture.md, "One trainer story"):
   state, meta with SHA-256 digests; free-space check; a damaged newest step moved to `corrupt/`
   when an older one is sound). There is no data iterator to save: the batches of step s are a
   function of (seed, s), so a resumed run equals an uninterrupted one;
-* progress lines and TensorBoard scalars: `xray_flax.progress.ReportProgress` and clu's writer;
+* progress lines and TensorBoard scalars: `xray_flax.progress.ReportProgress` and
+  `xray_flax.summary.create_writer`;
 * the stop request: `xray_flax.stop_request.StopRequest` (SIGTERM or Ctrl-C saves a checkpoint
   and stops; the same command resumes).
 """
@@ -26,11 +27,11 @@ import logging
 import jax
 import ml_collections
 import numpy as np
-from clu import metric_writers
 
 from xray_flax import checkpoint, errors, progress
 from xray_flax.hidden_art import data, methods
 from xray_flax.stop_request import StopRequest
+from xray_flax.summary import create_writer
 from xray_flax.train_state import TrainState, guard_nonfinite
 
 log = logging.getLogger(__name__)
@@ -91,7 +92,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, method: methods.Metho
         return variables
     state = TrainState.create(variables, method.optimizer)
     ckpt = checkpoint.Checkpointer(workdir, keep=CHECKPOINTS_KEPT)
-    writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+    writer = create_writer(workdir, just_logging=jax.process_index() > 0)
     finished = False
     try:
         restored = _restore(ckpt, state)

@@ -92,6 +92,12 @@ def logged_scalars(workdir: str | os.PathLike, tag: str) -> dict[int, float]:
     for path in sorted(glob.glob(os.path.join(os.fspath(workdir), "events.out.tfevents.*"))):
         for event in event_file_loader.EventFileLoader(path).Load():
             for value in event.summary.value:
-                if value.tag == tag:
+                if value.tag != tag:
+                    continue
+                # TensorFlow's and xray_flax.summary's writers store a tensor; older writers
+                # (tf.compat.v1, tensorboardX) a simple_value.
+                if value.WhichOneof("value") == "simple_value":
+                    values[int(event.step)] = float(value.simple_value)
+                else:
                     values[int(event.step)] = float(tensor_util.make_ndarray(value.tensor))
     return values
