@@ -24,7 +24,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from xray_flax import checkpoint, detectors, errors, files, parallel, progress, scoring, steps
+from xray_flax import checkpoint, config_check, detectors, errors, files, parallel, progress, scoring, steps
 from xray_flax.data import pipeline
 from xray_flax.data import validate as data_validate
 from xray_flax.inference import Inferencer
@@ -53,14 +53,11 @@ def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
 
 
 def validate_config(config: ml_collections.ConfigDict, detector: detectors.Detector) -> None:
-    multiple = detector.size_multiple
-    if config.data.patch_size % multiple:
-        raise errors.ConfigError(
-            f"config.data.patch_size={config.data.patch_size} must be a multiple of {multiple} "
-            f"for the {detector.name} detector as configured (one halving per pooling level)"
-        )
-    if config.train.num_steps < 1:
-        raise errors.ConfigError(f"config.train.num_steps must be >= 1, got {config.train.num_steps}")
+    """The last line of defence: `xray_flax.config_check` checked the whole config (these rules
+    among them) before the workflow wrote anything."""
+    errors.require(
+        detectors.patch_size_problems(config.data.patch_size, detector) + config_check.train_problems(config.train)
+    )
 
 
 def _mean_metrics(pending: list[dict]) -> dict[str, float]:
