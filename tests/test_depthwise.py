@@ -15,6 +15,8 @@ from jax import export
 
 from xray_flax.nn import depthwise
 
+pytestmark = pytest.mark.gpu  # the forms must agree on a GPU too (benchmarks/device/run_gpu.py)
+
 CASES = [  # (x shape, kernel, stride, padding)
     ((2, 9, 11, 5), 3, 1, "SAME"),
     ((2, 9, 11, 5), 3, 2, "SAME"),  # TF 'same': the extra pixel after

@@ -12,6 +12,8 @@ from xray_flax import detectors
 from xray_flax.detectors import TrainState
 from xray_flax.detectors.draem import network as draem_model
 
+pytestmark = pytest.mark.gpu  # bf16 is where a GPU differs most (benchmarks/device/run_gpu.py)
+
 
 def _setup(dtype: str):
     config = tiny.get_config()

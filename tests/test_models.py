@@ -103,6 +103,7 @@ def test_draem_networks_match_layer_lists_and_anomalib_counts():
     assert param_count(DraemDiscriminative(), (1, 32, 32, 6)) == draem_discriminative_count(6) == 28_374_146
 
 
+@pytest.mark.gpu
 @pytest.mark.parametrize("reconstructive,discriminative", [("nested_unet", "unet"), ("draem", "draem")])
 @pytest.mark.parametrize("channels", [1, 3])
 def test_detector_output_shapes(reconstructive, discriminative, channels):

@@ -14,6 +14,8 @@ from jax import export
 
 from xray_flax.nn import layers
 
+pytestmark = pytest.mark.gpu  # the forms must agree on a GPU too (benchmarks/device/run_gpu.py)
+
 
 def _op_counts(fn, *args, platform: str) -> Counter:
     """StableHLO op names -> count in fn's jitted lowering for `platform` (no device of it needed)."""
