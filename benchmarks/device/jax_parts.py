@@ -327,6 +327,7 @@ def part_patchcore(part: Part) -> None:
         "bank_size": int(config.model.bank_size),
         "chunk_size": int(config.model.chunk_size),
         "patches_per_tile": positions,
+        "buffer_full_after_tiles": int(config.model.chunk_size) // positions,
         "device": device_name(),
         "batch_s": [],
     }
@@ -349,9 +350,7 @@ def part_patchcore(part: Part) -> None:
             result["timed_tiles"] = batch * len(timed)
             # Tiles past chunk_size / patches_per_tile fill the buffer: from then on each batch merges
             # and reduces the coreset, which the rate then includes.
-            result["coreset_reductions_included"] = (len(result["batch_s"]) * batch * positions) > int(
-                config.model.chunk_size
-            )
+            result["coreset_reductions_included"] = len(result["batch_s"]) * batch > result["buffer_full_after_tiles"]
         part.write()
     print(f"[patchcore] {result.get('tiles_per_s', float('nan')):.1f} tiles/s; batches {result['batch_s']}", flush=True)
 
