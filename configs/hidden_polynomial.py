@@ -4,7 +4,7 @@ map is the signed residual (band darker than predicted) of the longest band. Eve
 was chosen on the validation paintings of simulation seed 0 only (docs/results.md, "Map forms");
 the held-out seed's numbers are in the same section."""
 
-from configs.hidden_base import get_hidden_config
+from xray_flax.hidden_art.config import get_hidden_config
 
 
 def get_config():

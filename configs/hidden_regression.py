@@ -12,6 +12,12 @@ def get_config():
     # (measured in development: residual outside the hidden region 0.07 vs 0.11 band std with L2).
     # [Blazek et al.: least squares; ours: l1]
     config.model.loss = "l1"
-    config.train.num_steps = 400
+    # Map form (xray_flax/hidden_art/maps.py): the signed residual prediction - band of the longest
+    # band over its MAD noise scale (docs/results.md, "Hidden-art extraction": chosen on simulation
+    # seed 0's validation paintings; the first version's |residual| mean over bands: 0.573).
+    config.model.sign = "signed"
+    config.model.scale = "noise"
+    config.model.combination = "longest"
+    config.train.num_steps = 2000  # 400 steps: AUROC 0.872, 2,000: 0.897 (docs/results.md)
     config.train.crop = 96
     return config

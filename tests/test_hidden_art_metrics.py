@@ -46,6 +46,18 @@ def test_metrics_match_independent_references():
     pix = dm_pix.ssim(jnp.asarray(scaled[..., None], jnp.float32), jnp.asarray(truth[..., None], jnp.float32))
     np.testing.assert_allclose(got["ssim"], float(pix), atol=2e-3)
     np.testing.assert_allclose(got["auroc"], _pairwise_auroc(recovered.ravel(), mask.ravel()), rtol=1e-10)
+    np.testing.assert_allclose(
+        got["average_precision"], _average_precision(recovered.ravel(), mask.ravel()), rtol=1e-10
+    )
+
+
+def _average_precision(scores, labels):
+    """Mean over the hidden pixels of the precision among the pixels scored at least as high
+    (scores without ties)."""
+    order = np.argsort(-scores)
+    hits = labels[order]
+    precision = np.cumsum(hits) / np.arange(1, hits.size + 1)
+    return precision[hits].mean()
 
 
 def test_metrics_are_invariant_to_the_maps_units_and_perfect_on_the_truth():
@@ -115,4 +127,6 @@ def test_mean_metrics_skip_missing_values():
         "ssim_count": 0,
         "auroc": None,
         "auroc_count": 0,
+        "average_precision": None,
+        "average_precision_count": 0,
     }

@@ -24,14 +24,16 @@ import importlib
 
 import jax
 import jax.numpy as jnp
+import jraph
 import numpy as np
 import pytest
+from scipy import ndimage as ndi
 from scipy.stats import median_abs_deviation
 from sklearn.metrics import roc_auc_score
 
 from xray_flax import errors
 from xray_flax.hidden_art import evaluate as hidden_evaluate
-from xray_flax.hidden_art import maps, methods, paintings, polynomial, train
+from xray_flax.hidden_art import maps, methods, node_regression, paintings, polynomial, siamese_conv, train
 from xray_flax.hidden_art import simulate as S
 
 HELD_OUT_SEED = 7  # never used to choose a setting (module text)
@@ -251,3 +253,87 @@ def test_the_job_feeds_methods_blind_paintings(tmp_path, monkeypatch):
     variables = train.train(config, str(tmp_path / "w"), method, scenes)
     hidden_evaluate.evaluate(config, str(tmp_path / "w"), variables=variables, method=method)
     assert len(seen) >= 4 and not any(keys & set(methods.TRUTH_KEYS) for keys in seen), seen
+
+
+# ----------------------------------------------------------------------------- the tools made to localise
+
+
+def test_node_statistics_against_scipy():
+    rng = np.random.default_rng(3)
+    rgb = rng.uniform(size=(20, 24, 3)).astype(np.float32)
+    bands = rng.uniform(size=(20, 24, 3)).astype(np.float32)
+    labels = (np.arange(20)[:, None] // 5) * 4 + (np.arange(24)[None, :] // 6)  # 16 blocks
+    index = np.arange(16)
+    linear = np.asarray(polynomial.linearise(rgb), np.float64)
+    x = node_regression.node_inputs(rgb, labels)
+    for c in range(3):
+        np.testing.assert_allclose(x[:, c], ndi.mean(linear[..., c], labels, index), rtol=1e-5)
+        np.testing.assert_allclose(x[:, 3 + c], ndi.minimum(linear[..., c], labels, index), rtol=1e-5)
+        np.testing.assert_allclose(x[:, 6 + c], ndi.maximum(linear[..., c], labels, index), rtol=1e-5)
+    luma = rgb.astype(np.float64) @ np.array([0.2989, 0.5870, 0.1140])
+    np.testing.assert_allclose(x[:, 9], ndi.standard_deviation(luma, labels, index), rtol=1e-4, atol=1e-6)
+    y = node_regression.node_targets(bands, labels)
+    for b in range(3):
+        np.testing.assert_allclose(y[:, b], ndi.mean(bands[..., b], labels, index), rtol=1e-5)
+        np.testing.assert_allclose(y[:, 3 + b], ndi.minimum(bands[..., b], labels, index), rtol=1e-6)
+
+
+def test_per_painting_calibration_against_numpy():
+    """Two paintings in one padded batch: each painting's targets refitted on [1, prediction] by
+    its own Huber IRLS, equal to the NumPy IRLS on that painting's nodes alone."""
+    rng = np.random.default_rng(5)
+    items = []
+    for n in (30, 22):
+        graph = jraph.GraphsTuple(
+            nodes=rng.uniform(size=(n, 11)).astype(np.float32),
+            edges=None,
+            senders=np.zeros(0, np.int32),
+            receivers=np.zeros(0, np.int32),
+            n_node=np.array([n], np.int32),
+            n_edge=np.array([0], np.int32),
+            globals=None,
+        )
+        labels = np.repeat(np.arange(n), 4).reshape(n, 4).astype(np.int32)
+        items.append({"graph": graph, "targets": rng.normal(size=(n, 4)).astype(np.float32), "labels": labels})
+    items[1]["labels"] = np.pad(items[1]["labels"], ((0, 8), (0, 0)))  # one painting size for the batch
+    batch = node_regression.collate(items)
+    total = batch["graph"].nodes.shape[0]
+    prediction = rng.normal(size=(total, 4)).astype(np.float32)
+    got = np.asarray(node_regression.calibrated(jnp.asarray(prediction), batch))
+    start = 0
+    for it in items:
+        n = it["targets"].shape[0]
+        x = np.concatenate([np.ones((n, 1)), prediction[start : start + n]], axis=1).astype(np.float64)
+        for t in range(4):
+            beta = _huber_irls_numpy(x, it["targets"][:, t].astype(np.float64), 10)
+            np.testing.assert_allclose(got[start : start + n, t], x @ beta, atol=2e-3)
+        start += n
+
+
+def test_siamese_predictor_band_branch_is_fixed():
+    rng = np.random.default_rng(2)
+    batch = {
+        "rgb": jnp.asarray(rng.uniform(size=(2, 16, 16, 3)), jnp.float32),
+        "bands": jnp.asarray(rng.uniform(size=(2, 16, 16, 4)), jnp.float32),
+    }
+    variables = siamese_conv.predictor_init(jax.random.key(0), batch)
+    grad_bands = jax.grad(lambda bands: siamese_conv.predictor_loss(variables["params"], {**batch, "bands": bands}))(
+        batch["bands"]
+    )
+    np.testing.assert_array_equal(np.asarray(grad_bands), 0.0)  # stop-gradient: no gradient reaches the bands
+    out = siamese_conv.predictor_dissimilarity(variables, batch)
+    z = (np.asarray(batch["bands"]) - np.asarray(batch["bands"]).mean((1, 2), keepdims=True)) / (
+        np.asarray(batch["bands"]).std((1, 2), keepdims=True) + 1e-6
+    )
+    np.testing.assert_allclose(np.asarray(out["signed"]), np.asarray(out["prediction"]) - z, atol=1e-5)
+    assert out["map"].shape == (2, 16, 16) and out["collage"].shape == (2, 16, 16)
+
+
+@pytest.mark.parametrize("name", ["gcn_contrastive", "gat_contrastive", "siamese_conv_contrastive"])
+def test_contrastive_variants_stay_as_configs(name):
+    config = _config(name)
+    assert config.model.objective == "contrastive" and config.config_name == f"hidden_{name}"
+    method = methods.build(config)
+    assert method.trained and method.name == name.replace("_contrastive", "")
+    localising = methods.build(_config(name.replace("_contrastive", "")))
+    assert localising.train_step is not method.train_step

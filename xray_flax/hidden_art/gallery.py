@@ -44,7 +44,12 @@ from xray_flax.report.html import png_data_uri
 from xray_flax.report.tables import format_number
 
 _CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
-_METRIC_TITLES = {"correlation": "correlation (Pearson r)", "ssim": "SSIM", "auroc": "AUROC (hidden mask)"}
+_METRIC_TITLES = {
+    "correlation": "correlation (Pearson r)",
+    "ssim": "SSIM",
+    "auroc": "AUROC (hidden mask)",
+    "average_precision": "average precision (hidden mask)",
+}
 
 
 def painting_entry(scene: Mapping, outputs: Mapping[str, Mapping]) -> dict:

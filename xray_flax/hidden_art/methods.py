@@ -36,7 +36,7 @@ import ml_collections
 import optax
 
 from xray_flax import errors
-from xray_flax.hidden_art import data, gnn, graphs, maps, polynomial, regression, siamese_conv
+from xray_flax.hidden_art import data, gnn, graphs, maps, node_regression, polynomial, regression, siamese_conv
 from xray_flax.hidden_art import dissimilarity as plain
 
 # What a method must never see: the simulator's truth and its noiseless / hidden-free bands.
@@ -165,8 +165,32 @@ def _regression(config) -> Method:
     )
 
 
+def _siamese_predictor(config) -> Method:
+    """The 2024 tool made to localise: the asymmetric predictor (`siamese_conv`, module text)."""
+    m = config.model
+    tx = siamese_conv.optimizer(config.optim.to_dict())
+    return Method(
+        name="siamese_conv",
+        init=siamese_conv.predictor_init,
+        dissimilarity=functools.partial(
+            siamese_conv.predictor_dissimilarity,
+            threshold=float(m.threshold),
+            reference_quantile=float(m.reference_quantile),
+            **form_of(m, maps.DEFAULT_FORM),
+        ),
+        **PIXEL,
+        optimizer=tx,
+        train_step=functools.partial(siamese_conv.predictor_train_step, tx=tx, crop=m.crop or None),
+    )
+
+
 def _siamese_conv(config) -> Method:
     m = config.model
+    objective = m.get("objective", "contrastive")
+    if objective not in siamese_conv.OBJECTIVES:
+        raise errors.ConfigError(f"config.model.objective={objective!r} must be one of {siamese_conv.OBJECTIVES}")
+    if objective == "predictor":
+        return _siamese_predictor(config)
     tx = siamese_conv.optimizer(config.optim.to_dict())
     return Method(
         name="siamese_conv",
@@ -185,8 +209,47 @@ def _siamese_conv(config) -> Method:
     )
 
 
+GRAPH_OBJECTIVES = ("contrastive", "regression")
+
+
+def _graph_regression(arch: str, config) -> Method:
+    """The graph tools made to localise: node-level regression of the bands' node statistics
+    (`node_regression`), map = the signed node residual."""
+    m = config.model
+    model = {"arch": arch, "heads": int(m.heads), "dropout": float(m.dropout)}
+    statistic, calibrate = m.get("statistic", "both"), m.get("calibrate", "prediction")
+    if statistic not in node_regression.STATISTICS or calibrate not in node_regression.CALIBRATIONS:
+        raise errors.ConfigError(
+            f"config.model.statistic={statistic!r} must be one of {node_regression.STATISTICS} and "
+            f"config.model.calibrate={calibrate!r} one of {node_regression.CALIBRATIONS}"
+        )
+    tx = node_regression.optimizer(config.optim.to_dict())
+    return Method(
+        name=arch,
+        init=functools.partial(node_regression.init, **model),
+        dissimilarity=functools.partial(
+            node_regression.dissimilarity,
+            statistic=statistic,
+            calibrate=calibrate,
+            **model,
+            **form_of(m, maps.DEFAULT_FORM),
+        ),
+        item=functools.partial(node_regression.item, n_segments=int(m.n_segments), compactness=float(m.compactness)),
+        sizes=node_regression.sizes,
+        collate=node_regression.collate,
+        augment=False,
+        optimizer=tx,
+        train_step=functools.partial(node_regression.train_step, tx=tx, **model),
+    )
+
+
 def _graph(arch: str, config) -> Method:
     m = config.model
+    objective = m.get("objective", "contrastive")
+    if objective not in GRAPH_OBJECTIVES:
+        raise errors.ConfigError(f"config.model.objective={objective!r} must be one of {GRAPH_OBJECTIVES}")
+    if objective == "regression":
+        return _graph_regression(arch, config)
     model = {"arch": arch, "heads": int(m.heads), "dropout": float(m.dropout)}
     tx = gnn.optimizer(config.optim.to_dict())
     return Method(

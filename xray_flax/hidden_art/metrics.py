@@ -2,7 +2,8 @@
 correlation and SSIM of the recovered image with the truth, AUROC of the hidden mask).
 
 Public functions and the source of each choice
-- `recovery_metrics(recovered, truth, mask)` -> {"correlation", "ssim", "auroc": float or None,
+- `recovery_metrics(recovered, truth, mask)` -> {"correlation", "ssim", "auroc",
+  "average_precision": float or None,
   "reasons": {metric: why it is None}}:
   * correlation: Pearson r of the two maps over all pixels (`scipy.stats.pearsonr`, float64)
     [ours: invariant to the map's scale and offset, which differ between methods].
@@ -13,8 +14,11 @@ Public functions and the source of each choice
     paper's]. Min-max scaling makes the score independent of the map's units, as correlation is.
   * auroc: `sklearn.metrics.roc_auc_score(mask, recovered)` over all pixels: how well the map
     ranks hidden pixels above the others, at every threshold [ours].
+  * average_precision: `sklearn.metrics.average_precision_score(mask, recovered)`: the mean
+    precision over the recall levels, which, unlike the AUROC, depends on how rare the hidden
+    pixels are (chance = the hidden share of the pixels, about 0.1 here) [ours; issue 27].
   Degenerate inputs give None and a reason, never NaN: a constant map (correlation, SSIM),
-  a constant truth (correlation, SSIM), a mask with one class only (AUROC), images smaller than
+  a constant truth (correlation, SSIM), a mask with one class only (AUROC, average precision), images smaller than
   the 11 x 11 window (SSIM).
 - `mean_metrics(rows)` -> {metric: mean over the rows where it is not None, "<metric>_count":
   how many}: the per-method summary over paintings.
@@ -27,9 +31,9 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 from scipy.stats import pearsonr
 from skimage.metrics import structural_similarity
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import average_precision_score, roc_auc_score
 
-METRICS = ("correlation", "ssim", "auroc")
+METRICS = ("correlation", "ssim", "auroc", "average_precision")
 SSIM_SIGMA = 1.5
 # skimage's window for gaussian_weights=True: 2 * int(truncate * sigma + 0.5) + 1, truncate 3.5.
 SSIM_WINDOW = 2 * int(3.5 * SSIM_SIGMA + 0.5) + 1
@@ -92,8 +96,10 @@ def recovery_metrics(recovered, truth, mask) -> dict:
     hidden = int(mask.sum())
     if hidden == 0 or hidden == mask.size:
         reasons["auroc"] = f"the hidden mask has one class only ({'all' if hidden else 'no'} pixels hidden)"
+        reasons["average_precision"] = reasons["auroc"]
     else:
         out["auroc"] = float(roc_auc_score(mask.ravel(), recovered.ravel()))
+        out["average_precision"] = float(average_precision_score(mask.ravel(), recovered.ravel()))
     out["reasons"] = reasons
     return out
 

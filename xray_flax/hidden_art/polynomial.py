@@ -19,7 +19,8 @@ Public functions and the source of each choice
   with weights from the residual scaled by its MAD (1.4826 x median |r - median r|):
   "huber" (default; w = min(1, c / |u|), c = 1.345) or "tukey" (bisquare, w = (1 - (u / c)^2)^2
   for |u| < c, c = 4.685) [the usual 95 %-efficiency constants]; "l2": no reweighting. A ridge of
-  `ridge` x the mean diagonal keeps flat paintings solvable [ours].
+  `ridge` x the mean diagonal keeps flat paintings solvable [ours]. `mask` [N, P] restricts
+  each fit (and its scale) to some rows (the graph methods: one painting's superpixels).
 - `init(key, batch)` -> {} and `dissimilarity(variables, batch, *, degree, robust, iterations,
   linear_rgb, sign, scale, combination)` -> {"per_band", "map", "signed" (prediction - band),
   "prediction", "band_weights"}.
@@ -70,27 +71,38 @@ def _solve(x: jax.Array, y: jax.Array, w: jax.Array, ridge: float) -> jax.Array:
     return jnp.swapaxes(jnp.linalg.solve(gram, rhs[..., None])[..., 0], -1, -2)
 
 
-def _weights(residual: jax.Array, robust: str) -> jax.Array:
-    centre = jnp.median(residual, axis=1, keepdims=True)
-    scale = maps.MAD_TO_STD * jnp.median(jnp.abs(residual - centre), axis=1, keepdims=True) + _EPS
+def _weights(residual: jax.Array, robust: str, mask: jax.Array | None = None) -> jax.Array:
+    if mask is not None:  # the scale from the rows that count only
+        residual = jnp.where(mask[..., None], residual, jnp.nan)
+    centre = jnp.nanmedian(residual, axis=1, keepdims=True)
+    scale = maps.MAD_TO_STD * jnp.nanmedian(jnp.abs(residual - centre), axis=1, keepdims=True) + _EPS
     u = jnp.abs(residual / scale)
     if robust == "huber":
-        return jnp.minimum(1.0, _C["huber"] / jnp.maximum(u, _EPS))
-    return jnp.square(jnp.maximum(1.0 - jnp.square(u / _C["tukey"]), 0.0))
+        w = jnp.minimum(1.0, _C["huber"] / jnp.maximum(u, _EPS))
+    else:
+        w = jnp.square(jnp.maximum(1.0 - jnp.square(u / _C["tukey"]), 0.0))
+    return w if mask is None else jnp.where(mask[..., None], w, 0.0)
 
 
 def robust_fit(
-    x: jax.Array, y: jax.Array, *, iterations: int = 10, robust: str = "huber", ridge: float = 1e-6
+    x: jax.Array,
+    y: jax.Array,
+    *,
+    iterations: int = 10,
+    robust: str = "huber",
+    ridge: float = 1e-6,
+    mask: jax.Array | None = None,
 ) -> jax.Array:
-    """Coefficients [N, F, B] of y [N, P, B] ~ x [N, P, F] per image and band; see the module text."""
+    """Coefficients [N, F, B] of y [N, P, B] ~ x [N, P, F] per image and band; see the module
+    text. `mask` bool [N, P]: the rows of each fit (default all)."""
     if robust not in ROBUST:
         raise ValueError(f"robust {robust!r} is unknown; expected one of {ROBUST}")
-    w = jnp.ones_like(y)
+    w = jnp.ones_like(y) if mask is None else jnp.broadcast_to(mask[..., None], y.shape).astype(y.dtype)
     coef = _solve(x, y, w, ridge)
     if robust == "l2":
         return coef
     for _ in range(int(iterations)):
-        w = _weights(y - jnp.einsum("npf,nfb->npb", x, coef), robust)
+        w = _weights(y - jnp.einsum("npf,nfb->npb", x, coef), robust, mask)
         coef = _solve(x, y, w, ridge)
     return coef
 

@@ -47,6 +47,18 @@ Public functions (the family contract of common.md) and the source of each choic
   `crop` x `crop` window (the same for the RGB and the bands, drawn with `key`) [ours: bounds the
   memory of the N x B band images at full resolution]. Metrics: loss, grad_norm, positive,
   negative (the mean block distances).
+- THE ASYMMETRIC PREDICTOR (`objective="predictor"`, configs/hidden_siamese_conv.py; issue 27)
+  [ours, in the tool's spirit: two branches, one compared with the other]: the trainable RGB
+  branch (`PredictorBranch`: 3x3 conv 3->32, LeakyReLU, 3x3 32->32, LeakyReLU, 1x1 32->B, a 5 x 5
+  receptive field) predicts every band; the band branch is FIXED, a parameter-free per-image
+  z-score of each band, under stop-gradient (`band_targets`). Loss: mean |prediction - target|
+  over the pixels and bands of random crops (L1: the training paintings' hidden pixels are a
+  minority the median ignores). Map: the signed residual prediction - target (positive: the band
+  darker than the RGB predicts), `maps.form` (sign, scale, combination). Why: the contrastive
+  objective rewards the branches for agreeing, so its shared stack learns to drop exactly what
+  differs, the hidden layer (measured at chance level); with the band as a fixed target the
+  network cannot learn to ignore it, only to predict what the RGB shows.
+  `predictor_dissimilarity(variables, batch, sign, scale, combination)`.
 - `dissimilarity(variables, batch, ...)` -> {"per_band" [N, H, W, B] = |F(proj(RGB)) - F(band)|,
   "map" = combine(per_band) (mean over bands by default), "collage" int32 [N, H, W] (-1 below
   the threshold), "strength" [N, H, W]} (see `dissimilarity.collage` for the fixed threshold).
@@ -62,10 +74,12 @@ import jax.numpy as jnp
 import optax
 
 from xray_flax.hidden_art import dissimilarity as dis
+from xray_flax.hidden_art import maps
 from xray_flax.train_state import TrainState
 
 DEFAULT_LEARNING_RATE = 1e-3
 _NEGATIVE_SLOPE = 0.01  # [ArtExtract code] nn.LeakyReLU(0.01)
+OBJECTIVES = ("predictor", "contrastive")
 
 
 def _norm() -> nn.Module:
@@ -200,6 +214,81 @@ def dissimilarity(
     return {
         "per_band": per_band,
         "map": dis.combine(per_band, combination),
+        "collage": pieces["collage"],
+        "strength": pieces["strength"],
+    }
+
+
+# ----------------------------------------------------------------------------- the asymmetric predictor
+
+
+class PredictorBranch(nn.Module):
+    """The trainable RGB branch: RGB [N, H, W, 3] -> predicted band targets [N, H, W, B]."""
+
+    n_bands: int
+    width: int = 32
+
+    @nn.compact
+    def __call__(self, rgb: jax.Array) -> jax.Array:
+        x = jnp.asarray(rgb, jnp.float32) - 0.5
+        for kernel in (3, 3):
+            x = nn.leaky_relu(nn.Conv(self.width, (kernel, kernel))(x), _NEGATIVE_SLOPE)
+        return nn.Conv(self.n_bands, (1, 1))(x)
+
+
+def band_targets(bands: jax.Array) -> jax.Array:
+    """The fixed band branch: each band z-scored per image, under stop-gradient."""
+    return jax.lax.stop_gradient(dis.normalise(bands, "zscore"))
+
+
+def predictor_init(key: jax.Array, batch: dict) -> dict:
+    n_bands = dis.validate_batch(batch)[-1]
+    return PredictorBranch(n_bands).init(key, batch["rgb"][:1])
+
+
+def predictor_loss(params, batch: dict) -> jax.Array:
+    n_bands = dis.validate_batch(batch)[-1]
+    prediction = PredictorBranch(n_bands).apply({"params": params}, batch["rgb"])
+    return jnp.mean(jnp.abs(prediction - band_targets(batch["bands"])))
+
+
+def predictor_train_step(
+    state: TrainState,
+    batch: dict,
+    key: jax.Array,
+    *,
+    tx: optax.GradientTransformation | None = None,
+    crop: int | None = None,
+) -> tuple[TrainState, dict]:
+    """One L1 step of the RGB branch on (a random crop of) the batch."""
+    tx = optimizer() if tx is None else tx
+    if crop is not None:
+        batch = random_crop(batch, key, crop)
+    value, grads = jax.value_and_grad(predictor_loss)(state.params, batch)
+    return state.apply_gradients(grads, tx), {"loss": value, "grad_norm": optax.tree.norm(grads)}
+
+
+def predictor_dissimilarity(
+    variables: dict,
+    batch: dict,
+    *,
+    sign: str = "signed",
+    scale: str = "noise",
+    combination: str = "longest",
+    threshold: float = 0.5,
+    reference_quantile: float = 0.99,
+) -> dict[str, jax.Array]:
+    """{"per_band", "map", "band_weights" (`maps.form`), "signed" = prediction - target,
+    "prediction", "collage", "strength"}."""
+    n_bands = dis.validate_batch(batch)[-1]
+    prediction = PredictorBranch(n_bands).apply(variables, batch["rgb"])
+    signed = prediction - band_targets(batch["bands"])
+    out = maps.form(signed, sign=sign, scale=scale, combination=combination)
+    pieces = dis.collage(jnp.abs(out["per_band"]), threshold=threshold, reference_quantile=reference_quantile)
+    return {
+        **out,
+        "signed": signed,
+        "prediction": prediction,
         "collage": pieces["collage"],
         "strength": pieces["strength"],
     }
