@@ -1,5 +1,5 @@
 """What `pip install -e .` puts in the environment: config files load by path with no top-level
-`configs` package installed."""
+`configs` package installed; the `xray-flax` console command beside the interpreter."""
 
 from __future__ import annotations
 
@@ -47,3 +47,40 @@ def test_configs_dir_is_the_repository_folder_and_sibling_loads_by_name():
     assert os.path.samefile(config_files.CONFIGS_DIR, os.path.join(REPO, "configs"))
     paper = config_files.sibling(os.path.join(config_files.CONFIGS_DIR, "draem.py"), "paper")
     assert paper.get_config().data.patch_size == 512
+
+
+def _console_command() -> str:
+    path = os.path.join(os.path.dirname(sys.executable), "xray-flax")
+    assert os.path.isfile(path) and os.access(path, os.X_OK), f"{path} is missing: {REINSTALL}"
+    return path
+
+
+def test_the_console_command_prints_the_command_lines_help(tmp_path):
+    done = subprocess.run([_console_command(), "--help"], cwd=tmp_path, capture_output=True, text=True)
+    # absl's --help exits 1 (as `python -m xray_flax.main --help` does).
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert done.stdout.startswith("Command line: python -m xray_flax.main --config")
+    assert "--workdir: Directory for checkpoints, logs and results." in done.stdout
+
+
+def test_the_console_command_reports_a_bad_flag_in_one_line_and_exits_2(tmp_path):
+    done = subprocess.run(
+        [_console_command(), "--no_such_flag", "--workdir", str(tmp_path)], capture_output=True, text=True
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1] == "error: Unknown command line flag 'no_such_flag'"
+
+
+def test_the_console_command_runs_a_config_file_from_another_folder(tmp_path):
+    """Outside the repository (the console command puts no folder of it on sys.path) a config
+    file that loads a sibling (hard.py -> highpass.py) resolves; a workdir without a checkpoint
+    then fails in one line."""
+    config = os.path.join(config_files.CONFIGS_DIR, "hard.py:highpass")
+    done = subprocess.run(
+        [_console_command(), f"--config={config}", f"--workdir={tmp_path / 'w'}", "--mode=evaluate"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert done.stderr.strip().splitlines()[-1].startswith("error: ")

@@ -1,4 +1,5 @@
-"""Command line: python -m xray_flax.main --config configs/default.py --workdir DIR [--mode ...].
+"""Command line: python -m xray_flax.main --config configs/default.py --workdir DIR [--mode ...]
+(or `xray-flax` with the same flags: the console command that `pip install` puts beside python).
 
   --mode train     train (resuming from DIR if it holds a checkpoint), then evaluate the best
                    checkpoint on the test split
@@ -237,5 +238,18 @@ def _run(config) -> None:
     workflow.run(config, _WORKDIR.value, _MODE.value, _INPUTS.value, _OUTPUT_DIR.value, _EXPORT_PLATFORMS.value)
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """The `xray-flax` console command (pyproject.toml [project.scripts]), the same program as
+    `python -m xray_flax.main`."""
+    # absl's --help prints the __main__ module's docstring and the flags of sys.argv[0]: here the
+    # installed script's, so give it this module's.
+    script = sys.modules["__main__"]
+    if script.__doc__ is None:
+        script.__doc__ = __doc__
+    for flag in flags.FLAGS.get_key_flags_for_module(__name__):
+        flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
     app.run(main, flags_parser=parse_flags)
+
+
+if __name__ == "__main__":
+    run()
