@@ -337,3 +337,25 @@ def test_contrastive_variants_stay_as_configs(name):
     assert method.trained and method.name == name.replace("_contrastive", "")
     localising = methods.build(_config(name.replace("_contrastive", "")))
     assert localising.train_step is not method.train_step
+
+
+# ----------------------------------------------------------------------------- false-positive control
+
+
+def test_false_positive_control_on_paintings_that_hide_nothing(tmp_path):
+    """The threshold set on simulated paintings for 5 % false positives flags about 5 % of the
+    pixels of the same kind of paintings with nothing hidden (strength 0, another seed)."""
+    config = _config("polynomial")
+    config.data.cache_dir = str(tmp_path / "cache")
+    config.data.simulation.update({"n_scenes": 6, "n_val": 4, "size": 64})
+    truth_run = hidden_evaluate.evaluate(config, str(tmp_path / "a"))
+    threshold = truth_run["mean"]["fp_threshold"]
+    rows = truth_run["paintings"]
+    assert all("fp_threshold" in r and "flagged_fraction" not in r for r in rows)
+    control = _config("polynomial")
+    control.data.cache_dir = str(tmp_path / "cache")
+    control.data.simulation.update({"n_scenes": 6, "n_val": 4, "size": 64, "strength": 0.0, "seed": HELD_OUT_SEED})
+    control.eval.update({"flag": True, "flag_threshold": threshold})
+    flagged = hidden_evaluate.evaluate(control, str(tmp_path / "b"))
+    fractions = [r["flagged_fraction"] for r in flagged["paintings"]]
+    assert 0.02 <= flagged["mean"]["flagged_fraction"] <= 0.09, fractions

@@ -51,6 +51,14 @@ def get_hidden_config(method_name: str) -> ml_collections.ConfigDict:
     # Collage: a band is shown where its strength reaches this share of the image's
     # 99th-percentile difference. [ArtExtract: 0.5 in code, 0.7 in the text; ours: relative]
     config.eval = ml_collections.ConfigDict({"threshold": 0.5})
+    # False-positive control (xray_flax/hidden_art/evaluate.py, issue 27): with the truth, each
+    # painting's map value that `false_positive_rate` of its non-hidden pixels exceed
+    # ("fp_threshold" in results.json, their median in "mean"); with flag = True, the share of each
+    # painting's pixels whose map exceeds flag_threshold ("flagged_fraction"): set it to a simulated
+    # run's fp_threshold and run on real stacks that hide nothing. [ours]
+    config.eval.false_positive_rate = 0.05
+    config.eval.flag = False
+    config.eval.flag_threshold = 0.0
     return config
 
 
@@ -58,8 +66,8 @@ def get_graph_config(arch: str, heads: int) -> ml_collections.ConfigDict:
     """The 2025 ArtExtract graph Siamese networks (xray_flax/hidden_art/gnn.py): SLIC superpixel
     graphs shared by the RGB and every band, contrastive loss with margin 1 and rolled-batch negatives."""
     config = get_hidden_config(arch)
-    # Superpixels: [ArtExtract: 5,000 segments at 256 px, compactness 1]; ours 1,250 at 128 px
-    # (the same superpixel size).
+    # Superpixels: [ArtExtract: 5,000 segments at 256 px, compactness 1]; ours 1,250 asked at 128 px,
+    # for which SLIC returns about 540-600 (docs/hidden_art.md); the node-regression configs ask 2,500.
     config.model.n_segments = 1250
     config.model.compactness = 1.0
     config.model.standardise = "image"  # per-image z-score before node statistics [ours]

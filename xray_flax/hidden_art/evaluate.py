@@ -8,6 +8,15 @@ grey RGB, the band collage (the 1-based band that differs most, 0 below the thre
 output array (`<painting>_<method>_outputs.npz`); and the self-contained `gallery.html` (further
 per-band maps of a method, e.g. GAT's attention, as their own columns). Nothing here depends on
 which method runs (`xray_flax.hidden_art.methods`).
+
+False-positive control (issue 27): with the truth, every painting's row gets "fp_threshold", the
+map value exceeded by `config.eval.false_positive_rate` (5 %) of its pixels outside the hidden
+mask, and the mean row their median; with `config.eval.flag`, every row gets
+"flagged_fraction", the share of the painting's pixels whose map exceeds
+`config.eval.flag_threshold`. Set that to a simulated run's fp_threshold (the same method and
+map form: the shipped forms are noise-scaled, so one threshold means the same on every
+painting) and evaluate scenes that hide nothing, e.g. visible-only real stacks: a method that
+flags much more than the 5 % there flags the scene, not a hidden layer.
 """
 
 from __future__ import annotations
@@ -20,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from xray_flax import files, provenance
+from xray_flax import errors, files, provenance
 from xray_flax.hidden_art import dissimilarity as dis
 from xray_flax.hidden_art import gallery, methods, paintings
 from xray_flax.hidden_art import metrics as recovery
@@ -49,10 +58,41 @@ def _extra_maps(name: str, outputs: dict) -> dict:
     per_band = outputs["per_band"]
     extra = {}
     for key, value in outputs.items():
-        # "signed" is the residual before the map form: per_band shows it already (as |.| or scaled).
-        if key not in ("per_band", "signed") and np.ndim(value) == 3 and np.shape(value) == np.shape(per_band):
+        # "signed" is the residual before the map form: per_band shows it already (as |.| or scaled);
+        # a method's predictions of the bands are no hidden-content maps (they stay in outputs.npz).
+        if (
+            key not in ("per_band", "signed")
+            and not key.startswith("prediction")
+            and np.ndim(value) == 3
+            and np.shape(value) == np.shape(per_band)
+        ):
             extra[f"{name}: {key}"] = {"map": np.mean(value, axis=-1), "per_band": value}
     return extra
+
+
+def _false_positive_control(config, hidden_map: np.ndarray, mask) -> dict:
+    """{"fp_threshold"} with a truth mask, {"flagged_fraction"} with config.eval.flag (module text)."""
+    out = {}
+    rate = float(config.eval.get("false_positive_rate", 0.05))
+    if not 0.0 < rate < 1.0:
+        raise errors.ConfigError(f"config.eval.false_positive_rate={rate} must lie in (0, 1)")
+    values = np.asarray(hidden_map, np.float64)
+    if mask is not None and np.any(~np.asarray(mask, bool)):
+        out["fp_threshold"] = float(np.quantile(values[~np.asarray(mask, bool)], 1.0 - rate))
+    if config.eval.get("flag", False):
+        out["flagged_fraction"] = float(np.mean(values > float(config.eval.flag_threshold)))
+    return out
+
+
+def _control_summary(rows: list[dict]) -> dict:
+    out = {}
+    thresholds = [r["fp_threshold"] for r in rows if "fp_threshold" in r]
+    if thresholds:
+        out["fp_threshold"] = float(np.median(thresholds))
+    flagged = [r["flagged_fraction"] for r in rows if "flagged_fraction" in r]
+    if flagged:
+        out["flagged_fraction"] = float(np.mean(flagged))
+    return out
 
 
 def evaluate(config, workdir: str, output_dir: str | None = None, variables=None, method=None) -> dict:
@@ -74,6 +114,7 @@ def evaluate(config, workdir: str, output_dir: str | None = None, variables=None
         row = {"painting": scene["name"], "method": method.name}
         if "hidden" in scene:
             row.update(recovery.recovery_metrics(outputs["map"], scene["hidden"], scene["hidden_mask"]))
+        row.update(_false_positive_control(config, outputs["map"], scene.get("hidden_mask")))
         rows.append(row)
         stem = os.path.join(out, f"{scene['name']}_{method.name}")
         _png16(f"{stem}_map.png", outputs["map"])
@@ -89,7 +130,7 @@ def evaluate(config, workdir: str, output_dir: str | None = None, variables=None
         "method": method.name,
         "config": config.get("config_name", ""),
         "paintings": rows,
-        "mean": recovery.mean_metrics(rows),
+        "mean": {**recovery.mean_metrics(rows), **_control_summary(rows)},
         "provenance": provenance.collect(config, started),
     }
     files.write_text_atomic(os.path.join(out, "results.json"), json.dumps(summary, indent=1, default=float) + "\n")

@@ -17,8 +17,9 @@ Public functions (the family contract of common.md) and the source of each choic
   no batch statistics].
 - `SiameseConv`: `rgb_proj` (3x3 conv 3->1, [ArtExtract code]) and one `stack`: a single
   parameter tree serves both branches.
-- Training objective [ours; the reference's demo figures came from a randomly initialised
-  network, and its training loop maximised the dissimilarity, which saturates]: a patch-level
+- Training objective [ours; the reference code DID train its network, by maximising the mean
+  dissimilarity, an objective its author notes saturates: this loss replaces a degenerate
+  objective, it does not add training where there was none]: a patch-level
   contrastive loss with margin 1 (the margin and the form of the 2025 graph Siamese,
   docs/papers.md):
       d(a, b) = mean over a `patch` x `patch` block of |a - b|  (the block mean of `per_band`)
