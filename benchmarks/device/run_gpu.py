@@ -62,7 +62,7 @@ PAPER_MS_PER_512_PATCH = 82.4
 PARTS = {
     "env": ("jax", 40, 10),
     "kernels": ("jax", 45, 15),
-    "pytest": ("pytest", 90, 30),
+    "pytest": ("pytest", 120, 30),
     "paper": ("jax", 170, 40),
     "paper_peer": ("torch", 60, 15),
     "draem": ("jax", 70, 30),
