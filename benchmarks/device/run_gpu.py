@@ -133,7 +133,10 @@ class Runner:
         elif kind == "torch" and importlib.util.find_spec("torch") is None:
             self.parts[name] = {"status": "skipped", "reason": "torch is not installed here: no PyTorch peer row"}
         elif left < minimum:
-            self.parts[name] = {"status": "skipped", "reason": f"{left:.0f} s of the budget left, part needs {minimum}"}
+            self.parts[name] = {
+                "status": "skipped",
+                "reason": f"{max(left, 0):.0f} s of the budget left, part needs {minimum}",
+            }
         else:
             self.parts[name] = self._run_part(name, kind, min(budget, left))
         record = self.parts[name]
