@@ -5,6 +5,7 @@ through the ArtExtract readers."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
+from xray_flax.hidden_art import config as hidden_config
 from xray_flax.hidden_art import data as D
 from xray_flax.hidden_art import simulate as S
 
@@ -172,3 +174,32 @@ def test_default_root_uses_the_cache(monkeypatch, tmp_path):
     root = S.ensure_simulated(params)
     assert root == os.path.join(str(tmp_path), "simulated_multispectral", params.fingerprint())
     assert [r.name for r in D.list_artextract(root, "train")] == ["sim_000"]
+
+
+def test_every_simulation_knob_is_a_config_key():
+    """`--config.data.simulation.<knob>=...` works for every SimulationParams field (issue 27)."""
+    config = hidden_config.get_hidden_config("plain")
+    fields = {f.name: f.default for f in dataclasses.fields(S.SimulationParams)}
+    assert set(config.data.simulation) == set(fields)
+    defaults = {k: v for k, v in fields.items() if k not in ("n_scenes", "n_val", "size")}
+    assert {k: config.data.simulation[k] for k in defaults} == defaults  # the switches are off
+
+
+@pytest.mark.parametrize(
+    "switch",
+    [{"hidden_blur": 4.0}, {"nir_noise": 3.0}, {"hidden_brighter": True}, {"misregistration": 2.0}, {"band_blur": 2.0}],
+)
+def test_realism_switches(switch):
+    base = S.SimulationParams(n_scenes=2, n_val=0, size=64)
+    on = S.SimulationParams.from_config({"n_scenes": 2, "n_val": 0, "size": 64, **switch})
+    a, b = S.simulate_layers(base, 0), S.simulate_layers(on, 0)
+    if not {"hidden_blur", "hidden_brighter"} & set(switch):  # those change the hidden term, in the RGB too
+        np.testing.assert_array_equal(a["rgb"], b["rgb"])
+    np.testing.assert_array_equal(a["hidden_mask"], b["hidden_mask"])
+    assert not np.array_equal(a["bands"], b["bands"])
+    mask = a["hidden_mask"]
+    effect = (b["visible_only"] - b["bands_clean"])[..., -1]
+    if "hidden_brighter" in switch:
+        assert effect[mask].mean() < -0.01  # the hidden layer now brightens the longest band
+    else:
+        assert effect[mask].mean() > 0.01

@@ -33,7 +33,33 @@ def get_hidden_config(method_name: str) -> ml_collections.ConfigDict:
     data.val_split = "val"
     data.cache_dir = ""  # '' = ~/.cache/xray_flax (or $XRAY_FLAX_CACHE)
     # Simulated paintings: 12 train + 4 val of 128 px, 8 bands 400-1000 nm (CPU-sized). [ours]
-    data.simulation = ml_collections.ConfigDict({"n_scenes": 16, "n_val": 4, "size": 128, "n_bands": 8, "seed": 0})
+    # Every knob of xray_flax.hidden_art.simulate.SimulationParams, so any of them can be set on the
+    # command line (--config.data.simulation.strength=0: the negative control; .seed=7: other
+    # paintings; .wavelength_max=700: visible bands only; the realism switches, off here).
+    data.simulation = ml_collections.ConfigDict(
+        {
+            "n_scenes": 16,
+            "n_val": 4,
+            "size": 128,
+            "n_bands": 8,
+            "seed": 0,
+            "hidden_kind": "mixed",  # 'underdrawing' | 'composition' | 'mixed'
+            "strength": 1.0,  # 0 = nothing hidden (the truth is kept)
+            "wavelength_min": 400.0,
+            "wavelength_max": 1000.0,
+            "band_noise": 0.01,
+            "rgb_noise": 0.004,
+            "varnish": 0.15,
+            "illumination": 0.08,
+            "rgb_encoding": "srgb",
+            "mask_level": 0.25,
+            "hidden_blur": 0.0,
+            "nir_noise": 1.0,
+            "hidden_brighter": False,
+            "misregistration": 0.0,
+            "band_blur": 0.0,
+        }
+    )
     config.data = data
 
     config.model = ml_collections.ConfigDict()

@@ -52,6 +52,18 @@ The physical model and the source of each choice
   layout (docs/papers.md, "ArtExtract").
 - Truth: "hidden" = h in [0, 1], the presence (opacity) of the drawn hidden layer, independent
   of `strength`; "hidden_mask" = h > `mask_level` (0.25 by default).
+- Realism switches, all off by default, each a config key (`config.data.simulation.<name>`)
+  [ours; issue 27, item 5]. `hidden_blur` (s): the hidden term seen through the paint is blurred
+  with sigma = s x the mean paint thickness (px of a 256 px painting): paint scatters light
+  sideways on its way down and back, more the thicker it is. `nir_noise` (k >= 1): the band noise
+  at the longest band is k times the default's (a silicon sensor's quantum efficiency falls to a
+  few percent near 1,000 nm). `hidden_brighter`: the hidden material's reflectance is 0.97, above
+  the ground's (a lead-white-rich earlier layer): the hidden layer BRIGHTENS the bands, which a
+  method that looks for darkening only will miss. `misregistration` (px): the bands are shifted
+  against the RGB (separate captures, imperfect registration). `band_blur` (px): every band is
+  blurred, the RGB is not (another lens, focus or pixel pitch per band). Not built: hidden layers
+  that follow visible contours (pentimenti), metameric pigment pairs, visible paints containing
+  carbon, bands beyond 1,000 nm (the pigment tables stop there).
 
 Everything is vectorised NumPy/SciPy (the smooth noise of `xray_flax.data.simulate`): measured
 on the project's busy 2-core CPU under nice, about 0.3 s a 256 px scene and 1 s a 512 px one
@@ -132,6 +144,13 @@ class SimulationParams:
     illumination: float = 0.08  # half the range of the shared illumination ramp
     rgb_encoding: str = "srgb"  # 'srgb' | 'linear'
     mask_level: float = 0.25  # hidden_mask = hidden > mask_level
+    # Realism switches, off by default (issue 27, item 5; each with its physical reason in the
+    # module text). Lengths in px of a 256 px painting (scaled with `size`).
+    hidden_blur: float = 0.0  # scattering: the hidden term blurred by this x the paint thickness
+    nir_noise: float = 1.0  # band noise multiplier at wavelength_max (1 = none; silicon sensors)
+    hidden_brighter: bool = False  # hidden material BRIGHTER than the ground in the bands
+    misregistration: float = 0.0  # the bands shifted by this many px against the RGB (y and x)
+    band_blur: float = 0.0  # Gaussian blur sigma of every band (px), the RGB stays sharp
 
     def __post_init__(self):
         # Each problem names its knob of config.data.simulation (configs/hidden_base.py).
@@ -159,6 +178,8 @@ class SimulationParams:
             problems.append(f"{key}.mask_level={self.mask_level} must lie in (0, 1)")
         if min(self.strength, self.band_noise, self.rgb_noise, self.varnish, self.illumination) < 0:
             problems.append(f"{key}: strength, band_noise, rgb_noise, varnish and illumination must be >= 0")
+        if min(self.hidden_blur, self.misregistration, self.band_blur) < 0 or self.nir_noise < 1.0:
+            problems.append(f"{key}: hidden_blur, misregistration and band_blur must be >= 0 and nir_noise >= 1")
         errors.require(problems)
 
     @staticmethod
@@ -171,7 +192,7 @@ class SimulationParams:
             raise errors.ConfigError(
                 f"config.data.simulation: unknown simulation parameters {unknown}; known: {sorted(names)}"
             )
-        types = {"int": int, "float": float, "str": str}
+        types = {"int": int, "float": float, "str": str, "bool": bool}
         return SimulationParams(**{k: types[names[k].type](v) for k, v in values.items()})
 
     @property
@@ -411,6 +432,25 @@ def _paint_over(weights, thick, r_inf, kappa, ground):
     return refl.reshape(h, w, -1), t2.reshape(h, w, -1)
 
 
+def _scatter(contribution: np.ndarray, thick: np.ndarray, sigma_per_thickness: float) -> np.ndarray:
+    """The hidden term seen through scattering paint: blurred with sigma = sigma_per_thickness x
+    the paint's mean thickness (the light crosses the layer twice and spreads sideways) [ours]."""
+    sigma = float(sigma_per_thickness * np.mean(thick))
+    return ndimage.gaussian_filter(contribution, (sigma, sigma, 0)).astype(np.float32)
+
+
+def _capture_optics(bands: np.ndarray, params: SimulationParams, u: float) -> np.ndarray:
+    """Per-band blur (another lens and focus per band) and a shift against the RGB
+    (misregistration), both in px of a 256 px painting x u."""
+    out = bands
+    if params.band_blur > 0:
+        out = ndimage.gaussian_filter(out, (params.band_blur * u, params.band_blur * u, 0))
+    if params.misregistration > 0:
+        d = params.misregistration * u
+        out = ndimage.shift(out, (d, d, 0), order=1, mode="nearest")
+    return out.astype(np.float32)
+
+
 def simulate_layers(params: SimulationParams, index: int) -> dict:
     """Everything about scene `index`: the scene's arrays plus 'bands_clean' (no noise),
     'visible_only' (the same painting, illumination and varnish without the hidden layer, no noise),
@@ -438,8 +478,13 @@ def simulate_layers(params: SimulationParams, index: int) -> dict:
     r_inf, kappa, ground = _tables(grid)
     without, t2 = _paint_over(weights, thick, r_inf, kappa, ground)
     # R is linear in the substrate: the hidden layer adds t^2 s h (R_hidden - R_ground).
+    if params.hidden_brighter:
+        hidden_r = np.float32(0.97)  # e.g. a lead-white-rich earlier layer, above the ground's 0.82-0.90
     hidden_term = np.float32(params.strength) * hidden
-    with_hidden = without + t2 * hidden_term[..., None] * (hidden_r - ground)
+    contribution = t2 * hidden_term[..., None] * (hidden_r - ground)
+    if params.hidden_blur > 0:
+        contribution = _scatter(contribution, thick, params.hidden_blur * u)
+    with_hidden = without + contribution
     # Varnish (both passes) and the shared light multiply the whole capture.
     capture = np.exp(-2.0 * varnish[..., None] * ((450.0 / grid.astype(np.float32)) ** 4)) * light[..., None]
     out = {"with": with_hidden * capture, "without": without * capture}
@@ -450,7 +495,10 @@ def simulate_layers(params: SimulationParams, index: int) -> dict:
     )
     clean = out["with"][..., n_vis:] * band_light
     visible_only = out["without"][..., n_vis:] * band_light
-    sigma = params.band_noise * (1.0 + 0.5 * (lam - lam[0]) / max(lam[-1] - lam[0], 1e-6))
+    ramp = (lam - lam[0]) / max(lam[-1] - lam[0], 1e-6)
+    sigma = params.band_noise * (1.0 + 0.5 * ramp) * (1.0 + (params.nir_noise - 1.0) * ramp)
+    clean = _capture_optics(clean, params, u)
+    visible_only = _capture_optics(visible_only, params, u)
     bands = clean + sigma.astype(np.float32) * noise_rng.standard_normal(clean.shape).astype(np.float32)
     rgb_linear = out["with"][..., :n_vis] @ _camera_matrix()
     rgb = srgb_encode(rgb_linear) if params.rgb_encoding == "srgb" else rgb_linear
