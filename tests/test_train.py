@@ -229,16 +229,18 @@ def test_fit_updates_are_split_on_a_cpu_so_that_a_stop_is_served_within_seconds(
     assert train.fit_batch_size(config, Mesh(1)) == 32
 
 
-def test_a_fit_in_split_updates_resumes_and_equals_an_uninterrupted_one(tmp_path, caplog):
+# patch_nn sizes its fit state (the coreset buffer) by the update, padim does not.
+@pytest.mark.parametrize("detector", ["padim", "patch_nn"])
+def test_a_fit_in_split_updates_resumes_and_equals_an_uninterrupted_one(tmp_path, caplog, detector):
     """Updates of 2 tiles (train.batch_size 4): halted after 3 updates, resumed, equal to one whole run."""
     small = {"fit_max_update_pixels": 2 * 32 * 32}
     halted = str(tmp_path / "halted")
     with caplog.at_level("INFO", logger="xray_flax.train"):
-        assert workflow.train_and_evaluate(tiny_config(tmp_path, "padim", halt_after_steps=3, **small), halted) is None
+        assert workflow.train_and_evaluate(tiny_config(tmp_path, detector, halt_after_steps=3, **small), halted) is None
     assert "batches of 2 (train.batch_size 4 split" in caplog.text
     assert 3 in [int(d) for d in os.listdir(os.path.join(halted, checkpoint.FIT_DIR)) if d.isdigit()]
-    resumed = workflow.train_and_evaluate(tiny_config(tmp_path, "padim", **small), halted)
-    whole = workflow.train_and_evaluate(tiny_config(tmp_path, "padim", **small), str(tmp_path / "whole"))
+    resumed = workflow.train_and_evaluate(tiny_config(tmp_path, detector, **small), halted)
+    whole = workflow.train_and_evaluate(tiny_config(tmp_path, detector, **small), str(tmp_path / "whole"))
     for key in whole["test"]:
         if key != "seconds_per_patch":
             assert resumed["test"][key] == whole["test"][key], key

@@ -279,6 +279,12 @@ FIT_STEP = 1  # the checkpoint step of a fitted detector: one pass
 CPU_FIT_UPDATE_PIXELS = 131_072
 
 
+def _with_batch_size(config: ml_collections.ConfigDict, batch_size: int) -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.train.batch_size = batch_size
+    return config
+
+
 def fit_batch_size(config: ml_collections.ConfigDict, mesh) -> int:
     """Tiles per fit update (global): config.train.batch_size, or fewer on a CPU (or when
     config.train.fit_max_update_pixels > 0) so that one update covers at most that many pixels;
@@ -309,6 +315,10 @@ def _fit(detector, config, workdir, splits, mesh, ckpt, writer) -> bool:
     batch_size = parallel.check_batch_size(fit_batch, mesh)
     total = pipeline.count_training_tiles(splits, config.data)
     num_batches = -(-total // fit_batch)
+    if fit_batch != config.train.batch_size:
+        # A detector sizes its fit state for one update of train.batch_size tiles (PatchCore's
+        # coreset buffer); its variables, and so every checkpoint, do not depend on it.
+        detector = detectors.build(_with_batch_size(config, fit_batch))
     fit_state = detector.fit_init(variables)
     budget = float(config.train.get("memory_budget_gb", 0.0) or 0.0) * _GB
     state_gb, model_gb = checkpoint.tree_nbytes(fit_state) / _GB, checkpoint.tree_nbytes(variables) / _GB
