@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import copy
 import gc
-import importlib
 import os
 import sys
 import time
@@ -39,7 +38,7 @@ import jax.numpy as jnp  # noqa: E402
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
-from xray_flax import detectors, parallel, steps  # noqa: E402
+from xray_flax import config_files, detectors, parallel, steps  # noqa: E402
 
 MODEL_NAMES = {"paper": "paper DRAEM variant (JAX/Flax)", "draem": "DRAEM (JAX/Flax)"}
 DEFAULT_CHANNELS = {"paper": 1, "draem": 3}  # the peers: 1-channel paper model, stock 3-channel DraemModel
@@ -53,7 +52,7 @@ def xla_flops(compiled) -> float | None:
 
 
 def load_config(name: str, compute_dtype: str, channels: int):
-    config = importlib.import_module(f"configs.{name}").get_config()
+    config = config_files.load(os.path.join(config_files.CONFIGS_DIR, f"{name}.py")).get_config()
     config.model.compute_dtype = compute_dtype
     config.data.channels = channels
     return config
