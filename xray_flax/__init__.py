@@ -2,8 +2,9 @@
 
 import os as _os
 
-# TensorFlow is imported only for TensorBoard summaries (clu's metric writers); keep its
-# C++ start-up notices off the console unless the user asked for them.
+# TensorFlow is not a dependency; where it is installed (the `.[tensorflow]` extra, for TFDS's
+# mnist / fashion_mnist in one_class) keep its C++ start-up notices off the console unless the
+# user asked for them.
 _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # TensorFlow's oneDNN kernels are never used, and the notice about them is the one start-up
 # line the log level above does not silence.
