@@ -15,7 +15,6 @@ guard (a GPU machine runs nothing else; a dry run is no record).
 from __future__ import annotations
 
 import argparse
-import copy
 import importlib
 import importlib.metadata
 import json
@@ -40,7 +39,7 @@ import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 from bench_model import ModelBench, load_config, xla_flops  # noqa: E402
 
-from xray_flax import detectors, parallel, steps  # noqa: E402
+from xray_flax import config_files, detectors, parallel, steps  # noqa: E402
 from xray_flax.nn import depthwise, layers  # noqa: E402
 
 # Packages whose versions the environment record names (those not installed are listed as None).
@@ -308,8 +307,7 @@ def part_baseline(part: Part) -> None:
 def part_patchcore(part: Part) -> None:
     """PatchCore's fit rate: tiles/s of fit_update over the batches after the first (compile)."""
     spec = part.plan["patchcore"]
-    config = importlib.import_module(f"configs.{spec['config']}").get_config()
-    config = copy.deepcopy(config)
+    config = config_files.load(os.path.join(config_files.CONFIGS_DIR, f"{spec['config']}.py")).get_config()
     size, batch = spec["size"], spec["batch"]
     config.data.patch_size, config.data.stride, config.train.batch_size = size, size, batch
     _shrink(config, spec.get("shrink", {}))
