@@ -5,6 +5,7 @@ extraction") and the thresholds of tests/test_hidden_art_recovery.py.
     python benchmarks/hidden_art_recovery.py [--config configs/hidden_polynomial.py] [--seed 0]
         [--size 128] [--split val] [--sim strength=0.5 --sim band_noise=0.03 ...]
         [--set model.degree=3 ...] [--shift-rgb 1] [--forms] [--oracle] [--out FILE.json]
+    python benchmarks/hidden_art_recovery.py --outputs runs/hidden_regression/hidden_art --forms
 
 The paintings are `xray_flax.hidden_art.simulate` scenes of (n_scenes 16, n_val 4, size, seed,
 the --sim knobs), quantised as the cache stores them (8-bit RGB, 16-bit bands), so the numbers
@@ -14,7 +15,10 @@ it sees the paintings without their truth). `--shift-rgb K` rolls the RGB by K p
 axes (misregistration). `--forms` also scores every map form (sign x scale x combination,
 `maps.form`) of the method's signed residual. `--oracle` scores instead the reference that
 knows the truth: visible-only band - band at the longest band (what the hidden layer did, plus
-noise); it is no method, only the upper end of the ordering test.
+noise); it is no method, only the upper end of the ordering test. `--outputs DIR` scores instead
+the "signed" residuals a run saved (`DIR/<painting>_<method>_outputs.npz`, any method, trained
+ones included) on the same paintings: with `--forms`, every map form of a trained network
+without rerunning it.
 
 Per painting and their mean and minimum: AUROC and average precision of the hidden mask
 (scikit-learn), printed and written to --out.
@@ -24,9 +28,11 @@ from __future__ import annotations
 
 import argparse
 import ast
+import glob
 import importlib.util
 import itertools
 import json
+import os
 import sys
 import time
 
@@ -96,6 +102,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--shift-rgb", type=int, default=0)
     parser.add_argument("--forms", action="store_true")
     parser.add_argument("--oracle", action="store_true")
+    parser.add_argument("--outputs", default="", help="a run's hidden_art/ folder: score its saved residuals")
     parser.add_argument("--out", default="")
     args = parser.parse_args(argv)
     config = load_config(args.config)
@@ -103,12 +110,19 @@ def main(argv=None) -> dict:
         key, value = item.split("=", 1)
         section, knob = key.split(".", 1)
         config[section][knob] = _value(value)
-    if config.train.num_steps:
+    if config.train.num_steps and not args.outputs:
         sys.exit(f"{args.config} is a trained method; this script scores training-free ones (use the CLI)")
     scenes = paintings(args, config)
     masks = [s["hidden_mask"] for s in scenes]
     started = time.perf_counter()
-    if args.oracle:
+    if args.outputs:
+        saved = [glob.glob(os.path.join(args.outputs, f"{s['name']}_*_outputs.npz")) for s in scenes]
+        if not all(len(found) == 1 for found in saved):
+            sys.exit(f"need one <painting>_<method>_outputs.npz per painting in {args.outputs}, found {saved}")
+        signed = np.stack([np.load(found[0])["signed"] for found in saved])
+        outputs = {"signed": signed, **maps.form(signed, **methods.form_of(config.model, maps.DEFAULT_FORM))}
+        name = f"saved residuals of {args.outputs}"
+    elif args.oracle:
         signed = np.stack([s["visible_only"] - s["bands"] for s in scenes])
         outputs = maps.form(signed, sign="signed", scale="none", combination="longest")
         name = "oracle (visible-only band - band, longest band)"
