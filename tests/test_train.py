@@ -5,12 +5,15 @@ These run the real loop on the tiny config (32-pixel patches of simulated scans)
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import jax
 import numpy as np
@@ -18,7 +21,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from configs import tiny
-from xray_flax import checkpoint, progress, train, workflow
+from xray_flax import checkpoint, detectors, progress, train, workflow
 from xray_flax.data import pipeline
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -244,6 +247,43 @@ def test_a_fit_in_split_updates_resumes_and_equals_an_uninterrupted_one(tmp_path
     for key in whole["test"]:
         if key != "seconds_per_patch":
             assert resumed["test"][key] == whole["test"][key], key
+
+
+def test_sigterm_during_a_256px_fit_stops_within_seconds_with_the_partial_fit_saved(tmp_path, monkeypatch):
+    """A 256-px fit in batches of 8 runs as updates of 2 tiles on a CPU; SIGTERM during the second
+    update is served after it: the partial fit is saved and the run returns within seconds (a
+    preemption gives ~30 s). benchmarks/bench_sigterm.py --fit_config measures it on PatchCore."""
+    config = tiny_config(tmp_path, "patch_nn")
+    # Clean scans (training tiles must be clean: at 256 px most easy anomalies would fall in one).
+    config.data.simulated.update({"height": 512, "width": 512, "paint_losses": 0, "white_spots": 0})
+    config.data.simulated.update({"nails": 0, "foreign_objects": 0})
+    config.data.patch_size = config.data.stride = 256
+    config.data.background.rule = "none"  # every tile of the 3 training scans: 12 tiles
+    config.train.batch_size = 8
+    config.model.stride = 16  # 16 x 16 patches per tile
+    real_build = detectors.build
+    signalled = {}
+
+    def build_with_signal(cfg):
+        detector = real_build(cfg)
+        calls = []
+
+        def fit_update(state, variables, batch):
+            calls.append(len(batch["valid"]))
+            if len(calls) == 2:
+                signalled["at"] = time.monotonic()
+                os.kill(os.getpid(), signal.SIGTERM)
+            return detector.fit_update(state, variables, batch)
+
+        signalled["updates"] = calls
+        return dataclasses.replace(detector, fit_update=fit_update)
+
+    monkeypatch.setattr(detectors, "build", build_with_signal)
+    workdir = str(tmp_path / "fit256")
+    assert workflow.train_and_evaluate(config, workdir) is None
+    assert time.monotonic() - signalled["at"] < 30
+    assert set(signalled["updates"]) == {2}  # 2 x 256^2 pixels = 131,072: one update on a CPU
+    assert sorted(int(d) for d in os.listdir(os.path.join(workdir, checkpoint.FIT_DIR)) if d.isdigit()) == [2]
 
 
 def test_a_fit_over_its_memory_budget_stops_with_its_partial_state_saved(tmp_path, caplog, monkeypatch):
