@@ -360,7 +360,10 @@ class ScanReader:
             if key is not None:
                 decision = _DECISIONS.setdefault(key, decision)
         if first:
-            log.info("%s: %s", self.path, decision.describe())
+            # A full 16-bit scan read as 16-bit is what anyone expects: said at DEBUG, so that a
+            # folder of them does not print a line per scan; any other decision at INFO.
+            ordinary = decision.bits is not None and decision.bits == self.container_bits
+            log.log(logging.DEBUG if ordinary else logging.INFO, "%s: %s", self.path, decision.describe())
         return decision
 
     def _decide_from_data(self) -> ScaleDecision:
