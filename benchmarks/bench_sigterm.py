@@ -47,6 +47,12 @@ def main() -> None:
     parser.add_argument("--fit_config", default="", help="a fit-kind detector's config instead of a training run")
     parser.add_argument("--after_tiles", type=int, default=1, help="fit: signal once this many tiles are done")
     parser.add_argument("--fit_max_update_pixels", type=int, default=0, help="fit: 0 = the default, -1 = no split")
+    parser.add_argument(
+        "--n_scans",
+        type=int,
+        default=24,
+        help="fit: simulated clean scans (24: ~280 training tiles of 256 px, 9 batches of 32)",
+    )
     parser.add_argument("--timeout", type=float, default=1200.0)
     parser.add_argument("--out", default="")
     args = parser.parse_args()
@@ -59,6 +65,10 @@ def main() -> None:
     ]  # fmt: skip
     if args.fit_config:
         command.append(f"--config.train.fit_max_update_pixels={args.fit_max_update_pixels}")
+        command.append(f"--config.data.simulated.n_scans={args.n_scans}")
+        # Clean scans: training tiles must be clean, and at 256 px most easy anomalies fall in a tile.
+        command += [f"--config.data.simulated.{kind}=0" for kind in ("paint_losses", "white_spots", "nails")]
+        command.append("--config.data.simulated.foreign_objects=0")
         # The fit's progress line every 10 s: "fit <name>: <done>/<total> tiles".
         pattern = re.compile(r"\] fit \w+: (\d+)/\d+ tiles")
     else:
