@@ -18,6 +18,11 @@ def get_config():
     config.model.sign = "signed"
     config.model.scale = "noise"
     config.model.combination = "longest"
+    # Test-time training (xray_flax/hidden_art/regression.py): Adam steps on the analysed painting's
+    # own pixels before predicting, from the trained network; 0 = off. Measured on seed 0's validation
+    # paintings: 0 steps AUROC 0.897, 200 steps 0.910 (docs/results.md). [ours]
+    config.model.test_time_steps = 200
+    config.model.test_time_learning_rate = 1e-3
     config.train.num_steps = 2000  # 400 steps: AUROC 0.872, 2,000: 0.897 (docs/results.md)
     config.train.crop = 96
     return config

@@ -156,7 +156,13 @@ def _regression(config) -> Method:
     return Method(
         name="regression",
         init=functools.partial(regression.init, hidden=hidden),
-        dissimilarity=functools.partial(regression.dissimilarity, hidden=hidden, **form_of(m)),
+        dissimilarity=functools.partial(
+            regression.dissimilarity,
+            hidden=hidden,
+            test_time_steps=int(m.get("test_time_steps", 0)),
+            test_time_learning_rate=float(m.get("test_time_learning_rate", 1e-3)),
+            **form_of(m),
+        ),
         **PIXEL,
         optimizer=tx,
         train_step=functools.partial(

@@ -34,6 +34,12 @@ Public functions (the family contract of common.md) and the source of each choic
   it), "prediction"}. The function's defaults (sign="absolute", scale="none",
   combination="mean") are the first version's |band - prediction| averaged over the bands;
   configs/hidden_regression.py sets the measured better form (docs/results.md).
+  TEST-TIME TRAINING (`test_time_steps` > 0) [ours; issue 27, item 2]: before predicting, the
+  trained network (the cross-painting prior) is fine-tuned on the painting being analysed alone,
+  `test_time_steps` Adam steps (learning rate `test_time_learning_rate`) of the L1 loss over all
+  of that painting's pixels, each painting of the batch on its own (vmap); the truth is never
+  used. The network sees one pixel at a time, so it can learn the painting's own colour-to-band
+  relation (its varnish, light, pigments) but not the spatial structure of the hidden layer.
 """
 
 from __future__ import annotations
@@ -136,10 +142,44 @@ def dissimilarity(
     combination: str = "mean",
     sign: str = "absolute",
     scale: str = "none",
+    test_time_steps: int = 0,
+    test_time_learning_rate: float = 1e-3,
 ) -> dict[str, jax.Array]:
     """{"per_band" [N, H, W, B], "map" [N, H, W], "band_weights", "signed", "prediction"}."""
     model = _model(batch, hidden)
-    prediction = model.apply(variables, batch["rgb"])
+    if test_time_steps > 0:
+        prediction = test_time_prediction(
+            variables, batch, model, steps=int(test_time_steps), learning_rate=float(test_time_learning_rate)
+        )
+    else:
+        prediction = model.apply(variables, batch["rgb"])
     signed = prediction - jnp.asarray(batch["bands"], jnp.float32)
     out = maps.form(signed, sign=sign, scale=scale, combination=combination)
     return {**out, "signed": signed, "prediction": prediction}
+
+
+def test_time_prediction(
+    variables: dict, batch: dict, model: BandRegressor, *, steps: int, learning_rate: float
+) -> jax.Array:
+    """[N, H, W, B]: each painting's prediction after `steps` L1 Adam steps of `model` (from
+    `variables`) on that painting's own pixels (module text)."""
+    tx = optax.adam(learning_rate)
+    n_bands = batch["bands"].shape[-1]
+
+    def one(rgb: jax.Array, bands: jax.Array) -> jax.Array:
+        x = jnp.asarray(rgb, jnp.float32).reshape(-1, 1, 1, 3)
+        y = jnp.asarray(bands, jnp.float32).reshape(-1, 1, 1, n_bands)
+
+        def loss(params):
+            return jnp.mean(jnp.abs(model.apply({"params": params}, x) - y))
+
+        def step(_, carry):
+            params, state = carry
+            updates, state = tx.update(jax.grad(loss)(params), state, params)
+            return optax.apply_updates(params, updates), state
+
+        params = variables["params"]
+        params, _ = jax.lax.fori_loop(0, steps, step, (params, tx.init(params)))
+        return model.apply({"params": params}, jnp.asarray(rgb, jnp.float32)[None])[0]
+
+    return jax.vmap(one)(batch["rgb"], batch["bands"])
