@@ -1,4 +1,4 @@
-"""A supervised head on the simulator's truth (issue 27, item 4; the 2024 author's "answer key"):
+"""A supervised head on the simulator's truth (the 2024 author's "answer key"):
 a small per-pixel network trained on the hidden mask of training paintings, reported only with
 its shifts: trained on one kind of hidden layer and tested on the other, on a held-out seed,
 with nothing hidden, with noisier or visible-only bands.

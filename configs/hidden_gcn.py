@@ -5,7 +5,7 @@ from xray_flax.hidden_art.config import get_graph_config
 
 def get_config():
     config = get_graph_config("gcn", heads=1)  # heads: no attention
-    # The graph tool made to localise (xray_flax/hidden_art/node_regression.py, issue 27): node-level
+    # The graph tool made to localise (xray_flax/hidden_art/node_regression.py): node-level
     # robust regression of every band's node mean and minimum from the RGB's node statistics, map
     # = the signed node residual. Chosen on simulation seed 0's validation paintings
     # (docs/results.md): the contrastive objective (configs/hidden_gcn_contrastive.py) is at chance.

@@ -13,7 +13,7 @@ def get_config():
     config.model.robust = "huber"  # IRLS weights: 'huber' | 'tukey' | 'l2' [Holland & Welsch 1977]
     config.model.iterations = 10  # IRLS iterations after the least-squares start [ours]
     config.model.linear_rgb = True  # inverse sRGB before the fit: bands are linear [ours, measured]
-    config.model.sign = "signed"  # prediction - band: hidden material only darkens a band [issue 27]
+    config.model.sign = "signed"  # prediction - band: hidden material only darkens a band [ours; docs/results.md]
     config.model.scale = "noise"  # each band over its MAD noise scale [ours]
     config.model.combination = "longest"  # the 1,000 nm band [ours, measured: best of the forms]
     return config

@@ -6,7 +6,7 @@ from xray_flax.hidden_art.config import get_hidden_config
 
 def get_config():
     config = get_hidden_config("siamese_conv")
-    # The 2024 tool made to localise (issue 27): the asymmetric predictor, the trainable RGB branch
+    # The 2024 tool made to localise (docs/hidden_art.md): the asymmetric predictor, the trainable RGB branch
     # predicts every band, the band branch is a fixed z-score under stop-gradient, map = the signed
     # residual of the longest band. The contrastive objective: configs/hidden_siamese_conv_contrastive.py.
     config.model.objective = "predictor"

@@ -1,4 +1,4 @@
-"""Hidden art that is found (issue 27): the map forms and the per-painting robust polynomial against
+"""Hidden art that is found: the map forms and the per-painting robust polynomial against
 NumPy / SciPy references, and honest recovery tests on simulated paintings.
 
 Recovery is scored on paintings of simulation seed 7, a HELD-OUT seed: every setting of the

@@ -177,7 +177,7 @@ def test_default_root_uses_the_cache(monkeypatch, tmp_path):
 
 
 def test_every_simulation_knob_is_a_config_key():
-    """`--config.data.simulation.<knob>=...` works for every SimulationParams field (issue 27)."""
+    """`--config.data.simulation.<knob>=...` works for every SimulationParams field."""
     config = hidden_config.get_hidden_config("plain")
     fields = {f.name: f.default for f in dataclasses.fields(S.SimulationParams)}
     assert set(config.data.simulation) == set(fields)

@@ -77,7 +77,7 @@ def get_hidden_config(method_name: str) -> ml_collections.ConfigDict:
     # Collage: a band is shown where its strength reaches this share of the image's
     # 99th-percentile difference. [ArtExtract: 0.5 in code, 0.7 in the text; ours: relative]
     config.eval = ml_collections.ConfigDict({"threshold": 0.5})
-    # False-positive control (xray_flax/hidden_art/evaluate.py, issue 27): with the truth, each
+    # False-positive control (xray_flax/hidden_art/evaluate.py): with the truth, each
     # painting's map value that `false_positive_rate` of its non-hidden pixels exceed
     # ("fp_threshold" in results.json, their median in "mean"); with flag = True, the share of each
     # painting's pixels whose map exceeds flag_threshold ("flagged_fraction"): set it to a simulated

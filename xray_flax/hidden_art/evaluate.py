@@ -9,7 +9,7 @@ output array (`<painting>_<method>_outputs.npz`); and the self-contained `galler
 per-band maps of a method, e.g. GAT's attention, as their own columns). Nothing here depends on
 which method runs (`xray_flax.hidden_art.methods`).
 
-False-positive control (issue 27): with the truth, every painting's row gets "fp_threshold", the
+False-positive control: with the truth, every painting's row gets "fp_threshold", the
 map value exceeded by `config.eval.false_positive_rate` (5 %) of its pixels outside the hidden
 mask, and the mean row their median; with `config.eval.flag`, every row gets
 "flagged_fraction", the share of the painting's pixels whose map exceeds

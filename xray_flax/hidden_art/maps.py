@@ -10,7 +10,7 @@ docs/hidden_art.md), so the sign carries information the absolute value throws a
 Public functions and the source of each choice
 - `form(residual, *, sign, scale, combination, wavelengths=None)` -> {"per_band", "map",
   "band_weights" [N, B]}:
-  * sign (`SIGNS`): "signed" keeps the residual (high = darker than expected) [issue 27: the
+  * sign (`SIGNS`): "signed" keeps the residual (high = darker than expected) [ours, docs/results.md: the
     absolute value halves the AUROC's room, it ranks brighter-than-expected pixels as hidden];
     "absolute" is |residual|, the reference tools' form, kept for comparison.
   * scale (`SCALES`): "noise" divides each image's band by its robust noise scale,

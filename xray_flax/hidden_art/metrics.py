@@ -16,7 +16,7 @@ Public functions and the source of each choice
     ranks hidden pixels above the others, at every threshold [ours].
   * average_precision: `sklearn.metrics.average_precision_score(mask, recovered)`: the mean
     precision over the recall levels, which, unlike the AUROC, depends on how rare the hidden
-    pixels are (chance = the hidden share of the pixels, about 0.1 here) [ours; issue 27].
+    pixels are (chance = the hidden share of the pixels, about 0.1 here) [ours; docs/results.md].
   Degenerate inputs give None and a reason, never NaN: a constant map (correlation, SSIM),
   a constant truth (correlation, SSIM), a mask with one class only (AUROC, average precision), images smaller than
   the 11 x 11 window (SSIM).

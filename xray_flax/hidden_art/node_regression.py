@@ -1,7 +1,7 @@
 """The 2025 graph tools made to localise, in their own spirit: a GCN or GAT on the painting's SLIC
 superpixel graph predicts, per superpixel, the long bands' node statistics from the RGB's; the
 signed node residual (predicted - observed: positive where a superpixel is darker in the band
-than its colour and its neighbours' say) is the hidden-content map (issue 27, item 3).
+than its colour and its neighbours' say) is the hidden-content map.
 
 Why not the contrastive Siamese of `gnn`: its objective rewards the RGB and band branches for
 AGREEING, so it teaches the shared encoder to discard exactly what differs between them, the

@@ -34,7 +34,7 @@ Public functions (the family contract of common.md) and the source of each choic
   it), "prediction"}. The function's defaults (sign="absolute", scale="none",
   combination="mean") are the first version's |band - prediction| averaged over the bands;
   configs/hidden_regression.py sets the measured better form (docs/results.md).
-  TEST-TIME TRAINING (`test_time_steps` > 0) [ours; issue 27, item 2]: before predicting, the
+  TEST-TIME TRAINING (`test_time_steps` > 0) [ours; docs/results.md]: before predicting, the
   trained network (the cross-painting prior) is fine-tuned on the painting being analysed alone,
   `test_time_steps` Adam steps (learning rate `test_time_learning_rate`) of the L1 loss over all
   of that painting's pixels, each painting of the batch on its own (vmap); the truth is never

@@ -48,7 +48,7 @@ Public functions (the family contract of common.md) and the source of each choic
   `crop` x `crop` window (the same for the RGB and the bands, drawn with `key`) [ours: bounds the
   memory of the N x B band images at full resolution]. Metrics: loss, grad_norm, positive,
   negative (the mean block distances).
-- THE ASYMMETRIC PREDICTOR (`objective="predictor"`, configs/hidden_siamese_conv.py; issue 27)
+- THE ASYMMETRIC PREDICTOR (`objective="predictor"`, configs/hidden_siamese_conv.py)
   [ours, in the tool's spirit: two branches, one compared with the other]: the trainable RGB
   branch (`PredictorBranch`: 3x3 conv 3->32, LeakyReLU, 3x3 32->32, LeakyReLU, 1x1 32->B, a 5 x 5
   receptive field) predicts every band; the band branch is FIXED, a parameter-free per-image

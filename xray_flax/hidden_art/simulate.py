@@ -53,7 +53,7 @@ The physical model and the source of each choice
 - Truth: "hidden" = h in [0, 1], the presence (opacity) of the drawn hidden layer, independent
   of `strength`; "hidden_mask" = h > `mask_level` (0.25 by default).
 - Realism switches, all off by default, each a config key (`config.data.simulation.<name>`)
-  [ours; issue 27, item 5]. `hidden_blur` (s): the hidden term seen through the paint is blurred
+  [ours; docs/hidden_art.md]. `hidden_blur` (s): the hidden term seen through the paint is blurred
   with sigma = s x the mean paint thickness (px of a 256 px painting): paint scatters light
   sideways on its way down and back, more the thicker it is. `nir_noise` (k >= 1): the band noise
   at the longest band is k times the default's (a silicon sensor's quantum efficiency falls to a
@@ -144,7 +144,7 @@ class SimulationParams:
     illumination: float = 0.08  # half the range of the shared illumination ramp
     rgb_encoding: str = "srgb"  # 'srgb' | 'linear'
     mask_level: float = 0.25  # hidden_mask = hidden > mask_level
-    # Realism switches, off by default (issue 27, item 5; each with its physical reason in the
+    # Realism switches, off by default (each with its physical reason in the
     # module text). Lengths in px of a 256 px painting (scaled with `size`).
     hidden_blur: float = 0.0  # scattering: the hidden term blurred by this x the paint thickness
     nir_noise: float = 1.0  # band noise multiplier at wavelength_max (1 = none; silicon sensors)
