@@ -292,6 +292,19 @@ class Checkpointer:
             if manager is not None:
                 manager.close()
 
+    def finish(self, raise_write_errors: bool) -> None:
+        """The end of a training loop, also one stopping on an error: finish the checkpoint writes
+        already started, then close. A failed write is raised when `raise_write_errors` (the loop
+        ended normally), else logged, so that it does not hide the error the loop is stopping on."""
+        try:
+            self.wait()
+        except CheckpointError:
+            if raise_write_errors:
+                raise
+            log.exception("a checkpoint write failed while stopping")
+        finally:
+            self.close()
+
 
 def _restore_step(directory: str, step: int, abstract_variables: Any) -> tuple[Any, dict]:
     manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False))

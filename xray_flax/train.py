@@ -123,17 +123,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> bool:
     try:
         finished = run(detector, config, workdir, splits, mesh, ckpt, writer)
     finally:
-        # Even when stopping on an error, finish the checkpoint writes already started (and
-        # report their failure only when nothing else failed first).
         writer.flush()
-        try:
-            ckpt.wait()
-        except checkpoint.CheckpointError:
-            if finished:
-                raise
-            log.exception("a checkpoint write failed while stopping")
-        finally:
-            ckpt.close()
+        ckpt.finish(raise_write_errors=finished)
     return finished
 
 

@@ -102,17 +102,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, method: methods.Metho
         state = _steps(config, method, state, items, train_scenes, sizes, ckpt, writer)
         finished = True
     finally:
-        # As the detectors' loop: finish the checkpoint writes already started, and report their
-        # failure only when nothing else failed first.
         writer.flush()
-        try:
-            ckpt.wait()
-        except checkpoint.CheckpointError:
-            if finished:
-                raise
-            log.exception("a checkpoint write failed while stopping")
-        finally:
-            ckpt.close()
+        ckpt.finish(raise_write_errors=finished)
     return None if state is None else state.variables
 
 
