@@ -8,14 +8,45 @@ from __future__ import annotations
 
 import glob
 import html
+import math
 import os
 from collections.abc import Sequence
 
-import numpy as np
-
-from xray_flax.report import tables
-
 COLOURS = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000", "#999999")
+
+# Tick steps are these times a power of ten, as matplotlib's MaxNLocator picks them: round
+# numbers a reader can interpolate between (2.5 keeps quarters, e.g. 0, 2500, 5000).
+_NICE_STEPS = (1.0, 2.0, 2.5, 5.0, 10.0)
+
+
+def nice_step(span: float, max_intervals: int = 7) -> float:
+    """The smallest 1, 2, 2.5 or 5 x 10^k step that cuts `span` into at most `max_intervals`."""
+    if not span > 0 or not math.isfinite(span):
+        raise ValueError(f"the axis span must be positive and finite, got {span}")
+    raw = span / max(1, max_intervals)
+    magnitude = 10.0 ** math.floor(math.log10(raw))
+    # The tolerance keeps a raw step that is already nice (0.2 computed as 0.2000000001) itself.
+    return next(m * magnitude for m in _NICE_STEPS if m * magnitude >= raw * (1 - 1e-9))
+
+
+def nice_ticks(lo: float, hi: float, max_intervals: int = 7) -> list[float]:
+    """Round tick values inside [lo, hi]: multiples of `nice_step`, e.g. 0-400 -> 0, 100, ..., 400."""
+    if not hi > lo:
+        raise ValueError(f"the axis range must be increasing, got {lo}..{hi}")
+    step = nice_step(hi - lo, max_intervals)
+    first, last = math.ceil(lo / step - 1e-9), math.floor(hi / step + 1e-9)
+    # k * step, rounded to the step's decimals: 3 * 0.1 is 0.30000000000000004 otherwise.
+    decimals = max(0, -math.floor(math.log10(step)) + 1)
+    return [round(k * step, decimals) + 0.0 for k in range(first, last + 1)]
+
+
+def format_tick(value: float, ticks: Sequence[float]) -> str:
+    """A tick label without trailing zeros: '0.2', '400', and thousands as '2k' / '12.5k' once
+    the axis reaches five digits (a training-step axis), where '12500' would crowd its neighbours."""
+    largest = max(abs(t) for t in ticks)
+    suffix, divisor = ("k", 1000.0) if largest >= 10_000 else ("", 1.0)
+    text = f"{value / divisor:.9f}".rstrip("0").rstrip(".")
+    return "0" if text in ("0", "-0") else text + suffix
 
 
 def line_plot_svg(
@@ -50,12 +81,15 @@ def line_plot_svg(
         parts.append(
             f'<line x1="{x(x0)}" y1="{y(y0)}" x2="{x(x1)}" y2="{y(y1)}" stroke="#bbb" stroke-dasharray="4 4"/>'
         )
-    for tick in np.linspace(0, 1, 6):
-        tx, ty = x0 + tick * (x1 - x0), y0 + tick * (y1 - y0)
+    x_ticks, y_ticks = nice_ticks(x0, x1), nice_ticks(y0, y1)
+    for tx in x_ticks:
+        parts.append(f'<line x1="{x(tx):.1f}" y1="{top + size}" x2="{x(tx):.1f}" y2="{top + size + 4}" stroke="#444"/>')
         parts.append(
-            f'<text x="{x(tx):.1f}" y="{top + size + 16}" text-anchor="middle">{tables.format_number(tx, 3)}</text>'
+            f'<text x="{x(tx):.1f}" y="{top + size + 17}" text-anchor="middle">{format_tick(tx, x_ticks)}</text>'
         )
-        parts.append(f'<text x="{left - 6}" y="{y(ty) + 4:.1f}" text-anchor="end">{tables.format_number(ty, 3)}</text>')
+    for ty in y_ticks:
+        parts.append(f'<line x1="{left - 4}" y1="{y(ty):.1f}" x2="{left}" y2="{y(ty):.1f}" stroke="#444"/>')
+        parts.append(f'<text x="{left - 7}" y="{y(ty) + 4:.1f}" text-anchor="end">{format_tick(ty, y_ticks)}</text>')
     parts.append(
         f'<text x="{left + size / 2}" y="{top + size + 36}" text-anchor="middle">{html.escape(x_label)}</text>'
     )
