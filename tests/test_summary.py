@@ -128,6 +128,36 @@ def test_progress_reports_every_n_steps_on_the_last_step_and_never_at_the_start(
         report(12)
 
 
+def test_the_first_rate_and_eta_leave_out_the_first_step_which_compiles(caplog):
+    """The first step after the start takes 30 s (compiling), the others 1 s each: the first
+    line's rate is the steady one, 1 step/s, not 4 steps in 33 s."""
+    report = progress.ReportProgress("train", 10, every_steps=4, every_secs=None)
+    with caplog.at_level(logging.INFO):
+        for step, t in [(0, 0.0), (1, 30.0), (2, 31.0), (3, 32.0), (4, 33.0)]:
+            report(step, t=t)
+    assert "train: 4/10 steps (40%), 1.00 steps/s, ETA 0m06s" in caplog.text, caplog.text
+    # Resumed at step 4: the first step after that start is left out the same way.
+    resumed = progress.ReportProgress("train", 10, every_steps=2, every_secs=None)
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        for step, t in [(4, 0.0), (5, 20.0), (6, 20.5)]:
+            resumed(step, t=t)
+    assert "train: 6/10 steps (60%), 2.00 steps/s, ETA 0m02s" in caplog.text, caplog.text
+
+
+def test_a_line_at_the_first_step_gives_its_time_and_no_rate(caplog):
+    writer = summary.LoggingWriter()
+    report = progress.ReportProgress("train", 10, every_steps=1, every_secs=None, writer=writer)
+    with caplog.at_level(logging.INFO):
+        assert [report(step, t=t) for step, t in [(0, 0.0), (1, 30.0), (2, 30.5)]] == [False, True, True]
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[0] == (
+        "train: 1/10 steps (10%) in 30.0s (the first, which may include compiling): rate and ETA from the next line"
+    )
+    assert "train: 2/10 steps (20%), 2.00 steps/s, ETA 0m04s" in lines
+    assert "[1] steps_per_sec" not in caplog.text and "[2] steps_per_sec=2" in caplog.text
+
+
 def test_progress_reports_after_every_secs_and_on_given_steps():
     report = progress.ReportProgress("fit", 100, unit="tiles", every_secs=10.0, on_steps=[7])
     calls = [(0, 0.0), (3, 5.0), (5, 10.5), (6, 12.0), (7, 13.0), (50, 30.0), (100, 31.0)]
