@@ -87,6 +87,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, output_dir: str | 
         exact_max_pixels=config.eval.pixel_exact_max_pixels,
         n_bins=config.eval.pixel_histogram_bins,
     )
+    log.info("tile threshold %.4f: %s", result["threshold"], scoring.threshold_source(result))
     if not has_pixel_truth:
         result["pixel_metrics"] = "not available: no pixel masks of anomalous test tiles"
     timing = infer.seconds_per_patch(
@@ -117,6 +118,11 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, output_dir: str | 
             *(val_images if val_images is not None else (None, None)),
             fixed_threshold=config.eval.fixed_threshold,
             threshold_metric=config.eval.threshold_metric,
+        )
+        log.info(
+            "image threshold %.4f: %s",
+            report["test_images"]["threshold"],
+            scoring.threshold_source(report["test_images"], "images"),
         )
     warnings = one_class_warnings(
         known(val)[0], known(test)[0], result["threshold_rule"], "tiles", ranks_checkpoints=val_images is None

@@ -11,6 +11,9 @@
 Any config field can be overridden: --config.train.num_steps=100 --config.data.root=/scans,
 also on evaluate/predict without --config (the overrides then apply to DIR/config.json).
 
+Log lines go to stderr and are appended to DIR/log.txt, dated, between a line naming the
+command and one saying how the run ended (docs/reliability.md, Logs).
+
 Errors the user can fix (bad input data, config values or overrides, missing files or
 checkpoints, a full disk) print one line, `error: <message>`, and exit 2 (command line or
 config) or 1 (anything else); --debug adds the traceback. Ctrl-C exits 130. Unexpected
@@ -129,6 +132,7 @@ def parse_flags(argv: list[str]) -> list[str]:
     Unknown flags or override keys, values of the wrong type, a config file that does not
     load: all are fixed on the command line or in the config file (exit 2).
     """
+    logs.set_command(argv)
     try:
         argv = workdir_config.with_workdir_config(argv)
         _check_config_file(argv)

@@ -8,6 +8,8 @@
   image labels, else per tile).
 * `restore_inferencer`: the checkpoint to evaluate as a ready `Inferencer`, with its stored
   normalisation (or one fitted on the validation split).
+* `threshold_source`: how the evaluation's threshold was chosen, in words (evaluate's log,
+  predict's region threshold).
 
 The training loop validates through it, the evaluate command scores the test split through it
 and predict restores its checkpoint through it; none of them imports another's module.
@@ -29,6 +31,7 @@ from xray_flax import (
     detectors,
     errors,
     evaluation_config,
+    logs,
     metrics,
     normalization,
     progress,
@@ -104,35 +107,37 @@ def score_split(
     report = progress.ReportProgress(f"{split} split", total, unit="tiles", every_secs=10.0)
     report(0)
     done = 0
-    for batch in pipeline.iterate_eval_batches(splits, split, config.data, batch_size=infer.batch_size):
-        out = infer(batch["image"])
-        batch_maps, batch_scores = out["map"], out["score"]
-        _check_finite(batch, batch_maps, batch_scores, splits, split)
-        for key, value in (("label", batch["label"]), ("score", batch_scores)):
-            columns[key].append(value)
-        for key in ("scan_index", "y", "x"):
-            columns[key].append(batch[key])
-        step = max(1, batch_maps.shape[1] // PIXEL_METRIC_SIDE)
-        for i in range(len(batch_scores)):
-            label = batch["label"][i]
-            if label == 0:
-                medians.append(float(np.median(batch_maps[i, ::step, ::step])))
-            if label >= 0 and (batch["mask"][i].any() or label == 0):
-                maps.append(batch_maps[i, ::step, ::step])
-                masks.append(batch["mask"][i, ::step, ::step, 0] > 0.5)
-        if keep_gallery:
-            candidates = {
-                "image": batch["image"],
-                "map": batch_maps,
-                "mask": batch["mask"][..., 0],
-                "label": batch["label"],
-                "score": batch_scores,
-            }
-            if "reconstruction" in out:
-                candidates["reconstruction"] = out["reconstruction"]
-            kept = best_of_each_class([kept, candidates] if kept else [candidates], keep_gallery)
-        done += len(batch_scores)
-        report(done)
+    # Silent for seconds to minutes otherwise: the first pass of a run compiles the maps.
+    with logs.timed(log, f"scoring the {split} split ({total} tiles)", f"scored the {split} split"):
+        for batch in pipeline.iterate_eval_batches(splits, split, config.data, batch_size=infer.batch_size):
+            out = infer(batch["image"])
+            batch_maps, batch_scores = out["map"], out["score"]
+            _check_finite(batch, batch_maps, batch_scores, splits, split)
+            for key, value in (("label", batch["label"]), ("score", batch_scores)):
+                columns[key].append(value)
+            for key in ("scan_index", "y", "x"):
+                columns[key].append(batch[key])
+            step = max(1, batch_maps.shape[1] // PIXEL_METRIC_SIDE)
+            for i in range(len(batch_scores)):
+                label = batch["label"][i]
+                if label == 0:
+                    medians.append(float(np.median(batch_maps[i, ::step, ::step])))
+                if label >= 0 and (batch["mask"][i].any() or label == 0):
+                    maps.append(batch_maps[i, ::step, ::step])
+                    masks.append(batch["mask"][i, ::step, ::step, 0] > 0.5)
+            if keep_gallery:
+                candidates = {
+                    "image": batch["image"],
+                    "map": batch_maps,
+                    "mask": batch["mask"][..., 0],
+                    "label": batch["label"],
+                    "score": batch_scores,
+                }
+                if "reconstruction" in out:
+                    candidates["reconstruction"] = out["reconstruction"]
+                kept = best_of_each_class([kept, candidates] if kept else [candidates], keep_gallery)
+            done += len(batch_scores)
+            report(done)
     if not columns["label"]:
         raise errors.ConfigError(f"the {split!r} split has no tiles; check config.data (split fractions, patch size)")
     c = {k: np.concatenate(v) for k, v in columns.items()}
@@ -254,3 +259,32 @@ def validation_roc_auc(splits: Any, split: str, scores: SplitScores) -> float:
     images = image_level(splits, split, scores)
     labels, values = images if images is not None else known(scores)
     return metrics.roc_auc(labels, values) if labels.size else math.nan
+
+
+def threshold_source(result: dict, unit: str = "tiles") -> str:
+    """How `metrics.evaluate_scores` chose `result["threshold"]`, in words, from its
+    `threshold_rule`: on the validation split, or one of its fallbacks (docs/evaluation.md,
+    Thresholds), which must not read as a validated choice."""
+    rule = result.get("threshold_rule")
+    n_val = result.get("n_val")
+    over = f" over its {n_val} labelled {unit}" if n_val is not None else ""
+    if rule is None:
+        return "as metrics.json gives it (it does not record how it was chosen)"
+    if rule.startswith("argmax_"):
+        return f"chosen on the validation split (argmax {rule[len('argmax_') :]}{over})"
+    if rule == "no_anomalies":
+        return (
+            f"just above the highest validation score: the validation split had no labelled anomalous {unit} "
+            "(rule no_anomalies)"
+        )
+    if rule == "no_normals":
+        return (
+            f"the lowest validation score: the validation split had no labelled normal {unit}, every one of its "
+            f"{unit} counts as anomalous (rule no_normals)"
+        )
+    if rule == "fixed_no_validation":
+        return (
+            f"config.eval.fixed_threshold {result.get('threshold')}: the validation split had no labelled {unit} "
+            "(rule fixed_no_validation)"
+        )
+    return f"rule {rule}"

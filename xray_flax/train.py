@@ -24,7 +24,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from xray_flax import checkpoint, config_check, detectors, errors, files, parallel, progress, scoring, steps
+from xray_flax import checkpoint, config_check, detectors, errors, files, logs, parallel, progress, scoring, steps
 from xray_flax.data import pipeline
 from xray_flax.data import validate as data_validate
 from xray_flax.inference import Inferencer
@@ -128,6 +128,16 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> bool:
     return finished
 
 
+def _compile_steps(detector, config, mesh):
+    """The train step and the preview (None without image summaries), each compiled at its
+    first call between two log lines: compiling takes seconds to minutes with nothing to show."""
+    train_step = logs.compile_on_first_call(steps.compile_train_step(detector, mesh), "the train step", log)
+    preview_step = steps.compile_preview(detector, mesh) if config.train.image_summary_every else None
+    if preview_step is not None:
+        preview_step = logs.compile_on_first_call(preview_step, "the TensorBoard preview images", log)
+    return train_step, preview_step
+
+
 def _train(detector, config, workdir, splits, mesh, ckpt, writer) -> bool:
     """Optimiser steps until config.train.num_steps; False when it stopped early with a checkpoint."""
     per_process_batch = parallel.check_batch_size(config.train.batch_size, mesh)
@@ -167,8 +177,7 @@ def _train(detector, config, workdir, splits, mesh, ckpt, writer) -> bool:
         n_params = sum(x.size for x in jax.tree.leaves(state.params))
         log.info("initialised %s (%s): %s trainable parameters", config.method, detector.name, f"{n_params:,}")
 
-    train_step = steps.compile_train_step(detector, mesh)
-    preview_step = steps.compile_preview(detector, mesh) if config.train.image_summary_every else None
+    train_step, preview_step = _compile_steps(detector, config, mesh)
     validate = _Validator(detector, config, splits, mesh, ckpt, writer, state.variables)
 
     step = int(state.step)

@@ -19,7 +19,7 @@ import os
 import jax
 import ml_collections
 
-from xray_flax import config_check, errors, evaluate, export, predict, train, workdir_lock
+from xray_flax import config_check, errors, evaluate, export, logs, predict, train, workdir_lock
 from xray_flax.data import pipeline
 from xray_flax.report import tables
 
@@ -72,11 +72,21 @@ def run(
     """What `python -m xray_flax.main --mode MODE` does with a resolved config.
 
     The whole config is checked first (`config_check`), before anything is created or written
-    in `workdir`: a config with problems raises one ConfigError listing them all.
+    in `workdir`: a config with problems raises one ConfigError listing them all. Then the log
+    lines of the run are appended to <workdir>/log.txt too (`logs.workdir_log`).
     """
     if mode not in MODES:
         raise errors.ConfigError(f"--mode={mode!r}; expected one of {', '.join(MODES)}")
     config_check.check(config, mode)
+    if mode == "train":
+        os.makedirs(workdir, exist_ok=True)
+    # The other modes read a workdir that exists; where it does not, they fail on the missing
+    # checkpoint and leave no folder behind. Only process 0 writes the file, as it logs progress.
+    with logs.workdir_log(workdir, enabled=os.path.isdir(workdir) and jax.process_index() == 0):
+        return _run_mode(config, workdir, mode, inputs, output_dir, export_platforms)
+
+
+def _run_mode(config, workdir, mode, inputs, output_dir, export_platforms) -> dict | list | None:
     if mode == "export":
         # The checkpoint as a jax.export artefact (xray_flax/export.py; it refuses hidden-art runs).
         return export.export(config, workdir, output_dir, export_platforms)

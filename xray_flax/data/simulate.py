@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import types
 
@@ -35,7 +36,7 @@ import tifffile
 from PIL import Image
 from scipy import ndimage
 
-from xray_flax import config_rules, errors, files
+from xray_flax import config_rules, errors, files, logs
 from xray_flax.data import radiograph, sim_primitives
 
 # Bump when the generator changes so cached scans are regenerated.
@@ -45,6 +46,8 @@ ANOMALY_KINDS = ("paint_losses", "scratches", "fillings", "white_spots", "nails"
 SUPPORTS = ("panel", "canvas", "mixed")
 FILE_FORMATS = ("png", "tiff")
 KEY = "config.data.simulated"
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -326,7 +329,15 @@ def ensure_simulated(params: SimulationParams, cache_dir: str = "") -> str:
     if is_complete(folder, params):
         return folder
     ext = ".tif" if params.file_format == "tiff" else ".png"
-    with files.staged_folder(folder, lambda f: is_complete(f, params), prefix=".sim-") as tmp:
+    # Seconds to a minute without any other line: say what is happening, and that it is once.
+    doing = (
+        f"simulating {params.n_scans} scans of {params.height}x{params.width} ({params.difficulty}) into {folder}, "
+        "once: later runs read them there"
+    )
+    with (
+        logs.timed(log, doing, f"simulated {params.n_scans} scans"),
+        files.staged_folder(folder, lambda f: is_complete(f, params), prefix=".sim-") as tmp,
+    ):
         for i in range(params.n_scans):
             scan, mask = simulate_scan(params, i)
             _write_image(os.path.join(tmp, f"scan_{i:03d}{ext}"), scan, params.file_format)

@@ -28,7 +28,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from xray_flax import checkpoint, errors, progress
+from xray_flax import checkpoint, errors, logs, progress
 from xray_flax.hidden_art import data, methods
 from xray_flax.stop_request import StopRequest
 from xray_flax.summary import create_writer
@@ -109,7 +109,11 @@ def train(config: ml_collections.ConfigDict, workdir: str, method: methods.Metho
 
 def _steps(config, method, state, items, train_scenes, sizes, ckpt, writer) -> TrainState | None:
     """Steps from state.step to config.train.num_steps; None when stopped early with a checkpoint."""
-    step_fn = jax.jit(guard_nonfinite(lambda s, batch, key, aux: method.train_step(s, batch, key)))
+    step_fn = logs.compile_on_first_call(
+        jax.jit(guard_nonfinite(lambda s, batch, key, aux: method.train_step(s, batch, key))),
+        f"the {method.name} train step",
+        log,
+    )
     num_steps, log_every = int(config.train.num_steps), int(config.train.log_every)
     every = int(config.train.checkpoint_every)
     step = int(jax.device_get(state.step))
