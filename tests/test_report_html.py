@@ -98,16 +98,139 @@ def test_patch_gallery_layout_and_content(tmp_path):
     size = gallery.write_patch_gallery(tmp_path / "g.png", images, recon, maps, masks, max_rows=3, cell_size=32)
     png = np.asarray(Image.open(tmp_path / "g.png").convert("RGB"))
     assert png.shape[:2] == (size[1], size[0])
-    assert size == (4 * (32 + 4) + 4, 22 + 3 * (32 + 4) + 4)  # 4 columns, 3 rows
+    bar = overlay.colorbar(3 * (32 + 4))
+    # 4 columns and the colour bar; 3 rows, or the colour bar's height (at least 80 px).
+    assert size == (4 * (32 + 4) + 4 + bar.width, 22 + max(3 * (32 + 4) + 4, bar.height))
     # Cell (row 0, ground truth): white square in the middle on black.
     cell = png[22 : 22 + 32, 4 + 3 * 36 : 4 + 3 * 36 + 32]
     assert cell[12, 12].tolist() == [255, 255, 255] and cell[0, 0].tolist() == [0, 0, 0]
     # Anomaly map of zeros is inferno's darkest colour.
     assert png[22 + 16, 4 + 2 * 36 + 16].tolist() == [0, 0, 4]
     no_mask = gallery.write_patch_gallery(tmp_path / "h.png", images, recon, maps, cell_size=32)
-    assert no_mask[0] == 3 * 36 + 4
+    assert no_mask[0] == 3 * 36 + 4 + overlay.colorbar(8 * 36).width
     with pytest.raises(ValueError, match="same length"):
         gallery.write_patch_gallery(tmp_path / "x.png", images, recon[:3], maps)
+
+
+def test_patch_gallery_writes_scores_labels_and_a_colour_bar(tmp_path):
+    rng = np.random.default_rng(0)
+    images = rng.random((3, 16, 16, 1)).astype(np.float32)
+    maps = np.zeros((3, 16, 16), np.float32)
+    maps[0] = 0.9
+    plain = gallery.write_patch_gallery(tmp_path / "p.png", images, None, maps, cell_size=64)
+    captioned = gallery.write_patch_gallery(
+        tmp_path / "c.png", images, None, maps, cell_size=64, scores=[0.9, 0.2, 0.7], labels=[1, 0, 0], threshold=0.5
+    )
+    assert captioned[1] == plain[1] + 3 * gallery._CAPTION_H  # a caption strip under each row
+    png = np.asarray(Image.open(tmp_path / "c.png").convert("RGB")).astype(int)
+    caption = png[22 + 64 : 22 + 64 + gallery._CAPTION_H, : 2 * 68]
+    assert (caption.sum(axis=-1) < 400).any()  # text drawn under the first row
+    # The colour bar on the right runs from inferno's top (pale yellow) down to its black.
+    bar = png[22:, 2 * 68 + 4 :]
+    assert ((bar[..., 0] > 240) & (bar[..., 1] > 240) & (bar[..., 2] < 190)).any()
+    assert (bar.sum(axis=-1) < 20).any()
+    # Truth and prediction in words, green when they agree, red when not.
+    assert gallery.row_caption(0.9, 1, 0.5) == (
+        "score 0.900   truth: anomalous   predicted: anomalous (score >= 0.500)",
+        "#107010",
+    )
+    assert gallery.row_caption(0.7, 0, 0.5)[1] == "#c01010"
+    assert gallery.row_caption(0.2, -1, None) == ("score 0.200   truth: unlabelled", "black")
+
+
+# --- transparent heatmaps -------------------------------------------------------------------
+
+
+def test_heat_opacity_is_zero_on_normal_and_background_pixels():
+    amap = np.array([[0.05, 0.1, 0.2, 0.35, 0.6, 0.9]], np.float32)
+    foreground = np.array([[True, True, True, True, True, False]])
+    alpha = overlay.heat_opacity(amap, full_at=0.5, normal_level=0.2, foreground=foreground)
+    assert alpha.dtype == np.float32
+    # Up to the normal level (0.05, 0.1, 0.2): transparent; half way to the threshold: half;
+    # above it: opaque; outside the painting (0.9 on the margin): transparent whatever the value.
+    assert alpha[0].tolist() == pytest.approx([0.0, 0.0, 0.0, 0.5, 1.0, 0.0])
+    # A threshold at or below the normal level: a step at the normal level.
+    assert overlay.heat_opacity(amap, full_at=0.1, normal_level=0.2).tolist() == [[0, 0, 0, 1, 1, 1]]
+    rgba = overlay.heat_rgba(amap, full_at=0.5, normal_level=0.2, foreground=foreground)
+    assert rgba[0, [0, 1, 2, 5], 3].tolist() == [0, 0, 0, 0] and rgba[0, 4, 3] == 255
+    assert abs(int(rgba[0, 3, 3]) - 127.5) <= 1
+
+
+def test_normal_level_is_a_high_quantile_of_the_normal_tiles_maps(tmp_path):
+    maps = [np.linspace(0, 1, 1001, dtype=np.float32).reshape(7, 143), np.full((4, 4), 5.0, np.float32)]
+    masks = [np.zeros((7, 143), bool), np.ones((4, 4), bool)]  # the second tile is anomalous
+    record = overlay.normal_level_record(maps, masks)
+    assert record["heatmap"]["normal_level"] == pytest.approx(0.999, abs=1e-6)
+    assert record["heatmap"]["normal_level_tiles"] == 1
+    assert overlay.normal_level_record(maps[1:], masks[1:]) == {}
+    assert overlay.saved_normal_level(tmp_path) is None
+    (tmp_path / "metrics.json").write_text(json.dumps({"test": {}, **record}))
+    level, source = overlay.saved_normal_level(tmp_path)
+    assert level == pytest.approx(0.999, abs=1e-6) and "99.9th percentile" in source
+
+
+def test_foreground_mask_drops_the_film_margin_not_dark_paint():
+    image = np.full((60, 80), 0.5, np.float32)
+    image[:10], image[:, :12] = 0.0, 0.0  # a dark margin on two sides
+    image[30:34, 40:44] = 0.0  # a dark spot in the paint, far smaller than a tile
+    mask = overlay.foreground_mask(image, "dark_fraction", 0.08, 0.5, window=16)
+    assert not mask[:8].any() and not mask[:, :10].any()
+    assert mask[20:, 20:].all()  # the spot stays paint: its tile-sized box is mostly light
+    assert overlay.foreground_mask(image, "none").all()
+    flat = overlay.foreground_mask(image, "low_std", 0.01, window=8)
+    assert not flat[50, 70] and flat[32, 42]
+    with pytest.raises(ValueError, match="background rule"):
+        overlay.foreground_mask(image, "bright")
+
+
+def test_overlay_hides_normal_paint_and_the_margin(tmp_path):
+    scan = np.full((200, 200), 0.6, np.float32)
+    scan[:, :40] = 0.0  # film margin
+    amap = np.full((200, 200), 0.15, np.float32)  # clean paint, at the normal level
+    amap[:, :40] = 0.9  # the model's noise on the margin it never trained on
+    amap[100:130, 100:130] = 0.9  # a defect
+    reader = ArrayScanReader(scan)
+    overlay.write_overlay_png(
+        tmp_path / "o.png",
+        reader,
+        amap,
+        full_at=0.5,
+        normal_level=0.2,
+        background={"rule": "dark_fraction", "threshold": 0.08, "max_fraction": 0.5},
+        tile=32,
+    )
+    png = np.asarray(Image.open(tmp_path / "o.png").convert("RGB")).astype(int)
+    grey = overlay.to_display_rgb(scan)
+    assert (png[50, 150] == grey[50, 150]).all()  # clean paint: the X-ray untouched
+    assert (png[50, 10] == grey[50, 10]).all()  # margin: untouched despite its high map
+    assert png[115, 115, 0] > png[115, 115, 2] + 40  # the defect: tinted orange
+
+
+def test_regions_on_the_margin_are_listed_last_without_a_box(tmp_path):
+    scan = np.full((200, 200), 0.6, np.float32)
+    scan[:, :40] = 0.0  # film margin
+    amap = np.zeros((200, 200), np.float32)
+    amap[:, :30] = 0.95  # the margin, scored highest
+    amap[100:130, 100:130] = 0.9  # a defect in the paint
+    found = regions.find_regions(amap, 0.5)
+    assert [r.x0 for r in found] == [0, 100]  # the margin's region comes first
+    background = {"rule": "dark_fraction", "threshold": 0.08, "max_fraction": 0.5}
+    html.write_scan_report(tmp_path / "r.html", ArrayScanReader(scan), amap, found, title="m", background=background)
+    page = (tmp_path / "r.html").read_text()
+    rows = json.loads(re.search(r'id="report-data">(.*?)</script>', page, re.S).group(1))["regions"]
+    assert [(r["id"], r["background"]) for r in rows] == [(2, False), (1, True)]
+    assert "1 region(s) peak outside the painting" in page
+    assert not overlay.on_background(found[0], None, 1.0)
+
+
+def test_colorbar_marks_the_normal_level_and_the_threshold():
+    plain = overlay.colorbar(300)
+    marked = overlay.colorbar(300, marks=overlay.opacity_marks(0.2, 0.5))
+    assert marked.height == plain.height and marked.width > plain.width  # a column of mark names
+    bar = np.asarray(marked).astype(int)[:, 8]  # a column through the bar
+    # Each mark is a white line across the bar (with black edges).
+    assert (bar.sum(axis=-1) == 3 * 255).sum() >= 2
+    assert overlay.opacity_marks(0.6, 0.5) == [(0.6, "normal / threshold")]
 
 
 # --- HTML report ----------------------------------------------------------------------------
@@ -199,9 +322,80 @@ def test_report_renders_in_headless_chromium(report_file, tmp_path):
     assert re.search(r'<img id="heatmap"[^>]*src="data:image/png;base64,', dom)
     assert re.search(r'<input type="range" id="opacity"', dom)
     # The first row's cells carry the region's box and area.
-    first = re.search(r'<tr class="region-row" data-region-id="1">(.*?)</tr>', dom, re.S).group(1)
+    first = re.search(r'<tr class="region-row" data-region-id="1"[^>]*>(.*?)</tr>', dom, re.S).group(1)
     cells = re.findall(r"<td>([^<]*)</td>", first)
     assert cells[:6] == [str(v) for v in (1, found[0].x0, found[0].y0, found[0].x1, found[0].y1, found[0].area)]
+
+
+# Run after the report's own script (appended to a copy of the page; its Content-Security-Policy
+# allows inline scripts): a wheel event, a drag, the zoom buttons, each transform recorded.
+_ZOOM_PROBE = """<script>
+(function () {
+  var viewport = document.getElementById("viewport"), stack = document.getElementById("stack");
+  var data = JSON.parse(document.getElementById("report-data").textContent);
+  function state() {
+    var m = new DOMMatrix(getComputedStyle(stack).transform);
+    return {s: m.a, x: m.e, y: m.f};
+  }
+  function boxOffset() {
+    var img = document.getElementById("xray").getBoundingClientRect();
+    var box = document.querySelector('#boxes rect[data-region-id="1"]').getBoundingClientRect();
+    return [box.left - img.left, box.top - img.top, data.regions[0].x0 * data.scale, data.regions[0].y0 * data.scale];
+  }
+  var out = {controls: ["zoom-in", "zoom-out", "zoom-reset", "zoom-level"].map(function (id) {
+    return !!document.getElementById(id);
+  })};
+  out.fit = state();
+  var r = viewport.getBoundingClientRect(), cx = r.left + 60, cy = r.top + 70;
+  var wheel = {deltaY: -300, clientX: cx, clientY: cy, bubbles: true, cancelable: true};
+  viewport.dispatchEvent(new WheelEvent("wheel", wheel));
+  out.wheel = state();
+  out.box = boxOffset();
+  viewport.dispatchEvent(new PointerEvent("pointerdown", {button: 0, clientX: cx, clientY: cy, bubbles: true}));
+  window.dispatchEvent(new PointerEvent("pointermove", {clientX: cx - 40, clientY: cy - 25, bubbles: true}));
+  window.dispatchEvent(new PointerEvent("pointerup", {clientX: cx - 40, clientY: cy - 25, bubbles: true}));
+  out.drag = state();
+  out.dragBox = boxOffset();
+  document.getElementById("zoom-in").click();
+  out.zoomIn = state();
+  document.getElementById("zoom-out").click();
+  out.zoomOut = state();
+  document.getElementById("zoom-reset").click();
+  out.reset = state();
+  out.label = document.getElementById("zoom-level").textContent;
+  var pre = document.createElement("pre");
+  pre.id = "zoom-probe";
+  pre.textContent = JSON.stringify(out);
+  document.body.appendChild(pre);
+})();
+</script>
+</body>"""
+
+
+def test_report_zooms_and_pans_with_boxes_aligned(report_file, tmp_path):
+    binary = chromium_or_skip()
+    path, _ = report_file
+    probed = tmp_path / "probed.html"
+    probed.write_text(path.read_text(encoding="utf-8").replace("</body>", _ZOOM_PROBE), encoding="utf-8")
+    dom = run_chromium(binary, tmp_path, "--window-size=900,700", "--dump-dom", probed.as_uri()).stdout
+    out = json.loads(re.search(r'<pre id="zoom-probe">(.*?)</pre>', dom, re.S).group(1))
+    assert out["controls"] == [True, True, True, True]
+    fit, wheel, drag = out["fit"], out["wheel"], out["drag"]
+    assert fit["s"] == pytest.approx(1.0)  # a 160 x 120 display fits the viewport unscaled
+    # Wheel up zooms in around the cursor: the display point under it stays under it.
+    assert wheel["s"] > 1.5 * fit["s"]
+    assert (60 - wheel["x"]) / wheel["s"] == pytest.approx((60 - fit["x"]) / fit["s"], abs=1)
+    assert (70 - wheel["y"]) / wheel["s"] == pytest.approx((70 - fit["y"]) / fit["s"], abs=1)
+    # Dragging pans by the pointer's movement, at the same zoom.
+    assert drag["s"] == wheel["s"]
+    assert (drag["x"] - wheel["x"], drag["y"] - wheel["y"]) == pytest.approx((-40, -25), abs=0.5)
+    # The region box moves and scales with the scan: at the region's place times the zoom.
+    for box, state in ((out["box"], wheel), (out["dragBox"], drag)):
+        assert box[0] == pytest.approx(box[2] * state["s"], abs=2)
+        assert box[1] == pytest.approx(box[3] * state["s"], abs=2)
+    assert out["zoomIn"]["s"] == pytest.approx(1.5 * drag["s"])
+    assert out["zoomOut"]["s"] == pytest.approx(drag["s"])
+    assert out["reset"] == pytest.approx(fit) and out["label"] == "100%"
 
 
 def test_report_screenshot_has_the_heatmap(report_file, tmp_path):

@@ -35,7 +35,7 @@ import numpy as np
 
 from xray_flax import files, metrics, parallel, provenance, scoring, summary
 from xray_flax.data import pipeline
-from xray_flax.report import gallery, tables
+from xray_flax.report import gallery, overlay, tables
 from xray_flax.scoring import SplitScores, known, score_filter_size, score_split, score_top_k
 
 GALLERY_ROWS = 8
@@ -138,7 +138,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, output_dir: str | 
         report["warnings"] = warnings
     report["provenance"] = provenance.collect(config, started)
     if jax.process_index() == 0:
-        write_reports(report, test, output_dir)
+        write_reports(report, test, output_dir, val)
         write_scores_csv(
             os.path.join(output_dir, "scores.csv"), splits, {"val": val, "test": test}, result["threshold"]
         )
@@ -264,9 +264,10 @@ def write_scores_csv(path: str, splits: Any, scored: dict[str, SplitScores], thr
     files.write_text_atomic(path, text.getvalue())
 
 
-def write_reports(report: dict, test: SplitScores, output_dir: str) -> None:
+def write_reports(report: dict, test: SplitScores, output_dir: str, val: SplitScores | None = None) -> None:
     os.makedirs(output_dir, exist_ok=True)
-    report = json_ready(report)
+    # What the validation normal tiles' maps reach: predict's overlays are transparent below it.
+    report = json_ready({**report, **overlay.normal_level_record(val.maps, val.masks)} if val is not None else report)
     files.write_text_atomic(os.path.join(output_dir, "metrics.json"), json.dumps(report, indent=2, allow_nan=False))
     files.write_text_atomic(os.path.join(output_dir, "metrics.md"), tables.metrics_markdown(report))
     g = test.gallery
@@ -277,5 +278,9 @@ def write_reports(report: dict, test: SplitScores, output_dir: str) -> None:
         g["map"],
         g["mask"],
         max_rows=len(g["image"]),
+        scores=g["score"],
+        labels=g["label"],
+        threshold=report["test"].get("threshold"),
+        normal_level=(report.get("heatmap") or {}).get("normal_level"),
     )
     log.info("wrote metrics.json, metrics.md, scores.csv and heatmaps_test_patches.png to %s", output_dir)

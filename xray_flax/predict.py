@@ -156,7 +156,13 @@ def region_threshold(configured: float, workdir: str) -> tuple[float, str]:
 
 
 def predict_scan(
-    infer: Inferencer, path: str, out_dir: str, config: ml_collections.ConfigDict, threshold: float, metadata: dict
+    infer: Inferencer,
+    path: str,
+    out_dir: str,
+    config: ml_collections.ConfigDict,
+    threshold: float,
+    metadata: dict,
+    normal_level: tuple[float, str] | None = None,
 ) -> dict:
     """Anomaly map and reports of one scan; returns a summary of what was written.
 
@@ -228,6 +234,10 @@ def predict_scan(
         # The heatmap is fully opaque where the map reaches the region threshold (positive, so
         # a threshold at or below 0 - everything flagged - still draws a ramp).
         opacity_full_at = max(threshold, 1e-3)
+        # Transparent below what normal paint reaches (saved by evaluate; else the threshold) and
+        # outside the painting (the tiling's background rule), so clean paint shows untinted.
+        level, level_source = normal_level or (opacity_full_at, "no saved normal level: the region threshold")
+        hidden = {"normal_level": level, "background": config.data.background.to_dict(), "tile": patch}
         found = regions.find_regions(anomaly_map, threshold, opts.min_region_area)
         if not npy:
             overlay.write_anomaly_map(os.path.join(staging, map_name), anomaly_map)
@@ -242,6 +252,7 @@ def predict_scan(
             opts.colormap,
             found,
             full_at=opacity_full_at,
+            **hidden,
         )
         html.write_scan_report(
             os.path.join(staging, "report.html"),
@@ -256,6 +267,8 @@ def predict_scan(
             max_regions=opts.report_max_regions,
             crop_margin=opts.crop_margin,
             full_at=opacity_full_at,
+            normal_source=level_source,
+            **hidden,
         )
         anomaly_map = None
         if not npy:
@@ -315,8 +328,9 @@ def predict(
         "region threshold": f"{threshold:.4f} ({source})",
         **provenance.rows(provenance.collect(config)),
     }
+    normal_level = overlay.saved_normal_level(workdir)
     summaries = [
-        predict_scan(infer, path, os.path.join(output_dir, name), config, threshold, metadata)
+        predict_scan(infer, path, os.path.join(output_dir, name), config, threshold, metadata, normal_level)
         for path, name in zip(paths, _scan_dir_names(paths))
     ]
     files.write_text_atomic(os.path.join(output_dir, "predictions.json"), json.dumps(summaries, indent=2))

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
+from xray_flax import files
 from xray_flax.report import overlay
 
 _GAP = 4
@@ -33,6 +34,24 @@ def _squeeze_map(array: np.ndarray) -> np.ndarray:
     return array[..., 0] if array.ndim == 3 and array.shape[-1] == 1 else array
 
 
+_CAPTION_H = 20
+_LABEL_NAMES = {1: "anomalous", 0: "normal"}
+
+
+def row_caption(score: float, label: int, threshold: float | None) -> tuple[str, str]:
+    """(text, colour) under a row: its score, the ground truth and the prediction at the
+    threshold; green when they agree, red when they do not, black without a truth or threshold."""
+    truth = _LABEL_NAMES.get(int(label), "unlabelled")
+    text = f"score {score:.3f}   truth: {truth}"
+    if threshold is None:
+        return text, "black"
+    predicted = int(score >= threshold)
+    text += f"   predicted: {_LABEL_NAMES[predicted]} (score {'>=' if predicted else '<'} {threshold:.3f})"
+    if int(label) not in _LABEL_NAMES:
+        return text, "black"
+    return text, ("#107010" if predicted == int(label) else "#c01010")
+
+
 def write_patch_gallery(
     path: str | os.PathLike,
     images: np.ndarray,
@@ -43,8 +62,12 @@ def write_patch_gallery(
     colormap: str = "inferno",
     row_labels: Sequence[str] | None = None,
     cell_size: int = 192,
+    scores: Sequence[float] | None = None,
+    labels: Sequence[int] | None = None,
+    threshold: float | None = None,
+    normal_level: float | None = None,
 ) -> tuple[int, int]:
-    """Writes a PNG grid, one row per patch, and returns its (width, height).
+    """Writes a PNG grid, one row per patch, with the maps' colour bar; returns its (width, height).
 
     Args:
       images, reconstructions: [N, H, W, C] in [0, 1]; reconstructions None (a detector
@@ -52,8 +75,12 @@ def write_patch_gallery(
       maps: [N, H, W(, 1)] anomaly maps in [0, 1] (colour-mapped).
       masks: optional [N, H, W(, 1)] ground truth; adds a column when given.
       max_rows: the first `max_rows` patches are drawn.
-      row_labels: optional text per row (e.g. "label 1, score 0.93").
+      row_labels: optional text per row, left of it.
       cell_size: side in pixels of each drawn patch.
+      scores, labels: optional per-patch score and ground truth (1, 0, -1 unknown), written
+        under each row with the prediction at `threshold`.
+      threshold, normal_level: marked on the colour bar when given (the tile threshold and
+        what normal tiles' maps reach).
     """
     n = len(images)
     if (
@@ -81,13 +108,20 @@ def write_patch_gallery(
     if row_labels is not None:
         label_w = max(int(text.getlength(str(label))) for label in row_labels[:rows]) + 2 * _GAP
     header_h = 22
-    width = label_w + len(headers) * (cell_size + _GAP) + _GAP
-    height = header_h + rows * (cell_size + _GAP) + _GAP
+    caption_h = _CAPTION_H if scores is not None else 0
+    row_h = cell_size + caption_h + _GAP
+    grid_w = label_w + len(headers) * (cell_size + _GAP) + _GAP
+    marks = [(v, name) for v, name in ((normal_level, "normal"), (threshold, "threshold")) if v is not None]
+    bar = overlay.colorbar(min(rows * row_h, 600), colormap, marks=marks)
+    width = grid_w + bar.width
+    height = max(header_h + rows * row_h + _GAP, header_h + bar.height)
     canvas = Image.new("RGB", (width, height), "white")
+    canvas.paste(bar, (grid_w, header_h))
     draw = ImageDraw.Draw(canvas)
     for column, header in enumerate(headers):
         x = label_w + _GAP + column * (cell_size + _GAP) + cell_size // 2
         draw.text((x, header_h // 2), header, fill="black", font=text, anchor="mm")
+    draw.text((grid_w + _GAP, header_h // 2), "map value", fill="black", font=text, anchor="lm")
     for row in range(rows):
         cells = [_rgb(images[row])]
         if reconstructions is not None:
@@ -95,11 +129,16 @@ def write_patch_gallery(
         cells.append(overlay.apply_colormap(_squeeze_map(maps[row]), colormap))
         if masks is not None:
             cells.append(_rgb(_squeeze_map(masks[row])))
-        y = header_h + row * (cell_size + _GAP)
+        y = header_h + row * row_h
         for column, cell in enumerate(cells):
             tile = Image.fromarray(cell).resize((cell_size, cell_size), Image.Resampling.BILINEAR)
             canvas.paste(tile, (label_w + _GAP + column * (cell_size + _GAP), y))
         if row_labels is not None:
             draw.text((_GAP, y + cell_size // 2), str(row_labels[row]), fill="black", font=text, anchor="lm")
-    canvas.save(path, format="PNG")
+        if scores is not None:
+            label = -1 if labels is None else int(labels[row])
+            caption, colour = row_caption(float(scores[row]), label, threshold)
+            draw.text((label_w + _GAP, y + cell_size + caption_h // 2), caption, fill=colour, font=text, anchor="lm")
+    with files.atomic_output(path, "the patch gallery") as tmp:
+        canvas.save(tmp, format="PNG")
     return width, height

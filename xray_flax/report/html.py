@@ -2,10 +2,11 @@
 
 The file works from disk with no server and no network: every image is an inline
 base64 PNG, the style and script are inline, and a Content-Security-Policy forbids any
-other source. It shows the scan with the heatmap on top (opacity slider), boxes of the
-candidate regions, and a table of regions with crops. The table and the boxes are built
-by the inline script from the embedded JSON, so a browser test that finds the rows
-proves the script ran.
+other source. It shows the scan with the heatmap on top (opacity slider; transparent where
+the map is normal and outside the painting, as in overlay.py), boxes of the candidate
+regions, and a table of regions with crops; the scan zooms (wheel, buttons) and pans (drag).
+The table and the boxes are built by the inline script from the embedded JSON, so a browser
+test that finds the rows proves the script ran.
 """
 
 from __future__ import annotations
@@ -58,10 +59,14 @@ def region_crop(
     alpha: float,
     limits: tuple[float, float] | None = None,
     full_at: float = 0.5,
+    normal_level: float = 0.0,
+    background: dict | None = None,
+    tile: int = 64,
 ) -> Image.Image:
     """Side-by-side X-ray | overlay crop around a region (plus `margin`), box outlined,
     downscaled to at most `max_side` px a side per panel (block mean / block max).
-    `limits` are the display limits (pass the whole scan's so crops are comparable)."""
+    `limits` are the display limits (pass the whole scan's so crops are comparable); the
+    heatmap is hidden as in the whole-scan overlay (`overlay.write_overlay_png`)."""
     y, x = region.y0 - margin, region.x0 - margin
     h, w = region.height + 2 * margin, region.width + 2 * margin
     factor = overlay.downscale_factor(h, w, max_side)
@@ -69,7 +74,9 @@ def region_crop(
     heat = overlay.downsample_max(_crop_map(anomaly_map, y, x, h, w), factor)
     left = Image.fromarray(overlay.to_display_rgb(xray, limits))
     heat_rgb = overlay.apply_colormap(heat, colormap)
-    right = Image.fromarray(overlay.blend(np.asarray(left), heat_rgb, alpha, overlay.heat_opacity(heat, full_at)))
+    foreground = overlay.thumbnail_foreground(xray, factor, background, tile)
+    opacity = overlay.heat_opacity(heat, full_at, normal_level, foreground)
+    right = Image.fromarray(overlay.blend(np.asarray(left), heat_rgb, alpha, opacity))
     box = [margin / factor, margin / factor, (margin + region.width) / factor, (margin + region.height) / factor]
     for panel in (left, right):
         ImageDraw.Draw(panel).rectangle(box, outline=(0, 255, 255), width=1)
@@ -77,6 +84,218 @@ def region_crop(
     pair.paste(left, (0, 0))
     pair.paste(right, (left.width + 4, 0))
     return pair
+
+
+# Style and script are plain strings (no f-string brace doubling); the page's numbers reach the
+# script through the embedded JSON. The scan, heatmap and boxes sit in one #stack element that
+# a CSS transform (translate + scale, origin top left) moves and zooms, so the boxes stay on
+# their regions at every zoom: the SVG shares the images' coordinate system.
+_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 12px 16px; color: #222; background: #fafafa; }
+h1 { font-size: 20px; margin: 0 0 4px; }
+h2 { font-size: 16px; margin: 0 0 6px; }
+.warning { color: #a00; font-weight: 600; margin: 4px 0; }
+.legend { font-size: 13px; margin: 2px 0 6px; color: #444; }
+.controls { margin: 4px 0 8px; font-size: 14px; display: flex; flex-wrap: wrap; gap: 6px 14px; align-items: center; }
+.controls button { font-size: 14px; min-width: 32px; padding: 2px 8px; }
+.hint { color: #666; font-size: 12px; }
+.layout { display: flex; flex-wrap: wrap; gap: 16px; align-items: flex-start; }
+.viewer-row { display: flex; gap: 8px; align-items: flex-start; }
+.side { flex: 1 1 420px; min-width: 0; overflow-x: auto; }
+#viewport { position: relative; overflow: hidden; background: #111; border: 1px solid #888;
+  max-width: calc(100vw - 200px); max-height: calc(100vh - 120px); min-width: 160px; min-height: 160px;
+  cursor: grab; touch-action: none; user-select: none; -webkit-user-select: none; }
+#viewport.dragging { cursor: grabbing; }
+#stack { position: absolute; left: 0; top: 0; transform-origin: 0 0; }
+#stack img, #stack svg { position: absolute; left: 0; top: 0; display: block; max-width: none; }
+#stack img { -webkit-user-drag: none; pointer-events: none; }
+#stack.pixelated img { image-rendering: pixelated; }
+#boxes { overflow: visible; font-size: 14px; }
+#boxes rect { fill: none; stroke: #0ff; stroke-width: 2; vector-effect: non-scaling-stroke; cursor: pointer; }
+#boxes rect.selected { stroke: #f0f; stroke-width: 4; }
+#boxes text { fill: #0ff; paint-order: stroke; stroke: #000; stroke-width: 2px; }
+#meta th { text-align: left; padding-right: 12px; font-weight: 600; vertical-align: top; }
+#meta td, #meta th { font-size: 12px; }
+#regions { border-collapse: collapse; font-size: 12px; margin-bottom: 12px; }
+#regions th, #regions td { border: 1px solid #ccc; padding: 3px 5px; text-align: right; vertical-align: middle; }
+#regions th:last-child { text-align: left; }
+#regions tr.selected { background: #fdf; }
+#regions tbody tr { cursor: pointer; }
+#regions img { display: block; max-height: 80px; }
+#regions tr.background td { color: #888; }
+#regions .note { font-size: 11px; color: #666; }
+"""
+
+_SCRIPT = """
+(function () {
+  "use strict";
+  var data = JSON.parse(document.getElementById("report-data").textContent);
+  var W = data.displayWidth, H = data.displayHeight, MAX_ZOOM = 8;
+  var heatmap = document.getElementById("heatmap");
+  var slider = document.getElementById("opacity");
+  var label = document.getElementById("opacity-value");
+  function setOpacity() {
+    heatmap.style.opacity = slider.value / 100;
+    label.textContent = slider.value + "%";
+  }
+  slider.addEventListener("input", setOpacity);
+  setOpacity();
+
+  // Zoom and pan: view.s screen px per display px, (view.x, view.y) the stack's offset.
+  var viewport = document.getElementById("viewport");
+  var stack = document.getElementById("stack");
+  var svg = document.getElementById("boxes");
+  var zoomLabel = document.getElementById("zoom-level");
+  var view = {s: 1, x: 0, y: 0, fit: 1};
+  function clampPan() {
+    // Centred while smaller than the viewport, else no empty margin beyond an edge.
+    var vw = viewport.clientWidth, vh = viewport.clientHeight, w = W * view.s, h = H * view.s;
+    view.x = w <= vw ? (vw - w) / 2 : Math.min(0, Math.max(vw - w, view.x));
+    view.y = h <= vh ? (vh - h) / 2 : Math.min(0, Math.max(vh - h, view.y));
+  }
+  function apply() {
+    clampPan();
+    stack.style.transform = "translate(" + view.x + "px, " + view.y + "px) scale(" + view.s + ")";
+    stack.classList.toggle("pixelated", view.s >= 2);
+    svg.style.fontSize = (14 / view.s) + "px";  // labels keep their screen size
+    zoomLabel.textContent = Math.round(100 * view.s / view.fit) + "%";
+  }
+  function zoomAt(factor, cx, cy) {
+    var s = Math.min(Math.max(view.s * factor, view.fit), Math.max(MAX_ZOOM, view.fit));
+    // The display point under (cx, cy) stays under it.
+    view.x = cx - (cx - view.x) * s / view.s;
+    view.y = cy - (cy - view.y) * s / view.s;
+    view.s = s;
+    apply();
+  }
+  function fit() {
+    // The viewport hugs the scan at the largest scale its CSS limits allow (never above 1).
+    viewport.style.width = W + "px";
+    viewport.style.height = H + "px";
+    view.fit = Math.min(viewport.clientWidth / W, viewport.clientHeight / H, 1);
+    viewport.style.width = Math.round(W * view.fit) + "px";
+    viewport.style.height = Math.round(H * view.fit) + "px";
+    view.s = view.fit;
+    apply();
+  }
+  function zoomCentre(factor) { zoomAt(factor, viewport.clientWidth / 2, viewport.clientHeight / 2); }
+  viewport.addEventListener("wheel", function (e) {
+    e.preventDefault();
+    var r = viewport.getBoundingClientRect();
+    var dy = e.deltaY * (e.deltaMode === 1 ? 16 : e.deltaMode === 2 ? 400 : 1);
+    zoomAt(Math.exp(-dy * 0.002), e.clientX - r.left, e.clientY - r.top);
+  }, {passive: false});
+  viewport.addEventListener("dblclick", function (e) {
+    var r = viewport.getBoundingClientRect();
+    zoomAt(e.shiftKey ? 0.5 : 2, e.clientX - r.left, e.clientY - r.top);
+  });
+  var drag = null, dragged = false;
+  viewport.addEventListener("pointerdown", function (e) {
+    if (e.button !== 0) return;
+    drag = {x: e.clientX, y: e.clientY, vx: view.x, vy: view.y};
+    dragged = false;
+    viewport.classList.add("dragging");
+  });
+  window.addEventListener("pointermove", function (e) {
+    if (!drag) return;
+    var dx = e.clientX - drag.x, dy = e.clientY - drag.y;
+    dragged = dragged || Math.abs(dx) + Math.abs(dy) > 3;
+    view.x = drag.vx + dx;
+    view.y = drag.vy + dy;
+    apply();
+  });
+  function endDrag() { drag = null; viewport.classList.remove("dragging"); }
+  window.addEventListener("pointerup", endDrag);
+  window.addEventListener("pointercancel", endDrag);
+  document.getElementById("zoom-in").addEventListener("click", function () { zoomCentre(1.5); });
+  document.getElementById("zoom-out").addEventListener("click", function () { zoomCentre(1 / 1.5); });
+  document.getElementById("zoom-reset").addEventListener("click", fit);
+  document.addEventListener("keydown", function (e) {
+    if (e.target.tagName === "INPUT" || e.ctrlKey || e.metaKey || e.altKey) return;
+    if (e.key === "+" || e.key === "=") zoomCentre(1.5);
+    else if (e.key === "-") zoomCentre(1 / 1.5);
+    else if (e.key === "0") fit();
+  });
+  window.addEventListener("resize", fit);
+  function showRegion(r) {
+    // Zoom so the region fills about a third of the viewport, centred on it.
+    var s = data.scale, vw = viewport.clientWidth, vh = viewport.clientHeight;
+    var w = Math.max((r.x1 - r.x0) * s, 4), h = Math.max((r.y1 - r.y0) * s, 4);
+    view.s = Math.min(Math.max(Math.min(vw / (3 * w), vh / (3 * h)), view.fit), Math.max(MAX_ZOOM, view.fit));
+    view.x = vw / 2 - (r.x0 * s + w / 2) * view.s;
+    view.y = vh / 2 - (r.y0 * s + h / 2) * view.s;
+    apply();
+  }
+
+  var ns = "http://www.w3.org/2000/svg";
+  var tbody = document.querySelector("#regions tbody");
+  var rows = {}, rects = {};
+  function select(id) {
+    Object.keys(rows).forEach(function (k) {
+      rows[k].classList.toggle("selected", String(id) === k);
+      if (rects[k]) rects[k].classList.toggle("selected", String(id) === k);
+    });
+  }
+  function addBox(r) {
+    var s = data.scale;
+    var rect = document.createElementNS(ns, "rect");
+    rect.setAttribute("x", r.x0 * s);
+    rect.setAttribute("y", r.y0 * s);
+    rect.setAttribute("width", Math.max((r.x1 - r.x0) * s, 2));
+    rect.setAttribute("height", Math.max((r.y1 - r.y0) * s, 2));
+    rect.setAttribute("data-region-id", r.id);
+    rect.addEventListener("click", function () {
+      if (dragged) return;  // the end of a pan, not a click
+      select(r.id);
+      rows[r.id].scrollIntoView({block: "center"});
+    });
+    svg.appendChild(rect);
+    var text = document.createElementNS(ns, "text");
+    text.setAttribute("x", r.x0 * s);
+    text.setAttribute("y", r.y0 * s);
+    text.setAttribute("dy", "-0.25em");
+    text.textContent = r.id;
+    svg.appendChild(text);
+    rects[r.id] = rect;
+  }
+  data.regions.forEach(function (r) {
+    if (!r.background) addBox(r);  // on the film margin: listed, not boxed (like its heatmap)
+    var tr = document.createElement("tr");
+    tr.className = r.background ? "region-row background" : "region-row";
+    tr.setAttribute("data-region-id", r.id);
+    tr.title = "click: zoom to region " + r.id;
+    [r.id, r.x0, r.y0, r.x1, r.y1, r.area, r.mean_score.toFixed(3), r.max_score.toFixed(3)]
+      .forEach(function (value) {
+        var td = document.createElement("td");
+        td.textContent = value;
+        tr.appendChild(td);
+      });
+    var cell = document.createElement("td");
+    if (r.crop) {
+      var img = document.createElement("img");
+      img.src = r.crop;
+      img.alt = "region " + r.id;
+      cell.appendChild(img);
+    }
+    if (r.background) {
+      var note = document.createElement("div");
+      note.className = "note";
+      note.textContent = "peak outside the painting (film margin): no box";
+      cell.appendChild(note);
+    }
+    tr.appendChild(cell);
+    tr.addEventListener("click", function () { select(r.id); showRegion(r); });
+    tbody.appendChild(tr);
+    rows[r.id] = tr;
+  });
+  document.getElementById("region-count").textContent = data.regions.length;
+  document.getElementById("show-boxes").addEventListener("change", function (e) {
+    svg.style.display = e.target.checked ? "" : "none";
+  });
+  fit();
+  document.body.setAttribute("data-report-ready", "true");
+})();
+"""
 
 
 def render_report_html(
@@ -90,9 +309,11 @@ def render_report_html(
     regions: Sequence[dict],
     metadata: dict,
     alpha: float = 0.5,
+    legend: str = "",
 ) -> str:
     """The report page. `regions` are dicts (Region fields + 'crop' data URI) in full-
-    resolution pixels; `scale` maps them to display pixels."""
+    resolution pixels; `scale` maps them to display pixels. `legend` says what the heatmap's
+    colours and transparency mean; a metadata 'warning' is repeated under the title."""
     width, height = display_size
     data = {"scale": scale, "regions": list(regions), "displayWidth": width, "displayHeight": height}
     # "</" inside a script element would end it early; "<\/" is the same JSON string.
@@ -100,7 +321,11 @@ def render_report_html(
     meta_rows = "".join(
         f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in metadata.items()
     )
+    warning = (
+        f'<p class="warning">Warning: {html.escape(str(metadata["warning"]))}</p>' if metadata.get("warning") else ""
+    )
     percent = int(round(alpha * 100))
+    size = f'width="{width}" height="{height}"'
     return f"""<!DOCTYPE html>
 <html lang="en">
 <head>
@@ -108,48 +333,36 @@ def render_report_html(
 <meta http-equiv="Content-Security-Policy" content="{_CSP}">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{html.escape(title)}</title>
-<style>
-body {{ font-family: system-ui, sans-serif; margin: 16px; color: #222; background: #fafafa; }}
-h1 {{ font-size: 20px; margin: 0 0 8px; }}
-#meta th {{ text-align: left; padding-right: 12px; font-weight: 600; }}
-#meta td, #meta th {{ font-size: 13px; }}
-.layout {{ display: flex; flex-wrap: wrap; gap: 16px; align-items: flex-start; }}
-.viewer-row {{ display: flex; gap: 8px; align-items: flex-start; }}
-h2 {{ font-size: 16px; margin: 0 0 6px; }}
-#viewer {{ position: relative; line-height: 0; max-width: 100%; }}
-#viewer img, #viewer svg {{ width: 100%; height: auto; display: block; }}
-#heatmap, #boxes {{ position: absolute; left: 0; top: 0; }}
-#boxes rect {{ fill: none; stroke: #0ff; stroke-width: 2; vector-effect: non-scaling-stroke; }}
-#boxes rect.selected {{ stroke: #f0f; stroke-width: 4; }}
-#boxes text {{ fill: #0ff; font-size: 14px; }}
-.controls {{ margin: 8px 0; font-size: 14px; }}
-#regions {{ border-collapse: collapse; font-size: 13px; }}
-#regions th, #regions td {{ border: 1px solid #ccc; padding: 4px 8px; text-align: right; vertical-align: middle; }}
-#regions th:last-child {{ text-align: left; }}
-#regions tr.selected {{ background: #fdf; }}
-#regions tbody tr {{ cursor: pointer; }}
-#regions img {{ display: block; max-height: 90px; }}
-</style>
+<style>{_STYLE}</style>
 </head>
 <body>
 <h1>{html.escape(title)}</h1>
-<table id="meta">{meta_rows}</table>
+{warning}
+<p class="legend">{html.escape(legend)}</p>
 <div class="controls">
-  <label for="opacity">Heatmap opacity</label>
+  <span><label for="opacity">Heatmap opacity</label>
   <input type="range" id="opacity" min="0" max="100" value="{percent}">
-  <span id="opacity-value">{percent}%</span>
+  <span id="opacity-value">{percent}%</span></span>
   <label><input type="checkbox" id="show-boxes" checked> region boxes</label>
+  <span><button id="zoom-out" title="zoom out (-)">&minus;</button>
+  <button id="zoom-in" title="zoom in (+)">+</button>
+  <button id="zoom-reset" title="whole scan (0)">Reset</button>
+  <span id="zoom-level">100%</span></span>
+  <span class="hint">wheel: zoom at the cursor &middot; drag: pan &middot; double-click: zoom in
+  &middot; click a table row: zoom to its region</span>
 </div>
 <div class="layout">
 <div class="viewer-row">
-  <div id="viewer" style="width:{width}px">
-    <img id="xray" alt="X-ray" src="{xray_uri}">
-    <img id="heatmap" alt="anomaly heatmap" src="{heatmap_uri}" style="opacity:{alpha}">
-    <svg id="boxes" viewBox="0 0 {width} {height}" preserveAspectRatio="none"
-         xmlns="http://www.w3.org/2000/svg"></svg>
+  <div id="viewport" style="width:{width}px; height:{height}px">
+    <div id="stack" style="width:{width}px; height:{height}px">
+      <img id="xray" alt="X-ray" {size} src="{xray_uri}">
+      <img id="heatmap" alt="anomaly heatmap" {size} src="{heatmap_uri}" style="opacity:{alpha}">
+      <svg id="boxes" {size} viewBox="0 0 {width} {height}" xmlns="http://www.w3.org/2000/svg"></svg>
+    </div>
   </div>
   <img id="colorbar" alt="colour scale" src="{colorbar_uri}">
 </div>
+<div class="side">
 <section>
 <h2>Candidate regions (<span id="region-count">0</span>)</h2>
 <table id="regions">
@@ -158,80 +371,30 @@ h2 {{ font-size: 16px; margin: 0 0 6px; }}
   <tbody></tbody>
 </table>
 </section>
+<section>
+<h2>Scan and run</h2>
+<table id="meta">{meta_rows}</table>
+</section>
+</div>
 </div>
 <script type="application/json" id="report-data">{data_json}</script>
-<script>
-(function () {{
-  "use strict";
-  var data = JSON.parse(document.getElementById("report-data").textContent);
-  var heatmap = document.getElementById("heatmap");
-  var slider = document.getElementById("opacity");
-  var label = document.getElementById("opacity-value");
-  function setOpacity() {{
-    heatmap.style.opacity = slider.value / 100;
-    label.textContent = slider.value + "%";
-  }}
-  slider.addEventListener("input", setOpacity);
-  setOpacity();
-
-  var svg = document.getElementById("boxes");
-  var ns = "http://www.w3.org/2000/svg";
-  var tbody = document.querySelector("#regions tbody");
-  var rows = {{}}, rects = {{}};
-  function select(id) {{
-    Object.keys(rows).forEach(function (k) {{
-      rows[k].classList.toggle("selected", String(id) === k);
-      rects[k].classList.toggle("selected", String(id) === k);
-    }});
-  }}
-  data.regions.forEach(function (r) {{
-    var s = data.scale;
-    var rect = document.createElementNS(ns, "rect");
-    rect.setAttribute("x", r.x0 * s);
-    rect.setAttribute("y", r.y0 * s);
-    rect.setAttribute("width", Math.max((r.x1 - r.x0) * s, 2));
-    rect.setAttribute("height", Math.max((r.y1 - r.y0) * s, 2));
-    rect.setAttribute("data-region-id", r.id);
-    rect.addEventListener("click", function () {{ select(r.id); rows[r.id].scrollIntoView({{block: "center"}}); }});
-    svg.appendChild(rect);
-    var text = document.createElementNS(ns, "text");
-    text.setAttribute("x", r.x0 * s);
-    text.setAttribute("y", Math.max(r.y0 * s - 3, 12));
-    text.textContent = r.id;
-    svg.appendChild(text);
-    rects[r.id] = rect;
-
-    var tr = document.createElement("tr");
-    tr.className = "region-row";
-    tr.setAttribute("data-region-id", r.id);
-    [r.id, r.x0, r.y0, r.x1, r.y1, r.area, r.mean_score.toFixed(3), r.max_score.toFixed(3)]
-      .forEach(function (value) {{
-        var td = document.createElement("td");
-        td.textContent = value;
-        tr.appendChild(td);
-      }});
-    var cell = document.createElement("td");
-    if (r.crop) {{
-      var img = document.createElement("img");
-      img.src = r.crop;
-      img.alt = "region " + r.id;
-      cell.appendChild(img);
-    }}
-    tr.appendChild(cell);
-    tr.addEventListener("click", function () {{ select(r.id); }});
-    tbody.appendChild(tr);
-    rows[r.id] = tr;
-  }});
-  document.getElementById("region-count").textContent = data.regions.length;
-  document.getElementById("show-boxes").addEventListener("change", function (e) {{
-    svg.style.display = e.target.checked ? "" : "none";
-  }});
-  document.body.setAttribute("data-report-ready", "true");
-}})();
-</script>
+<script>{_SCRIPT}</script>
 </body>
 </html>
 """
+
+
+def heatmap_legend(normal_level: float, full_at: float, normal_source: str, masked_background: bool) -> str:
+    """One sentence on what the heatmap shows: where it starts, where it is opaque."""
+    where = " and outside the painting (the tiling's background rule)" if masked_background else ""
+    if full_at <= normal_level:
+        ramp = f"opaque from {normal_level:.3g} on"
+    else:
+        ramp = f"fading in above it and fully opaque from the region threshold {full_at:.3g} on"
+    return (
+        f"Heatmap: transparent up to the normal level {normal_level:.3g} ({normal_source}){where}, {ramp}; "
+        "colours on the 0-1 scale of the bar."
+    )
 
 
 def write_scan_report(
@@ -249,6 +412,10 @@ def write_scan_report(
     crop_margin: int = 32,
     crop_max_side: int = 256,
     full_at: float = 0.5,
+    normal_level: float = 0.0,
+    normal_source: str = "none given",
+    background: dict | None = None,
+    tile: int = 64,
 ) -> None:
     """Writes the HTML report of one scan.
 
@@ -260,6 +427,10 @@ def write_scan_report(
       regions: from `regions.find_regions`, best first; the first `max_regions` are shown.
       metadata: extra key/value rows shown at the top (scan path, checkpoint, threshold).
       full_at: the heatmap is fully opaque (alpha) from this value on: the region threshold.
+      normal_level, normal_source: the heatmap is transparent up to this value (what normal
+        paint reaches; `overlay.normal_level`), and where that value came from (the legend).
+      background, tile: the tiling's background rule (config.data.background as a dict) and
+        tile side; the heatmap is transparent outside the painting (`overlay.foreground_mask`).
     """
     if anomaly_map.shape != (reader.height, reader.width):
         raise ValueError(f"anomaly map {anomaly_map.shape} does not match the scan {(reader.height, reader.width)}")
@@ -267,7 +438,8 @@ def write_scan_report(
     small_map = overlay.downsample_max(anomaly_map, factor)
     limits = overlay.display_limits(thumb)
     xray_rgb = overlay.to_display_rgb(thumb, limits)
-    heat_layer = overlay.heat_rgba(small_map, colormap, full_at)
+    foreground = overlay.thumbnail_foreground(thumb, factor, background, tile)
+    heat_layer = overlay.heat_rgba(small_map, colormap, full_at, normal_level, foreground)
     shown = list(regions)[:max_regions]
     rows = []
     for region in shown:
@@ -280,10 +452,33 @@ def write_scan_report(
             "area": region.area,
             "mean_score": region.mean_score,
             "max_score": region.max_score,
+            "background": overlay.on_background(region, foreground, 1.0 / factor),
         }
-        crop = region_crop(reader, anomaly_map, region, crop_margin, crop_max_side, colormap, alpha, limits, full_at)
+        crop = region_crop(
+            reader,
+            anomaly_map,
+            region,
+            crop_margin,
+            crop_max_side,
+            colormap,
+            alpha,
+            limits,
+            full_at,
+            normal_level,
+            background,
+            tile,
+        )
         row["crop"] = png_data_uri(crop)
         rows.append(row)
+    # Regions on the film margin after those on the painting (a stable sort keeps their order).
+    rows.sort(key=lambda row: row["background"])
+    legend = heatmap_legend(normal_level, full_at, normal_source, foreground is not None)
+    on_margin = sum(row["background"] for row in rows)
+    if on_margin:
+        legend += (
+            f" {on_margin} region(s) peak outside the painting, where the model never trained: "
+            "listed last, without a box."
+        )
     info = {
         "scan size (px)": f"{reader.width} x {reader.height}",
         "display scale": f"1/{factor}",
@@ -295,12 +490,17 @@ def write_scan_report(
         title=title,
         xray_uri=png_data_uri(xray_rgb),
         heatmap_uri=png_data_uri(heat_layer),
-        colorbar_uri=png_data_uri(overlay.colorbar(min(xray_rgb.shape[0], 600), colormap)),
+        colorbar_uri=png_data_uri(
+            overlay.colorbar(
+                min(max(xray_rgb.shape[0], 400), 600), colormap, marks=overlay.opacity_marks(normal_level, full_at)
+            )
+        ),
         display_size=(xray_rgb.shape[1], xray_rgb.shape[0]),
         scale=1.0 / factor,
         regions=rows,
         metadata=info,
         alpha=alpha,
+        legend=legend,
     )
     with files.atomic_output(path, "the HTML report") as tmp, open(tmp, "w", encoding="utf-8") as f:
         f.write(page)

@@ -2,7 +2,8 @@
 
 * colour maps ('inferno', 'jet', 'gray') as 256-entry lookup tables,
 * thumbnails read band by band from a `ScanReader` (memory bounded by one band),
-* heatmap overlays with a colour bar and region boxes (PIL),
+* heatmap overlays with a colour bar and region boxes (PIL), transparent where the map is
+  normal (below `normal_level`) and outside the painting (`foreground_mask`),
 * the full-resolution anomaly map as float32 TIFF or .npy.
 
 Every file is written to a temporary name and renamed when complete (`files.atomic_output`):
@@ -15,6 +16,7 @@ visible - missing a small paint loss is worse than a slightly bolder heatmap.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from collections.abc import Sequence
@@ -25,6 +27,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from xray_flax import files
 from xray_flax.data.readers import ArrayScanReader
+from xray_flax.report import plots
 
 COLORMAPS = ("inferno", "jet", "gray")
 
@@ -172,22 +175,127 @@ def blend(xray_rgb: np.ndarray, heat_rgb: np.ndarray, alpha: float, weights: np.
     return np.round(mixed).astype(np.uint8)
 
 
-def heat_opacity(anomaly_map: np.ndarray, full_at: float = 0.5) -> np.ndarray:
-    """Per-pixel heatmap opacity in [0, 1]: 0 at value 0, rising linearly to 1 at `full_at`.
+# The "normal level" under which the heatmap is fully transparent: this quantile of the
+# anomaly map over the pixels of the validation split's normal tiles. 99.9 %, not 99 %: a
+# clean painting would keep one pixel in a hundred coloured, and the overlay's block maximum
+# (each thumbnail pixel shows the hottest of its block) would turn that into a speckle over
+# the whole scan; one in a thousand leaves clean paint clean and still starts the colour
+# well below any threshold chosen on the validation split.
+NORMAL_LEVEL_QUANTILE = 0.999
 
-    `full_at` is the cut that matters (the region threshold; 0.5, the fixed cut of normalised
-    maps, by default): everything scored at or above it is drawn at the full heatmap opacity,
-    so what the model flags is plainly coloured, while the normal background (near 0 after
-    normalisation) leaves the X-ray untouched.
+
+def normal_level(maps: Sequence[np.ndarray], quantile: float = NORMAL_LEVEL_QUANTILE) -> float | None:
+    """The `quantile` of every pixel of `maps` (anomaly maps of normal tiles), or None without
+    any finite pixel."""
+    values = np.concatenate([np.asarray(m, np.float32).ravel() for m in maps]) if len(maps) else np.zeros(0)
+    values = values[np.isfinite(values)]
+    return float(np.quantile(values, quantile)) if values.size else None
+
+
+def normal_level_record(maps: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> dict:
+    """{"heatmap": {...}} for metrics.json: the `normal_level` of the maps whose mask is empty
+    (the normal tiles of a `scoring.SplitScores`), which predict's overlays start from; {}
+    without such tiles."""
+    normal = [m for m, k in zip(maps, masks) if not np.any(k)]
+    level = normal_level(normal)
+    if level is None:
+        return {}
+    return {
+        "heatmap": {
+            "normal_level": level,
+            "normal_level_quantile": NORMAL_LEVEL_QUANTILE,
+            "normal_level_tiles": len(normal),
+        }
+    }
+
+
+def saved_normal_level(workdir: str | os.PathLike) -> tuple[float, str] | None:
+    """(normal level, where it came from) saved by evaluate in WORKDIR/metrics.json, or None
+    (no metrics.json, or one written before the level was saved)."""
+    path = os.path.join(os.fspath(workdir), "metrics.json")
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        saved = json.load(f).get("heatmap") or {}
+    if saved.get("normal_level") is None:
+        return None
+    quantile = 100 * float(saved.get("normal_level_quantile", NORMAL_LEVEL_QUANTILE))
+    return float(saved["normal_level"]), f"the {quantile:g}th percentile of the validation normal tiles' maps"
+
+
+def _box_mean(values: np.ndarray, window: int) -> np.ndarray:
+    """Mean of `values` [h, w] over the window x window box centred on each pixel, counting
+    only the box's pixels inside the image (a summed-area table: O(h w) for any window)."""
+    h, w = values.shape
+    sat = np.zeros((h + 1, w + 1), np.float64)
+    sat[1:, 1:] = np.cumsum(np.cumsum(values, axis=0, dtype=np.float64), axis=1)
+    half = window // 2
+    y0, x0 = np.clip(np.arange(h) - half, 0, h), np.clip(np.arange(w) - half, 0, w)
+    y1, x1 = np.clip(np.arange(h) - half + window, 0, h), np.clip(np.arange(w) - half + window, 0, w)
+    total = sat[y1][:, x1] - sat[y0][:, x1] - sat[y1][:, x0] + sat[y0][:, x0]
+    count = (y1 - y0)[:, None] * (x1 - x0)[None, :]
+    return total / count
+
+
+def foreground_mask(
+    image: np.ndarray, rule: str = "dark_fraction", threshold: float = 0.08, max_fraction: float = 0.5, window: int = 1
+) -> np.ndarray:
+    """bool [h, w]: pixels of the painting, False on background (film margin, empty panel).
+
+    The tiling's background rule (config.data.background, data.tiling.is_background) applied
+    to the `window` x `window` box around each pixel of the normalised image [h, w(, C)] in
+    [0, 1]; `window` is a tile's side at this image's scale, so the overlay hides exactly what
+    training and evaluation skip. The model never saw the margin, so its map there is noise.
+    """
+    gray = np.asarray(image, np.float32)
+    gray = gray.mean(axis=-1) if gray.ndim == 3 else gray
+    window = max(1, int(window))
+    if rule == "none":
+        return np.ones(gray.shape, bool)
+    if rule == "dark_fraction":
+        return _box_mean((gray < threshold).astype(np.float32), window) < max_fraction
+    if rule == "low_std":
+        mean = _box_mean(gray, window)
+        variance = np.maximum(_box_mean(gray * gray, window) - mean * mean, 0.0)
+        return np.sqrt(variance) >= threshold
+    raise ValueError(f"unknown background rule {rule!r}; use 'none', 'dark_fraction' or 'low_std'")
+
+
+def heat_opacity(
+    anomaly_map: np.ndarray, full_at: float = 0.5, normal_level: float = 0.0, foreground: np.ndarray | None = None
+) -> np.ndarray:
+    """Per-pixel heatmap opacity in [0, 1]: 0 up to `normal_level`, rising linearly to 1 at
+    `full_at`, and 0 wherever `foreground` (bool, same shape) is False.
+
+    `normal_level` is what normal paint reaches (`normal_level`, from validation normal tiles):
+    below it the X-ray shows untouched, so a clean painting reads as clean rather than tinted
+    with the colour map's low end. `full_at` is the cut that matters (the region threshold;
+    0.5, the fixed cut of normalised maps, by default): everything scored at or above it is
+    drawn at the full heatmap opacity. With `full_at` at or below the normal level the ramp
+    becomes a step at the normal level.
     """
     if not full_at > 0:
         raise ValueError(f"full_at must be positive, got {full_at}")
-    return np.clip(np.nan_to_num(np.asarray(anomaly_map, np.float32)) / np.float32(full_at), 0.0, 1.0)
+    values = np.nan_to_num(np.asarray(anomaly_map, np.float32))
+    low = np.float32(normal_level)
+    if full_at > normal_level:
+        opacity = np.clip((values - low) / (np.float32(full_at) - low), 0.0, 1.0)
+    else:
+        opacity = (values > low).astype(np.float32)
+    if foreground is not None:
+        opacity = np.where(np.asarray(foreground, bool), opacity, np.float32(0.0))
+    return opacity.astype(np.float32)
 
 
-def heat_rgba(anomaly_map: np.ndarray, colormap: str = "inferno", full_at: float = 0.5) -> np.ndarray:
+def heat_rgba(
+    anomaly_map: np.ndarray,
+    colormap: str = "inferno",
+    full_at: float = 0.5,
+    normal_level: float = 0.0,
+    foreground: np.ndarray | None = None,
+) -> np.ndarray:
     """uint8 [h, w, 4] heat layer whose alpha channel is `heat_opacity` (HTML reports)."""
-    alpha = np.round(heat_opacity(anomaly_map, full_at) * 255.0).astype(np.uint8)
+    alpha = np.round(heat_opacity(anomaly_map, full_at, normal_level, foreground) * 255.0).astype(np.uint8)
     return np.concatenate([apply_colormap(anomaly_map, colormap), alpha[..., None]], axis=-1)
 
 
@@ -198,23 +306,79 @@ def font(size: int) -> ImageFont.ImageFont:
         return ImageFont.load_default()
 
 
-def colorbar(height: int, colormap: str = "inferno", vmin: float = 0.0, vmax: float = 1.0) -> Image.Image:
-    """Vertical colour bar (high values on top) with 5 tick labels, RGB, white background."""
+def _text_width(text: ImageFont.ImageFont, label: str) -> int:
+    return int(text.getlength(label)) if hasattr(text, "getlength") else 6 * len(label)
+
+
+def _spread(ys: list[float], gap: float, low: float, high: float) -> list[float]:
+    """`ys` (sorted) moved apart to at least `gap` and kept in [low, high]: labels of two
+    marks close in value stay readable."""
+    out = []
+    for y in ys:
+        out.append(max(y, out[-1] + gap) if out else max(y, low))
+    overflow = out[-1] - high if out else 0.0
+    return [y - overflow for y in out] if overflow > 0 else out
+
+
+def colorbar(
+    height: int,
+    colormap: str = "inferno",
+    vmin: float = 0.0,
+    vmax: float = 1.0,
+    marks: Sequence[tuple[float, str]] = (),
+) -> Image.Image:
+    """Vertical colour bar (high values on top) with round tick labels, RGB, white background.
+
+    `marks` are (value, name) pairs - the normal level and the threshold of an overlay, where
+    its colour starts and where it is fully opaque - drawn as lines across the bar and named
+    with their value in a column on the right.
+    """
     height = max(height, 80)
     text = font(max(10, min(18, height // 30)))
     bar_w, pad = max(12, height // 40), 6
-    labels = [f"{vmin + (vmax - vmin) * k / 4:.2f}" for k in range(5)]
-    label_w = max(int(text.getlength(label)) for label in labels) if hasattr(text, "getlength") else 30
-    image = Image.new("RGB", (pad + bar_w + pad + label_w + pad, height), "white")
+    ticks = plots.nice_ticks(vmin, vmax, 5)
+    labels = [plots.format_tick(t, ticks) for t in ticks]
+    label_w = max(_text_width(text, label) for label in labels)
+    names = [f"{name} {value:.3g}" for value, name in marks]
+    mark_x = pad + bar_w + pad + label_w + 2 * pad
+    width = mark_x + max((_text_width(text, name) + pad for name in names), default=0)
+    image = Image.new("RGB", (width, height), "white")
     ramp = np.linspace(vmax, vmin, height - 2 * pad)[:, None] * np.ones((1, bar_w))
     image.paste(Image.fromarray(apply_colormap(ramp, colormap, vmin, vmax)), (pad, pad))
     draw = ImageDraw.Draw(image)
     draw.rectangle([pad - 1, pad - 1, pad + bar_w, height - pad], outline="black")
-    for k, label in enumerate(labels):
-        y = height - pad - round(k * (height - 2 * pad - 1) / 4)
+
+    def y_of(value: float) -> float:
+        fraction = (min(max(value, vmin), vmax) - vmin) / (vmax - vmin)
+        return height - pad - fraction * (height - 2 * pad - 1)
+
+    for tick, label in zip(ticks, labels):
+        y = round(y_of(tick))
         draw.line([pad + bar_w, y, pad + bar_w + 4, y], fill="black")
         draw.text((pad + bar_w + pad, y), label, fill="black", font=text, anchor="lm")
+    order = sorted(range(len(marks)), key=lambda i: y_of(marks[i][0]))
+    label_ys = _spread(
+        [y_of(marks[i][0]) for i in order], text.size + 2 if hasattr(text, "size") else 12, 8, height - 8
+    )
+    for i, label_y in zip(order, label_ys):
+        y = round(y_of(marks[i][0]))
+        # Black-white-black: visible on the dark and the light end of any colour map.
+        draw.line([pad - 3, y, pad + bar_w + 2, y], fill="black", width=3)
+        draw.line([pad - 3, y, pad + bar_w + 2, y], fill="white", width=1)
+        draw.line([pad + bar_w + 2, y, mark_x - 3, round(label_y)], fill="#555")
+        draw.text((mark_x, round(label_y)), names[i], fill="black", font=text, anchor="lm")
     return image
+
+
+def on_background(region, foreground: np.ndarray | None, scale: float) -> bool:
+    """Whether a region's peak lies outside the painting (`foreground` False there; the mask is
+    at `scale` times the scan's size). The model never trained on the film margin, so it flags
+    it; such a region is listed but not boxed, like the heatmap there."""
+    if foreground is None:
+        return False
+    y = min(int(region.peak_y * scale), foreground.shape[0] - 1)
+    x = min(int(region.peak_x * scale), foreground.shape[1] - 1)
+    return not bool(foreground[y, x])
 
 
 def draw_region_boxes(image: Image.Image, regions: Sequence, scale: float, color=(0, 255, 255)) -> None:
@@ -232,6 +396,13 @@ def draw_region_boxes(image: Image.Image, regions: Sequence, scale: float, color
         draw.text((box[0], max(0, box[1] - 2)), str(region.id), fill=color, font=text, anchor="lb")
 
 
+def opacity_marks(normal_level: float, full_at: float) -> list[tuple[float, str]]:
+    """The colour bar's marks of an overlay drawn by `heat_opacity(map, full_at, normal_level)`."""
+    if full_at <= normal_level:
+        return [(normal_level, "normal / threshold")]
+    return [(normal_level, "normal"), (full_at, "threshold")]
+
+
 def overlay_image(
     xray: np.ndarray,
     anomaly_map: np.ndarray,
@@ -242,25 +413,43 @@ def overlay_image(
     with_colorbar: bool = True,
     weight_by_value: bool = True,
     full_at: float = 0.5,
+    normal_level: float = 0.0,
+    foreground: np.ndarray | None = None,
 ) -> Image.Image:
     """PIL RGB image: heatmap of `anomaly_map` (values in [0, 1]) over the X-ray, both
-    already at display size ([h, w, C] and [h, w]); boxes of `regions`; colour bar.
-    With `weight_by_value` the heatmap's opacity is alpha * heat_opacity(value, full_at)."""
+    already at display size ([h, w, C] and [h, w]); boxes of `regions` (not of those on the
+    background, `on_background`); colour bar.
+    With `weight_by_value` the heatmap's opacity is
+    alpha * heat_opacity(value, full_at, normal_level, foreground)."""
     xray_rgb = to_display_rgb(xray)
     if xray_rgb.shape[:2] != anomaly_map.shape:
         raise ValueError(f"X-ray {xray_rgb.shape[:2]} and anomaly map {anomaly_map.shape} differ in size")
     heat = apply_colormap(anomaly_map, colormap)
-    image = Image.fromarray(
-        blend(xray_rgb, heat, alpha, heat_opacity(anomaly_map, full_at) if weight_by_value else None)
-    )
-    draw_region_boxes(image, regions, region_scale)
+    weights = heat_opacity(anomaly_map, full_at, normal_level, foreground) if weight_by_value else None
+    image = Image.fromarray(blend(xray_rgb, heat, alpha, weights))
+    draw_region_boxes(image, [r for r in regions if not on_background(r, foreground, region_scale)], region_scale)
     if not with_colorbar:
         return image
-    bar = colorbar(image.height, colormap)
+    bar = colorbar(image.height, colormap, marks=opacity_marks(normal_level, full_at) if weight_by_value else ())
     canvas = Image.new("RGB", (image.width + bar.width, max(image.height, bar.height)), "white")
     canvas.paste(image, (0, 0))
     canvas.paste(bar, (image.width, 0))
     return canvas
+
+
+def thumbnail_foreground(thumb: np.ndarray, factor: int, background: dict | None, tile: int) -> np.ndarray | None:
+    """`foreground_mask` of a thumbnail downscaled by `factor`, or None without a
+    `background` rule (a dict like config.data.background: rule, threshold, max_fraction);
+    `tile` is the tile side in scan pixels."""
+    if not background:
+        return None
+    return foreground_mask(
+        thumb,
+        background.get("rule", "dark_fraction"),
+        float(background.get("threshold", 0.08)),
+        float(background.get("max_fraction", 0.5)),
+        max(1, round(tile / factor)),
+    )
 
 
 def write_overlay_png(
@@ -272,14 +461,30 @@ def write_overlay_png(
     colormap: str = "inferno",
     regions: Sequence = (),
     full_at: float = 0.5,
+    normal_level: float = 0.0,
+    background: dict | None = None,
+    tile: int = 64,
 ) -> tuple[int, int]:
     """Writes the overlay of a whole scan at most `max_side` px a side; returns (w, h) of
-    the scan part. `reader` is a ScanReader (e.g. `ArrayScanReader`), the map full size."""
+    the scan part. `reader` is a ScanReader (e.g. `ArrayScanReader`), the map full size.
+    The heatmap is transparent below `normal_level` and, given a `background` rule (see
+    `thumbnail_foreground`, `tile` px tiles), outside the painting."""
     if anomaly_map.shape != (reader.height, reader.width):
         raise ValueError(f"anomaly map {anomaly_map.shape} does not match the scan {(reader.height, reader.width)}")
     thumb, factor = read_thumbnail(reader, max_side)
     small_map = downsample_max(anomaly_map, factor)
-    image = overlay_image(thumb, small_map, alpha, colormap, regions, 1.0 / factor, full_at=full_at)
+    foreground = thumbnail_foreground(thumb, factor, background, tile)
+    image = overlay_image(
+        thumb,
+        small_map,
+        alpha,
+        colormap,
+        regions,
+        1.0 / factor,
+        full_at=full_at,
+        normal_level=normal_level,
+        foreground=foreground,
+    )
     with files.atomic_output(path, "the overlay") as tmp:
         image.save(tmp, format="PNG")
     return small_map.shape[1], small_map.shape[0]
