@@ -111,9 +111,10 @@ h2 { font-size: 16px; margin: 0 0 6px; }
 #stack img { -webkit-user-drag: none; pointer-events: none; }
 #stack.pixelated img { image-rendering: pixelated; }
 #boxes { overflow: visible; font-size: 14px; }
-#boxes rect { fill: none; stroke: #0ff; stroke-width: 2; vector-effect: non-scaling-stroke; cursor: pointer; }
-#boxes rect.selected { stroke: #f0f; stroke-width: 4; }
-#boxes text { fill: #0ff; paint-order: stroke; stroke: #000; stroke-width: 2px; }
+/* Widths divided by the zoom (--zoom, set by the script): the same on screen at any zoom. */
+#boxes rect { fill: none; stroke: #0ff; stroke-width: calc(2px / var(--zoom, 1)); cursor: pointer; }
+#boxes rect.selected { stroke: #f0f; stroke-width: calc(4px / var(--zoom, 1)); }
+#boxes text { fill: #0ff; paint-order: stroke; stroke: #000; stroke-width: calc(2px / var(--zoom, 1)); }
 #meta th { text-align: left; padding-right: 12px; font-weight: 600; vertical-align: top; }
 #meta td, #meta th { font-size: 12px; }
 #regions { border-collapse: collapse; font-size: 12px; margin-bottom: 12px; }
@@ -157,7 +158,8 @@ _SCRIPT = """
     clampPan();
     stack.style.transform = "translate(" + view.x + "px, " + view.y + "px) scale(" + view.s + ")";
     stack.classList.toggle("pixelated", view.s >= 2);
-    svg.style.fontSize = (14 / view.s) + "px";  // labels keep their screen size
+    svg.style.fontSize = (14 / view.s) + "px";  // labels and lines keep their screen size
+    svg.style.setProperty("--zoom", view.s);
     zoomLabel.textContent = Math.round(100 * view.s / view.fit) + "%";
   }
   function zoomAt(factor, cx, cy) {
@@ -168,14 +170,24 @@ _SCRIPT = """
     view.s = s;
     apply();
   }
-  function fit() {
+  function layout() {
     // The viewport hugs the scan at the largest scale its CSS limits allow (never above 1).
     viewport.style.width = W + "px";
     viewport.style.height = H + "px";
     view.fit = Math.min(viewport.clientWidth / W, viewport.clientHeight / H, 1);
     viewport.style.width = Math.round(W * view.fit) + "px";
     viewport.style.height = Math.round(H * view.fit) + "px";
+  }
+  function fit() {
+    layout();
     view.s = view.fit;
+    apply();
+  }
+  function resized() {
+    // A new window size keeps the zoom unless it was the whole scan (then: the new whole scan).
+    var whole = view.s <= view.fit;
+    layout();
+    if (whole || view.s < view.fit) view.s = view.fit;
     apply();
   }
   function zoomCentre(factor) { zoomAt(factor, viewport.clientWidth / 2, viewport.clientHeight / 2); }
@@ -216,7 +228,7 @@ _SCRIPT = """
     else if (e.key === "-") zoomCentre(1 / 1.5);
     else if (e.key === "0") fit();
   });
-  window.addEventListener("resize", fit);
+  window.addEventListener("resize", resized);
   function showRegion(r) {
     // Zoom so the region fills about a third of the viewport, centred on it.
     var s = data.scale, vw = viewport.clientWidth, vh = viewport.clientHeight;
