@@ -100,8 +100,10 @@ class UNet(nn.Module):
         self.up = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=True)
         self.ups = nn.ModuleList()
         # decoder: cat(up(deep), skip) -> VGG(cin, cin//2, out)
-        dec_in = [512 + 512, 256 + 256, 128 + 128, 64 + 64]
-        dec_out = [256, 128, 64, 64]
+        # (512+512, 256+256, 128+128, 64+64) -> (256, 128, 64, 64) at the paper's widths; other
+        # widths (the CPU default's 1/4) scale the same way.
+        dec_in = [2 * w[3], 2 * w[2], 2 * w[1], 2 * w[0]]
+        dec_out = [w[2], w[1], w[0], w[0]]
         for cin, cout in zip(dec_in, dec_out):
             self.ups.append(VGGBlock(cin, cin // 2, cout, act="relu"))
         self.outc = nn.Conv2d(w[0], out_ch, 1)
@@ -150,10 +152,12 @@ def focal_loss(logits, target, gamma: float = 2.0):
 
 
 class PaperDraem(nn.Module):
-    def __init__(self, channels: int = 1) -> None:
+    def __init__(self, channels: int = 1, width_multiplier: float = 1.0) -> None:
         super().__init__()
-        self.reconstructive_subnetwork = NestedUNet(channels, channels)
-        self.discriminative_subnetwork = UNet(2 * channels, 2)
+        rec = tuple(int(f * width_multiplier) for f in (32, 64, 128, 256, 512))
+        dis = tuple(int(f * width_multiplier) for f in (64, 128, 256, 512))
+        self.reconstructive_subnetwork = NestedUNet(channels, channels, rec)
+        self.discriminative_subnetwork = UNet(2 * channels, 2, dis)
 
     def forward(self, x):
         rec = self.reconstructive_subnetwork(x)
