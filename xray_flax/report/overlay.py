@@ -384,7 +384,7 @@ def on_background(region, foreground: np.ndarray | None, scale: float) -> bool:
 def draw_region_boxes(image: Image.Image, regions: Sequence, scale: float, color=(0, 255, 255)) -> None:
     """Outlines and ids of regions (full-resolution boxes scaled by `scale`), in place."""
     draw = ImageDraw.Draw(image)
-    text = font(max(10, min(16, image.height // 50)))
+    text = font(max(10, min(20, image.height // 45)))
     for region in regions:
         box = [
             region.x0 * scale,
@@ -393,7 +393,16 @@ def draw_region_boxes(image: Image.Image, regions: Sequence, scale: float, color
             max(region.y1 * scale, region.y0 * scale + 2) - 1,
         ]
         draw.rectangle(box, outline=color, width=2)
-        draw.text((box[0], max(0, box[1] - 2)), str(region.id), fill=color, font=text, anchor="lb")
+        # A black outline keeps the cyan id readable on pale paint as on the dark margin.
+        draw.text(
+            (box[0], max(0, box[1] - 2)),
+            str(region.id),
+            fill=color,
+            font=text,
+            anchor="lb",
+            stroke_width=2,
+            stroke_fill="black",
+        )
 
 
 def opacity_marks(normal_level: float, full_at: float) -> list[tuple[float, str]]:
