@@ -58,22 +58,6 @@ def resolve_platforms(platforms: Sequence[str] | None) -> list[list[str]]:
     return [["cpu"]] + ([others] if others else [])
 
 
-def region_threshold(config: ml_collections.ConfigDict, workdir: str) -> tuple[float, str]:
-    """The region threshold predict uses (predict.region_threshold's rule, restated: the
-    verbs do not import each other): the configured one, else the validation-chosen one of
-    <workdir>/metrics.json, else 0.5."""
-    configured = float(config.eval.predict.region_threshold)
-    if configured > 0:
-        return configured, "config.eval.predict.region_threshold"
-    path = os.path.join(workdir, "metrics.json")
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
-            chosen = json.load(f).get("test", {}).get("threshold")
-        if chosen is not None:
-            return float(chosen), f"the test threshold of {path}, chosen on the validation split"
-    return 0.5, "default 0.5 (no threshold in the workdir's metrics.json)"
-
-
 def export(
     config: ml_collections.ConfigDict,
     workdir: str,
@@ -114,7 +98,7 @@ def export(
             {"file": name, "platforms": group, "bytes": len(blob), "sha256": hashlib.sha256(blob).hexdigest()}
         )
         log.info("wrote %s (%.1f MB, %.1f s)", name, len(blob) / 1e6, time.perf_counter() - start)
-    threshold, source = region_threshold(config, workdir)
+    threshold, source = scoring.region_threshold(config.eval.predict.region_threshold, workdir)
     opts = config.eval.predict
     record = provenance.collect(config, started)
     manifest = {

@@ -31,7 +31,7 @@ from xray_flax import checkpoint, errors, evaluation_config, files, parallel, pr
 from xray_flax.data import layouts, readers
 from xray_flax.inference import Inferencer
 from xray_flax.report import html, overlay, regions, stitch
-from xray_flax.scoring import restore_inferencer, threshold_source
+from xray_flax.scoring import region_threshold, restore_inferencer
 
 log = logging.getLogger(__name__)
 
@@ -139,20 +139,6 @@ def _tile_progress(name: str):
         reports[0](done)
 
     return update
-
-
-def region_threshold(configured: float, workdir: str) -> tuple[float, str]:
-    """(threshold, where it came from): the configured value, or the evaluation's (chosen on the
-    validation split, or its fallback when that split lacked a class: the source says which)."""
-    if configured > 0:
-        return float(configured), "config.eval.predict.region_threshold"
-    path = os.path.join(workdir, "metrics.json")
-    if os.path.exists(path):
-        with open(path) as f:
-            test = json.load(f).get("test", {})
-        if test.get("threshold") is not None:
-            return float(test["threshold"]), f"{threshold_source(test)}, from {path}"
-    return 0.5, "default 0.5 (no metrics.json in the workdir)"
 
 
 def predict_scan(

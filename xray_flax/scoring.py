@@ -18,8 +18,10 @@ and predict restores its checkpoint through it; none of them imports another's m
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
+import os
 from typing import Any
 
 import ml_collections
@@ -288,3 +290,18 @@ def threshold_source(result: dict, unit: str = "tiles") -> str:
             "(rule fixed_no_validation)"
         )
     return f"rule {rule}"
+
+
+def region_threshold(configured: float, workdir: str) -> tuple[float, str]:
+    """(threshold, where it came from) of the regions predict and export cut: the configured value,
+    or the evaluation's in <workdir>/metrics.json (chosen on the validation split, or its fallback
+    when that split lacked a class: the source says which), else 0.5."""
+    if configured > 0:
+        return float(configured), "config.eval.predict.region_threshold"
+    path = os.path.join(workdir, "metrics.json")
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            test = json.load(f).get("test", {})
+        if test.get("threshold") is not None:
+            return float(test["threshold"]), f"{threshold_source(test)}, from {path}"
+    return 0.5, "default 0.5 (no metrics.json in the workdir)"
