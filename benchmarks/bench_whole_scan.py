@@ -42,6 +42,8 @@ def timed_run(command: list[str], log_path: str) -> dict:
     wall = time.perf_counter() - t0
     with open(log_path) as f:
         text = f.read()
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed (exit {done.returncode}); its output: {log_path}")
     rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", text)
     return {
         "returncode": done.returncode,
