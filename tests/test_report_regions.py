@@ -1,4 +1,4 @@
-"""Regions of a crafted anomaly map, and their JSON / CSV files."""
+"""Regions of a crafted anomaly map (also inside a mask of the painting), and their JSON / CSV files."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from xray_flax.report import regions
 
@@ -56,3 +57,59 @@ def test_json_and_csv_round_trip(tmp_path):
     assert list(rows[0]) == list(regions.FIELDS)
     with pytest.raises(FileNotFoundError, match="missing.json"):
         regions.read_regions_json(tmp_path / "missing.json")
+
+
+def framed_map():
+    """A 60 x 80 map whose film margin (8 px all round, False in `painting`) scores 0.9, with a
+    defect touching the painting's left edge and one inside it."""
+    amap = np.full((60, 80), 0.1, np.float32)
+    painting = np.zeros(amap.shape, bool)
+    painting[8:52, 8:72] = True
+    amap[~painting] = 0.9
+    amap[20:30, 8:15] = 0.8  # touches the margin at x = 7
+    amap[40:44, 50:60] = 0.7
+    return amap, painting
+
+
+def reference_regions(amap, inside, threshold, min_area=1):
+    """(x0, y0, x1, y1, area) of scipy's 8-connected components of the masked map."""
+    labels, _ = ndimage.label((amap >= threshold) & inside, structure=np.ones((3, 3), bool))
+    found = []
+    for label, (rows, cols) in enumerate(ndimage.find_objects(labels), start=1):
+        area = int(np.count_nonzero(labels[rows, cols] == label))
+        if area >= min_area:
+            found.append((cols.start, rows.start, cols.stop, rows.stop, area))
+    return sorted(found)
+
+
+@pytest.mark.parametrize("factor", [1, 2, 3])
+def test_pixels_outside_the_foreground_never_join_a_region(factor):
+    amap, painting = framed_map()
+    # The painting at 1/factor (blocks wholly inside it), as the overlay's thumbnail mask is.
+    h, w = -(-painting.shape[0] // factor), -(-painting.shape[1] // factor)
+    padded = np.pad(painting, ((0, h * factor - painting.shape[0]), (0, w * factor - painting.shape[1])), "edge")
+    small = padded.reshape(h, factor, w, factor).all(axis=(1, 3))
+    inside = np.kron(small, np.ones((factor, factor), bool))[: amap.shape[0], : amap.shape[1]]
+    assert not np.any(inside & ~painting)
+    found = regions.find_regions(amap, 0.5, foreground=small, factor=factor)
+    assert sorted((r.x0, r.y0, r.x1, r.y1, r.area) for r in found) == reference_regions(amap, inside, 0.5)
+    assert len(found) == 2  # the margin is no region, the edge defect is one of its own
+    edge = next(r for r in found if r.y0 == 20)
+    assert edge.x0 <= 8 + factor and edge.x1 == 15 and edge.max_score == pytest.approx(0.8)
+    # Without the mask the margin frames the scan and swallows the edge defect.
+    assert [(r.x0, r.y0, r.x1, r.y1) for r in regions.find_regions(amap, 0.5)] == [(0, 0, 80, 60), (50, 40, 60, 44)]
+    with pytest.raises(ValueError, match="does not match the map"):
+        regions.find_regions(amap, 0.5, foreground=small[1:], factor=factor)
+
+
+def test_inside_painting_leaves_a_rim_along_the_background_not_the_scan_border():
+    foreground = np.ones((20, 30), bool)
+    foreground[:, :5] = False  # film margin on the left; the painting reaches the other borders
+    inside = regions.inside_painting(foreground, factor=1, tile=32)  # rim 32 / 16 = 2 px
+    assert inside[:, 7:].all() and not inside[:, :7].any()
+    # On a thumbnail at 1/4 the 2 px rim takes one whole thumbnail pixel; a 256 px tile's 16 px, four.
+    small_tile = regions.inside_painting(foreground, factor=4, tile=32)
+    assert small_tile[:, 6:].all() and not small_tile[:, :6].any()
+    large_tile = regions.inside_painting(foreground, factor=4, tile=256)
+    assert large_tile[:, 9:].all() and not large_tile[:, :9].any()
+    assert regions.inside_painting(None, 1, 32) is None
