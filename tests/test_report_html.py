@@ -206,21 +206,32 @@ def test_overlay_hides_normal_paint_and_the_margin(tmp_path):
     assert png[115, 115, 0] > png[115, 115, 2] + 40  # the defect: tinted orange
 
 
-def test_regions_on_the_margin_are_listed_last_without_a_box(tmp_path):
+def test_overlay_and_report_reuse_a_given_thumbnail(tmp_path):
     scan = np.full((200, 200), 0.6, np.float32)
     scan[:, :40] = 0.0  # film margin
     amap = np.zeros((200, 200), np.float32)
-    amap[:, :30] = 0.95  # the margin, scored highest
-    amap[100:130, 100:130] = 0.9  # a defect in the paint
-    found = regions.find_regions(amap, 0.5)
-    assert [r.x0 for r in found] == [0, 100]  # the margin's region comes first
+    amap[100:130, 100:130] = 0.9
     background = {"rule": "dark_fraction", "threshold": 0.08, "max_fraction": 0.5}
-    html.write_scan_report(tmp_path / "r.html", ArrayScanReader(scan), amap, found, title="m", background=background)
-    page = (tmp_path / "r.html").read_text()
-    rows = json.loads(re.search(r'id="report-data">(.*?)</script>', page, re.S).group(1))["regions"]
-    assert [(r["id"], r["background"]) for r in rows] == [(2, False), (1, True)]
-    assert "1 region(s) peak outside the painting" in page
-    assert not overlay.on_background(found[0], None, 1.0)
+    reader = ArrayScanReader(scan)
+    thumbnail = overlay.scan_thumbnail(reader, 64, background, tile=32)
+    assert thumbnail.factor == 4 and not thumbnail.foreground[:, :9].any() and thumbnail.foreground[:, 11:].all()
+    overlay.write_overlay_png(tmp_path / "read.png", reader, amap, 64, background=background, tile=32)
+
+    class NoWholeScan(ArrayScanReader):
+        """Reads crops (the report's regions), not the whole scan (a thumbnail)."""
+
+        def read_region(self, y, x, h, w):
+            assert h < self.height, "the scan was read again"
+            return super().read_region(y, x, h, w)
+
+    given = NoWholeScan(scan)
+    overlay.write_overlay_png(tmp_path / "given.png", given, amap, 64, thumbnail=thumbnail)
+    assert (np.asarray(Image.open(tmp_path / "given.png")) == np.asarray(Image.open(tmp_path / "read.png"))).all()
+    found = regions.find_regions(amap, 0.5)
+    html.write_scan_report(
+        tmp_path / "r.html", given, amap, found, title="t", background=background, tile=32, thumbnail=thumbnail
+    )
+    assert "outside the painting" in (tmp_path / "r.html").read_text()
 
 
 def test_colorbar_marks_the_normal_level_and_the_threshold():

@@ -10,7 +10,7 @@ a staging folder, moved in when all are done):
 
     anomaly_map.tif | .npy   float32 normalised map (0.5 = the fixed cut), full resolution
     overlay.png              heatmap over the X-ray at a viewable size, with a colour bar
-    regions.json, .csv       connected regions above the threshold, highest score first
+    regions.json, .csv       regions above the threshold inside the painting, highest score first
     report.html              self-contained report: overlay with opacity slider, region table
 """
 
@@ -223,8 +223,17 @@ def predict_scan(
         # Transparent below what normal paint reaches (saved by evaluate; else the threshold) and
         # outside the painting (the tiling's background rule), so clean paint shows untinted.
         level, level_source = normal_level or (opacity_full_at, "no saved normal level: the region threshold")
-        hidden = {"normal_level": level, "background": config.data.background.to_dict(), "tile": patch}
-        found = regions.find_regions(anomaly_map, threshold, opts.min_region_area)
+        background = config.data.background.to_dict()
+        # One thumbnail (and mask of the painting) for the regions, the overlay and the report.
+        thumbnail = overlay.scan_thumbnail(reader, opts.overlay_max_side, background, patch)
+        hidden = {"normal_level": level, "background": background, "tile": patch, "thumbnail": thumbnail}
+        # Regions only inside the painting (and off its rim): the film margin, which the model
+        # never trained on and scores high, would otherwise be one region framing the scan and
+        # swallow every defect that touches the painting's edge.
+        inside = regions.inside_painting(thumbnail.foreground, thumbnail.factor, patch)
+        found = regions.find_regions(
+            anomaly_map, threshold, opts.min_region_area, foreground=inside, factor=thumbnail.factor
+        )
         if not npy:
             overlay.write_anomaly_map(os.path.join(staging, map_name), anomaly_map)
         regions.write_regions_json(os.path.join(staging, "regions.json"), found, {"scan": path, "threshold": threshold})

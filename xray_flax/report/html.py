@@ -123,8 +123,6 @@ h2 { font-size: 16px; margin: 0 0 6px; }
 #regions tr.selected { background: #fdf; }
 #regions tbody tr { cursor: pointer; }
 #regions img { display: block; max-height: 80px; }
-#regions tr.background td { color: #888; }
-#regions .note { font-size: 11px; color: #666; }
 """
 
 _SCRIPT = """
@@ -271,9 +269,9 @@ _SCRIPT = """
     rects[r.id] = rect;
   }
   data.regions.forEach(function (r) {
-    if (!r.background) addBox(r);  // on the film margin: listed, not boxed (like its heatmap)
+    addBox(r);
     var tr = document.createElement("tr");
-    tr.className = r.background ? "region-row background" : "region-row";
+    tr.className = "region-row";
     tr.setAttribute("data-region-id", r.id);
     tr.title = "click: zoom to region " + r.id;
     [r.id, r.x0, r.y0, r.x1, r.y1, r.area, r.mean_score.toFixed(3), r.max_score.toFixed(3)]
@@ -288,12 +286,6 @@ _SCRIPT = """
       img.src = r.crop;
       img.alt = "region " + r.id;
       cell.appendChild(img);
-    }
-    if (r.background) {
-      var note = document.createElement("div");
-      note.className = "note";
-      note.textContent = "peak outside the painting (film margin): no box";
-      cell.appendChild(note);
     }
     tr.appendChild(cell);
     tr.addEventListener("click", function () { select(r.id); showRegion(r); });
@@ -428,6 +420,7 @@ def write_scan_report(
     normal_source: str = "none given",
     background: dict | None = None,
     tile: int = 64,
+    thumbnail: overlay.ScanThumbnail | None = None,
 ) -> None:
     """Writes the HTML report of one scan.
 
@@ -443,15 +436,17 @@ def write_scan_report(
         paint reaches; `overlay.normal_level`), and where that value came from (the legend).
       background, tile: the tiling's background rule (config.data.background as a dict) and
         tile side; the heatmap is transparent outside the painting (`overlay.foreground_mask`).
+      thumbnail: the `overlay.scan_thumbnail` of these arguments if already read (predict
+        shares it with the overlay and the regions), saving another read of the scan.
     """
     if anomaly_map.shape != (reader.height, reader.width):
         raise ValueError(f"anomaly map {anomaly_map.shape} does not match the scan {(reader.height, reader.width)}")
-    thumb, factor = overlay.read_thumbnail(reader, max_side)
+    thumbnail = thumbnail or overlay.scan_thumbnail(reader, max_side, background, tile)
+    factor = thumbnail.factor
     small_map = overlay.downsample_max(anomaly_map, factor)
-    limits = overlay.display_limits(thumb)
-    xray_rgb = overlay.to_display_rgb(thumb, limits)
-    foreground = overlay.thumbnail_foreground(thumb, factor, background, tile)
-    heat_layer = overlay.heat_rgba(small_map, colormap, full_at, normal_level, foreground)
+    limits = overlay.display_limits(thumbnail.image)
+    xray_rgb = overlay.to_display_rgb(thumbnail.image, limits)
+    heat_layer = overlay.heat_rgba(small_map, colormap, full_at, normal_level, thumbnail.foreground)
     shown = list(regions)[:max_regions]
     rows = []
     for region in shown:
@@ -464,7 +459,6 @@ def write_scan_report(
             "area": region.area,
             "mean_score": region.mean_score,
             "max_score": region.max_score,
-            "background": overlay.on_background(region, foreground, 1.0 / factor),
         }
         crop = region_crop(
             reader,
@@ -482,15 +476,7 @@ def write_scan_report(
         )
         row["crop"] = png_data_uri(crop)
         rows.append(row)
-    # Regions on the film margin after those on the painting (a stable sort keeps their order).
-    rows.sort(key=lambda row: row["background"])
-    legend = heatmap_legend(normal_level, full_at, normal_source, foreground is not None)
-    on_margin = sum(row["background"] for row in rows)
-    if on_margin:
-        legend += (
-            f" {on_margin} region(s) peak outside the painting, where the model never trained: "
-            "listed last, without a box."
-        )
+    legend = heatmap_legend(normal_level, full_at, normal_source, thumbnail.foreground is not None)
     info = {
         "scan size (px)": f"{reader.width} x {reader.height}",
         "display scale": f"1/{factor}",

@@ -16,6 +16,7 @@ visible - missing a small paint loss is worse than a slightly bolder heatmap.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -370,17 +371,6 @@ def colorbar(
     return image
 
 
-def on_background(region, foreground: np.ndarray | None, scale: float) -> bool:
-    """Whether a region's peak lies outside the painting (`foreground` False there; the mask is
-    at `scale` times the scan's size). The model never trained on the film margin, so it flags
-    it; such a region is listed but not boxed, like the heatmap there."""
-    if foreground is None:
-        return False
-    y = min(int(region.peak_y * scale), foreground.shape[0] - 1)
-    x = min(int(region.peak_x * scale), foreground.shape[1] - 1)
-    return not bool(foreground[y, x])
-
-
 def draw_region_boxes(image: Image.Image, regions: Sequence, scale: float, color=(0, 255, 255)) -> None:
     """Outlines and ids of regions (full-resolution boxes scaled by `scale`), in place."""
     draw = ImageDraw.Draw(image)
@@ -426,8 +416,7 @@ def overlay_image(
     foreground: np.ndarray | None = None,
 ) -> Image.Image:
     """PIL RGB image: heatmap of `anomaly_map` (values in [0, 1]) over the X-ray, both
-    already at display size ([h, w, C] and [h, w]); boxes of `regions` (not of those on the
-    background, `on_background`); colour bar.
+    already at display size ([h, w, C] and [h, w]); boxes of `regions`; colour bar.
     With `weight_by_value` the heatmap's opacity is
     alpha * heat_opacity(value, full_at, normal_level, foreground)."""
     xray_rgb = to_display_rgb(xray)
@@ -436,7 +425,7 @@ def overlay_image(
     heat = apply_colormap(anomaly_map, colormap)
     weights = heat_opacity(anomaly_map, full_at, normal_level, foreground) if weight_by_value else None
     image = Image.fromarray(blend(xray_rgb, heat, alpha, weights))
-    draw_region_boxes(image, [r for r in regions if not on_background(r, foreground, region_scale)], region_scale)
+    draw_region_boxes(image, regions, region_scale)
     if not with_colorbar:
         return image
     bar = colorbar(image.height, colormap, marks=opacity_marks(normal_level, full_at) if weight_by_value else ())
@@ -461,6 +450,21 @@ def thumbnail_foreground(thumb: np.ndarray, factor: int, background: dict | None
     )
 
 
+@dataclasses.dataclass(frozen=True)
+class ScanThumbnail:
+    """A scan at display size, read once and shared by predict's regions, overlay and report."""
+
+    image: np.ndarray  # float32 [h, w, C] block means (`read_thumbnail`)
+    factor: int  # scan pixels per thumbnail pixel, a side
+    foreground: np.ndarray | None  # bool [h, w], the painting (`thumbnail_foreground`)
+
+
+def scan_thumbnail(reader, max_side: int, background: dict | None = None, tile: int = 64) -> ScanThumbnail:
+    """The `read_thumbnail` of a scan at most `max_side` px a side and its painting mask."""
+    image, factor = read_thumbnail(reader, max_side)
+    return ScanThumbnail(image, factor, thumbnail_foreground(image, factor, background, tile))
+
+
 def write_overlay_png(
     path: str | os.PathLike,
     reader,
@@ -473,26 +477,27 @@ def write_overlay_png(
     normal_level: float = 0.0,
     background: dict | None = None,
     tile: int = 64,
+    thumbnail: ScanThumbnail | None = None,
 ) -> tuple[int, int]:
     """Writes the overlay of a whole scan at most `max_side` px a side; returns (w, h) of
     the scan part. `reader` is a ScanReader (e.g. `ArrayScanReader`), the map full size.
     The heatmap is transparent below `normal_level` and, given a `background` rule (see
-    `thumbnail_foreground`, `tile` px tiles), outside the painting."""
+    `thumbnail_foreground`, `tile` px tiles), outside the painting. `thumbnail`, the
+    `scan_thumbnail` of these arguments if already read, saves reading the scan again."""
     if anomaly_map.shape != (reader.height, reader.width):
         raise ValueError(f"anomaly map {anomaly_map.shape} does not match the scan {(reader.height, reader.width)}")
-    thumb, factor = read_thumbnail(reader, max_side)
-    small_map = downsample_max(anomaly_map, factor)
-    foreground = thumbnail_foreground(thumb, factor, background, tile)
+    thumbnail = thumbnail or scan_thumbnail(reader, max_side, background, tile)
+    small_map = downsample_max(anomaly_map, thumbnail.factor)
     image = overlay_image(
-        thumb,
+        thumbnail.image,
         small_map,
         alpha,
         colormap,
         regions,
-        1.0 / factor,
+        1.0 / thumbnail.factor,
         full_at=full_at,
         normal_level=normal_level,
-        foreground=foreground,
+        foreground=thumbnail.foreground,
     )
     with files.atomic_output(path, "the overlay") as tmp:
         image.save(tmp, format="PNG")
