@@ -3,15 +3,17 @@ the scan readers read files."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import types
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from configs import tiny
-from xray_flax import api
+from xray_flax import api, normalization, predict, scoring, workdir_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -81,3 +83,34 @@ def test_arrays_are_scaled_as_the_readers_scale_files():
         api.read_array(np.full((4, 4), 200.0), 1)
     with pytest.raises(ValueError, match="uint8, uint16"):
         api.read_array(np.zeros((4, 4), np.int32), 1)
+
+
+def test_predict_file_draws_the_overlay_predict_draws(tmp_path, monkeypatch):
+    """From a workdir, predict_file passes predict_scan the normal level evaluate saved (the
+    overlay's colour starts there), as --mode predict does: the same overlay PNG."""
+    config = tiny.get_config("highpass")
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    heatmap = {"normal_level": 0.2, "normal_level_quantile": 0.999, "normal_level_tiles": 3}
+    (workdir / "metrics.json").write_text(json.dumps({"heatmap": heatmap}))
+    # A NumPy stand-in for the restored model: its map is 1 - tile.
+    infer = types.SimpleNamespace(
+        batch_size=4,
+        anomaly_maps=lambda tiles: 1.0 - tiles[..., 0],
+        normalization=normalization.IDENTITY,
+    )
+    restored = (types.SimpleNamespace(name="stub"), infer, {"step": 1}, str(workdir / "best" / "1"))
+    monkeypatch.setattr(workdir_config, "load", lambda _: config)
+    monkeypatch.setattr(scoring, "restore_inferencer", lambda *args: restored)
+    monkeypatch.setattr(predict, "restore_inferencer", lambda *args: restored)
+    pixels = np.full((90, 120), 0.7, np.float32)
+    pixels[30:50, 40:70] = 0.45  # scored 0.55: coloured from the normal level 0.2 on, not only above 0.5
+    scan = str(tmp_path / "painting.png")
+    Image.fromarray(np.round(pixels * 65535).astype(np.uint16)).save(scan)
+
+    result = api.load(str(workdir)).predict_file(scan, str(tmp_path / "api"))
+    predict.predict(config, str(workdir), [scan], str(tmp_path / "cli"))
+    from_api = np.asarray(Image.open(tmp_path / "api" / "overlay.png"))
+    np.testing.assert_array_equal(from_api, np.asarray(Image.open(tmp_path / "cli" / "painting" / "overlay.png")))
+    assert "normal level 0.2 (the 99.9th percentile" in (tmp_path / "api" / "report.html").read_text()
+    assert result.regions and result.threshold == 0.5

@@ -33,7 +33,7 @@ import tifffile
 
 from xray_flax import exported
 from xray_flax.data import readers, tiling
-from xray_flax.report import regions, stitch
+from xray_flax.report import overlay, regions, stitch
 
 
 @dataclasses.dataclass
@@ -242,11 +242,13 @@ def _from_workdir(workdir: str, checkpoint: str, batch_size: int | None) -> Mode
         "region threshold": f"{threshold:.4f} ({source})",
         **provenance.rows(provenance.collect(config)),
     }
+    # As predict reads it: the overlay and report start their colour where normal paint ends.
+    normal_level = overlay.saved_normal_level(workdir)
 
     def predict_scan(scan: str, output_dir: str | None) -> ScanPrediction:
         name = os.path.splitext(os.path.basename(scan))[0]
         out_dir = output_dir or os.path.join(workdir, "predictions", name)
-        summary = predict.predict_scan(infer, scan, out_dir, config, threshold, metadata)
+        summary = predict.predict_scan(infer, scan, out_dir, config, threshold, metadata, normal_level)
         with open(os.path.join(out_dir, "regions.json"), encoding="utf-8") as f:
             found = json.load(f)["regions"]
         anomaly_map = _read_map(summary["anomaly_map"])
