@@ -5,13 +5,16 @@ the published anomalib models."""
 from __future__ import annotations
 
 import math
+import re
+from collections import Counter
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax import export
 
-from xray_flax.nn import flows
+from xray_flax.nn import flows, layers
 
 
 def random_variables(module, *args, seed=0, scale=0.3):
@@ -286,3 +289,85 @@ def test_scale_mismatch_is_a_clear_error():
     xs = [jnp.zeros((1, 4, 4, 4)), jnp.zeros((1, 3, 3, 4)), jnp.zeros((1, 1, 1, 4))]
     with pytest.raises(ValueError, match="halve exactly"):
         jax.eval_shape(flow.init, jax.random.key(0), xs)
+
+
+# --- TorchConv's convolution per platform (nn/layers.conv2d) ------------------------------------
+
+# (input shape, kernel, out channels, stride, padding): TorchConv pads k // 2; CS-Flow's cross
+# convolutions at stride 1 and 2 on 2x2 / 4x4 maps, odd sides, FastFlow's 1x1, a 5x5 kernel.
+TORCH_CONV_CASES = [
+    ((2, 2, 2, 6), 3, 8, 1, 1),
+    ((2, 4, 4, 8), 3, 6, 2, 1),
+    ((1, 5, 3, 4), 3, 5, 2, 1),
+    ((2, 3, 3, 4), 1, 6, 1, 0),
+    ((1, 4, 4, 3), 5, 4, 1, 2),
+    ((1, 2, 2, 3), 5, 4, 2, 2),
+]
+
+
+def _sin_loss(fn):
+    return lambda *args: jnp.sum(jnp.sin(fn(*args)))
+
+
+def _conv_forms(stride, padding):
+    im2col = lambda a, b: layers.conv2d_im2col(a, b, stride, padding)  # noqa: E731
+    native = lambda a, b: layers.conv2d_native(a, b, stride, padding)  # noqa: E731
+    return im2col, native
+
+
+@pytest.mark.gpu  # the forms must agree on a GPU too (benchmarks/device/run_gpu.py)
+@pytest.mark.parametrize("shape,k,out,stride,padding", TORCH_CONV_CASES)
+def test_conv2d_im2col_equals_lax_conv_in_value_and_gradient(shape, k, out, stride, padding):
+    x = jax.random.normal(jax.random.key(0), shape)
+    w = jax.random.normal(jax.random.key(1), (k, k, shape[-1], out)) * 0.3
+    im2col, native = _conv_forms(stride, padding)
+    pads = [(padding, padding)] * 2
+    reference = jax.lax.conv_general_dilated(x, w, (stride, stride), pads, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    np.testing.assert_array_equal(native(x, w), reference)
+    np.testing.assert_allclose(im2col(x, w), reference, rtol=1e-5, atol=1e-5)
+    g_im2col = jax.grad(_sin_loss(im2col), argnums=(0, 1))(x, w)
+    g_native = jax.grad(_sin_loss(native), argnums=(0, 1))(x, w)
+    np.testing.assert_allclose(g_im2col[0], g_native[0], rtol=1e-5, atol=1e-5)  # w.r.t. the input
+    np.testing.assert_allclose(g_im2col[1], g_native[1], rtol=1e-5, atol=1e-5)  # w.r.t. the kernel
+    # the dispatcher, run on this CPU, is the im2col form (every case's output map is small)
+    conv = jax.jit(lambda a, b: layers.conv2d(a, b, stride, padding))
+    np.testing.assert_array_equal(conv(x, w), jax.jit(im2col)(x, w))
+
+
+def _op_counts(fn, *args, platform: str) -> Counter:
+    """StableHLO op names -> count in fn's jitted lowering for `platform` (no device of it needed)."""
+    text = export.export(jax.jit(fn), platforms=[platform])(*args).mlir_module()
+    return Counter(re.findall(r"stablehlo\.([a-z_]+)", text))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("platform", ["cuda", "rocm", "tpu"])
+def test_torch_conv_lowers_to_lax_conv_off_cpu_and_to_a_matmul_on_cpu_for_small_maps(platform):
+    x = jax.random.normal(jax.random.key(0), (2, 4, 4, 8))
+    w = jax.random.normal(jax.random.key(1), (3, 3, 8, 6))
+    for stride in (1, 2):  # 16 and 4 output pixels: both small
+        grad = jax.grad(_sin_loss(lambda a, b, s=stride: layers.conv2d(a, b, s, 1)), argnums=(0, 1))
+        ops = _op_counts(grad, x, w, platform=platform)
+        assert ops["convolution"] == 3 and ops["dot_general"] == 0, ops  # XLA's conv and its autodiff
+        cpu = _op_counts(grad, x, w, platform="cpu")
+        assert cpu["convolution"] == 0 and cpu["dot_general"] == 3, cpu  # forward, d/dx, d/dw
+    # larger maps: XLA's conv on every platform, no platform_dependent at all
+    big = jax.random.normal(jax.random.key(0), (1, 8, 8, 8))
+    grad = jax.grad(_sin_loss(lambda a, b: layers.conv2d(a, b, 1, 1)), argnums=(0, 1))
+    for p in (platform, "cpu"):
+        ops = _op_counts(grad, big, w, platform=p)
+        assert ops["convolution"] == 3 and ops["dot_general"] == 0 and ops["case"] == 0, ops
+
+
+def test_cross_convolutions_use_the_cpu_matmul_on_small_maps(monkeypatch):
+    """CS-Flow's TorchConvs go through nn/layers.conv2d: on CPU a 2x2 / 1x1 pyramid has no conv left."""
+    module = flows.CrossConvolutions(4, 8, 3)
+    xs = [jax.random.normal(jax.random.key(0), (1, 2, 2, 3)), jax.random.normal(jax.random.key(1), (1, 1, 1, 3))]
+    variables = random_variables(module, xs)
+    apply = lambda v: module.apply(v, xs)  # noqa: E731
+    assert _op_counts(apply, variables, platform="cpu")["convolution"] == 0
+    assert _op_counts(apply, variables, platform="cuda")["convolution"] == 6  # per scale 2, plus up and down
+    outs = jax.jit(apply)(variables)
+    monkeypatch.setattr(flows, "conv2d", lambda x, w, s, p: layers.conv2d_native(x, w, s, p))
+    for a, b in zip(outs, jax.jit(apply)(variables), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)

@@ -70,7 +70,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from xray_flax.nn.layers import upsample2x
+from xray_flax.nn.layers import conv2d, upsample2x
 
 CONSTANTS = "constants"  # the collection holding the fixed permutations
 GLOBAL_AFFINE_TYPES = ("SOFTPLUS", "SIGMOID", "EXP")
@@ -111,13 +111,8 @@ class TorchConv(nn.Module):
         init = torch_uniform_init(k * k * x.shape[-1])
         kernel = self.param("kernel", init, (k, k, x.shape[-1], self.features))
         pad = k // 2  # torch padding=k//2 ('same' for odd k at stride 1)
-        y = jax.lax.conv_general_dilated(
-            x,
-            kernel.astype(x.dtype),
-            window_strides=(self.stride, self.stride),
-            padding=((pad, pad), (pad, pad)),
-            dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        )
+        # XLA's conv, or on XLA:CPU for tiny maps (CS-Flow's) an im2col matmul (nn/layers.conv2d)
+        y = conv2d(x, kernel.astype(x.dtype), self.stride, pad)
         if self.use_bias:
             y = y + self.param("bias", init, (self.features,)).astype(x.dtype)
         return y

@@ -4,7 +4,7 @@ All tensors are NHWC. Convolutions keep their bias even when a BatchNorm follows
 redundant mathematically, but the published models have it and parameter counts are part
 of what the tests compare against the papers' networks.
 
-Per-platform kernels. Three kernels have a form tuned on XLA:CPU (measured there only,
+Per-platform kernels. Four kernels have a form tuned on XLA:CPU (measured there only,
 docs/performance.md) and XLA's native form; `jax.lax.platform_dependent` picks one when the
 computation is lowered, so the same jitted or exported function gets the right one for the
 platform it is lowered for, including `jax.export(..., platforms=["cuda"])` on a CPU-only
@@ -18,11 +18,14 @@ instructions as the CPU forms alone (tests/test_nn_platform.py; docs/performance
   conv3x3_same    custom_vjp: row-blocked / nine-matmul dL/dw     lax.conv_general_dilated, XLA's autodiff
   max_pool2       max over a reshaped 2x2 view                    nn.max_pool (lax.reduce_window)
   upsample2x      banded gathers, custom gather transpose         two dense interpolation einsums
+  conv2d          one im2col matmul on output maps <= 36 px       lax.conv_general_dilated (any map)
 
 The CPU tricks work around XLA:CPU's slow whole-image weight-gradient convolution, its slow
-reduce_window backward, and its slow scatter-adds; none of that was measured on a GPU or TPU, where
-these rewrites may well be slower, so those platforms keep XLA's native forms until a
-benchmark there shows otherwise. Both forms are public (``conv3x3_same_cpu``,
+reduce_window backward, its slow scatter-adds, and its slow convolutions on tiny maps with many
+channels (conv2d: torch.nn.Conv2d's convolution, for nn/flows.TorchConv, whose CPU form is
+``conv2d_im2col``); none of that was measured on a GPU or TPU, where these rewrites may well
+be slower, so those platforms keep XLA's native forms until a benchmark there shows otherwise.
+Both forms are public (``conv3x3_same_cpu``,
 ``conv3x3_same_native``, ...) so tests and benchmarks can compare them on any machine.
 """
 
@@ -408,3 +411,61 @@ def upsample2x(x: jax.Array, align_corners: bool = True) -> jax.Array:
     if not align_corners:
         return upsample2x_native(x, align_corners=False)  # jax.image.resize on every platform
     return jax.lax.platform_dependent(x, cpu=upsample2x_cpu, default=upsample2x_native)
+
+
+# XLA:CPU runs a convolution whose output map is tiny but whose channels are many (CS-Flow's cross
+# convolutions, 152-1024 channels on 2x2-8x8 maps) far below its matmul speed: 152->1024 3x3 on a
+# 2x2 map, batch 8, takes 80-320 ms forward against 2 ms as one im2col matmul, and the stride-2
+# 1024->304 from 4x4 to 2x2 365 ms forward+backward against 12 ms. Up to 6x6 output maps the matmul
+# is faster or as fast; at 8x8 and above the two forms are within noise of each other either way
+# round, so only output maps of at most this many pixels take it (benchmarks/bench_flow_conv.py).
+_IM2COL_MAX_PIXELS = 36
+
+
+def conv2d_native(x: jax.Array, w: jax.Array, stride: int = 1, padding: int = 0) -> jax.Array:
+    """torch.nn.Conv2d's convolution on NHWC/HWIO (square stride, symmetric zero padding): lax's conv."""
+    return jax.lax.conv_general_dilated(
+        x, w, (stride, stride), ((padding, padding), (padding, padding)), dimension_numbers=_NHWC
+    )
+
+
+def conv2d_im2col(x: jax.Array, w: jax.Array, stride: int = 1, padding: int = 0) -> jax.Array:
+    """conv2d_native as one matmul: the kh*kw strided slices of the padded input stacked along
+    channels (in HWIO's (kh, kw, in) order), contracted with the kernel reshaped to [kh*kw*in, out].
+
+    Its autodiff is slices, pads and adds around two matmuls: no scatter, no convolution.
+    """
+    kh, kw, cin, cout = w.shape
+    xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+    ho, wo = (xp.shape[1] - kh) // stride + 1, (xp.shape[2] - kw) // stride + 1
+    taps = [
+        jax.lax.slice(
+            xp,
+            (0, i, j, 0),
+            (xp.shape[0], i + stride * (ho - 1) + 1, j + stride * (wo - 1) + 1, cin),
+            (1, stride, stride, 1),
+        )
+        for i in range(kh)
+        for j in range(kw)
+    ]
+    cols = taps[0] if len(taps) == 1 else jnp.concatenate(taps, axis=-1)
+    return jax.lax.dot_general(cols, w.reshape(kh * kw * cin, cout), (((3,), (0,)), ((), ())))
+
+
+def _conv2d_output_pixels(x_shape, w_shape, stride: int, padding: int) -> int:
+    ho = (x_shape[1] + 2 * padding - w_shape[0]) // stride + 1
+    wo = (x_shape[2] + 2 * padding - w_shape[1]) // stride + 1
+    return ho * wo
+
+
+def conv2d(x: jax.Array, w: jax.Array, stride: int = 1, padding: int = 0) -> jax.Array:
+    """torch.nn.Conv2d's convolution on NHWC/HWIO: conv2d_im2col on XLA:CPU when the output map has
+    at most _IM2COL_MAX_PIXELS pixels, else (and on every other platform) conv2d_native.
+
+    The two forms agree up to float summation order.
+    """
+    native = functools.partial(conv2d_native, stride=stride, padding=padding)
+    if _conv2d_output_pixels(x.shape, w.shape, stride, padding) > _IM2COL_MAX_PIXELS:
+        return native(x, w)
+    im2col = functools.partial(conv2d_im2col, stride=stride, padding=padding)
+    return jax.lax.platform_dependent(x, w, cpu=im2col, default=native)
