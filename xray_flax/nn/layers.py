@@ -415,10 +415,11 @@ def upsample2x(x: jax.Array, align_corners: bool = True) -> jax.Array:
 
 # XLA:CPU runs a convolution whose output map is tiny but whose channels are many (CS-Flow's cross
 # convolutions, 152-1024 channels on 2x2-8x8 maps) far below its matmul speed: 152->1024 3x3 on a
-# 2x2 map, batch 8, takes 80-320 ms forward against 2 ms as one im2col matmul, and the stride-2
-# 1024->304 from 4x4 to 2x2 365 ms forward+backward against 12 ms. Up to 6x6 output maps the matmul
-# is faster or as fast; at 8x8 and above the two forms are within noise of each other either way
-# round, so only output maps of at most this many pixels take it (benchmarks/bench_flow_conv.py).
+# 2x2 map, batch 8, takes 60-320 ms forward against 1-2 ms as one im2col matmul, and the stride-2
+# 1024->304 from 4x4 to 2x2 200-460 ms forward+backward against 9-12 ms. Up to 6x6 output maps the
+# matmul is faster or within about 10 %; from 8x8 up neither form wins consistently and the
+# matmul's 1024->304 forward is 1.4-1.8x slower, so only output maps of at most this many pixels
+# take it (benchmarks/bench_flow_conv.py, docs/performance.md).
 _IM2COL_MAX_PIXELS = 36
 
 
