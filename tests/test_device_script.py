@@ -94,7 +94,7 @@ def _check_parts(summary, out, selected):
     kernels = summary["parts"]["kernels"]["result"]
     # on XLA:CPU the CPU forms are the ones lowered; on a GPU the check asks for the native ones
     assert kernels["expected_form"] == "cpu" and kernels["all_as_expected"], kernels["checks"]
-    assert len(kernels["checks"]) == 5 and not kernels["cpu_only_kernels_off"]
+    assert len(kernels["checks"]) == 6 and not kernels["cpu_only_kernels_off"]
     patchcore = summary["parts"]["patchcore"]["result"]
     assert patchcore["tiles_per_s"] > 0 and patchcore["coreset_reductions_included"]
     env = summary["parts"]["env"]["result"]

@@ -188,9 +188,14 @@ def _kernel_cases():
     x_wide, w_wide = jax.random.normal(key, (2, 8, 6, 256)), 0.1 * jax.random.normal(key, (3, 3, 256, 256))
     x_small = jax.random.normal(key, (1, 8, 6, 3))
     x_dw, w_dw = jax.random.normal(key, (1, 8, 8, 4)), jax.random.normal(key, (3, 3, 1, 4))
+    # CS-Flow's cross convolutions on a 2x2 map (nn/flows.py TorchConv): im2col on XLA:CPU only.
+    x_tiny, w_tiny = jax.random.normal(key, (2, 2, 2, 16)), 0.1 * jax.random.normal(key, (3, 3, 16, 32))
 
     def dw(f):
         return lambda a, b: f(a, b, (2, 2), "SAME")
+
+    def same(f):
+        return lambda a, b: f(a, b, 1, 1)
 
     wgrad = lambda f: jax.grad(lambda x, w: jnp.sum(jnp.sin(f(x, w))), argnums=1)  # noqa: E731
     return [
@@ -202,6 +207,8 @@ def _kernel_cases():
         ("max_pool2", layers.max_pool2, layers.max_pool2_cpu, layers.max_pool2_native, _grad, (x_small,)),
         ("depthwise_conv", dw(depthwise.depthwise_conv), dw(depthwise.depthwise_conv_cpu),
          dw(depthwise.depthwise_conv_native), _grad, (x_dw, w_dw)),
+        ("conv2d on a 2x2 map (im2col)", same(layers.conv2d), same(layers.conv2d_im2col),
+         same(layers.conv2d_native), _grad, (x_tiny, w_tiny)),
     ]  # fmt: skip
 
 

@@ -53,6 +53,7 @@ GPU_TEST_FILES = (
     "tests/test_depthwise.py",
     "tests/test_mixed_precision.py",
     "tests/test_models.py",
+    "tests/test_flows.py",
 )
 
 # The paper's reported inference time per 512-px patch (the X-ray paper, docs/papers.md).
