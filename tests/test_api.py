@@ -48,6 +48,9 @@ def test_the_docs_example_runs_as_written(tmp_path, monkeypatch):
     assert whole["map"].shape == (1, 100, 140) and whole["score"].shape == (1,)
     assert scan.map.shape == (90, 120)
     assert os.path.isfile(os.path.join(scan.output_dir, "report.html"))
+    # Training from Python logs to the workdir's file as the command line does.
+    log_text = open(os.path.join("runs", "highpass", "log.txt"), encoding="utf-8").read()
+    assert "run started:" in log_text and "run ended after" in log_text
     # The same tile given as uint16, as float in [0, 1] and alone as [H, W] scores the same.
     tiles = namespace["tiles"]
     as_float = model.score(tiles.astype(np.float32) / 65535)

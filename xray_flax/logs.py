@@ -118,6 +118,12 @@ def workdir_log(workdir: str, enabled: bool = True) -> Iterator[str | None]:
         return
     root = logging.getLogger()
     root.addHandler(handler)
+    # From Python (a notebook, table2 under pytest) nothing may have set a level: the default
+    # WARNING would keep the progress lines out of the file. Ours at INFO for the block.
+    package = logging.getLogger("xray_flax")
+    package_level = package.level
+    if package.getEffectiveLevel() > logging.INFO:
+        package.setLevel(logging.INFO)
     start = time.perf_counter()
     try:
         log.info(
@@ -136,6 +142,7 @@ def workdir_log(workdir: str, enabled: bool = True) -> Iterator[str | None]:
     finally:
         root.removeHandler(handler)
         handler.close()
+        package.setLevel(package_level)
 
 
 def _open(path: str) -> logging.Handler | None:

@@ -35,10 +35,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
 
     Returns the test report of `evaluate.evaluate`, or None when training stopped early
     (config.train.halt_after_steps, or a termination request; the same call resumes).
-    A config with problems raises one ConfigError listing them, before anything is written.
+    A config with problems raises one ConfigError listing them, before anything is written;
+    then the run's log lines are appended to <workdir>/log.txt too, as `run` does (table2,
+    one_class and the Python API come through here).
     """
     config_check.check(config, "train")
-    return _train_and_evaluate(config, workdir)
+    os.makedirs(workdir, exist_ok=True)
+    with logs.workdir_log(workdir, enabled=jax.process_index() == 0):
+        return _train_and_evaluate(config, workdir)
 
 
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict | None:
