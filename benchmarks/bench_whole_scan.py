@@ -23,6 +23,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import time
 
 from bench_predict_memory import write_test_tiff
@@ -75,7 +76,7 @@ def workdir_settings(workdir: str, overlap: float) -> dict:
     }
 
 
-def ours(label: str, workdir: str, scan: str, shape: tuple[int, int], overlap: float, out_dir: str) -> dict:
+def ours(label: str, workdir: str, scan: str, shape: tuple[int, int], overlap: float, out_dir: str, logs: str) -> dict:
     settings = workdir_settings(workdir, overlap)
     command = [
         sys.executable,
@@ -92,7 +93,7 @@ def ours(label: str, workdir: str, scan: str, shape: tuple[int, int], overlap: f
         f"--config.eval.predict.overlap={overlap}",
     ]
     row = {"side": "xray_flax", "label": label, "workdir": workdir, **settings, "command": " ".join(command)}
-    row.update(timed_run(command, os.path.join(out_dir, f"{label}.log")))
+    row.update(timed_run(command, os.path.join(logs, f"{label}.log")))
     row["tiles"] = grid_tiles(*shape, settings["patch"], settings["stride"])
     row["tiles_per_s"] = round(row["tiles"] / row["wall_s"], 1)
     # predict logs each scan's own seconds (read, tile, map, stitch, write; without the imports
@@ -104,7 +105,7 @@ def ours(label: str, workdir: str, scan: str, shape: tuple[int, int], overlap: f
     return row
 
 
-def peer(python: str, scan: str, shape, overlap: float, settings: dict, out_dir: str) -> dict:
+def peer(python: str, scan: str, shape, overlap: float, settings: dict, out_dir: str, logs: str) -> dict:
     command = [
         python,
         os.path.join(REPO, "benchmarks", "peer", "whole_scan_torch.py"),
@@ -122,7 +123,7 @@ def peer(python: str, scan: str, shape, overlap: float, settings: dict, out_dir:
         str(settings["width_multiplier"]),
     ]
     row = {"side": "pytorch peer", "label": "paper_model_torch", **settings, "command": " ".join(command)}
-    row.update(timed_run(command, os.path.join(out_dir, "peer.log")))
+    row.update(timed_run(command, os.path.join(logs, "peer.log")))
     row["tiles"] = grid_tiles(*shape, settings["patch"], settings["stride"])
     row["tiles_per_s"] = round(row["tiles"] / row["wall_s"], 1)
     return row
@@ -135,6 +136,7 @@ def parse_args(argv=None):
     parser.add_argument("--height", type=int, default=9000)
     parser.add_argument("--width", type=int, default=12000)
     parser.add_argument("--scan", help="an existing 16-bit TIFF instead of writing one")
+    parser.add_argument("--work", help="keep the scan and the outputs here (default: a temporary folder)")
     parser.add_argument("--overlap", type=float, default=0.0, help="config.eval.predict.overlap for every run")
     parser.add_argument("--peer-python", help="python of the torch venv (benchmarks/peer/setup_peer_venv.sh)")
     return parser.parse_args(argv)
@@ -142,8 +144,17 @@ def parse_args(argv=None):
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    out_dir = os.path.splitext(os.path.abspath(args.out))[0]
-    os.makedirs(out_dir, exist_ok=True)
+    # The maps, overlays and reports of a 12,000 x 9,000 scan take ~1 GB: a scratch folder
+    # (--work, or a temporary one removed at the end); the runs' logs go beside the JSON.
+    logs = os.path.splitext(os.path.abspath(args.out))[0] + "_logs"
+    os.makedirs(logs, exist_ok=True)
+    with tempfile.TemporaryDirectory() as scratch:
+        out_dir = args.work or scratch
+        os.makedirs(out_dir, exist_ok=True)
+        run_all(args, out_dir, logs)
+
+
+def run_all(args, out_dir: str, logs: str) -> None:
     scan = args.scan or os.path.join(out_dir, f"scan_{args.height}x{args.width}_u16.tif")
     if not os.path.exists(scan):
         t0 = time.perf_counter()
@@ -153,7 +164,7 @@ def main(argv=None) -> None:
     rows = []
     for item in args.workdir:
         label, _, workdir = item.partition("=")
-        rows.append(ours(label, os.path.abspath(workdir), scan, shape, args.overlap, out_dir))
+        rows.append(ours(label, os.path.abspath(workdir), scan, shape, args.overlap, out_dir, logs))
         print(json.dumps({k: v for k, v in rows[-1].items() if k != "stdout_tail"}), flush=True)
     if args.peer_python and args.workdir:
         # The peer is the paper's DRAEM variant: it copies the first workdir's tiles and width.
@@ -162,7 +173,7 @@ def main(argv=None) -> None:
             raise SystemExit(
                 f"--peer-python: the first --workdir must be the paper's model, not {settings['detector']}"
             )
-        rows.append(peer(args.peer_python, scan, shape, args.overlap, settings, out_dir))
+        rows.append(peer(args.peer_python, scan, shape, args.overlap, settings, out_dir, logs))
         print(json.dumps({k: v for k, v in rows[-1].items() if k != "stdout_tail"}), flush=True)
     result = {"scan": scan, "shape": list(shape), "overlap": args.overlap, "env": env_info(), "rows": rows}
     with open(args.out, "w") as f:
