@@ -11,6 +11,7 @@ from scipy.spatial import distance
 from configs import tiny
 from xray_flax import detectors
 from xray_flax.detectors.padim import distance as model
+from xray_flax.detectors.padim import steps
 
 N, P, D = 97, 6, 12
 
@@ -172,3 +173,90 @@ def test_bad_config_values_are_clear_errors():
         _tiny_detector(shard_positions=True)
     with pytest.raises(ValueError, match="n_features"):
         _tiny_detector(n_features=1000)
+    with pytest.raises(ValueError, match="gaussian"):
+        _tiny_detector(gaussian="per_tile")
+
+
+def _finish(state, gaussian, accumulate="float64", ridge=0.01):
+    """fit_finish on a given fit state (no backbone needed: only the Gaussian is fitted)."""
+    plan = steps.Plan(
+        backbone=None,
+        per_tap=(),
+        n_features=D,
+        pool=1,
+        ridge=ridge,
+        storage_dtype="float32",
+        accumulate=accumulate,
+        shard_positions=False,
+        mesh_config=None,
+        blur_sigma=4.0,
+        gaussian=gaussian,
+    )
+    fitted = steps.fit_finish(state, {}, plan=plan)[steps.GAUSSIAN]
+    return np.asarray(fitted["mean"]), np.asarray(fitted["whitening"])
+
+
+def _state(x, device=False):
+    n, mean, cov = _stream(x, 16)
+    if device:
+        return {"count": jnp.float32(n), "mean": jnp.float32(mean), "scatter": jnp.float32(cov * (n - 1))}
+    return {"count": np.float64(n), "mean": mean, "scatter": cov * (n - 1)}
+
+
+@pytest.mark.parametrize("device", [False, True])
+def test_shared_gaussian_equals_numpy_over_all_positions_and_tiles(device):
+    x = _features(3)  # a different Gaussian per position: pooling them changes mean and covariance
+    ridge = 0.01
+    pooled = x.reshape(N * P, D).astype(np.float64)
+    ref_mean = np.mean(pooled, axis=0)
+    ref_cov = np.cov(pooled, rowvar=False, ddof=1) + ridge * np.eye(D)
+    mean, whitening = _finish(_state(x, device), "shared", "float32" if device else "float64", ridge)
+    assert mean.shape == (P, D) and whitening.shape == (P, D, D)  # the per-position layout
+    for p in range(P):
+        np.testing.assert_array_equal(mean[p], mean[0])
+        np.testing.assert_array_equal(whitening[p], whitening[0])
+    assert _relative(mean[0], ref_mean) < 1e-6
+    cov = np.linalg.inv(whitening[0].astype(np.float64).T @ whitening[0].astype(np.float64))  # (L^-T L^-1)^-1 = L L^T
+    assert _relative(cov, ref_cov) < 1e-5
+
+    queries = _features(4)[:3]
+    ours = np.asarray(model.mahalanobis(jnp.asarray(queries), jnp.asarray(mean), jnp.asarray(whitening)))
+    inverse = np.linalg.inv(ref_cov)
+    for b in range(3):
+        for p in (0, 2, P - 1):
+            expected = distance.mahalanobis(queries[b, p].astype(np.float64), ref_mean, inverse)
+            np.testing.assert_allclose(ours[b, p], expected, rtol=2e-5)
+
+
+def test_pool_positions_is_the_merge_of_every_position():
+    n, mean, cov = _stream(_features(5), 32)
+    pooled = model.pool_positions(n, mean, cov * (n - 1), block=4)  # blocks of 4 over 6 positions
+    whole = model.pool_positions(n, mean, cov * (n - 1), block=P)
+    for ours, theirs in zip(pooled, whole):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-13, atol=1e-12)
+    assert pooled[0] == n * P and pooled[1].shape == (1, D) and pooled[2].shape == (1, D, D)
+
+
+def test_per_position_default_is_unchanged():
+    state = _state(_features(6))
+    mean, whitening = _finish(state, "per_position")
+    ref_mean, ref_whitening = model.whitening_numpy(
+        float(state["count"]), state["mean"], state["scatter"], 0.01, out_dtype=np.float32
+    )
+    np.testing.assert_array_equal(mean, np.float32(ref_mean))
+    np.testing.assert_array_equal(whitening, ref_whitening)
+    assert tiny.get_config("padim").model.gaussian == "per_position"
+
+
+def test_shared_fit_end_to_end():
+    _, detector = _tiny_detector(gaussian="shared")
+    variables = detector.init(jax.random.key(0), jnp.zeros((1, 32, 32, 1)))
+    state = detector.fit_init(variables)
+    batches = _batches(3)
+    for batch in batches:
+        state = detector.fit_update(state, variables, batch)
+    fitted = detector.fit_finish(state, variables)["gaussian"]
+    assert fitted["whitening"].shape == variables["gaussian"]["whitening"].shape
+    np.testing.assert_array_equal(np.asarray(fitted["whitening"][-1]), np.asarray(fitted["whitening"][0]))
+    out = jax.jit(detector.anomaly_map)({**variables, "gaussian": fitted}, batches[0]["image"])
+    assert out["map"].shape == (4, 32, 32) and np.isfinite(np.asarray(out["map"])).all()

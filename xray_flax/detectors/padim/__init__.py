@@ -39,7 +39,8 @@ Gaussian blur sigma 4, image score = max. [anomalib] nearest upsampling of the d
 map, kornia blur kernel 33 with reflect borders, an extra 1e-5 I (config: ridge 0.01001).
 [ours] the streaming merge, L^-1 from a Cholesky factor instead of an explicit inverse, NumPy's
 draw of the channel subset (anomalib: torch.randperm, a different subset for the same seed),
-the levers feature_pool, storage_dtype, accumulate, shard_positions, and any backbone of
+the levers feature_pool, storage_dtype, accumulate, shard_positions, the variant
+gaussian='shared' (one Gaussian for all positions: paintings are not aligned), and any backbone of
 xray_flax.backbones (the CPU configs use EfficientNet-Lite0, the only ImageNet weights that
 install offline).
 """
@@ -69,6 +70,8 @@ def make_plan(config: ml_collections.ConfigDict) -> steps.Plan:
         raise errors.ConfigError(
             "config.model.shard_positions needs config.model.accumulate='float32' (a device accumulator)"
         )
+    if m.gaussian not in steps.GAUSSIANS:
+        raise errors.ConfigError(f"config.model.gaussian={m.gaussian!r}; expected one of {steps.GAUSSIANS}")
     if int(m.feature_pool) < 1:
         raise errors.ConfigError(f"config.model.feature_pool must be >= 1, got {m.feature_pool}")
     if float(m.ridge) <= 0:
@@ -87,6 +90,7 @@ def make_plan(config: ml_collections.ConfigDict) -> steps.Plan:
         storage_dtype=m.storage_dtype,
         accumulate=m.accumulate,
         shard_positions=bool(m.shard_positions),
+        gaussian=m.gaussian,
         mesh_config=config.mesh,
         blur_sigma=float(m.blur_sigma),
     )

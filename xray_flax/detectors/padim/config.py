@@ -43,6 +43,14 @@ def defaults() -> ml_collections.ConfigDict:
     # With accumulate='float32': shard the accumulator over the mesh along the positions
     # (P must divide by the devices). [ours]
     model.shard_positions = False
+    # One Gaussian per feature position ('per_position', the paper's PaDiM) or one for all
+    # positions ('shared'): the per-position (count, mean, scatter) are merged into one (Chan
+    # merge, float64 on the host) and its mean and L^-1 serve every position. [ours] Paintings
+    # are not aligned objects: where a tile sits says nothing about what it shows, and a shared
+    # Gaussian has P times more samples (a few hundred tiles give a noisy covariance per
+    # position). The fitted arrays keep their [P, ...] shapes (broadcast), so the checkpoint,
+    # predict and export are the same for both.
+    model.gaussian = "per_position"
     # Gaussian blur of the upsampled map. [anomalib: sigma 4, kernel 33, reflect; original code:
     # scipy gaussian_filter sigma 4]
     model.blur_sigma = 4.0

@@ -4,6 +4,7 @@
     batch_moments(x, valid)         one batch's count, mean and centred scatter per position (jit, float32)
     merge_moments(a, b)             Chan et al.'s parallel merge of two (count, mean, scatter) triples
     merge_moments_host(a, b)        the same in float64 on the host, block by block (bounded temporaries)
+    pool_positions(count, mean, scatter)  the P per-position triples merged into one (gaussian='shared')
     whitening(count, mean, scatter) covariance (ddof 1) + ridge I -> Cholesky -> L^-1 per position
     mahalanobis(x, mean, whitening) |L^-1 (x - mean)| per position
 
@@ -126,6 +127,23 @@ def merge_moments_host(a: tuple, b: tuple, block: int = 256) -> tuple:
         d = delta[part]
         scatter[part] += (d[:, :, None] * coef) * d[:, None, :]
     return n, mean, scatter
+
+
+def pool_positions(count, mean, scatter, block: int = 256) -> tuple:
+    """One (count, mean [1, d], scatter [1, d, d]) for all positions: the P per-position triples
+    of a fit state (all with the same count) merged by `merge_moments` position after position,
+    in float64 on the host, `block` positions fetched at a time (device or host arrays; extra
+    memory ~ one block). The moments of every embedding pooled over tiles and positions, for
+    gaussian='shared'. [ours]"""
+    n = np.float64(jax.device_get(count))
+    d = mean.shape[-1]
+    state = (np.float64(0), np.zeros((1, d)), np.zeros((1, d, d)))
+    for start in range(0, mean.shape[0], block):
+        means = np.asarray(jax.device_get(mean[start : start + block]), np.float64)
+        scatters = np.asarray(jax.device_get(scatter[start : start + block]), np.float64)
+        for m, s in zip(means, scatters):
+            state = merge_moments(state, (n, m[None], s[None]))
+    return state
 
 
 def whitening_numpy(

@@ -4,7 +4,8 @@ and anomaly map, on a `Backbone`.
 Variables (static shapes from the patch size, `Plan`):
 
     backbone   {"params", "batch_stats"} of the frozen pretrained backbone
-    gaussian   {"mean": [P, d] float32, "whitening": [P, d, d] storage dtype (L^-1 per position)}
+    gaussian   {"mean": [P, d] float32, "whitening": [P, d, d] storage dtype (L^-1 per position;
+               with model.gaussian='shared' the one shared Gaussian repeated at every position)}
 
 Fit state (static shapes: P, d from the config, never the number of tiles):
 
@@ -34,6 +35,7 @@ from xray_flax.nn.anomaly_maps import upsample_and_blur
 
 GAUSSIAN = "gaussian"
 ACCUMULATE = ("float64", "float32")
+GAUSSIANS = ("per_position", "shared")
 STORAGE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
@@ -52,6 +54,7 @@ class Plan:
     shard_positions: bool
     mesh_config: object  # config.mesh (only for shard_positions)
     blur_sigma: float
+    gaussian: str  # 'per_position' or 'shared' (one Gaussian for every position)
 
     def positions(self, patch_size: int) -> tuple[int, int]:
         stride = self.backbone.strides[self.backbone.taps[0]] * self.pool
@@ -140,20 +143,38 @@ def fit_update(state: dict, variables: dict, batch: dict, *, plan: Plan) -> dict
     return {"count": np.asarray(n, np.float64), "mean": mean, "scatter": scatter}
 
 
+def _per_position(state: dict, count: float, plan: Plan) -> tuple:
+    """(mean [P, d], L^-1 [P, d, d]) of each position's own Gaussian. [paper]"""
+    if plan.accumulate == "float64":
+        return distance.whitening_numpy(
+            count, np.asarray(state["mean"]), np.asarray(state["scatter"]), plan.ridge, out_dtype=np.float32
+        )
+    return jax.jit(distance.whitening_jax, static_argnames="ridge")(
+        state["count"], state["mean"], state["scatter"], ridge=plan.ridge
+    )
+
+
+def _shared(state: dict, plan: Plan) -> tuple:
+    """(mean, L^-1) of the one Gaussian of all positions, computed in float64 on the host for
+    either accumulator and broadcast to [P, d] and [P, d, d]: the fitted variables keep the
+    per-position shapes, so the map, checkpoints and export need no other path. [ours]"""
+    p, d = state["mean"].shape
+    n, mean, scatter = distance.pool_positions(state["count"], state["mean"], state["scatter"])
+    mean, whitening = distance.whitening_numpy(n, mean, scatter, plan.ridge, out_dtype=np.float32)
+    return np.broadcast_to(mean, (p, d)), np.broadcast_to(whitening, (p, d, d))
+
+
 def fit_finish(state: dict, variables: dict, *, plan: Plan) -> dict:
-    """Covariance + ridge, Cholesky, L^-1 -> the `gaussian` collection."""
+    """Covariance + ridge, Cholesky, L^-1 (per position, or one shared) -> the `gaussian`
+    collection."""
     dtype = STORAGE_DTYPES[plan.storage_dtype]
     count = float(jax.device_get(state["count"]))
     if count < 2:
         raise ValueError(f"PaDiM needs at least 2 training tiles for a covariance (ddof 1), got {count:g}")
-    if plan.accumulate == "float64":
-        mean, whitening = distance.whitening_numpy(
-            count, np.asarray(state["mean"]), np.asarray(state["scatter"]), plan.ridge, out_dtype=np.float32
-        )
+    if plan.gaussian == "shared":
+        mean, whitening = _shared(state, plan)
     else:
-        mean, whitening = jax.jit(distance.whitening_jax, static_argnames="ridge")(
-            state["count"], state["mean"], state["scatter"], ridge=plan.ridge
-        )
+        mean, whitening = _per_position(state, count, plan)
     if not np.isfinite(np.asarray(jax.device_get(whitening[:1]))).all():
         raise FloatingPointError("PaDiM: the covariance factorisation is not finite (increase config.model.ridge)")
     gaussian = {"mean": jnp.asarray(mean, jnp.float32), "whitening": jnp.asarray(whitening, dtype)}
