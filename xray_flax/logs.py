@@ -145,9 +145,25 @@ def workdir_log(workdir: str, enabled: bool = True) -> Iterator[str | None]:
         package.setLevel(package_level)
 
 
+class _LogFile(logging.FileHandler):
+    """The workdir's log file, which never turns a run's outcome into its own error: on a full
+    disk (the run is then failing with a clear error of its own) a line that cannot be written
+    is dropped, and closing the file does not raise."""
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
+        if not isinstance(sys.exc_info()[1], OSError):
+            super().handleError(record)
+
+    def close(self) -> None:
+        try:
+            super().close()
+        except OSError:
+            pass
+
+
 def _open(path: str) -> logging.Handler | None:
     try:
-        handler = logging.FileHandler(path, mode="a", encoding="utf-8")
+        handler = _LogFile(path, mode="a", encoding="utf-8")
     except OSError as e:
         # A workdir that is not ours to write (evaluating someone's checkpoints): no log file,
         # the run itself does not need one.
