@@ -11,9 +11,11 @@ import textwrap
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from configs import tiny
 from xray_flax import api, export, exported, workflow
+from xray_flax.report import regions
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -106,6 +108,29 @@ def test_an_export_loads_without_the_training_code(tmp_path, trained):
     assert "heavy: []" in done.stdout
     want = api.load(workdir).score(tiles(2))["map"]
     np.testing.assert_allclose(np.load(tmp_path / "maps.npy"), want, rtol=1e-5, atol=1e-5)
+
+
+def test_an_export_cuts_regions_inside_the_painting_as_predict_does(tmp_path, trained):
+    """The manifest carries the background rule: an export's predict_file finds the regions the
+    workdir's finds (inside the painting), not the frame the film margin makes of an unmasked map."""
+    workdir = trained("highpass")
+    out = str(tmp_path / "export")
+    manifest = export.export(tiny.get_config("highpass"), workdir, out, platforms=[])
+    assert manifest["background"] == tiny.get_config("highpass").data.background.to_dict()
+    rng = np.random.default_rng(3)
+    scan = np.zeros((160, 200), np.float32)  # a dark film margin around the painting
+    scan[20:140, 24:176] = 0.5 + 0.05 * rng.standard_normal((120, 152))
+    scan[60:70, 24:40] = 1.0  # a defect touching the painting's left edge
+    path = str(tmp_path / "scan.png")
+    Image.fromarray((np.clip(scan, 0, 1) * 65535).astype(np.uint16)).save(path)
+    from_workdir = api.load(workdir).predict_file(path, str(tmp_path / "predicted"))
+    from_export = api.load(out).predict_file(path)
+    boxes = [[(r["x0"], r["y0"], r["x1"], r["y1"]) for r in p.regions] for p in (from_workdir, from_export)]
+    assert boxes[0] == boxes[1] and len(boxes[1]) == 1
+    x0, y0, x1, y1 = boxes[1][0]
+    assert 24 <= x0 and x1 <= 45 and 55 <= y0 and y1 <= 75  # the defect, not the frame
+    unmasked = regions.find_regions(from_export.map, from_export.threshold, 64)
+    assert any(r.x0 < 24 and r.x1 > 176 for r in unmasked)  # what the margin gives without the mask
 
 
 def test_unknown_platforms_are_a_usage_error():

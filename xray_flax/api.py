@@ -150,13 +150,24 @@ class Model:
                 reader, lambda b: np.asarray(self._tiles(b)["map"]), self.patch_size, self.stride, self.batch_size,
                 window=self.window,
             )  # fmt: skip
+            inside = self._inside_painting(reader)
         finally:
             reader.close()
         found = regions.regions_to_dicts(
-            regions.find_regions(anomaly_map, self.threshold, self.info.get("min_region_area", 64))
+            regions.find_regions(anomaly_map, self.threshold, self.info.get("min_region_area", 64), **inside)
         )
         summary = {"scan": path, "height": reader.height, "width": reader.width, "regions": len(found)}
         return ScanPrediction(anomaly_map, found, self.threshold, summary, None)
+
+    def _inside_painting(self, reader) -> dict:
+        """find_regions' painting mask for an exported model, as predict makes it (no mask for
+        an export that carries no background rule)."""
+        background = self.info.get("background")
+        if background is None:
+            return {}
+        thumbnail = overlay.scan_thumbnail(reader, self.info["overlay_max_side"], background, self.patch_size)
+        inside = regions.inside_painting(thumbnail.foreground, thumbnail.factor, self.patch_size)
+        return {"foreground": inside, "factor": thumbnail.factor}
 
 
 def as_image_list(images: Any) -> list[np.ndarray]:
@@ -218,7 +229,14 @@ def _from_export(model: exported.ExportedModel, batch_size: int | None) -> Model
         stride=m["stitch"]["stride"],
         window=m["stitch"]["window"],
         threshold=m["threshold"]["value"],
-        info={"export": model.directory, "detector": m["detector"], "min_region_area": m["min_region_area"]},
+        info={
+            "export": model.directory,
+            "detector": m["detector"],
+            "min_region_area": m["min_region_area"],
+            # Exports written before regions were kept inside the painting carry no rule.
+            "background": m.get("background"),
+            "overlay_max_side": m.get("overlay_max_side", 2048),
+        },
     )
 
 

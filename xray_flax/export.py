@@ -130,6 +130,10 @@ def export(
         "score": {"filter_size": scoring.score_filter_size(config), "top_k": scoring.score_top_k(config)},
         "threshold": {"value": threshold, "source": source, "applied": "not inside: regions are cut by the caller"},
         "min_region_area": int(opts.min_region_area),
+        # Regions are cut inside the painting only, as predict cuts them: the tiling's rule for
+        # what is outside it (the film margin), and the thumbnail size the mask is made at.
+        "background": config.data.background.to_dict(),
+        "overlay_max_side": int(opts.overlay_max_side),
         "stitch": {
             "stride": evaluation_config.resolve_stride(opts.stride, opts.overlap, patch),
             "window": opts.window,
