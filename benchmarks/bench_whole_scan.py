@@ -62,6 +62,12 @@ def grid_tiles(height: int, width: int, patch: int, stride: int) -> int:
     )
 
 
+def add_tile_rate(row: dict, shape: tuple[int, int]) -> None:
+    """The grid's tiles and tiles per second of wall clock, into a timed run's `row`."""
+    row["tiles"] = grid_tiles(*shape, row["patch"], row["stride"])
+    row["tiles_per_s"] = round(row["tiles"] / row["wall_s"], 1)
+
+
 def workdir_settings(workdir: str, overlap: float) -> dict:
     with open(os.path.join(workdir, "config.json")) as f:
         config = json.load(f)
@@ -94,8 +100,7 @@ def ours(label: str, workdir: str, scan: str, shape: tuple[int, int], overlap: f
     ]
     row = {"side": "xray_flax", "label": label, "workdir": workdir, **settings, "command": " ".join(command)}
     row.update(timed_run(command, os.path.join(logs, f"{label}.log")))
-    row["tiles"] = grid_tiles(*shape, settings["patch"], settings["stride"])
-    row["tiles_per_s"] = round(row["tiles"] / row["wall_s"], 1)
+    add_tile_rate(row, shape)
     # predict logs each scan's own seconds (read, tile, map, stitch, write; without the imports
     # and the checkpoint restore, with the first batch's compilation, seconds on a large scan).
     scan_seconds = re.search(r": \d+ regions, max score [-\d.e+]+, ([\d.]+)s ->", row["stdout_tail"])
@@ -124,8 +129,7 @@ def peer(python: str, scan: str, shape, overlap: float, settings: dict, out_dir:
     ]
     row = {"side": "pytorch peer", "label": "paper_model_torch", **settings, "command": " ".join(command)}
     row.update(timed_run(command, os.path.join(logs, "peer.log")))
-    row["tiles"] = grid_tiles(*shape, settings["patch"], settings["stride"])
-    row["tiles_per_s"] = round(row["tiles"] / row["wall_s"], 1)
+    add_tile_rate(row, shape)
     return row
 
 

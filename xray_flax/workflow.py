@@ -46,7 +46,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
 
 
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict | None:
-    os.makedirs(workdir, exist_ok=True)
+    # The workdir exists: both callers create it before opening its log file.
     # Process 0 holds the lock for the whole job, evaluation and prediction included.
     with workdir_lock.WorkdirLock(workdir, enabled=jax.process_index() == 0):
         if not train.train(config, workdir):
