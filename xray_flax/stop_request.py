@@ -29,6 +29,7 @@ class StopRequest:
 
     def __init__(self):
         self.received = False
+        self._notice = None  # what a signal asked for, logged from the loop (see _handle)
         self._previous = {}
         if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
             self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
@@ -36,18 +37,27 @@ class StopRequest:
     def _handle(self, signum, frame):
         if self.received and signum == signal.SIGINT:
             raise KeyboardInterrupt
-        name = "Ctrl-C" if signum == signal.SIGINT else f"signal {signum}"
-        log.warning("received %s: saving a checkpoint and stopping after this step (Ctrl-C again: stop now)", name)
+        # Not logged here: the handler runs between two bytecodes of the main thread, which may
+        # be inside a log handler's write to the same file, and a buffered file written
+        # reentrantly raises ("reentrant call inside BufferedWriter") and prints a traceback.
+        self._notice = "Ctrl-C" if signum == signal.SIGINT else f"signal {signum}"
         self.received = True
+
+    def _log_notice(self) -> None:
+        if self._notice is not None:
+            name, self._notice = self._notice, None
+            log.warning("received %s: saving a checkpoint and stopping after this step (Ctrl-C again: stop now)", name)
 
     def requested(self, manager, step: int) -> bool:
         """Whether to stop now; `manager` is the orbax CheckpointManager that will save this step."""
+        self._log_notice()
         if jax.process_count() > 1 and not self.received and manager.reached_preemption(step):
             log.warning("preemption notice at step %d: saving a checkpoint and stopping", step)
             self.received = True
         return self.received
 
     def restore(self) -> None:
+        self._log_notice()  # a signal after the last check: still said
         for signum, previous in self._previous.items():
             signal.signal(signum, previous)
         self._previous = {}
