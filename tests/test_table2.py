@@ -29,11 +29,12 @@ def table(tmp_path_factory):
         )
     finally:
         os.chdir(cwd)
-    return root, results, cache
+    summary = open(os.path.join(root, "summary.md")).read()  # before a test below reruns in root
+    return root, results, cache, summary
 
 
 def test_every_method_gets_the_data_section_of_the_data_config(table):
-    root, results, _ = table
+    root, results, _, _ = table
     configs = [json.load(open(os.path.join(r["workdir"], "config.json"))) for r in results]
     assert configs[0]["data"] == configs[1]["data"]
     assert configs[1]["data"]["patch_size"] == 32  # configs/highpass.py alone would use 64-px tiles
@@ -41,7 +42,7 @@ def test_every_method_gets_the_data_section_of_the_data_config(table):
 
 
 def test_table_roc_figure_and_json(table):
-    root, results, _ = table
+    root, results, _, _ = table
     text = open(os.path.join(root, "table2.md")).read()
     assert text.splitlines()[0].startswith("| Method | ROC-AUC | Acc | F1 | Precision | Recall | s/patch |")
     for result in results:
@@ -60,7 +61,7 @@ def test_paper_row_is_printed_beside_ours():
 
 
 def test_rerun_does_not_retrain_and_a_changed_config_is_refused(table, caplog):
-    root, results, cache = table
+    root, results, cache, _ = table
     metrics = os.path.join(results[0]["workdir"], "metrics.json")
     before = os.stat(metrics).st_mtime_ns
     cwd = os.getcwd()
@@ -88,3 +89,36 @@ def test_bad_override_is_a_clear_error():
         table2.apply_override(config, "train.num_stepz=3")
     table2.apply_override(config, "train.num_steps=3")
     assert config.train.num_steps == 3
+
+
+def test_summary_is_written_without_seeds(table):
+    _, results, _, summary = table
+    assert summary.splitlines()[0].startswith("| Method | seeds | val ROC-AUC | test ROC-AUC [95 %] |")
+    assert f"{results[0]['test']['roc_auc']:.3f}" in summary
+
+
+def test_seeds_run_each_method_per_seed_and_summarise_the_mean(tmp_path, table):
+    _, _, cache, _ = table
+    root = str(tmp_path / "seeds")
+    cwd = os.getcwd()
+    os.chdir(REPO)
+    try:
+        results = table2.run(
+            root,
+            "configs/tiny.py",
+            ["configs/tiny.py:highpass"],
+            overrides=[f"data.simulated.cache_dir={cache!r}"],
+            seeds=[3, 4],
+        )
+    finally:
+        os.chdir(cwd)
+    assert [r["seed"] for r in results] == [3, 4]
+    assert [r["workdir"] for r in results] == [os.path.join(root, f"seed_{s}", "tiny_highpass") for s in (3, 4)]
+    assert [json.load(open(os.path.join(r["workdir"], "config.json")))["seed"] for r in results] == [3, 4]
+    assert os.path.exists(os.path.join(root, "seed_3", "table2.md"))
+    summary = json.load(open(os.path.join(root, "summary.json")))
+    assert summary[0]["seeds"] == 2 and len(summary[0]["test_roc_auc_ci95"]) == 2
+    assert summary[0]["test_roc_auc"] == [r["test"]["roc_auc"] for r in results]
+    assert json.load(open(os.path.join(results[0]["workdir"], "table2_run.json")))["seconds"] > 0
+    with pytest.raises(table2.errors.UsageError, match="distinct"):
+        table2.run(root, "configs/tiny.py", ["configs/tiny.py:highpass"], seeds=[1, 1])

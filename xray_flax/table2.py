@@ -2,6 +2,7 @@
 
     python -m xray_flax.table2 --root workdirs/table2 [--data configs/default.py]
         [--methods=configs/cfa_cpu.py,configs/fastflow_cpu.py,...] [--set train.num_steps=100 ...]
+        [--seeds=0,1,2]
 
 Every method config gets the data section and the threshold rule of the `--data` config, so
 all methods see the same scans, the same split and the same tiles, and their thresholds are
@@ -9,7 +10,13 @@ chosen by the same rule on the same validation split. Each method trains (or fit
 ROOT/<config name>/ through the shared loop, which evaluates its best-on-validation checkpoint;
 then ROOT/table2.md (the paper's columns: ROC-AUC, accuracy, F1, precision, recall, s/patch,
 each of our rows followed by the paper's row for the same method), ROOT/table2.json and
-ROOT/roc.svg (the test ROC curves of all methods in one figure) are written.
+ROOT/roc.svg (the test ROC curves of all methods in one figure) are written, and ROOT/summary.md:
+validation and test ROC-AUC with a bootstrap interval, F1, pixel AUROC, AUPRO, run time, s/patch
+and, where the data's masks or folders carry anomaly kinds, one ROC-AUC column per kind.
+
+With --seeds=0,1,2 every method runs once per seed (ROOT/seed_S/<name>, each seed's own
+table2.md there) and ROOT/summary.md gives the mean over seeds, its spread, and a bootstrap
+interval of the mean (the test tiles resampled jointly for all seeds).
 
 Resumable: rerun the same command and a finished method (its metrics.json written by this
 config) is not retrained; an interrupted one resumes from its latest checkpoint. A method that
@@ -25,6 +32,7 @@ import json
 import logging
 import os
 import sys
+import time
 import traceback
 from collections.abc import Sequence
 
@@ -34,7 +42,7 @@ from absl import flags
 from sklearn.metrics import roc_curve
 
 from xray_flax import errors, files, logs, parallel, program_flags, workflow
-from xray_flax.report import plots, tables
+from xray_flax.report import plots, seed_table, tables
 
 log = logging.getLogger("xray_flax.table2")
 
@@ -188,25 +196,65 @@ def run(
     method_specs: Sequence[str],
     overrides: Sequence[str] = (),
     predict: bool = False,
+    seeds: Sequence[int] | None = None,
 ) -> list[dict]:
-    """Train/evaluate every method (skipping finished ones), then write the table and the plot."""
+    """Train/evaluate every method (skipping finished ones), then write the tables and the plot.
+
+    Without `seeds`, the methods run in ROOT/<name> with their configs' own seeds. With seeds
+    [S, ...], each seed's runs are ROOT/seed_S/<name> (config.seed = S; its own table2.md,
+    table2.json and roc.svg there) and ROOT/summary.md has each method's mean over the seeds.
+    ROOT/summary.md and summary.json are written in both cases. Returns every run's result
+    (one per method and seed, in that order), each with its "seed" (None without `seeds`)."""
     data = load_config_file(data_spec)
     names = [method_name(spec) for spec in method_specs]
     if len(set(names)) != len(names):
         raise errors.UsageError(f"two methods would share a run folder: {names}")
-    configs = [method_config(spec, data, overrides, predict) for spec in method_specs]  # fail fast on bad configs
+    seed_list = [None] if seeds is None else [int(seed) for seed in seeds]
+    if not seed_list or len(set(seed_list)) != len(seed_list):
+        raise errors.UsageError(f"--seeds must be distinct integers, got {list(seeds or [])}")
+    plans = []
+    for seed in seed_list:  # every config first: fail fast on a bad one
+        extra = [] if seed is None else [f"seed={seed}"]
+        configs = [method_config(spec, data, [*overrides, *extra], predict) for spec in method_specs]
+        plans.append((seed, root if seed is None else os.path.join(root, f"seed_{seed}"), configs))
+    os.makedirs(root, exist_ok=True)
+    runs = [_run_methods(seed, seed_root, method_specs, names, configs) for seed, seed_root, configs in plans]
+    summaries = [_summary([results[i] for results in runs]) for i in range(len(method_specs))]
+    files.write_text_atomic(os.path.join(root, "summary.md"), seed_table.summary_markdown(summaries))
+    files.write_text_atomic(os.path.join(root, "summary.json"), json.dumps(summaries, indent=2, default=str))
+    log.info("wrote summary.md and summary.json to %s", root)
+    return [result for results in runs for result in results]
+
+
+def _run_methods(
+    seed: int | None, root: str, method_specs: Sequence[str], names: Sequence[str], configs: Sequence
+) -> list[dict]:
+    """One seed's runs in ROOT/<name>, then ROOT/table2.md, table2.json and roc.svg."""
     os.makedirs(root, exist_ok=True)
     results = []
     for index, (spec, name, config) in enumerate(zip(method_specs, names, configs)):
         workdir = os.path.join(root, name)
-        result = {"config": spec, "workdir": workdir, "method": config.method, "paper_row": config.get("paper_row")}
-        log.info("[%d/%d] %s (%s) in %s", index + 1, len(configs), config.method, spec, workdir)
+        result = {
+            "config": spec,
+            "workdir": workdir,
+            "method": config.method,
+            "paper_row": config.get("paper_row"),
+            "seed": seed,
+        }
+        where = "" if seed is None else f", seed {seed}"
+        log.info("[%d/%d] %s (%s%s) in %s", index + 1, len(configs), config.method, spec, where, workdir)
         try:
             if is_finished(workdir, config):
                 log.info("%s is finished already: not retrained", workdir)
             else:
+                start = time.perf_counter()
+                resumed = os.path.isdir(workdir)
                 if workflow.train_and_evaluate(config, workdir) is None:
                     raise RuntimeError("stopped before the end of training (halt_after_steps or a termination)")
+                seconds = time.perf_counter() - start
+                # A resumed run's time covers only its last part: recorded as such.
+                record = {"seconds": None if resumed else round(seconds, 1), "last_part_seconds": round(seconds, 1)}
+                files.write_text_atomic(os.path.join(workdir, seed_table.RUN_FILE), json.dumps(record))
             result["test"] = tables.load_metrics(workdir)["test"]
         except Exception as error:  # noqa: BLE001 - one failed method must not lose the others' results
             log.error("%s failed:\n%s", spec, traceback.format_exc())
@@ -223,6 +271,20 @@ def run(
     files.write_text_atomic(os.path.join(root, "roc.svg"), roc_svg(curves))
     log.info("wrote table2.md, table2.json and roc.svg to %s", root)
     return results
+
+
+def _summary(per_seed: Sequence[dict]) -> dict:
+    """One method's row of summary.md from its results over the seeds (failed seeds named)."""
+    finished = [r for r in per_seed if not r.get("error")]
+    method = per_seed[0]["method"]
+    if not finished:
+        return {"method": method, "error": per_seed[0]["error"]}
+    reports = [tables.load_metrics(r["workdir"]) for r in finished]
+    summary = seed_table.method_summary(method, [r["workdir"] for r in finished], reports)
+    failed = [r["seed"] for r in per_seed if r.get("error")]
+    if failed:
+        summary["method"] = f"{method} (seeds {failed} failed)"
+    return summary
 
 
 def _flag_values() -> flags.FlagValues:
@@ -243,7 +305,21 @@ def _flag_values() -> flags.FlagValues:
         flag_values=fv,
     )
     flags.DEFINE_bool("predict", False, "also write whole-scan heatmaps of a test scan", flag_values=fv)
+    flags.DEFINE_list(
+        "seeds",
+        None,
+        "run every method once per seed (config.seed), in ROOT/seed_S/<name>; summary.md has the "
+        "mean over seeds with a bootstrap interval of it (default: each config's own seed, ROOT/<name>)",
+        flag_values=fv,
+    )
     return fv
+
+
+def _seed(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise errors.UsageError(f"--seeds: {text!r} is not an integer (e.g. --seeds=0,1,2)") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -255,10 +331,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         logs.configure(False)
         parallel.enable_compilation_cache()
-        results = run(args.root, args.data, args.methods, args.set, args.predict)
+        seeds = None if args.seeds is None else [_seed(text) for text in args.seeds]
+        results = run(args.root, args.data, args.methods, args.set, args.predict, seeds)
     except (FileNotFoundError, errors.UserError) as error:
         return program_flags.report(error)
-    print(open(os.path.join(args.root, "table2.md"), encoding="utf-8").read())
+    table = "table2.md" if args.seeds is None else "summary.md"
+    print(open(os.path.join(args.root, table), encoding="utf-8").read())
     return 1 if any(r.get("error") for r in results) else 0
 
 
