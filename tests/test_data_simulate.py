@@ -79,7 +79,15 @@ def test_cache_is_reused_and_keyed_by_params(tmp_path, monkeypatch):
     folder = simulate.ensure_simulated(SMALL)
     assert folder == os.path.join(str(tmp_path), "simulated", SMALL.fingerprint())
     files = sorted(os.listdir(folder))
-    assert files == ["manifest.json", "scan_000.png", "scan_000_mask.png", "scan_001.png", "scan_001_mask.png"]
+    assert files == [
+        "manifest.json",
+        "scan_000.png",
+        "scan_000_kinds.npz",
+        "scan_000_mask.png",
+        "scan_001.png",
+        "scan_001_kinds.npz",
+        "scan_001_mask.png",
+    ]
     with open(os.path.join(folder, "manifest.json")) as f:
         assert "SIMULATED" in json.load(f)["note"]
     stamp = os.path.getmtime(os.path.join(folder, "scan_000.png"))
@@ -122,7 +130,7 @@ def test_explicit_cache_dir_with_other_params_is_regenerated(tmp_path):
     simulate.ensure_simulated(SMALL, folder)
     other = simulate.SimulationParams(**{**SMALL.__dict__, "n_scans": 1, "seed": 3})
     assert simulate.ensure_simulated(other, folder) == folder
-    assert sorted(os.listdir(folder)) == ["manifest.json", "scan_000.png", "scan_000_mask.png"]
+    assert sorted(os.listdir(folder)) == ["manifest.json", "scan_000.png", "scan_000_kinds.npz", "scan_000_mask.png"]
     r = readers.open_scan(os.path.join(folder, "scan_000.png"))
     np.testing.assert_array_equal(
         np.round(r.read_region(0, 0, 256, 224)[..., 0] * 65535), simulate.simulate_scan(other, 0)[0]

@@ -4,7 +4,8 @@
           recursively); `<stem>_mask.png` (or .tif) next to a scan is its pixel mask; an
           optional CSV `image,x,y,label` gives per-patch expert labels.
 * mvtec:  `root/train/good/*`, `root/test/<type>/*`, `root/ground_truth/<type>/<stem>_mask.png`.
-          A defect type without a `ground_truth/<type>/` folder has image labels only.
+          A defect type without a `ground_truth/<type>/` folder has image labels only. An
+          anomalous test image's kind is its type (`mvtec_kind`, xray_flax/data/kinds.py).
 * folder: like anomalib's Folder datamodule: `normal_dir` (normal images), optional
           `abnormal_dir` (anomalous images), `normal_test_dir` (normal images kept for
           testing) and `mask_dir` (pixel masks of the abnormal images, `<stem>.png` or
@@ -308,6 +309,12 @@ def folder_layout(
                 )
         abnormal.append(ScanRecord(path, mask, image_label=1))
     return normal, normal_test, abnormal
+
+
+def mvtec_kind(path: str) -> str:
+    """The defect type of an MVTec test image `test/<kind>/<name>`: its folder's name ('good':
+    normal)."""
+    return os.path.basename(os.path.dirname(os.path.normpath(path)))
 
 
 def mvtec_layout(root: str, mask_suffix: str = "_mask") -> tuple[list[ScanRecord], list[ScanRecord]]:

@@ -30,7 +30,9 @@ Anomalies, each with its pixel mask (counts per 1280x1024 scan from SimulationPa
   foreign_objects   wires and staples (metal, thin)
 
 Sizes and strengths are drawn per anomaly, log-uniform where the range is wide, so one scan
-holds obvious and subtle ones; `anomaly_contrast` scales them all (the calibration knob).
+holds obvious and subtle ones; `anomaly_contrast` scales them all (the calibration knob). The
+kind map records each anomaly's kind, and 'faint' for the losses, scratches and inclusions
+whose strength fell in the weakest third of its (log) range (`_is_faint`).
 """
 
 from __future__ import annotations
@@ -44,10 +46,19 @@ from xray_flax.data import sim_primitives
 # ranges over [0, LEAD_WHITE] with the composition's lead-white density.
 PANEL, CANVAS, GROUND, LEAD_WHITE = 0.6, 0.08, 0.5, 2.5
 WOOD_BAR, METAL = 0.35, 3.0
+# Strength ranges drawn log-uniformly per anomaly (a share of the paint lost, added density).
+LOSS_DEPTH, SCRATCH_DEPTH, INCLUSION_DENSITY = (0.15, 1.0), (0.15, 0.9), (0.1, 1.2)
 
 
 def _log_uniform(rng, low, high):
     return float(np.exp(rng.uniform(np.log(low), np.log(high))))
+
+
+def _is_faint(strength: float, low: float, high: float) -> bool:
+    """Whether a strength drawn log-uniformly from [low, high] lies in the weakest third of
+    that range (on the log scale): the anomalies marked 'faint' in the kind map. Before
+    `anomaly_contrast`, which scales every anomaly alike."""
+    return strength < low * (high / low) ** (1 / 3)
 
 
 def _soft_band(coordinate: np.ndarray, start: float, width: float, edge: float = 5.0) -> np.ndarray:
@@ -116,12 +127,14 @@ def _local_mean(values: np.ndarray, sl, sigma: float) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------
-# Anomalies: each changes the attenuation A in place inside its region and marks the mask.
+# Anomalies: each changes the attenuation A in place inside its region and marks it, with its
+# kind, in `marks` (sim_primitives.AnomalyMarks). Marking draws nothing from the rng: the scans
+# and masks are those of the generator before kinds were recorded.
 
 
-def _where(attenuation, mask, sl, region, new):
+def _where(attenuation, marks, sl, region, new):
     attenuation[sl] = np.where(region, new, attenuation[sl])
-    mask[sl] |= region
+    marks.mark(sl, region)
 
 
 def _random_centre(rng, shape, edge: float = 0.06):
@@ -129,70 +142,77 @@ def _random_centre(rng, shape, edge: float = 0.06):
     return rng.uniform(edge, 1 - edge) * h, rng.uniform(edge, 1 - edge) * w
 
 
-def add_loss(rng, attenuation, layers, mask):
+def add_loss(rng, attenuation, layers, marks):
     """Paint (and ground) partly or wholly gone: A drops by a share of the layers above the
     support."""
     cy, cx = _random_centre(rng, attenuation.shape)
     sl, region = sim_primitives.blob(rng, attenuation.shape, cy, cx, _log_uniform(rng, 2, 20), roughness=0.45)
-    depth = _log_uniform(rng, 0.15, 1.0)
-    _where(attenuation, mask, sl, region, attenuation[sl] - depth * layers[sl])
+    depth = _log_uniform(rng, *LOSS_DEPTH)
+    marks.kind("paint_loss", faint=_is_faint(depth, *LOSS_DEPTH))
+    _where(attenuation, marks, sl, region, attenuation[sl] - depth * layers[sl])
 
 
-def add_scratch(rng, attenuation, layers, mask):
+def add_scratch(rng, attenuation, layers, marks):
     """A scratch or tear through the paint: a thin polyline of partial loss."""
     y, x = _random_centre(rng, attenuation.shape)
-    angle, width, depth = rng.uniform(0, 2 * np.pi), rng.uniform(1.0, 2.5), _log_uniform(rng, 0.15, 0.9)
+    angle, width, depth = rng.uniform(0, 2 * np.pi), rng.uniform(1.0, 2.5), _log_uniform(rng, *SCRATCH_DEPTH)
+    marks.kind("scratch", faint=_is_faint(depth, *SCRATCH_DEPTH))
     for _ in range(int(rng.integers(2, 5))):
         angle += rng.normal(0, 0.35)
         length = rng.uniform(8, 35)
         ny, nx = y + length * np.sin(angle), x + length * np.cos(angle)
         sl, dist = sim_primitives.segment_distance(attenuation.shape, y, x, ny, nx, width)
         region = dist <= width / 2
-        _where(attenuation, mask, sl, region, attenuation[sl] - depth * layers[sl])
+        _where(attenuation, marks, sl, region, attenuation[sl] - depth * layers[sl])
         y, x = ny, nx
 
 
-def add_filling(rng, attenuation, layers, support, mask):
+def add_filling(rng, attenuation, layers, support, marks):
     """An old filling: paint, ground and cracks replaced by a smooth filler whose density is
     close to the surroundings' average (within +-12 %)."""
+    marks.kind("filling")
     cy, cx = _random_centre(rng, attenuation.shape)
     radius = rng.uniform(5, 18)
     sl, region = sim_primitives.blob(rng, attenuation.shape, cy, cx, radius, roughness=0.3)
     around = _local_mean(layers, sl, radius)
     filler = around * rng.uniform(0.88, 1.12) * (1 + 0.01 * sim_primitives.smooth_noise(rng, around.shape, 8.0))
-    _where(attenuation, mask, sl, region, support[sl] + filler)
+    _where(attenuation, marks, sl, region, support[sl] + filler)
 
 
-def add_inclusion(rng, attenuation, mask):
+def add_inclusion(rng, attenuation, marks):
     """A dense grain or drip in the paint (lead white, a filler with lead): a small bright spot."""
     cy, cx = _random_centre(rng, attenuation.shape)
     sl, region = sim_primitives.blob(rng, attenuation.shape, cy, cx, _log_uniform(rng, 1.5, 6), roughness=0.25)
-    _where(attenuation, mask, sl, region, attenuation[sl] + _log_uniform(rng, 0.1, 1.2))
+    density = _log_uniform(rng, *INCLUSION_DENSITY)
+    marks.kind("white_spot", faint=_is_faint(density, *INCLUSION_DENSITY))
+    _where(attenuation, marks, sl, region, attenuation[sl] + density)
 
 
-def _add_metal_segment(attenuation, mask, y0, x0, y1, x1, width, amount):
+def _add_metal_segment(attenuation, marks, y0, x0, y1, x1, width, amount):
     sl, dist = sim_primitives.segment_distance(attenuation.shape, y0, x0, y1, x1, width)
     region = dist <= width / 2
-    _where(attenuation, mask, sl, region, attenuation[sl] + amount)
+    _where(attenuation, marks, sl, region, attenuation[sl] + amount)
 
 
-def add_nail(rng, attenuation, mask):
+def add_nail(rng, attenuation, marks):
     """A nail (round head and shaft) or, as often, a small pin."""
+    marks.kind("nail")
     cy, cx = _random_centre(rng, attenuation.shape, 0.05)
     amount = METAL * rng.uniform(0.6, 1.2)
     if rng.uniform() < 0.5:  # pin: 1-2.5 px, nothing else
         sl, region = sim_primitives.blob(rng, attenuation.shape, cy, cx, rng.uniform(1.0, 2.5), roughness=0.05)
-        _where(attenuation, mask, sl, region, attenuation[sl] + amount)
+        _where(attenuation, marks, sl, region, attenuation[sl] + amount)
         return
     sl, region = sim_primitives.blob(rng, attenuation.shape, cy, cx, rng.uniform(2.5, 6), roughness=0.05)
-    _where(attenuation, mask, sl, region, attenuation[sl] + amount)
+    _where(attenuation, marks, sl, region, attenuation[sl] + amount)
     angle, length = rng.uniform(0, 2 * np.pi), rng.uniform(8, 30)
     end_y, end_x = cy + length * np.sin(angle), cx + length * np.cos(angle)
-    _add_metal_segment(attenuation, mask, cy, cx, end_y, end_x, rng.uniform(1.5, 3), amount * 0.8)
+    _add_metal_segment(attenuation, marks, cy, cx, end_y, end_x, rng.uniform(1.5, 3), amount * 0.8)
 
 
-def add_foreign_object(rng, attenuation, mask):
+def add_foreign_object(rng, attenuation, marks):
     """A thin wire (polyline) or a staple (U)."""
+    marks.kind("foreign_object")
     cy, cx = _random_centre(rng, attenuation.shape, 0.08)
     amount = METAL * rng.uniform(0.3, 1.0)
     if rng.uniform() < 0.5:
@@ -200,7 +220,7 @@ def add_foreign_object(rng, attenuation, mask):
         for _ in range(int(rng.integers(3, 6))):
             angle += rng.normal(0, 0.5)
             ny, nx = y + 12 * np.sin(angle), x + 12 * np.cos(angle)
-            _add_metal_segment(attenuation, mask, y, x, ny, nx, width, amount)
+            _add_metal_segment(attenuation, marks, y, x, ny, nx, width, amount)
             y, x = ny, nx
         return
     angle, length, leg = rng.uniform(0, np.pi), rng.uniform(12, 30), rng.uniform(4, 9)
@@ -212,7 +232,7 @@ def add_foreign_object(rng, attenuation, mask):
         (ay, ax, ay + dx * leg, ax - dy * leg),
         (by, bx, by + dx * leg, bx - dy * leg),
     ):
-        _add_metal_segment(attenuation, mask, y0, x0, y1, x1, width, amount)
+        _add_metal_segment(attenuation, marks, y0, x0, y1, x1, width, amount)
 
 
 # ------------------------------------------------------------------------------------------
@@ -258,8 +278,16 @@ def digitise(rng, display: np.ndarray) -> np.ndarray:
 
 def simulate_scan(params, index: int):
     """(uint16 [H, W] radiograph, bool [H, W] anomaly mask) for scan `index` of the hard
-    setting. Separate random streams for the painting, the anomalies and the imaging, so the
-    same painting without anomalies differs only inside the masks (plus the blur's reach)."""
+    setting (`simulate_scan_with_kinds` adds the kind map)."""
+    scan, marks = simulate_scan_with_kinds(params, index)
+    return scan, marks.mask
+
+
+def simulate_scan_with_kinds(params, index: int):
+    """(uint16 [H, W] radiograph, sim_primitives.AnomalyMarks: the mask and the kind map) for
+    scan `index` of the hard setting. Separate random streams for the painting, the anomalies
+    and the imaging, so the same painting without anomalies differs only inside the masks (plus
+    the blur's reach)."""
     rng, anomaly_rng, imaging_rng = (np.random.default_rng([params.seed, index, k, 1]) for k in range(3))
     shape = (params.height, params.width)
     h, w = shape
@@ -287,25 +315,25 @@ def simulate_scan(params, index: int):
     layers = np.maximum(ground + lead - 0.25 * cracks * (ground + lead) * rng.uniform(0.5, 1.0), 0.0)
     attenuation = (support + layers + tacks).astype(np.float32)
 
-    mask = np.zeros(shape, bool)
+    marks = sim_primitives.AnomalyMarks(shape)
     painting = attenuation.copy()
     counts = params.anomaly_counts()
     for _ in range(counts["paint_losses"]):
-        add_loss(anomaly_rng, attenuation, layers, mask)
+        add_loss(anomaly_rng, attenuation, layers, marks)
     for _ in range(counts["scratches"]):
-        add_scratch(anomaly_rng, attenuation, layers, mask)
+        add_scratch(anomaly_rng, attenuation, layers, marks)
     for _ in range(counts["fillings"]):
-        add_filling(anomaly_rng, attenuation, layers, support, mask)
+        add_filling(anomaly_rng, attenuation, layers, support, marks)
     for _ in range(counts["white_spots"]):
-        add_inclusion(anomaly_rng, attenuation, mask)
+        add_inclusion(anomaly_rng, attenuation, marks)
     for _ in range(counts["nails"]):
-        add_nail(anomaly_rng, attenuation, mask)
+        add_nail(anomaly_rng, attenuation, marks)
     for _ in range(counts["foreign_objects"]):
-        add_foreign_object(anomaly_rng, attenuation, mask)
+        add_foreign_object(anomaly_rng, attenuation, marks)
     if params.anomaly_contrast != 1.0:
         attenuation = painting + np.float32(params.anomaly_contrast) * (attenuation - painting)
 
     outside = sim_primitives.film_margin(shape, params.margin)
     attenuation[outside] = 0.0
-    mask[outside] = False
-    return digitise(imaging_rng, expose(imaging_rng, attenuation, outside)), mask
+    marks.clear(outside)
+    return digitise(imaging_rng, expose(imaging_rng, attenuation, outside)), marks

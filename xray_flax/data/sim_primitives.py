@@ -193,3 +193,43 @@ def film_margin(shape: tuple[int, int], margin: float) -> np.ndarray:
     outside = np.ones(shape, bool)
     outside[my : h - my, mx : w - mx] = False
     return outside
+
+
+# ------------------------------------------------------------------------------------------
+# What the anomalies are: the mask and, beside it, each masked pixel's kinds.
+
+# Bit k of a kind map stands for KIND_NAMES[k]. 'faint' is set beside a kind for the weakest
+# anomalies of the kinds whose strength is drawn over a wide range (radiograph.py), so that
+# detection of faint anomalies can be measured across kinds.
+KIND_NAMES = ("paint_loss", "scratch", "filling", "white_spot", "nail", "foreign_object", "faint")
+
+
+class AnomalyMarks:
+    """The anomaly mask of a scan and its kind map: per pixel a uint8 bit set of the kinds
+    drawn there (bit k: KIND_NAMES[k]; 0 exactly where the mask is clear). A bit set rather
+    than one label per pixel because anomalies overlap, and a tile's kinds are all the kinds
+    with a masked pixel in it: a later anomaly must not erase an earlier one's kind."""
+
+    def __init__(self, shape):
+        self.mask = np.zeros(shape, bool)
+        self.kinds = np.zeros(shape, np.uint8)
+        self._bits = np.uint8(0)
+
+    def kind(self, name: str, faint: bool = False) -> None:
+        """The marks that follow belong to an anomaly of kind `name` (faint or not)."""
+        bits = 1 << KIND_NAMES.index(name)
+        if faint:
+            bits |= 1 << KIND_NAMES.index("faint")
+        self._bits = np.uint8(bits)
+
+    def mark(self, sl, region: np.ndarray) -> None:
+        """Marks `region` (bool, the shape of the box `sl`) as anomalous, of the current kind."""
+        if not self._bits:
+            raise ValueError("AnomalyMarks.kind() must name the anomaly's kind before it is marked")
+        self.mask[sl] |= region
+        self.kinds[sl] |= np.where(region, self._bits, np.uint8(0))
+
+    def clear(self, where: np.ndarray) -> None:
+        """No anomaly where `where` is set (the film margin)."""
+        self.mask[where] = False
+        self.kinds[where] = 0

@@ -37,7 +37,7 @@ from PIL import Image
 from scipy import ndimage
 
 from xray_flax import config_rules, errors, files, logs
-from xray_flax.data import radiograph, sim_primitives
+from xray_flax.data import kinds, radiograph, sim_primitives
 
 # Bump when the generator changes so cached scans are regenerated.
 GENERATOR_VERSION = 3
@@ -146,11 +146,13 @@ class SimulationParams:
 
 
 # ------------------------------------------------------------------------------------------
-# Anomalies: each returns (new attenuation image, boolean mask of the changed pixels).
+# Anomalies: each changes the image in place inside its region and marks it, with its kind, in
+# `marks` (sim_primitives.AnomalyMarks; marking draws nothing from the rng).
 
 
-def add_paint_loss(rng, image, support_only, mask):
+def add_paint_loss(rng, image, support_only, marks):
     """Paint and ground gone: the region drops to the bare support (very dark)."""
+    marks.kind("paint_loss")
     h, w = image.shape
     cy, cx = rng.uniform(0.06, 0.94) * h, rng.uniform(0.06, 0.94) * w
     (sy, sx), region = sim_primitives.blob(rng, image.shape, cy, cx, rng.uniform(7, 28), roughness=0.5)
@@ -158,16 +160,17 @@ def add_paint_loss(rng, image, support_only, mask):
     depth = rng.uniform(0.55, 1.0)
     lost = image[sy, sx] - depth * (image[sy, sx] - support_only[sy, sx])
     image[sy, sx] = np.where(region, lost, image[sy, sx])
-    mask[sy, sx] |= region
+    marks.mark((sy, sx), region)
 
 
-def add_white_spot(rng, image, mask):
+def add_white_spot(rng, image, marks):
     """Dense lead-white spot (drip, old filling) where the composition has none."""
+    marks.kind("white_spot")
     h, w = image.shape
     cy, cx = rng.uniform(0.06, 0.94) * h, rng.uniform(0.06, 0.94) * w
     (sy, sx), region = sim_primitives.blob(rng, image.shape, cy, cx, rng.uniform(4, 12), roughness=0.25)
     image[sy, sx] = np.where(region, np.maximum(image[sy, sx] + rng.uniform(0.18, 0.45), 0.7), image[sy, sx])
-    mask[sy, sx] |= region
+    marks.mark((sy, sx), region)
 
 
 def _segment(shape, y0, x0, y1, x1, width):
@@ -175,29 +178,31 @@ def _segment(shape, y0, x0, y1, x1, width):
     return sl, dist <= width / 2
 
 
-def _paint_metal(image, mask, sl, region, level):
+def _paint_metal(image, marks, sl, region, level):
     sy, sx = sl
     image[sy, sx] = np.where(region, np.maximum(image[sy, sx], level), image[sy, sx])
-    mask[sy, sx] |= region
+    marks.mark(sl, region)
 
 
-def add_nail(rng, image, mask):
+def add_nail(rng, image, marks):
     """Pin or nail: a round head and a shaft, metal = the brightest thing on the film."""
+    marks.kind("nail")
     h, w = image.shape
     cy, cx = rng.uniform(0.05, 0.95) * h, rng.uniform(0.05, 0.95) * w
     level = rng.uniform(0.9, 0.98)
     head = rng.uniform(3.5, 8)
     sl, region = sim_primitives.blob(rng, image.shape, cy, cx, head, roughness=0.05)
-    _paint_metal(image, mask, sl, region, level)
+    _paint_metal(image, marks, sl, region, level)
     angle, length = rng.uniform(0, 2 * np.pi), rng.uniform(12, 40)
     sl, region = _segment(
         image.shape, cy, cx, cy + length * np.sin(angle), cx + length * np.cos(angle), rng.uniform(2, 4)
     )
-    _paint_metal(image, mask, sl, region, level - 0.05)
+    _paint_metal(image, marks, sl, region, level - 0.05)
 
 
-def add_foreign_object(rng, image, mask):
+def add_foreign_object(rng, image, marks):
     """A wire (polyline), a staple (U) or a small plate (rectangle)."""
+    marks.kind("foreign_object")
     h, w = image.shape
     cy, cx = rng.uniform(0.08, 0.92) * h, rng.uniform(0.08, 0.92) * w
     level = rng.uniform(0.75, 0.95)
@@ -209,7 +214,7 @@ def add_foreign_object(rng, image, mask):
             angle += rng.normal(0, 0.6)
             ny, nx = y + 15 * np.sin(angle), x + 15 * np.cos(angle)
             sl, region = _segment(image.shape, y, x, ny, nx, 2.0)
-            _paint_metal(image, mask, sl, region, level)
+            _paint_metal(image, marks, sl, region, level)
             y, x = ny, nx
     elif kind == 1:  # staple
         angle = rng.uniform(0, np.pi)
@@ -224,13 +229,13 @@ def add_foreign_object(rng, image, mask):
             (by, bx, by + ny * leg, bx + nx * leg),
         ):
             sl, region = _segment(image.shape, y0, x0, y1, x1, 3.0)
-            _paint_metal(image, mask, sl, region, level)
+            _paint_metal(image, marks, sl, region, level)
     else:  # plate
         hh, ww = rng.uniform(8, 22), rng.uniform(8, 22)
         y0, y1 = int(max(cy - hh, 0)), int(min(cy + hh, h))
         x0, x1 = int(max(cx - ww, 0)), int(min(cx + ww, w))
         region = np.ones((y1 - y0, x1 - x0), bool)
-        _paint_metal(image, mask, (slice(y0, y1), slice(x0, x1)), region, level * 0.85)
+        _paint_metal(image, marks, (slice(y0, y1), slice(x0, x1)), region, level * 0.85)
 
 
 # ------------------------------------------------------------------------------------------
@@ -239,8 +244,15 @@ def add_foreign_object(rng, image, mask):
 
 def simulate_scan(params: SimulationParams, index: int):
     """(uint16 [H, W] radiograph, bool [H, W] anomaly mask) for scan `index`."""
+    scan, marks = simulate_scan_with_kinds(params, index)
+    return scan, marks.mask
+
+
+def simulate_scan_with_kinds(params: SimulationParams, index: int):
+    """(uint16 [H, W] radiograph, sim_primitives.AnomalyMarks: the bool mask and the uint8 kind
+    map, bit k for sim_primitives.KIND_NAMES[k]) for scan `index`."""
     if params.difficulty == "hard":
-        return radiograph.simulate_scan(params, index)
+        return radiograph.simulate_scan_with_kinds(params, index)
     # Separate streams for the painting, the anomalies and the noise: the same painting with
     # and without anomalies differs only inside the masks (plus the blur's reach).
     rng, anomaly_rng, noise_rng = (np.random.default_rng([params.seed, index, k]) for k in range(3))
@@ -263,30 +275,30 @@ def simulate_scan(params: SimulationParams, index: int):
     if support_kind == "panel":
         image += 0.04 * sim_primitives.knots(rng, shape, int(rng.integers(1, 4)))
 
-    mask = np.zeros(shape, bool)
+    marks = sim_primitives.AnomalyMarks(shape)
     painting = image.copy() if params.anomaly_contrast != 1.0 else None
     counts = params.anomaly_counts()
     for _ in range(counts["paint_losses"]):
-        add_paint_loss(anomaly_rng, image, support_level, mask)
+        add_paint_loss(anomaly_rng, image, support_level, marks)
     for _ in range(counts["white_spots"]):
-        add_white_spot(anomaly_rng, image, mask)
+        add_white_spot(anomaly_rng, image, marks)
     for _ in range(counts["nails"]):
-        add_nail(anomaly_rng, image, mask)
+        add_nail(anomaly_rng, image, marks)
     for _ in range(counts["foreign_objects"]):
-        add_foreign_object(anomaly_rng, image, mask)
+        add_foreign_object(anomaly_rng, image, marks)
     if painting is not None:
         image = painting + np.float32(params.anomaly_contrast) * (image - painting)
 
     # Film margin outside the panel: nothing attenuates, so it is nearly black.
     outside = sim_primitives.film_margin(shape, params.margin)
     image[outside] = 0.02
-    mask[outside] = False
+    marks.clear(outside)
 
     image = ndimage.gaussian_filter(image, 0.7)  # detector / film blur
     sigma = 0.004 + 0.012 * np.sqrt(np.clip(image, 0, None))  # signal-dependent (quantum) noise
     image = image + sigma * noise_rng.standard_normal(shape).astype(np.float32)
     scan = np.clip(image, 0.0, 1.0) * 60000.0 + 1500.0  # use most of the 16-bit range, offset
-    return np.round(scan).astype(np.uint16), mask
+    return np.round(scan).astype(np.uint16), marks
 
 
 # ------------------------------------------------------------------------------------------
@@ -319,14 +331,71 @@ def is_complete(folder: str, params) -> bool:
         return False
 
 
+def _manifest(params: SimulationParams) -> dict:
+    return {
+        "fingerprint": params.fingerprint(),
+        "params": dataclasses.asdict(params),
+        "generator_version": GENERATOR_VERSION,
+        "kinds": list(sim_primitives.KIND_NAMES),
+        "kind_maps": "scan_XXX_kinds.npz: uint8 bit sets, bit k set where the anomaly kind kinds[k] is drawn",
+        "note": "SIMULATED X-radiographs (xray_flax.data.simulate), not real scans.",
+    }
+
+
+def _mask_path(folder: str, index: int) -> str:
+    return os.path.join(folder, f"scan_{index:03d}_mask.png")
+
+
+def _kind_map_path(folder: str, index: int) -> str:
+    return os.path.join(folder, f"scan_{index:03d}{kinds.KIND_MAP_SUFFIX}")
+
+
+def add_kind_maps(folder: str, params: SimulationParams) -> None:
+    """Gives a cache simulated before kinds were recorded its kind maps, in place.
+
+    Cheaper for users than a new fingerprint: the scans, masks, folder and paths stay as they
+    are (splits.json, scores.csv and TFDS indexes name them) and nothing is rewritten; the
+    scans are simulated once more (seconds; about a minute for the hard setting) for their
+    kinds. A mask that does not come out as stored (another NumPy's float rounding may move a
+    pixel) leaves the kinds unknown, recorded in the manifest so that it is tried once; so
+    does a cache that cannot be written to."""
+    manifest_path = os.path.join(folder, "manifest.json")
+    with open(manifest_path) as f:
+        manifest = json.load(f)
+    problem = None
+    try:
+        with logs.timed(log, f"adding anomaly kind maps to {folder}, simulated before they existed", "added them"):
+            for i in range(params.n_scans):
+                _, marks = simulate_scan_with_kinds(params, i)
+                if not np.array_equal(np.asarray(Image.open(_mask_path(folder, i))) > 0, marks.mask):
+                    problem = f"scan {i}'s mask differs from the one simulated now"
+                    break
+                kinds.write_kind_map(_kind_map_path(folder, i), marks.kinds, sim_primitives.KIND_NAMES)
+            manifest.update(_manifest(params) if problem is None else {"kinds": None, "kinds_unknown": problem})
+            files.write_text_atomic(manifest_path, json.dumps(manifest, indent=2))
+    except OSError as e:  # a read-only shared cache: the scans are still usable
+        problem = f"cannot write there ({e})"
+    if problem is not None:
+        log.warning("%s: anomaly kinds stay unknown (no per-kind metrics): %s", folder, problem)
+
+
+def _has_kinds_record(folder: str) -> bool:
+    """Whether the cache's manifest says what became of its kinds (written since they exist)."""
+    with open(os.path.join(folder, "manifest.json")) as f:
+        return "kinds" in json.load(f)
+
+
 def ensure_simulated(params: SimulationParams, cache_dir: str = "") -> str:
     """Generates the scans into the cache unless already there; returns the folder (a 'scans'
-    layout: scan_XXX.png + scan_XXX_mask.png + manifest.json, the manifest written last).
+    layout: scan_XXX.png + scan_XXX_mask.png + scan_XXX_kinds.npz (the kind map,
+    xray_flax/data/kinds.py) + manifest.json, the manifest written last).
 
     Safe when several processes (e.g. jax.distributed on one host) call it at once: each builds
     in a private temp folder and renames it into place; a complete folder is never replaced."""
     folder = cache_dir_for(params, cache_dir)
     if is_complete(folder, params):
+        if not _has_kinds_record(folder):
+            add_kind_maps(folder, params)
         return folder
     ext = ".tif" if params.file_format == "tiff" else ".png"
     # Seconds to a minute without any other line: say what is happening, and that it is once.
@@ -339,18 +408,10 @@ def ensure_simulated(params: SimulationParams, cache_dir: str = "") -> str:
         files.staged_folder(folder, lambda f: is_complete(f, params), prefix=".sim-") as tmp,
     ):
         for i in range(params.n_scans):
-            scan, mask = simulate_scan(params, i)
+            scan, marks = simulate_scan_with_kinds(params, i)
             _write_image(os.path.join(tmp, f"scan_{i:03d}{ext}"), scan, params.file_format)
-            Image.fromarray(mask.astype(np.uint8) * 255).save(os.path.join(tmp, f"scan_{i:03d}_mask.png"))
+            Image.fromarray(marks.mask.astype(np.uint8) * 255).save(_mask_path(tmp, i))
+            kinds.write_kind_map(_kind_map_path(tmp, i), marks.kinds, sim_primitives.KIND_NAMES)
         with open(os.path.join(tmp, "manifest.json"), "w") as f:
-            json.dump(
-                {
-                    "fingerprint": params.fingerprint(),
-                    "params": dataclasses.asdict(params),
-                    "generator_version": GENERATOR_VERSION,
-                    "note": "SIMULATED X-radiographs (xray_flax.data.simulate), not real scans.",
-                },
-                f,
-                indent=2,
-            )
+            json.dump(_manifest(params), f, indent=2)
     return folder
