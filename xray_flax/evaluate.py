@@ -10,7 +10,8 @@ without one (a `checkpoints/<step>` directory) gets it fitted on the validation 
 Writes to the output directory:
 
     metrics.json, metrics.md     test metrics (tile level; image level where image labels exist)
-    scores.csv                   every scored tile: split, image, tile origin, label, score, prediction
+    scores.csv                   every scored tile: split, image, tile origin, label, score, prediction,
+                                 anomaly kinds
     heatmaps_test_patches.png    gallery of the best-scored anomalous and normal test tiles
     tensorboard_test/            TensorBoard: the test metrics (test/<metric>) at the checkpoint's
                                  step and the config as hyperparameters (HParams dashboard)
@@ -34,7 +35,7 @@ import ml_collections
 import numpy as np
 
 from xray_flax import files, metrics, parallel, provenance, scoring, summary
-from xray_flax.data import pipeline
+from xray_flax.data import kinds, pipeline
 from xray_flax.report import gallery, overlay, tables
 from xray_flax.scoring import SplitScores, known, score_filter_size, score_split, score_top_k
 
@@ -124,6 +125,14 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, output_dir: str | 
             report["test_images"]["threshold"],
             scoring.threshold_source(report["test_images"], "images"),
         )
+    scored = {"val": val, "test": test}
+    tile_kinds = {split: split_tile_kinds(splits, split, s, config) for split, s in scored.items()}
+    for split, section in (("val", report["val"]), ("test", result)):
+        if tile_kinds[split] is not None:
+            section["per_kind"] = metrics.per_kind_roc_auc(
+                scored[split].labels, scored[split].scores, tile_kinds[split]
+            )
+            log_per_kind(split, section["per_kind"], int(np.sum(scored[split].labels == 0)))
     warnings = one_class_warnings(
         known(val)[0], known(test)[0], result["threshold_rule"], "tiles", ranks_checkpoints=val_images is None
     )
@@ -139,11 +148,37 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, output_dir: str | 
     report["provenance"] = provenance.collect(config, started)
     if jax.process_index() == 0:
         write_reports(report, test, output_dir, val)
-        write_scores_csv(
-            os.path.join(output_dir, "scores.csv"), splits, {"val": val, "test": test}, result["threshold"]
-        )
+        write_scores_csv(os.path.join(output_dir, "scores.csv"), splits, scored, result["threshold"], tile_kinds)
         write_tensorboard(report, config, os.path.join(output_dir, TENSORBOARD_DIR))
     return report
+
+
+def split_tile_kinds(splits: Any, split: str, scores: SplitScores, config) -> list[tuple[str, ...]] | None:
+    """The anomaly kinds of each scored tile of `split` (xray_flax/data/kinds.py), or None
+    where the layout does not carry kinds."""
+    return kinds.tile_kinds(
+        splits.get(split),
+        config.data.source,
+        scores.scan_index,
+        scores.ys,
+        scores.xs,
+        scores.labels,
+        int(config.data.patch_size),
+    )
+
+
+def log_per_kind(split: str, per_kind: dict, n_normal: int) -> None:
+    """One log line per anomaly kind: its tile ROC-AUC against the normal tiles."""
+    for kind, entry in per_kind.items():
+        auc = entry["roc_auc"]
+        log.info(
+            "%s tiles of kind %s: ROC-AUC %s (%d anomalous tiles holding it against %d normal tiles)",
+            split,
+            kind,
+            "n/a" if auc is None else f"{auc:.4f}",
+            entry["n_anomalous"],
+            n_normal,
+        )
 
 
 def test_scalars(report: dict) -> dict[str, float]:
@@ -241,13 +276,22 @@ def json_ready(value: Any, where: str = "metrics") -> Any:
     return value
 
 
-def write_scores_csv(path: str, splits: Any, scored: dict[str, SplitScores], threshold: float) -> None:
-    """One row per scored tile: split, image, tile origin, label (-1 unknown), score, prediction."""
+def write_scores_csv(
+    path: str,
+    splits: Any,
+    scored: dict[str, SplitScores],
+    threshold: float,
+    tile_kinds: dict[str, list[tuple[str, ...]] | None] | None = None,
+) -> None:
+    """One row per scored tile: split, image, tile origin, label (-1 unknown), score, prediction,
+    kind (the tile's anomaly kinds joined by '+'; empty for normal and unknown tiles and where
+    kinds are unknown). `kind` comes last so that readers by column name or position still work."""
     text = io.StringIO()
     writer = csv.writer(text)
-    writer.writerow(["split", "image", "y", "x", "label", "score", "predicted_anomalous"])
+    writer.writerow(["split", "image", "y", "x", "label", "score", "predicted_anomalous", "kind"])
     for split, s in scored.items():
         paths = [r.path for r in splits.get(split)]
+        split_kinds = (tile_kinds or {}).get(split)
         for i in range(s.labels.size):
             score = float(s.scores[i])
             writer.writerow(
@@ -259,6 +303,7 @@ def write_scores_csv(path: str, splits: Any, scored: dict[str, SplitScores], thr
                     int(s.labels[i]),
                     repr(score),
                     int(score >= threshold),
+                    "+".join(split_kinds[i]) if split_kinds is not None else "",
                 ]
             )
     files.write_text_atomic(path, text.getvalue())

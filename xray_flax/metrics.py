@@ -37,6 +37,7 @@ __all__ = [
     "pixel_auroc_with_bound",
     "aupro",
     "evaluate_scores",
+    "per_kind_roc_auc",
     "bootstrap_intervals",
 ]
 
@@ -169,6 +170,33 @@ def average_precision(labels, scores) -> float:
     precision = tps / (tps + fps)
     recall = tps / n_pos
     return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+def per_kind_roc_auc(labels, scores, tile_kinds) -> dict[str, dict]:
+    """Tile ROC-AUC per anomaly kind, the per-defect-type AUROC of MVTec papers.
+
+    For each kind k: the ROC-AUC of every normal tile (label 0) against the anomalous tiles
+    (label 1) whose kinds (`tile_kinds[i]`, a sequence of kind names) include k; a tile with
+    several kinds counts for each. Returns ``{kind: {"roc_auc": float, "n_anomalous": int}}``
+    in sorted kind order; a kind without an anomalous tile is left out; ``roc_auc`` is None
+    without normal tiles. Tiles of other labels (-1, unknown) take no part.
+    """
+    labels = np.asarray(labels)
+    scores = _as_scores(scores, labels.size)
+    if len(tile_kinds) != labels.size:
+        raise ValueError(f"tile_kinds has {len(tile_kinds)} rows for {labels.size} labels")
+    normal = scores[labels == 0]
+    rows_of: dict[str, list[int]] = {}
+    for i in np.flatnonzero(labels == 1):
+        for kind in tile_kinds[i]:
+            rows_of.setdefault(kind, []).append(int(i))
+    result = {}
+    for kind in sorted(rows_of):
+        anomalous = scores[rows_of[kind]]
+        both = np.r_[np.zeros(normal.size, np.int64), np.ones(anomalous.size, np.int64)]
+        auc = roc_auc(both, np.r_[normal, anomalous])
+        result[kind] = {"roc_auc": _json_number(auc), "n_anomalous": int(anomalous.size)}
+    return result
 
 
 def select_threshold_with_rule(labels, scores, metric: str = "f1") -> tuple[float, str]:
