@@ -10,6 +10,7 @@ from scipy.spatial import distance
 
 from configs import tiny
 from xray_flax import detectors
+from xray_flax.detectors import padim
 from xray_flax.detectors.padim import distance as model
 from xray_flax.detectors.padim import steps
 
@@ -260,3 +261,24 @@ def test_shared_fit_end_to_end():
     np.testing.assert_array_equal(np.asarray(fitted["whitening"][-1]), np.asarray(fitted["whitening"][0]))
     out = jax.jit(detector.anomaly_map)({**variables, "gaussian": fitted}, batches[0]["image"])
     assert out["map"].shape == (4, 32, 32) and np.isfinite(np.asarray(out["map"])).all()
+
+
+def test_input_scale_embeds_the_bilinearly_upsampled_tile():
+    """input_scale=2 sees what the paper's PaDiM sees of a tile resized to twice its side
+    (jax.image.resize, bilinear): 4x the positions, the map still at the tile's size."""
+    config, scaled = _tiny_detector(input_scale=2)
+    plain_plan = padim.make_plan(tiny.get_config("padim"))
+    scaled_plan = padim.make_plan(config)
+    images = _batches(1)[0]["image"]
+    variables = scaled.init(jax.random.key(0), images[:1])
+    assert variables["gaussian"]["mean"].shape[0] == 4 * plain_plan.positions(32)[0] ** 2
+    resized = jax.image.resize(images, (4, 64, 64, 1), "bilinear")
+    np.testing.assert_allclose(
+        np.asarray(steps.embed(variables, images, plan=scaled_plan)),
+        np.asarray(steps.embed(variables, resized, plan=plain_plan)),
+        rtol=1e-6,
+        atol=1e-6,
+    )
+    assert scaled.anomaly_map(variables, images)["map"].shape == (4, 32, 32)
+    with pytest.raises(ValueError, match="input_scale"):
+        _tiny_detector(input_scale=0)

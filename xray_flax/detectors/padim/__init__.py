@@ -74,6 +74,8 @@ def make_plan(config: ml_collections.ConfigDict) -> steps.Plan:
         raise errors.ConfigError(f"config.model.gaussian={m.gaussian!r}; expected one of {steps.GAUSSIANS}")
     if int(m.feature_pool) < 1:
         raise errors.ConfigError(f"config.model.feature_pool must be >= 1, got {m.feature_pool}")
+    if int(m.get("input_scale", 1)) < 1:
+        raise errors.ConfigError(f"config.model.input_scale must be an integer >= 1, got {m.input_scale}")
     if float(m.ridge) <= 0:
         raise errors.ConfigError(
             f"config.model.ridge must be > 0 (the covariance must stay positive definite), got {m.ridge}"
@@ -93,6 +95,7 @@ def make_plan(config: ml_collections.ConfigDict) -> steps.Plan:
         gaussian=m.gaussian,
         mesh_config=config.mesh,
         blur_sigma=float(m.blur_sigma),
+        input_scale=int(m.get("input_scale", 1)),
     )
 
 

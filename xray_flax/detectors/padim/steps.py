@@ -55,12 +55,25 @@ class Plan:
     mesh_config: object  # config.mesh (only for shard_positions)
     blur_sigma: float
     gaussian: str  # 'per_position' or 'shared' (one Gaussian for every position)
+    input_scale: int = 1  # tiles are upsampled by this factor before the backbone
 
     def positions(self, patch_size: int) -> tuple[int, int]:
         stride = self.backbone.strides[self.backbone.taps[0]] * self.pool
-        if patch_size % stride:
-            raise ValueError(f"PaDiM: patch size {patch_size} is not a multiple of the feature stride {stride}")
-        return patch_size // stride, patch_size // stride
+        size = patch_size * self.input_scale
+        if size % stride:
+            raise ValueError(
+                f"PaDiM: patch size {patch_size} x {self.input_scale} is not a multiple of the feature stride {stride}"
+            )
+        return size // stride, size // stride
+
+
+def backbone_input(images: jax.Array, plan: Plan) -> jax.Array:
+    """The tiles the backbone sees: bilinearly upsampled by `plan.input_scale` (a defect of a
+    few pixels then spans more than one position of the stride-4 grid) [ours]."""
+    if plan.input_scale == 1:
+        return images
+    b, h, w, c = images.shape
+    return jax.image.resize(images, (b, h * plan.input_scale, w * plan.input_scale, c), "bilinear")
 
 
 def state_bytes(positions: int, d: int, accumulate: str) -> int:
@@ -74,7 +87,7 @@ def init(key: jax.Array, sample: jax.Array, *, plan: Plan) -> dict:
     p, d = h * w, plan.n_features
     dtype = STORAGE_DTYPES[plan.storage_dtype]
     return {
-        COLLECTION: plan.backbone.init(key, sample),
+        COLLECTION: plan.backbone.init(key, backbone_input(sample, plan)),
         GAUSSIAN: {
             "mean": jnp.zeros((p, d), jnp.float32),
             "whitening": jnp.broadcast_to(jnp.eye(d, dtype=dtype), (p, d, d)),
@@ -84,7 +97,7 @@ def init(key: jax.Array, sample: jax.Array, *, plan: Plan) -> dict:
 
 def embed(variables: dict, images: jax.Array, *, plan: Plan) -> jax.Array:
     """[B, P, d] embeddings of images [B, H, W, C] in [0, 1]."""
-    features = frozen(plan.backbone.features(variables[COLLECTION], images))
+    features = frozen(plan.backbone.features(variables[COLLECTION], backbone_input(images, plan)))
     x = distance.embedding(features, plan.backbone.taps, plan.per_tap, plan.pool)
     return x.reshape(x.shape[0], -1, x.shape[-1])
 
