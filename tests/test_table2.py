@@ -7,6 +7,7 @@ import json
 import os
 import re
 
+import ml_collections
 import pytest
 
 from xray_flax import table2
@@ -122,3 +123,20 @@ def test_seeds_run_each_method_per_seed_and_summarise_the_mean(tmp_path, table):
     assert json.load(open(os.path.join(results[0]["workdir"], "table2_run.json")))["seconds"] > 0
     with pytest.raises(table2.errors.UsageError, match="distinct"):
         table2.run(root, "configs/tiny.py", ["configs/tiny.py:highpass"], seeds=[1, 1])
+
+
+def test_a_knob_added_after_a_run_at_its_default_keeps_the_run_finished(table):
+    root, results, _, _ = table
+    workdir = results[1]["workdir"]  # configs/highpass.py
+    config = json.load(open(os.path.join(workdir, "config.json")))
+    old = {**config, "train": {k: v for k, v in config["train"].items() if k != "labelled_anomalies"}}
+    current = table2.config_base.get_base_config("highpass")
+    current.update(ml_collections.ConfigDict(config))
+    assert (
+        table2._without_new_defaults(
+            table2._comparable(current), old, table2._comparable(table2.config_base.get_base_config("highpass"))
+        )
+        == old
+    )
+    current.train.labelled_anomalies = 3  # not the default: a different run
+    assert table2._without_new_defaults(table2._comparable(current), old, {}) != old

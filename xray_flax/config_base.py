@@ -46,6 +46,12 @@ def get_base_config(detector: str = "draem") -> ml_collections.ConfigDict:
     # Stop this run after this step (with a checkpoint) and resume later with the same
     # command, e.g. to fit a long job into time-limited allocations.
     train.halt_after_steps = config_dict.placeholder(int)
+    # Labelled anomalies (xray_flax/data/labelled.py): N anomalous tiles with their masks, from
+    # the TRAIN split's scans only, and how many of them go into every batch beside the normal
+    # tiles. Only for detectors that learn from real positives (their `labelled_anomalies`);
+    # 0 = unsupervised, as the papers. [ours]
+    train.labelled_anomalies = 0
+    train.labelled_per_batch = 2
     # After training, whole-scan heatmaps and HTML reports of this many test scans
     # (<workdir>/predictions); 0 = none.
     train.predict_test_scans = 1

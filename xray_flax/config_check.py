@@ -45,6 +45,8 @@ TRAIN_MINIMUMS = {
     "keep_checkpoints": 1,
     "max_steps_in_flight": 1,
     "predict_test_scans": 0,
+    "labelled_anomalies": 0,
+    "labelled_per_batch": 1,
 }
 
 _KEY = re.compile(r"config(\.\w+)+")

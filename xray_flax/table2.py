@@ -41,7 +41,7 @@ import numpy as np
 from absl import flags
 from sklearn.metrics import roc_curve
 
-from xray_flax import errors, files, logs, parallel, program_flags, workflow
+from xray_flax import config_base, errors, files, logs, parallel, program_flags, workflow
 from xray_flax.report import plots, seed_table, tables
 
 log = logging.getLogger("xray_flax.table2")
@@ -135,18 +135,39 @@ def _comparable(config: ml_collections.ConfigDict) -> dict:
 
 
 def is_finished(workdir: str, config: ml_collections.ConfigDict) -> bool:
-    """metrics.json exists and was written by this very config (else the run must not be reused)."""
+    """metrics.json exists and was written by this very config (else the run must not be reused).
+
+    A knob added to the code after the run was made counts as the same when it is at its
+    default (the run then did what the default does)."""
     if not os.path.exists(os.path.join(workdir, "metrics.json")):
         return False
     saved = os.path.join(workdir, "config.json")
     if not os.path.exists(saved):
         return False
     with open(saved, encoding="utf-8") as f:
-        if json.load(f) != _comparable(config):
-            raise errors.UsageError(
-                f"{workdir} holds a finished run of a different config; use another --root or delete {workdir}"
-            )
+        stored = json.load(f)
+    current = _comparable(config)
+    defaults = _comparable(config_base.get_base_config(config.detector))
+    if stored != _without_new_defaults(current, stored, defaults):
+        raise errors.UsageError(
+            f"{workdir} holds a finished run of a different config; use another --root or delete {workdir}"
+        )
     return True
+
+
+def _without_new_defaults(current: dict, stored: dict, defaults: dict) -> dict:
+    """`current` less the knobs `stored` lacks whose value is still the code's default."""
+    out = {}
+    for key, value in current.items():
+        if key not in stored:
+            if key in defaults and defaults[key] == value:
+                continue
+            out[key] = value
+        elif isinstance(value, dict) and isinstance(stored[key], dict):
+            out[key] = _without_new_defaults(value, stored[key], defaults.get(key) or {})
+        else:
+            out[key] = value
+    return out
 
 
 def test_roc_curve(workdir: str) -> tuple[np.ndarray, np.ndarray] | None:

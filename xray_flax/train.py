@@ -25,7 +25,7 @@ import ml_collections
 import numpy as np
 
 from xray_flax import checkpoint, config_check, detectors, errors, files, logs, parallel, progress, scoring, steps
-from xray_flax.data import pipeline
+from xray_flax.data import labelled, pipeline
 from xray_flax.data import validate as data_validate
 from xray_flax.inference import Inferencer
 from xray_flax.normalization import IDENTITY
@@ -138,6 +138,17 @@ def _compile_steps(detector, config, mesh):
     return train_step, preview_step
 
 
+def _next_batch(train_iter, labelled_tiles, step: int, config, mesh) -> dict:
+    """The global batch of `step`: clean normal tiles, and labelled anomalous ones mixed in
+    with their labels and masks when config.train.labelled_anomalies > 0."""
+    host_batch = {"image": next(train_iter)["image"]}
+    if labelled_tiles is not None:
+        # Each process mixes into its own chunk, by the same rule with its own position.
+        position = step * jax.process_count() + jax.process_index()
+        host_batch = labelled.mix_into_batch(host_batch, labelled_tiles, position, config.train.labelled_per_batch)
+    return parallel.global_batch(host_batch, mesh)
+
+
 def _train(detector, config, workdir, splits, mesh, ckpt, writer) -> bool:
     """Optimiser steps until config.train.num_steps; False when it stopped early with a checkpoint."""
     per_process_batch = parallel.check_batch_size(config.train.batch_size, mesh)
@@ -152,6 +163,7 @@ def _train(detector, config, workdir, splits, mesh, ckpt, writer) -> bool:
         process_index=jax.process_index(),
         process_count=jax.process_count(),
     )
+    labelled_tiles = labelled.labelled_tiles(splits, config.data, int(config.train.labelled_anomalies), config.seed)
     init_key, train_key, preview_key = jax.random.split(jax.random.key(config.seed), 3)
     if ckpt.latest_step() is not None:
         abstract = steps.replicated_abstract(detector.abstract_variables(patch, channels), mesh)
@@ -224,8 +236,7 @@ def _train(detector, config, workdir, splits, mesh, ckpt, writer) -> bool:
     stop = StopRequest()
     try:
         while step < num_steps and (halt is None or step < halt):
-            host_batch = next(train_iter)
-            batch = parallel.global_batch({"image": host_batch["image"]}, mesh)
+            batch = _next_batch(train_iter, labelled_tiles, step, config, mesh)
             state, step_metrics = train_step(state, batch, jax.random.fold_in(train_key, step), aux)
             pending.append(step_metrics)
             # Bound how far the host runs ahead of the device, so a stop request is served

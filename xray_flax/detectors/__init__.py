@@ -32,10 +32,16 @@ _DETECTORS = {
     "fastflow": "xray_flax.detectors.fastflow",  # 2D normalising flows on backbone features (Yu et al. 2021)
     "csflow": "xray_flax.detectors.csflow",  # cross-scale flows (Rudolph et al., WACV 2022)
     "cfa": "xray_flax.detectors.cfa",  # coupled-hypersphere feature adaptation (Lee et al. 2022)
+    "supersimplenet": "xray_flax.detectors.supersimplenet",  # feature-level synthetic anomalies (Rolih et al. 2024)
     "padim": "xray_flax.detectors.padim",  # patch distribution modelling (Defard et al. 2021; fit kind)
     "patchcore": "xray_flax.detectors.patchcore",  # memory bank + coreset (Roth et al. 2022; fit kind)
     "patch_nn": "xray_flax.detectors.patch_nn",  # training-free raw-patch nearest neighbour (fit kind)
 }
+
+
+# Detectors whose train step takes labelled anomalous tiles (Detector.labelled_anomalies), named
+# here so that the error for the others can list them without importing every detector.
+_LEARNS_FROM_LABELS = ("supersimplenet",)
 
 
 def names() -> list[str]:
@@ -73,7 +79,19 @@ def check(config: ml_collections.ConfigDict) -> list[str]:
         detector = build(config)
     except errors.ConfigError as e:
         return errors.problems_of(e)
-    return patch_size_problems(config.data.patch_size, detector)
+    return patch_size_problems(config.data.patch_size, detector) + labelled_problems(config, detector)
+
+
+def labelled_problems(config: ml_collections.ConfigDict, detector: Detector) -> list[str]:
+    """Labelled anomalies go only to a detector whose train step learns from real positives."""
+    count = config.train.get("labelled_anomalies", 0)
+    if not count or detector.labelled_anomalies:
+        return []
+    able = [name for name in names() if name in _LEARNS_FROM_LABELS]
+    return [
+        f"config.train.labelled_anomalies={count}: detector {detector.name!r} learns from normal tiles only "
+        f"(detectors that use labelled anomalies: {able}); set it to 0"
+    ]
 
 
 def patch_size_problems(patch_size: int, detector: Detector) -> list[str]:

@@ -90,6 +90,11 @@ class Detector:
     # Host arrays made once before training and passed to every step (replicated on the mesh),
     # e.g. DRAEM's texture bank; None = no auxiliary inputs.
     make_aux: Callable[[], Any] | None = None
+    # The train step learns from labelled anomalous tiles too: with config.train.
+    # labelled_anomalies > 0 a batch also holds "label" [b] (1 = a real anomaly) and "mask"
+    # [b, P, P] (its pixels; 0 for normal rows), xray_flax/data/labelled.py. False: such a
+    # config is refused (the step would learn the anomalies as normal).
+    labelled_anomalies: bool = False
     # Optional TensorBoard images: (variables, batch, key, aux) -> {name: [b, H, W, C] in [0, 1]}.
     preview: Callable[[Variables, dict, jax.Array, Any], dict] | None = None
     # --- fit kind (see the module docstring) ---
