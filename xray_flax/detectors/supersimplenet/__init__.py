@@ -52,8 +52,11 @@ Where this differs from anomalib 2.7, and why:
   normalisation, fitted on normal validation tiles, then puts map and score on one scale.
 * Any backbone of xray_flax.backbones: the CPU configs use EfficientNet-Lite0's stride-8 and
   stride-16 taps (stage3, stage4), the only ImageNet weights that install offline.
-* Supervised training is implemented in the train step (a batch may carry "mask" and
-  "label") but the data pipeline does not yet feed labelled anomalous tiles to training.
+* Supervised training: the train step takes batches with "mask" and "label"
+  (`labelled_anomalies=True`); the loop mixes labelled anomalous tiles of the train split into
+  every batch with config.train.labelled_anomalies > 0 (xray_flax/data/labelled.py). The
+  supervised settings of the references (stop_grad off, gradient clipped at 1, threshold 0.6)
+  are not switched by it: set them in the config.
 
 Written from the paper and anomalib's Apache-2.0 code, checked against the authors' MIT code.
 """
@@ -125,6 +128,7 @@ def build(config: ml_collections.ConfigDict) -> Detector:
         bounded_map=False,
         metric_names=("loss", "seg_focal", "seg_l1", "cls_focal"),
         optimizer=tx,
+        labelled_anomalies=True,  # a batch may carry real anomalies (steps.py)
         train_step=functools.partial(
             steps.train_step,
             backbone=backbone,
