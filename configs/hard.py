@@ -24,8 +24,8 @@ def hard_data(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     data = config.data
     sim = data.simulated
     sim.difficulty = "hard"
-    # 20 scans of 1280x1024: split 12 / 4 / 4 by scan (data.split_fractions); at 128 px, 456
-    # clean training tiles and 256 test tiles, 62 of them anomalous (docs/data.md). [ours]
+    # 20 scans of 1280x1024: split 12 / 4 / 4 by scan (data.split_fractions); at 128 px, 409
+    # clean training tiles and 192 test tiles, 51 of them anomalous (docs/data.md). [ours]
     sim.n_scans = 20
     # Anomalies per 1280x1024 scan, all kinds of xray_flax/data/radiograph.py. [ours, calibrated]
     sim.paint_losses = 4
