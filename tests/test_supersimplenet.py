@@ -222,7 +222,7 @@ def test_shapes_and_a_supervised_train_step():
     assert params["cls_head"]["conv"]["kernel"].shape == (5, 5, channels + 1, config.model.cls_channels)
     assert params["cls_head"]["fc"]["kernel"].shape == (2 * config.model.cls_channels + 2, 1)
     assert detector.size_multiple == 16
-    out = detector.anomaly_map(state.variables, batch["image"])
+    out = jax.jit(detector.anomaly_map)(state.variables, batch["image"])
     assert out["map"].shape == (4, 32, 32) and out["score"].shape == (4,)
     mask = np.zeros((4, 32, 32, 1), np.float32)
     mask[0, 4:20, 4:20] = 1.0
@@ -237,7 +237,7 @@ def test_shapes_and_a_supervised_train_step():
         assert not np.allclose(new_state.collections["batch_stats"][head]["bn"]["mean"], before)
     jax.tree.map(np.testing.assert_array_equal, new_state.collections["backbone"], state.collections["backbone"])
     _, detector_max = tiny_ssn(model={"image_score": "map_max"})
-    out = detector_max.anomaly_map(state.variables, batch["image"])
+    out = jax.jit(detector_max.anomaly_map)(state.variables, batch["image"])
     np.testing.assert_allclose(np.asarray(out["score"]), np.asarray(out["map"]).max(axis=(1, 2)), rtol=1e-6)
     with pytest.raises(errors.ConfigError, match="image_score"):
         tiny_ssn(model={"image_score": "sigmoid"})
