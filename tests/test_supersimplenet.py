@@ -5,6 +5,7 @@ anomalib 2.7's with the same weights."""
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 
@@ -205,15 +206,23 @@ def test_supervised_batch_targets():
         steps.synthetic_targets(key, {**batch, "label": jnp.zeros(4, jnp.int32)}, (8, 8), gen)
 
 
-def _state(detector, batch, seed=0):
-    variables = detector.pretrained(detector.init(jax.random.key(seed), batch["image"][:1]))
-    return TrainState.create(variables, detector.optimizer)
+@functools.cache
+def _tiny_variables():
+    """Initialised variables with the pretrained backbone, once per session: every tiny detector
+    here has the same architecture (only learning rates and the score differ), and an init
+    (Lite0 included) costs more than the steps that use it."""
+    _, detector = tiny_ssn()
+    return detector.pretrained(jax.jit(detector.init)(jax.random.key(0), jnp.zeros((1, 32, 32, 1), jnp.float32)))
 
 
-def test_shapes_and_a_supervised_train_step():
-    config, detector = tiny_ssn()
+def _state(detector):
+    return TrainState.create(_tiny_variables(), detector.optimizer)
+
+
+def test_shapes_and_the_map_max_score():
+    config, detector = tiny_ssn(model={"image_score": "map_max"})
     batch = _batch()
-    state = _state(detector, batch)
+    state = _state(detector)
     channels = 40 + 80  # Lite0 stage3 + stage4
     params = state.params
     assert params["adaptor"]["projection"]["kernel"].shape == (channels, channels)
@@ -221,49 +230,53 @@ def test_shapes_and_a_supervised_train_step():
     assert "bias" not in params["seg_head"]["conv2"]
     assert params["cls_head"]["conv"]["kernel"].shape == (5, 5, channels + 1, config.model.cls_channels)
     assert params["cls_head"]["fc"]["kernel"].shape == (2 * config.model.cls_channels + 2, 1)
-    assert detector.size_multiple == 16
+    assert detector.size_multiple == 16 and detector.labelled_anomalies
     out = jax.jit(detector.anomaly_map)(state.variables, batch["image"])
     assert out["map"].shape == (4, 32, 32) and out["score"].shape == (4,)
-    mask = np.zeros((4, 32, 32, 1), np.float32)
-    mask[0, 4:20, 4:20] = 1.0
-    supervised = {**batch, "mask": jnp.asarray(mask), "label": jnp.asarray([1, 0, 0, 0], jnp.int32)}
-    step = jax.jit(lambda s, b, k: detector.train_step(s, b, k, None))
-    new_state, metrics = step(state, supervised, jax.random.key(0))
-    assert all(np.isfinite(float(v)) for v in metrics.values())
-    assert int(new_state.step) == 1
-    # The BatchNorm statistics of both heads moved; the frozen backbone did not.
-    for head in ("seg_head", "cls_head"):
-        before = state.collections["batch_stats"][head]["bn"]["mean"]
-        assert not np.allclose(new_state.collections["batch_stats"][head]["bn"]["mean"], before)
-    jax.tree.map(np.testing.assert_array_equal, new_state.collections["backbone"], state.collections["backbone"])
-    _, detector_max = tiny_ssn(model={"image_score": "map_max"})
-    out = jax.jit(detector_max.anomaly_map)(state.variables, batch["image"])
     np.testing.assert_allclose(np.asarray(out["score"]), np.asarray(out["map"]).max(axis=(1, 2)), rtol=1e-6)
     with pytest.raises(errors.ConfigError, match="image_score"):
         tiny_ssn(model={"image_score": "sigmoid"})
 
 
-def test_training_lowers_the_loss_and_is_deterministic():
-    # The same key every step: the same synthetic targets, so the loss is comparable.
+def test_supervised_training_lowers_the_loss_and_is_deterministic():
+    """A batch with a real anomaly (mask + label) and clean tiles; the same key every step gives
+    the same synthetic targets, so the loss is comparable between steps."""
     _, detector = tiny_ssn(optim={"adaptor_lr": 1e-3, "head_lr": 2e-3})
     batch = _batch(1)
+    mask = np.zeros((4, 32, 32, 1), np.float32)
+    mask[0, 4:20, 4:20] = 1.0
+    batch = {**batch, "mask": jnp.asarray(mask), "label": jnp.asarray([1, 0, 0, 0], jnp.int32)}
     step = jax.jit(lambda s, k: detector.train_step(s, batch, k, None))
-    key = jax.random.key(7)
+    key = jax.random.key(7)  # the same key every step
 
-    def run(seed, steps_):
-        state, losses = _state(detector, batch, seed), []
+    def run(key, steps_):
+        state, losses = _state(detector), []
         for _ in range(steps_):
             state, metrics = step(state, key)
+            assert all(np.isfinite(float(v)) for v in metrics.values())
             losses.append(float(metrics["loss"]))
         return state, losses
 
-    state, losses = run(0, 25)
+    initial = _state(detector)
+    state, losses = run(key, 25)
     assert losses[-1] < 0.5 * losses[0], losses
-    again, losses_again = run(0, 25)
+    assert int(state.step) == 25
+    # The BatchNorm statistics of both heads moved; the frozen backbone did not.
+    for head in ("seg_head", "cls_head"):
+        before = initial.collections["batch_stats"][head]["bn"]["mean"]
+        assert not np.allclose(state.collections["batch_stats"][head]["bn"]["mean"], before)
+    jax.tree.map(np.testing.assert_array_equal, state.collections["backbone"], initial.collections["backbone"])
+    # Deterministic given the key; another key draws other masks and noise.
+    again, losses_again = run(key, 25)
     assert losses_again == losses
     jax.tree.map(np.testing.assert_array_equal, again.params, state.params)
-    _, other = run(1, 3)
+    _, other = run(jax.random.key(8), 3)
     assert other[:3] != losses[:3]
+    # The classification logit is the image score, not the map's maximum.
+    out = jax.jit(detector.anomaly_map)(state.variables, batch["image"])
+    assert out["map"].shape == (4, 32, 32) and out["score"].shape == (4,)
+    assert np.all(np.isfinite(np.asarray(out["score"])))
+    assert not np.allclose(np.asarray(out["score"]), np.asarray(out["map"]).max(axis=(1, 2)))
 
 
 def test_optimizer_groups_and_milestones():

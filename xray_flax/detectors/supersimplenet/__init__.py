@@ -51,7 +51,9 @@ Where this differs from anomalib 2.7, and why:
   second score, the maximum of the map. The map stays in logits (anomalib): the shared
   normalisation, fitted on normal validation tiles, then puts map and score on one scale.
 * Any backbone of xray_flax.backbones: the CPU configs use EfficientNet-Lite0's stride-8 and
-  stride-16 taps (stage3, stage4), the only ImageNet weights that install offline.
+  stride-16 taps (stage3, stage4), the only ImageNet weights that install offline, with the
+  noise std scaled to Lite0's features (2.5, their per-channel std; 0.015 is WRN50-2's) and 10x
+  the learning rates for a 400-step run (configs/supersimplenet_cpu.py says why).
 * Supervised training: the train step takes batches with "mask" and "label"
   (`labelled_anomalies=True`); the loop mixes labelled anomalous tiles of the train split into
   every batch with config.train.labelled_anomalies > 0 (xray_flax/data/labelled.py). The
