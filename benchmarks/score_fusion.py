@@ -17,7 +17,6 @@ Labels are never used on the test split except to score the result.
 from __future__ import annotations
 
 import argparse
-import csv
 import itertools
 import json
 import os
@@ -26,31 +25,24 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from xray_flax import metrics
+from xray_flax.report import seed_table, tables
 
 Key = tuple[str, str, int, int]
 
 
 def read_scores(workdir: str) -> dict[Key, tuple[int, float]]:
     """(split, image, y, x) -> (label, score) of the labelled val/test tiles of `workdir`."""
-    rows = {}
-    with open(os.path.join(workdir, "scores.csv"), newline="") as f:
-        for row in csv.DictReader(f):
-            label = int(row["label"])
-            if label >= 0:
-                rows[(row["split"], row["image"], int(row["y"]), int(row["x"]))] = (label, float(row["score"]))
-    return rows
+    return {
+        (split, *tile): row for split in ("val", "test") for tile, row in tables.load_scores(workdir, split).items()
+    }
 
 
-def aligned(tables: list[dict[Key, tuple[int, float]]], split: str) -> tuple[np.ndarray, np.ndarray]:
+def aligned(score_tables: list[dict[Key, tuple[int, float]]], split: str) -> tuple[np.ndarray, np.ndarray]:
     """labels [N], scores [methods, N] of the tiles of `split` every method scored."""
-    keys = sorted(set.intersection(*({k for k in t if k[0] == split} for t in tables)))
-    if not keys:
-        raise SystemExit(f"no {split} tile is scored by every workdir: are they runs on the same data?")
-    labels = np.array([tables[0][k][0] for k in keys])
-    for t in tables[1:]:
-        if any(t[k][0] != tables[0][k][0] for k in keys):
-            raise SystemExit(f"the workdirs disagree on a {split} tile's label: not the same data")
-    return labels, np.array([[t[k][1] for k in keys] for t in tables])
+    try:
+        return seed_table.align([{k[1:]: v for k, v in t.items() if k[0] == split} for t in score_tables], split)
+    except ValueError as error:
+        raise SystemExit(str(error)) from None
 
 
 def ranks_against(reference: np.ndarray, scores: np.ndarray) -> np.ndarray:
@@ -92,9 +84,9 @@ def test_row(name: str, val_auc: float, labels: np.ndarray, scores: np.ndarray, 
 
 
 def fuse(workdirs: list[str], names: list[str]) -> dict:
-    tables = [read_scores(w) for w in workdirs]
-    val_labels, val_scores = aligned(tables, "val")
-    test_labels, test_scores = aligned(tables, "test")
+    score_tables = [read_scores(w) for w in workdirs]
+    val_labels, val_scores = aligned(score_tables, "val")
+    test_labels, test_scores = aligned(score_tables, "test")
     val_ranks = ranks_against(val_scores, val_scores)
     test_ranks = ranks_against(val_scores, test_scores)
     rows = []

@@ -302,7 +302,7 @@ def _tied_scores(n=300, seed=0):
 
 def test_bootstrap_auc_statistic_equals_sklearn_with_ties():
     labels, scores = _tied_scores()
-    auc = metrics._auc_of_samples(scores[labels == 0][None], scores[labels == 1][None])[0]
+    auc = metrics.auc_of_samples(scores[labels == 0][None], scores[labels == 1][None])[0]
     assert auc == pytest.approx(skm.roc_auc_score(labels, scores), abs=1e-12)
 
 

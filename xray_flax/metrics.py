@@ -39,6 +39,7 @@ __all__ = [
     "evaluate_scores",
     "per_kind_roc_auc",
     "bootstrap_intervals",
+    "auc_of_samples",
 ]
 
 
@@ -467,9 +468,10 @@ def _partial_area(x: np.ndarray, y: np.ndarray, x_limit: float) -> float:
 # ---------------------------------------------------------------------------------------
 
 
-def _auc_of_samples(normal, anomalous, axis=-1):
+def auc_of_samples(normal, anomalous, axis=-1):
     """ROC-AUC from the Mann-Whitney U of the two score samples (ties counted half, as
-    `roc_auc`), vectorised over leading axes as scipy.stats.bootstrap calls it."""
+    `roc_auc`), vectorised over leading axes (scipy.stats.bootstrap's resamples here, the
+    seeds and resamples of xray_flax/report/seed_table.py)."""
     normal, anomalous = np.moveaxis(normal, axis, -1), np.moveaxis(anomalous, axis, -1)
     n1, n0 = anomalous.shape[-1], normal.shape[-1]
     ranks = stats.rankdata(np.concatenate([anomalous, normal], -1), axis=-1)
@@ -503,7 +505,7 @@ def bootstrap_intervals(
         return {"roc_auc": None, "f1": None}
     out = {}
     for name, statistic in (
-        ("roc_auc", _auc_of_samples),
+        ("roc_auc", auc_of_samples),
         ("f1", functools.partial(_f1_of_samples, threshold=float(threshold))),
     ):
         result = stats.bootstrap(

@@ -26,7 +26,6 @@ fails is reported in the table and the others still run; the command then exits 
 from __future__ import annotations
 
 import ast
-import csv
 import importlib.util
 import json
 import logging
@@ -171,19 +170,14 @@ def _without_new_defaults(current: dict, stored: dict, defaults: dict) -> dict:
 
 
 def test_roc_curve(workdir: str) -> tuple[np.ndarray, np.ndarray] | None:
-    """(false-positive rates, true-positive rates) of the test tiles in WORKDIR/scores.csv."""
-    path = os.path.join(workdir, "scores.csv")
-    if not os.path.exists(path):
+    """(false-positive rates, true-positive rates) of the labelled test tiles in WORKDIR/scores.csv."""
+    if not os.path.exists(os.path.join(workdir, "scores.csv")):
         return None
-    labels, scores = [], []
-    with open(path, newline="", encoding="utf-8") as f:
-        for row in csv.DictReader(f):
-            if row["split"] == "test":
-                labels.append(int(row["label"]))
-                scores.append(float(row["score"]))
-    if len(set(labels)) < 2:
+    rows = list(tables.load_scores(workdir, "test").values())
+    labels = np.array([label for label, _ in rows])
+    if len(set(labels.tolist())) < 2:
         return None
-    fpr, tpr, _ = roc_curve(np.asarray(labels), np.asarray(scores))
+    fpr, tpr, _ = roc_curve(labels, np.array([score for _, score in rows]))
     return fpr, tpr
 
 

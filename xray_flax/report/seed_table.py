@@ -14,31 +14,21 @@ noise moves one run; the two answer different questions and both are shown.
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 from collections.abc import Sequence
 
 import numpy as np
 
+from xray_flax import metrics
 from xray_flax.report import tables
 
-SCORES_FILE = "scores.csv"
 RUN_FILE = "table2_run.json"  # wall seconds of the train-and-evaluate call that made the run
 
 
 def mean_auc(labels: np.ndarray, scores: np.ndarray) -> float:
     """Mean over rows of `scores` [seeds, tiles] of each row's ROC-AUC against `labels` [tiles]."""
-    return float(np.mean(_aucs(scores[:, labels == 0], scores[:, labels == 1])))
-
-
-def _aucs(normal: np.ndarray, anomalous: np.ndarray) -> np.ndarray:
-    """ROC-AUC per leading index: P(anomalous > normal) + P(equal) / 2 (Mann-Whitney U / n0 n1).
-
-    normal [..., n0], anomalous [..., n1] -> [...]."""
-    greater = (anomalous[..., :, None] > normal[..., None, :]).mean(axis=(-2, -1))
-    equal = (anomalous[..., :, None] == normal[..., None, :]).mean(axis=(-2, -1))
-    return greater + 0.5 * equal
+    return float(np.mean(metrics.auc_of_samples(scores[:, labels == 0], scores[:, labels == 1])))
 
 
 def mean_auc_interval(
@@ -54,7 +44,8 @@ def mean_auc_interval(
         return None
     rng = np.random.default_rng(seed)
     means = np.empty(n_resamples)
-    # A few resamples at a time: [chunk, seeds, n1, n0] comparisons stay under ~50 MB.
+    # A few resamples at a time. The chunk size fixes the order of the draws, so it stays the
+    # one the published intervals were drawn with (docs/results.md).
     chunk = max(1, 5_000_000 // (scores.shape[0] * normal.shape[1] * anomalous.shape[1]))
     for start in range(0, n_resamples, chunk):
         count = min(chunk, n_resamples - start)
@@ -63,36 +54,32 @@ def mean_auc_interval(
         # [count, seeds, n] resamples -> AUC per (resample, seed) -> mean over seeds.
         resampled_normal = np.moveaxis(normal[:, i0], 0, 1)
         resampled_anomalous = np.moveaxis(anomalous[:, i1], 0, 1)
-        means[start : start + count] = _aucs(resampled_normal, resampled_anomalous).mean(axis=1)
+        means[start : start + count] = metrics.auc_of_samples(resampled_normal, resampled_anomalous).mean(axis=1)
     tail = (1.0 - confidence) / 2.0
     return [float(np.quantile(means, tail)), float(np.quantile(means, 1.0 - tail))]
 
 
-def read_test_scores(workdir: str) -> dict[tuple[str, int, int], tuple[int, float]]:
-    """{(image, y, x): (label, score)} of the labelled test tiles in WORKDIR/scores.csv."""
-    out = {}
-    with open(os.path.join(workdir, SCORES_FILE), newline="", encoding="utf-8") as f:
-        for row in csv.DictReader(f):
-            label = int(row["label"])
-            if row["split"] == "test" and label >= 0:
-                out[(row["image"], int(row["y"]), int(row["x"]))] = (label, float(row["score"]))
-    return out
+def align(score_tables: Sequence[dict], split: str) -> tuple[np.ndarray, np.ndarray]:
+    """labels [tiles], scores [runs, tiles] of the tiles every run scored, from one
+    {tile: (label, score)} table per run (`tables.load_scores`), in sorted tile order.
+    ValueError when no tile is common or the runs disagree on a tile's label (not the same
+    data); `split` only names the tiles in the message."""
+    keys = sorted(set.intersection(*(set(t) for t in score_tables)))
+    if not keys:
+        raise ValueError(f"no {split} tile is scored by every workdir: are they runs on the same data?")
+    labels = np.array([score_tables[0][k][0] for k in keys])
+    if any(t[k][0] != score_tables[0][k][0] for t in score_tables[1:] for k in keys):
+        raise ValueError(f"the workdirs disagree on a {split} tile's label: not the same data")
+    return labels, np.array([[t[k][1] for k in keys] for t in score_tables])
 
 
 def aligned_test_scores(workdirs: Sequence[str]) -> tuple[np.ndarray, np.ndarray] | None:
-    """labels [tiles], scores [seeds, tiles] of the test tiles every run scored; None when a
-    run has no scores.csv or the runs disagree on a tile's label (not the same data)."""
+    """`align` of the runs' test tiles; None when a run has no scores.csv or they are not
+    runs on the same data."""
     try:
-        tables_ = [read_test_scores(w) for w in workdirs]
+        return align([tables.load_scores(w, "test") for w in workdirs], "test")
     except (OSError, KeyError, ValueError):
         return None
-    keys = sorted(set.intersection(*(set(t) for t in tables_)))
-    if not keys:
-        return None
-    labels = np.array([tables_[0][k][0] for k in keys])
-    if any(t[k][0] != tables_[0][k][0] for t in tables_ for k in keys):
-        return None
-    return labels, np.array([[t[k][1] for k in keys] for t in tables_])
 
 
 def run_seconds(workdir: str) -> float | None:

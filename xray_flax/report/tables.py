@@ -7,6 +7,7 @@ Precision and Recall are the values at the threshold chosen on the validation sp
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 from collections.abc import Iterable, Sequence
@@ -91,6 +92,18 @@ def load_metrics(workdir: str | os.PathLike) -> dict:
     if not isinstance(report, dict) or not isinstance(report.get("test"), dict):
         raise ValueError(f"{path} has no 'test' section (expected the output of evaluate.py)")
     return report
+
+
+def load_scores(workdir: str | os.PathLike, split: str) -> dict[tuple[str, int, int], tuple[int, float]]:
+    """{(image, y, x): (label, score)} of the labelled tiles (label 0 or 1) of `split` in
+    WORKDIR/scores.csv, as evaluate.py writes it; unknown tiles (-1) are left out."""
+    rows = {}
+    with open(os.path.join(workdir, "scores.csv"), newline="", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            label = int(row["label"])
+            if row["split"] == split and label >= 0:
+                rows[(row["image"], int(row["y"]), int(row["x"]))] = (label, float(row["score"]))
+    return rows
 
 
 def interval_text(interval) -> str:
