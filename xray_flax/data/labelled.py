@@ -23,11 +23,6 @@ from xray_flax.data import pipeline, tiling
 log = logging.getLogger(__name__)
 
 
-def anomalous_train_rows(table: tiling.TileTable) -> np.ndarray:
-    """Indices of the train split's tiles that are anomalous: labelled so, or touching a mask."""
-    return np.flatnonzero((table.label == tiling.LABEL_ANOMALOUS) | (table.masked > 0))
-
-
 def labelled_tiles(splits, data_config, count: int, seed: int) -> dict[str, np.ndarray] | None:
     """{"image" [N, P, P, C], "mask" [N, P, P] float32 in {0, 1}, "label" [N] float32 (ones)} of
     `count` anomalous tiles of the train split, drawn by `seed`; None when count is 0."""
@@ -39,7 +34,7 @@ def labelled_tiles(splits, data_config, count: int, seed: int) -> dict[str, np.n
             "a TFDS dataset holds only the clean training tiles"
         )
     table = pipeline.split_tiles(splits, "train", data_config)
-    rows = anomalous_train_rows(table)
+    rows = np.flatnonzero(tiling.anomalous_rows(table))
     if rows.size == 0:
         raise errors.ConfigError(
             f"config.train.labelled_anomalies={count}: the train split has no anomalous tile (no masks or "

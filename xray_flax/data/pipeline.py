@@ -260,7 +260,7 @@ def _no_training_tiles(splits: Splits, data_config) -> str:
         else:
             grid += int(np.sum(table.scan_index == index))
     background = grid - len(table)
-    anomalous = int(np.sum((table.label == tiling.LABEL_ANOMALOUS) | (table.masked > 0)))
+    anomalous = int(np.sum(tiling.anomalous_rows(table)))
     unknown = int(np.sum(table.label == tiling.LABEL_UNKNOWN))
     parts = [f"the train split has no clean normal tiles: of its {grid} tiles in {len(records)} scan(s)"]
     parts.append(f"{background} are background ({_background_rule(data_config.background)})")

@@ -204,6 +204,11 @@ def build_tile_table(scans: Sequence, data_config) -> TileTable:
     return TileTable.concat([scan_tiles(s, i, data_config) for i, s in enumerate(scans)])
 
 
+def anomalous_rows(table: TileTable) -> np.ndarray:
+    """Boolean selection of the tiles labelled anomalous or touching a mask."""
+    return (table.label == LABEL_ANOMALOUS) | (table.masked > 0)
+
+
 def training_rows(table: TileTable, data_config) -> np.ndarray:
     """Boolean selection of tiles DRAEM may learn "normal" from."""
     keep = table.label == LABEL_NORMAL
