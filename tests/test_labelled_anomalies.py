@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from configs import tiny
-from xray_flax import config_check, errors
+from xray_flax import config_check, detectors, errors
 from xray_flax.data import config as data_config_lib
 from xray_flax.data import labelled, pipeline, tiling
 
@@ -99,3 +99,10 @@ def test_a_detector_that_learns_from_labels_trains_with_them_through_the_loop(tm
         b = config.train.batch_size
         np.testing.assert_array_equal(batch["label"], [0] * (b - 2) + [1, 1])
         assert batch["mask"][-2:].any(axis=(1, 2)).all() and not batch["mask"][:-2].any()
+
+
+def test_the_list_in_the_refusal_is_the_detectors_that_take_labels():
+    """detectors._LEARNS_FROM_LABELS (named in the error without importing every detector)
+    is exactly the detectors whose `labelled_anomalies` is True."""
+    taking = {name for name in detectors.names() if detectors.build(tiny.get_config(name)).labelled_anomalies}
+    assert taking == set(detectors._LEARNS_FROM_LABELS)
