@@ -3,6 +3,7 @@ and a rerun that does not retrain a finished method."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -19,17 +20,13 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def table(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("table2"))
     cache = str(tmp_path_factory.getbasetemp() / "simulated")
-    cwd = os.getcwd()
-    os.chdir(REPO)
-    try:
+    with contextlib.chdir(REPO):
         results = table2.run(
             root,
             "configs/tiny.py",
             ["configs/tiny.py:highpass", "configs/highpass.py"],
             overrides=[f"data.simulated.cache_dir={cache!r}"],
         )
-    finally:
-        os.chdir(cwd)
     summary = open(os.path.join(root, "summary.md")).read()  # before a test below reruns in root
     return root, results, cache, summary
 
@@ -65,9 +62,7 @@ def test_rerun_does_not_retrain_and_a_changed_config_is_refused(table, caplog):
     root, results, cache, _ = table
     metrics = os.path.join(results[0]["workdir"], "metrics.json")
     before = os.stat(metrics).st_mtime_ns
-    cwd = os.getcwd()
-    os.chdir(REPO)
-    try:
+    with contextlib.chdir(REPO):
         with caplog.at_level("INFO", logger="xray_flax.table2"):
             table2.run(root, "configs/tiny.py", ["configs/tiny.py:highpass"], [f"data.simulated.cache_dir={cache!r}"])
         assert os.stat(metrics).st_mtime_ns == before
@@ -78,8 +73,6 @@ def test_rerun_does_not_retrain_and_a_changed_config_is_refused(table, caplog):
             ["configs/tiny.py:highpass"],
             [f"data.simulated.cache_dir={cache!r}", "model.window=7"],
         )
-    finally:
-        os.chdir(cwd)
     assert re.search(r"different config", changed[0]["error"])
     assert "FAILED" in open(os.path.join(root, "table2.md")).read()
 
@@ -101,9 +94,7 @@ def test_summary_is_written_without_seeds(table):
 def test_seeds_run_each_method_per_seed_and_summarise_the_mean(tmp_path, table):
     _, _, cache, _ = table
     root = str(tmp_path / "seeds")
-    cwd = os.getcwd()
-    os.chdir(REPO)
-    try:
+    with contextlib.chdir(REPO):
         results = table2.run(
             root,
             "configs/tiny.py",
@@ -111,8 +102,6 @@ def test_seeds_run_each_method_per_seed_and_summarise_the_mean(tmp_path, table):
             overrides=[f"data.simulated.cache_dir={cache!r}"],
             seeds=[3, 4],
         )
-    finally:
-        os.chdir(cwd)
     assert [r["seed"] for r in results] == [3, 4]
     assert [r["workdir"] for r in results] == [os.path.join(root, f"seed_{s}", "tiny_highpass") for s in (3, 4)]
     assert [json.load(open(os.path.join(r["workdir"], "config.json")))["seed"] for r in results] == [3, 4]
