@@ -6,11 +6,13 @@ through the ArtExtract readers."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 
 import numpy as np
 import pytest
+from scipy import ndimage
 from sklearn.metrics import roc_auc_score
 
 from xray_flax.hidden_art import config as hidden_config
@@ -203,3 +205,106 @@ def test_realism_switches(switch):
         assert effect[mask].mean() < -0.01  # the hidden layer now brightens the longest band
     else:
         assert effect[mask].mean() > 0.01
+
+
+# The painting switches: pentimenti, metamers, carbon in the visible paint, bands to 2,500 nm.
+TINY = {"n_scenes": 2, "n_val": 0, "size": 64}
+
+
+def _sha(*arrays) -> str:
+    return hashlib.sha256(b"".join(np.ascontiguousarray(a).tobytes() for a in arrays)).hexdigest()[:16]
+
+
+# Hashes of (rgb, bands, hidden) of the default 64 px scenes, computed with the generator before
+# these switches existed (commit a90c6f4): off, they must not move a single value.
+@pytest.mark.parametrize("index, digest", [(0, "0c4636447cedfe58"), (1, "b81548c9a54bcaa1")])
+def test_painting_switches_off_leave_the_default_scene_bit_identical(index, digest):
+    default = S.simulate_layers(S.SimulationParams(**TINY), index)
+    assert _sha(default["rgb"], default["bands"], default["hidden"]) == digest
+    off = {"pentimenti": 0.0, "metamers": False, "carbon_paint": 0.0, "wavelength_max": 1000.0}
+    explicit = S.simulate_layers(S.SimulationParams.from_config({**TINY, **off}), index)
+    for k in ("rgb", "bands", "hidden", "pigment_weights"):
+        np.testing.assert_array_equal(default[k], explicit[k])
+
+
+def _mean_distance_to_visible_edges(layers) -> float:
+    """Mean distance (px) of the hidden mask's pixels to the nearest border between visible regions."""
+    regions = layers["regions"]
+    edges = np.zeros(regions.shape, bool)
+    edges[:-1] |= regions[:-1] != regions[1:]
+    edges[:, :-1] |= regions[:, :-1] != regions[:, 1:]
+    return float(ndimage.distance_transform_edt(~edges)[layers["hidden_mask"]].mean())
+
+
+def test_pentimenti_lie_along_the_visible_edges():
+    """Index 0 is an underdrawing: with pentimenti its lines follow the visible figures' borders
+    (moved a little), so the hidden mask lies closer to the visible edges; half keeps part of the
+    independent drawing. The visible painting is the same."""
+    layers = {f: S.simulate_layers(S.SimulationParams(**TINY, pentimenti=f), 0) for f in (0.0, 0.5, 1.0)}
+    distance = {f: _mean_distance_to_visible_edges(layers[f]) for f in layers}
+    assert distance[1.0] < distance[0.5] < distance[0.0] and distance[1.0] < 0.5 * distance[0.0], distance
+    masks = {f: layers[f]["hidden_mask"] for f in layers}
+    assert masks[1.0].mean() > 0.02 and (masks[0.5] & masks[0.0]).sum() > (masks[1.0] & masks[0.0]).sum()
+    np.testing.assert_array_equal(layers[0.0]["pigment_weights"], layers[1.0]["pigment_weights"])
+    composition = S.simulate_layers(S.SimulationParams(**TINY, pentimenti=1.0), 1)
+    assert composition["hidden_mask"].mean() > 0.02  # earlier forms, not contours, for the other kind
+    assert S.SimulationParams.from_config({"pentimenti": True}).pentimenti == 1.0
+
+
+def test_metamers_match_in_rgb_and_differ_in_the_infrared():
+    off, on = (S.simulate_layers(S.SimulationParams(**TINY, metamers=m), 0) for m in (False, True))
+    k = len(S.PIGMENTS)
+    twin = on["pigment_weights"][..., k:].sum(axis=-1)
+    assert on["pigment_weights"].shape[-1] == k + len(S.METAMER_TWINS) and 0.1 < (twin > 0.5).mean() < 0.9
+    np.testing.assert_allclose(on["rgb"], off["rgb"], atol=1e-5)  # the same colours everywhere
+    np.testing.assert_allclose(on["pigment_weights"].sum(-1), 1.0, atol=1e-5)
+    longest = np.abs(on["bands_clean"][..., -1] - off["bands_clean"][..., -1])  # the 1,000 nm band
+    assert longest[twin > 0.5].mean() > 0.05
+    np.testing.assert_allclose(on["bands_clean"][twin < 1e-6], off["bands_clean"][twin < 1e-6], atol=1e-5)
+
+
+def test_carbon_paint_darkens_the_bands_and_the_rgb():
+    off, on = (S.simulate_layers(S.SimulationParams(**TINY, carbon_paint=c), 0) for c in (0.0, 0.5))
+    black = S._NAMES.index("carbon_black")
+    carbon = on["pigment_weights"][..., black] - off["pigment_weights"][..., black]
+    where = carbon > 0.03
+    assert 0.02 < where.mean() < 0.98
+    darker = (off["visible_only"] - on["visible_only"])[where].mean(axis=0)
+    assert np.all(darker > 0.005), darker  # every band, 400-1,000 nm
+    assert np.all((off["rgb"] - on["rgb"])[where].mean(axis=0) > 0.01)  # and it shows in RGB
+    untouched = carbon == 0
+    np.testing.assert_allclose(on["visible_only"][untouched], off["visible_only"][untouched], atol=1e-6)
+    everywhere = S.simulate_layers(S.SimulationParams(**TINY, carbon_paint=1.0), 0)
+    assert (everywhere["pigment_weights"][..., black] - off["pigment_weights"][..., black] > 0.03).mean() > 0.9
+
+
+def test_bands_to_2500_nm_see_the_hidden_layer_better():
+    """8 bands over 400-2,500 nm (300 nm apart: 1,000 nm is the third): paint grows more
+    transparent, so every longer band shows more hidden contrast than 1,000 nm. The tables at
+    400-1,000 nm are the silicon range's, unchanged."""
+    params = S.SimulationParams(**TINY, wavelength_max=2500.0)
+    np.testing.assert_allclose(S.band_wavelengths(params), [400, 700, 1000, 1300, 1600, 1900, 2200, 2500])
+    for index in (0, 1):
+        layers = S.simulate_layers(params, index)
+        contrast = (layers["visible_only"] - layers["bands_clean"])[layers["hidden_mask"]].mean(axis=0)
+        assert np.all(np.diff(contrast[2:]) > 0) and contrast[-1] > 1.5 * contrast[2], contrast
+    lam = np.linspace(400.0, 1000.0, 31)
+    r_inf, _, ground = S._tables(lam)
+    silicon = np.stack([np.interp(lam, S._KNOTS[:10], p.reflectance) for p in S._SILICON_RANGE.values()])
+    np.testing.assert_array_equal(r_inf, silicon.astype(np.float32))
+    np.testing.assert_array_equal(ground, np.interp(lam, S._KNOTS[:10], S._GROUND[:10]).astype(np.float32))
+
+
+@pytest.mark.parametrize(
+    "values, key",
+    [
+        ({"pentimenti": 1.5}, "pentimenti"),
+        ({"pentimenti": -0.1}, "pentimenti"),
+        ({"carbon_paint": 2.0}, "carbon_paint"),
+        ({"metamers": "yes"}, "metamers"),
+        ({"wavelength_max": 3000.0}, "wavelength_max"),
+    ],
+)
+def test_invalid_painting_switches_name_their_key(values, key):
+    with pytest.raises(ValueError, match=rf"config\.data\.simulation\.{key}="):
+        S.SimulationParams(**values)

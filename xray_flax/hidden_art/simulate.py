@@ -8,7 +8,8 @@ anything; point the readers (`xray_flax.hidden_art.data`) at real data for real 
 Public functions
 - `SimulationParams` (dataclass): n_scenes (the last n_val go to val/), size, n_bands, seed,
   hidden_kind, strength, band wavelengths, noise, varnish, illumination, RGB encoding.
-- `band_wavelengths(params)` -> float64 [B] nm, `PIGMENTS` (the palette, name -> spectra).
+- `band_wavelengths(params)` -> float64 [B] nm, `PIGMENTS` (the palette, name -> spectra),
+  `METAMER_TWINS` (the infrared of the `metamers` switch's twins).
 - `simulate_layers(params, index)` -> dict with everything (noiseless and visible-only bands,
   wavelengths, pigment weights): what the tests measure against.
 - `simulate_scene(params, index)` -> scene dict of the family's data model (name, rgb, bands,
@@ -30,17 +31,21 @@ The physical model and the source of each choice
   rising, t rises.
 - Pigments (`PIGMENTS`): reflectance tables R_inf at 400-1000 nm and (kappa_400, p) per
   pigment, rounded from the shapes of published fibre-optic reflectance spectra (FORS) of
-  historical pigments [ours, approximate]: lead white (bright, hides well), ultramarine (blue: dark
-  in the visible red/green, bright in the infrared), azurite and malachite (copper pigments: dark
-  and opaque in the infrared), vermilion and red lake (dark below 580 nm, bright and transparent in
-  the infrared), yellow ochre, raw umber, carbon black (dark, opaque at every wavelength).
+  historical pigments [ours, approximate]: lead white (bright, hides well), ultramarine (blue:
+  dark in the visible red/green, bright in the infrared), azurite and malachite (copper pigments:
+  dark and opaque in the infrared), vermilion and red lake (dark below 580 nm, bright and
+  transparent in the infrared), yellow ochre, raw umber, carbon black (dark, opaque at every
+  wavelength). Continued to 2,500 nm at 1,200, 1,500, 2,000 and 2,500 nm [ours, rounded]: each
+  pigment's near-infrared trend carried on, the water, hydroxyl and oil absorptions near 1,450,
+  1,940 and 2,300 nm left out; kappa keeps its power law, so paint grows more transparent still.
   Pigment mixtures mix R_inf and kappa linearly by weight [ours: simple, keeps the forward model
   a matrix product].
 - So a per-pixel regression from RGB to a band can explain the pigment effects that the plain
   difference |band - grey(RGB)| keeps (blues bright in the infrared, reds that change), but not
   the hidden layer, which the RGB barely sees.
 - Bands: narrow bands at `band_wavelengths` (default 8 bands evenly spaced over 400-1000 nm:
-  400, 486, 571, 657, 743, 829, 914, 1000 nm), each the reflectance at its centre wavelength.
+  400, 486, 571, 657, 743, 829, 914, 1000 nm), each the reflectance at its centre wavelength;
+  `wavelength_max` up to 2,500 nm (the pigment tables' range).
 - RGB: the spectrum at 400-700 nm in 20 nm steps weighted by Gaussian camera
   sensitivities (R 610 nm / 40, G 540 nm / 35, B 460 nm / 30, each summing to 1), then sRGB
   encoded (`rgb_encoding`; a camera's RGB is gamma encoded while the bands are linear) [ours].
@@ -61,9 +66,22 @@ The physical model and the source of each choice
   the ground's (a lead-white-rich earlier layer): the hidden layer BRIGHTENS the bands, which a
   method that looks for darkening only will miss. `misregistration` (px): the bands are shifted
   against the RGB (separate captures, imperfect registration). `band_blur` (px): every band is
-  blurred, the RGB is not (another lens, focus or pixel pitch per band). Not built: hidden layers
-  that follow visible contours (pentimenti), metameric pigment pairs, visible paints containing
-  carbon, bands beyond 1,000 nm (the pigment tables stop there).
+  blurred, the RGB is not (another lens, focus or pixel pitch per band).
+  Switches of the painting, each drawing from its own random stream (so the rest of the scene
+  keeps its draws): `pentimenti` (share f in [0, 1], True = 1): each visible figure, with
+  probability f, had an earlier version of itself, moved 2-6 px, scaled 0.9-1.1 and turned up to
+  0.1 rad, whose contour (underdrawing) or form (composition) is the hidden layer, and each
+  independent hidden element is dropped with probability f: pentimenti are changes of mind, so
+  the hidden lines lie near and partly parallel to the visible edges, where a regression from
+  RGB is most confused. `metamers`: each visible region, with probability 1/2, is painted with
+  the metameric twin of its pigment (`METAMER_TWINS`: the same R_inf and extinction at 400-700 nm,
+  another infrared reflectance): a band predicted from RGB is then wrong there, a false positive
+  no hidden layer causes. `carbon_paint` (share in [0, 1]): each visible region, with that
+  probability, has 5-30 % of its paint replaced by carbon black (greys and darks made with bone
+  or lamp black): dark and opaque in every band like a carbon underdrawing, but visible in RGB,
+  so a good regression should explain it (it also hides what lies beneath). `wavelength_max` to
+  2,500 nm: the short-wave infrared of the InGaAs and MCT cameras of infrared reflectography,
+  where paint is more transparent than at 1,000 nm (kappa keeps its power law) [ours].
 
 Everything is vectorised NumPy/SciPy (the smooth noise of `xray_flax.data.simulate`): measured
 on the project's busy 2-core CPU under nice, about 0.3 s a 256 px scene and 1 s a 512 px one
@@ -89,8 +107,10 @@ from xray_flax.data.simulate import default_cache_root, is_complete
 GENERATOR_VERSION = 1
 HIDDEN_KINDS = ("underdrawing", "composition", "mixed")
 
-# Wavelength knots (nm) of the reflectance tables.
-_KNOTS = np.asarray([400, 450, 500, 550, 600, 650, 700, 800, 900, 1000], np.float64)
+# Wavelength knots (nm) of the reflectance tables: the visible and near infrared of a silicon
+# camera (400-1,000 nm), then the short-wave infrared of InGaAs and MCT cameras (to 2,500 nm).
+_KNOTS = np.asarray([400, 450, 500, 550, 600, 650, 700, 800, 900, 1000, 1200, 1500, 2000, 2500], np.float64)
+_N_VISIBLE_KNOTS = 7  # knots 400-700 nm: all the RGB sees
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,7 +122,8 @@ class Pigment:
     power: float
 
 
-PIGMENTS: dict[str, Pigment] = {
+# R_inf at 400-1,000 nm (the knots up to 1,000 nm) and extinction, from FORS shapes (module text).
+_SILICON_RANGE: dict[str, Pigment] = {
     "lead_white": Pigment((0.80, 0.86, 0.88, 0.89, 0.90, 0.90, 0.90, 0.90, 0.90, 0.90), 8.0, 2.5),
     "ultramarine": Pigment((0.25, 0.35, 0.22, 0.08, 0.05, 0.07, 0.20, 0.55, 0.65, 0.70), 5.0, 3.0),
     "azurite": Pigment((0.15, 0.28, 0.25, 0.12, 0.07, 0.05, 0.05, 0.06, 0.08, 0.12), 3.0, 1.0),
@@ -113,12 +134,61 @@ PIGMENTS: dict[str, Pigment] = {
     "raw_umber": Pigment((0.05, 0.06, 0.07, 0.09, 0.12, 0.15, 0.18, 0.28, 0.32, 0.36), 6.0, 2.0),
     "carbon_black": Pigment((0.04,) * 10, 12.0, 0.0),
 }
+# R_inf at 1,200, 1,500, 2,000 and 2,500 nm (short-wave infrared) [ours, rounded]: each pigment
+# continues its near-infrared trend (copper blues and greens rise slowly out of their broad
+# absorption, the others stay level); the water, hydroxyl and oil-binder absorptions near
+# 1,450, 1,940 and 2,300 nm are not modelled. Extinction keeps its power law, so paint keeps
+# growing more transparent.
+_SWIR: dict[str, tuple[float, ...]] = {
+    "lead_white": (0.90, 0.90, 0.89, 0.88),
+    "ultramarine": (0.72, 0.72, 0.70, 0.68),
+    "azurite": (0.18, 0.22, 0.30, 0.28),
+    "vermilion": (0.74, 0.75, 0.75, 0.75),
+    "red_lake": (0.86, 0.86, 0.85, 0.84),
+    "yellow_ochre": (0.62, 0.66, 0.65, 0.62),
+    "malachite": (0.10, 0.20, 0.35, 0.30),
+    "raw_umber": (0.42, 0.48, 0.52, 0.52),
+    "carbon_black": (0.04,) * 4,
+}
+PIGMENTS: dict[str, Pigment] = {
+    name: Pigment(p.reflectance + _SWIR[name], p.kappa_400, p.power) for name, p in _SILICON_RANGE.items()
+}
+# Metameric twins (the `metamers` switch): per coloured pigment, a second paint of the same
+# colour, the pigment's own R_inf at 400-700 nm and its extinction, with another infrared
+# reflectance (R_inf at 800-2,500 nm below) [ours, rounded]. Real pairs of the kind: ultramarine
+# beside Prussian blue or indigo (dark in the infrared), azurite beside smalt, malachite beside a
+# green mixed from a blue and a yellow (bright in the infrared), reds and yellows of the same hue
+# with other infrared reflectance.
+METAMER_TWINS: dict[str, tuple[float, ...]] = {
+    "ultramarine": (0.12, 0.10, 0.10, 0.10, 0.12, 0.15, 0.15),
+    "azurite": (0.35, 0.50, 0.60, 0.65, 0.65, 0.62, 0.60),
+    "vermilion": (0.40, 0.35, 0.32, 0.32, 0.33, 0.35, 0.35),
+    "red_lake": (0.45, 0.40, 0.38, 0.38, 0.40, 0.42, 0.42),
+    "yellow_ochre": (0.80, 0.85, 0.86, 0.86, 0.86, 0.85, 0.84),
+    "malachite": (0.45, 0.55, 0.60, 0.62, 0.62, 0.60, 0.58),
+    "raw_umber": (0.10, 0.10, 0.10, 0.12, 0.14, 0.16, 0.16),
+}
 _NAMES = tuple(PIGMENTS)
 _WHITE, _BLACK = _NAMES.index("lead_white"), _NAMES.index("carbon_black")
-# Region pigments (white tints them; black only draws outlines).
+# Region pigments (white tints them; black draws outlines, and with `carbon_paint` darkens regions).
 _COLOURED = tuple(i for i, n in enumerate(_NAMES) if n not in ("lead_white", "carbon_black"))
 
-_GROUND = (0.82, 0.85, 0.87, 0.88, 0.89, 0.89, 0.90, 0.90, 0.90, 0.90)  # gesso, rising slightly
+_GROUND = (
+    0.82,
+    0.85,
+    0.87,
+    0.88,
+    0.89,
+    0.89,
+    0.90,
+    0.90,
+    0.90,
+    0.90,
+    0.90,
+    0.90,
+    0.90,
+    0.90,
+)  # gesso, rising, then flat
 _CARBON = 0.05  # underdrawing: carbon black, flat
 _VISIBLE_NM = np.arange(400.0, 701.0, 20.0)  # RGB integration grid: the sensitivities are 30-40 nm wide
 _CAMERA = ((610.0, 40.0), (540.0, 35.0), (460.0, 30.0))  # (centre, sigma) nm of R, G, B
@@ -151,6 +221,11 @@ class SimulationParams:
     hidden_brighter: bool = False  # hidden material BRIGHTER than the ground in the bands
     misregistration: float = 0.0  # the bands shifted by this many px against the RGB (y and x)
     band_blur: float = 0.0  # Gaussian blur sigma of every band (px), the RGB stays sharp
+    # Share in [0, 1] of the hidden layer drawn as pentimenti: earlier versions of the visible
+    # figures (shifted, scaled, turned a little) instead of independent shapes (True = 1).
+    pentimenti: float = 0.0
+    metamers: bool = False  # half the visible regions painted with a twin of the same RGB, other infrared
+    carbon_paint: float = 0.0  # share of the visible regions mixed with 5-30 % carbon black
 
     def __post_init__(self):
         # Each problem names its knob of config.data.simulation (configs/hidden_base.py).
@@ -169,10 +244,10 @@ class SimulationParams:
             problems.append(f"{key}.size={self.size} must be at least 32 px")
         if self.n_bands < 1:
             problems.append(f"{key}.n_bands={self.n_bands} must be at least 1")
-        if not 300.0 <= self.wavelength_min <= self.wavelength_max <= 1100.0:
+        if not 300.0 <= self.wavelength_min <= self.wavelength_max <= _KNOTS[-1]:
             problems.append(
                 f"{key}.wavelength_min={self.wavelength_min} and {key}.wavelength_max={self.wavelength_max}: "
-                "need 300 <= wavelength_min <= wavelength_max <= 1100 nm"
+                f"need 300 <= wavelength_min <= wavelength_max <= {_KNOTS[-1]:.0f} nm (the pigment tables' range)"
             )
         if not 0.0 < self.mask_level < 1.0:
             problems.append(f"{key}.mask_level={self.mask_level} must lie in (0, 1)")
@@ -180,6 +255,12 @@ class SimulationParams:
             problems.append(f"{key}: strength, band_noise, rgb_noise, varnish and illumination must be >= 0")
         if min(self.hidden_blur, self.misregistration, self.band_blur) < 0 or self.nir_noise < 1.0:
             problems.append(f"{key}: hidden_blur, misregistration and band_blur must be >= 0 and nir_noise >= 1")
+        for name in ("pentimenti", "carbon_paint"):
+            value = getattr(self, name)
+            if isinstance(value, str) or not 0.0 <= value <= 1.0:
+                problems.append(f"{key}.{name}={value!r} must be a share in [0, 1] (0 = off)")
+        if not isinstance(self.metamers, bool | np.bool_):
+            problems.append(f"{key}.metamers={self.metamers!r} must be True or False")
         errors.require(problems)
 
     @staticmethod
@@ -215,11 +296,23 @@ def band_wavelengths(params: SimulationParams) -> np.ndarray:
     return np.linspace(params.wavelength_min, params.wavelength_max, params.n_bands)
 
 
-def _tables(wavelengths: np.ndarray):
-    """(R_inf [K, L], kappa [K, L], ground [L]) of the palette at `wavelengths`."""
+def _palette(metamers: bool = False) -> list[Pigment]:
+    """The pigments in `_NAMES` order, then (`metamers`) the twins of `_COLOURED` in that order:
+    the pigment's visible reflectance and extinction with the twin's infrared reflectance."""
+    palette = list(PIGMENTS.values())
+    if metamers:
+        for i in _COLOURED:
+            p = palette[i]
+            palette.append(Pigment(p.reflectance[:_N_VISIBLE_KNOTS] + METAMER_TWINS[_NAMES[i]], p.kappa_400, p.power))
+    return palette
+
+
+def _tables(wavelengths: np.ndarray, metamers: bool = False):
+    """(R_inf [K, L], kappa [K, L], ground [L]) of the palette (`_palette`) at `wavelengths`."""
     lam = np.asarray(wavelengths, np.float64)
-    r_inf = np.stack([np.interp(lam, _KNOTS, p.reflectance) for p in PIGMENTS.values()])
-    kappa = np.stack([p.kappa_400 * (400.0 / lam) ** p.power for p in PIGMENTS.values()])
+    palette = _palette(metamers)
+    r_inf = np.stack([np.interp(lam, _KNOTS, p.reflectance) for p in palette])
+    kappa = np.stack([p.kappa_400 * (400.0 / lam) ** p.power for p in palette])
     ground = np.interp(lam, _KNOTS, _GROUND)
     return r_inf.astype(np.float32), kappa.astype(np.float32), ground.astype(np.float32)
 
@@ -308,12 +401,20 @@ def _hatching(rng, shape, u):
     return out * region * rng.uniform(0.6, 1.0)
 
 
-def underdrawing(rng, shape) -> np.ndarray:
+def _kept(drop_rng, drop: float) -> bool:
+    """Whether the next element of a hidden layer is kept: dropped with probability `drop`, drawn
+    from `drop_rng` (None: always kept). A dropped element is still drawn (into a scratch image),
+    so the hidden layer's own random draws, and so its other elements, stay as they were."""
+    return drop_rng is None or drop_rng.random() >= drop
+
+
+def underdrawing(rng, shape, drop_rng=None, drop: float = 0.0) -> np.ndarray:
     """Presence map [0, 1] of a carbon underdrawing: contours of figures (drawn in pieces), free
-    strokes and hatching patches."""
+    strokes and hatching patches; each element dropped with probability `drop` (`_kept`)."""
     h, w = shape
     u = min(h, w) / 256.0
     out = np.zeros(shape, np.float32)
+    scratch = np.zeros(shape, np.float32)
     for _ in range(int(rng.integers(4, 8))):
         ys, xs = _outline_points(
             rng,
@@ -323,7 +424,8 @@ def underdrawing(rng, shape) -> np.ndarray:
             rng.uniform(0.06, 0.25) * w,
             48,
         )
-        _draw_polyline(out, ys, xs, rng.uniform(1.4, 2.6) * u, rng.uniform(0.7, 1.0), rng, 0.15)
+        target = out if _kept(drop_rng, drop) else scratch
+        _draw_polyline(target, ys, xs, rng.uniform(1.4, 2.6) * u, rng.uniform(0.7, 1.0), rng, 0.15)
     for _ in range(int(rng.integers(3, 7))):
         y, x = rng.uniform(0.1, 0.9) * h, rng.uniform(0.1, 0.9) * w
         angle = rng.uniform(0, 2 * np.pi)
@@ -333,18 +435,23 @@ def underdrawing(rng, shape) -> np.ndarray:
             y, x = y + 5 * u * np.sin(angle), x + 5 * u * np.cos(angle)
             ys.append(y)
             xs.append(x)
-        _draw_polyline(out, np.asarray(ys), np.asarray(xs), rng.uniform(1.2, 2.2) * u, rng.uniform(0.6, 1.0))
+        target = out if _kept(drop_rng, drop) else scratch
+        _draw_polyline(target, np.asarray(ys), np.asarray(xs), rng.uniform(1.2, 2.2) * u, rng.uniform(0.6, 1.0))
     for _ in range(int(rng.integers(1, 4))):
-        np.maximum(out, _hatching(rng, shape, u), out=out)
+        patch = _hatching(rng, shape, u)
+        if _kept(drop_rng, drop):
+            np.maximum(out, patch, out=out)
     return np.clip(out, 0.0, 1.0)
 
 
-def earlier_composition(rng, shape) -> np.ndarray:
+def earlier_composition(rng, shape, drop_rng=None, drop: float = 0.0) -> np.ndarray:
     """Presence map [0, 1] of an earlier composition: a few painted-over shapes with soft edges,
-    uneven paint inside (brushwork), and a few contours of their own."""
+    uneven paint inside (brushwork), and a few contours of their own; each element dropped with
+    probability `drop` (`_kept`)."""
     h, w = shape
     u = min(h, w) / 256.0
     out = np.zeros(shape, np.float32)
+    scratch = np.zeros(shape, np.float32)
     for _ in range(int(rng.integers(2, 5))):
         region = _blob_full(
             rng,
@@ -358,19 +465,26 @@ def earlier_composition(rng, shape) -> np.ndarray:
         )
         soft = ndimage.gaussian_filter(region.astype(np.float32), 1.5 * u)
         texture = 1.0 + 0.15 * smooth_noise(rng, shape, 8 * u)
-        np.maximum(out, soft * rng.uniform(0.55, 0.95) * texture, out=out)
+        shape_map = soft * rng.uniform(0.55, 0.95) * texture
+        if _kept(drop_rng, drop):
+            np.maximum(out, shape_map, out=out)
     for _ in range(int(rng.integers(1, 3))):
         ys, xs = _outline_points(
             rng, rng.uniform(0.2, 0.8) * h, rng.uniform(0.2, 0.8) * w, rng.uniform(0.08, 0.2) * h, 0.1 * w, 40
         )
-        _draw_polyline(out, ys, xs, 2.0 * u, rng.uniform(0.6, 0.9), rng, 0.1)
+        target = out if _kept(drop_rng, drop) else scratch
+        _draw_polyline(target, ys, xs, 2.0 * u, rng.uniform(0.6, 0.9), rng, 0.1)
     return np.clip(out, 0.0, 1.0)
 
 
-def visible_painting(rng, shape):
+def visible_painting(rng, shape, layout: dict | None = None):
     """(pigment weights float32 [H, W, K] summing to 1, thickness float32 [H, W]) of the visible
     composition: two background zones, 5-9 figures (wobbly ellipses, later ones on top), each a
-    coloured pigment tinted with lead white (modelling), some with carbon-black outlines."""
+    coloured pigment tinted with lead white (modelling), some with carbon-black outlines.
+
+    `layout` (a dict, filled in; draws nothing more from `rng`): 'regions' int32 [H, W], which
+    region shows at each pixel (0, 1: the background zones, 2 + j: figure j); 'pigments', the
+    pigment index of each region; 'figures', per figure (full-size bool region, centre (y, x))."""
     h, w = shape
     u = min(h, w) / 256.0
     k = len(_NAMES)
@@ -379,13 +493,22 @@ def visible_painting(rng, shape):
     yy = np.arange(h, dtype=np.float32)[:, None]
     top, bottom = rng.choice(_COLOURED, size=2, replace=False)
     label[:] = np.where(yy < horizon, top, bottom)
+    regions = np.where(yy < horizon, 0, 1).astype(np.int32)
+    pigments, figures = [int(top), int(bottom)], []
     thick = np.where(yy < horizon, rng.uniform(0.7, 1.3), rng.uniform(0.7, 1.3)).astype(np.float32)
     outlines = np.zeros(shape, np.float32)
     for _ in range(int(rng.integers(5, 10))):
         cy, cx = rng.uniform(0.1, 0.9) * h, rng.uniform(0.1, 0.9) * w
         ry, rx = rng.uniform(0.06, 0.22) * h, rng.uniform(0.05, 0.18) * w
         (sy, sx), region = _blob(rng, shape, cy, cx, ry, rx, rng.uniform(0, np.pi), 0.3)
-        label[sy, sx][region] = rng.choice(_COLOURED)
+        pigment = rng.choice(_COLOURED)
+        label[sy, sx][region] = pigment
+        regions[sy, sx][region] = len(pigments)
+        pigments.append(int(pigment))
+        if layout is not None:
+            full = np.zeros(shape, bool)
+            full[sy, sx] = region
+            figures.append((full, (cy, cx)))
         thick[sy, sx][region] = rng.uniform(0.6, 1.5)
         if rng.random() < 0.35:
             ys, xs = _outline_points(rng, cy, cx, ry, rx, 40)
@@ -400,6 +523,8 @@ def visible_painting(rng, shape):
     strokes = ndimage.uniform_filter1d(rng.standard_normal(shape).astype(np.float32), int(9 * u) | 1, axis=1)
     strokes /= strokes.std() + 1e-6
     thick = ndimage.gaussian_filter(thick, 1.0 * u) * (1.0 + 0.15 * strokes)
+    if layout is not None:
+        layout.update(regions=regions, pigments=pigments, figures=figures)
     return weights, np.clip(thick, 0.2, None).astype(np.float32)
 
 
@@ -451,31 +576,126 @@ def _capture_optics(bands: np.ndarray, params: SimulationParams, u: float) -> np
     return out.astype(np.float32)
 
 
+# ------------------------------------------------------------------------------------------
+# Realism switches of the painting itself (module text): each draws from its own random stream.
+
+
+def _moved(rng, region: np.ndarray, centre, u: float) -> np.ndarray:
+    """`region` (bool [H, W]) as the artist first placed it: shifted 2-6 px (of a 256 px
+    painting) in a random direction, scaled by 0.9-1.1 and turned by up to 0.1 rad about
+    `centre`."""
+    shift, direction = rng.uniform(2.0, 6.0) * u, rng.uniform(0, 2 * np.pi)
+    scale, turn = rng.uniform(0.9, 1.1), rng.uniform(-0.1, 0.1)
+    c = np.asarray(centre, np.float64)
+    move = shift * np.asarray([np.sin(direction), np.cos(direction)])
+    # affine_transform maps each output pixel o to the input pixel m @ o + offset.
+    m = np.asarray([[np.cos(turn), np.sin(turn)], [-np.sin(turn), np.cos(turn)]]) / scale
+    offset = c - m @ (c + move)
+    return ndimage.affine_transform(region.astype(np.float32), m, offset, order=1) > 0.5
+
+
+def _contour(rng, region: np.ndarray, u: float) -> np.ndarray:
+    """Presence map of a carbon line drawn along the border of `region`, 1.4-2.6 px wide, in
+    pieces (about a sixth of it missing, where a smooth noise is low)."""
+    edge = region & ~ndimage.binary_erosion(region)
+    if not edge.any():
+        return np.zeros(region.shape, np.float32)
+    dist = ndimage.distance_transform_edt(~edge)
+    width, intensity = rng.uniform(1.4, 2.6) * u, rng.uniform(0.7, 1.0)
+    pieces = np.clip(2.0 * (smooth_noise(rng, region.shape, 12 * u) + 1.0), 0.0, 1.0)
+    return (intensity * np.exp(-((dist / (width / 2)) ** 2)) * pieces).astype(np.float32)
+
+
+def _earlier_form(rng, region: np.ndarray, u: float) -> np.ndarray:
+    """Presence map of a form painted over: `region` with soft edges and uneven paint, as in
+    `earlier_composition`."""
+    soft = ndimage.gaussian_filter(region.astype(np.float32), 1.5 * u)
+    return soft * rng.uniform(0.55, 0.95) * (1.0 + 0.15 * smooth_noise(rng, region.shape, 8 * u))
+
+
+def pentimenti(rng, layout: dict, kind: str, share: float, u: float) -> np.ndarray:
+    """Presence map [0, 1] of pentimenti: each visible figure (`visible_painting`'s layout), with
+    probability `share`, had an earlier version of itself (`_moved`): its contour in carbon
+    (kind 'underdrawing') or the form itself in dark paint ('composition')."""
+    out = np.zeros(layout["regions"].shape, np.float32)
+    for region, centre in layout["figures"]:
+        if rng.random() < share:
+            moved = _moved(rng, region, centre, u)
+            form = _contour(rng, moved, u) if kind == "underdrawing" else _earlier_form(rng, moved, u)
+            np.maximum(out, form, out=out)
+    return np.clip(out, 0.0, 1.0)
+
+
+def _region_maps(layout: dict, chosen: dict, u: float) -> np.ndarray:
+    """float32 [H, W]: value `chosen[region]` inside each chosen region of the layout, 0
+    elsewhere, softened at the borders like the paint's (Gaussian, 1 px of a 256 px painting)."""
+    out = np.zeros(layout["regions"].shape, np.float32)
+    for region, value in chosen.items():
+        out[layout["regions"] == region] = value
+    return ndimage.gaussian_filter(out, 1.0 * u)
+
+
+def with_metamers(rng, weights: np.ndarray, layout: dict, u: float) -> np.ndarray:
+    """[H, W, K + 7] weights: each visible region, with probability 1/2, painted with the
+    metameric twin of its pigment (`_palette(metamers=True)`: the twins' columns follow the
+    palette's), the same colour in RGB with another infrared reflectance."""
+    twins = np.zeros(weights.shape[:2] + (len(_COLOURED),), np.float32)
+    for region, pigment in enumerate(layout["pigments"]):
+        if rng.random() < 0.5:
+            twins[..., _COLOURED.index(pigment)] += _region_maps(layout, {region: 1.0}, u)
+    moved = weights[..., list(_COLOURED)] * np.clip(twins, 0.0, 1.0)
+    out = np.concatenate([weights, moved], axis=-1)
+    out[..., list(_COLOURED)] -= moved
+    return out
+
+
+def with_carbon(rng, weights: np.ndarray, layout: dict, share: float, u: float) -> np.ndarray:
+    """Weights with carbon black mixed into the paint of each visible region with probability
+    `share`: 5-30 % of the region's paint replaced by carbon black (a grey, shadow or dark
+    green made with bone or lamp black)."""
+    chosen = {r: rng.uniform(0.05, 0.3) for r in range(len(layout["pigments"])) if rng.random() < share}
+    carbon = _region_maps(layout, chosen, u)[..., None]
+    out = weights * (1.0 - carbon)
+    out[..., _BLACK] += carbon[..., 0]
+    return out.astype(np.float32)
+
+
 def simulate_layers(params: SimulationParams, index: int) -> dict:
     """Everything about scene `index`: the scene's arrays plus 'bands_clean' (no noise),
     'visible_only' (the same painting, illumination and varnish without the hidden layer, no noise),
-    'wavelengths_nm' [B], 'pigment_weights' [H, W, K], 'thickness' [H, W], 'kind'."""
+    'wavelengths_nm' [B], 'pigment_weights' [H, W, K] (columns: `_palette(params.metamers)`),
+    'thickness' [H, W], 'regions' [H, W] (`visible_painting`'s layout), 'kind'."""
     if not 0 <= index < params.n_scenes:
         raise IndexError(f"scene index {index} outside 0..{params.n_scenes - 1}")
     # Separate streams: the painting, the hidden layer, the capture (varnish, light), the noise.
     # Changing the hidden layer or its strength leaves the visible painting as it was.
+    # The switches of the painting draw from streams 4 (pentimenti), 5 (metamers), 6 (carbon).
     paint_rng, hidden_rng, capture_rng, noise_rng = (np.random.default_rng([params.seed, index, k]) for k in range(4))
+    pentimenti_rng, metamer_rng, carbon_rng = (np.random.default_rng([params.seed, index, k]) for k in (4, 5, 6))
     shape = (params.size, params.size)
     u = params.size / 256.0
     kind = _hidden_kind(params, index)
-    weights, thick = visible_painting(paint_rng, shape)
+    layout = {}
+    weights, thick = visible_painting(paint_rng, shape, layout)
+    drop = (pentimenti_rng, float(params.pentimenti)) if params.pentimenti > 0 else (None, 0.0)
     if kind == "underdrawing":
-        hidden = underdrawing(hidden_rng, shape)
+        hidden = underdrawing(hidden_rng, shape, *drop)
         hidden_r = np.float32(_CARBON)
     else:
-        hidden = earlier_composition(hidden_rng, shape)
+        hidden = earlier_composition(hidden_rng, shape, *drop)
         hidden_r = np.float32(hidden_rng.uniform(0.10, 0.25))  # dark earlier paint, flat
+    if params.pentimenti > 0:
+        np.maximum(hidden, pentimenti(pentimenti_rng, layout, kind, float(params.pentimenti), u), out=hidden)
+    if params.metamers:
+        weights = with_metamers(metamer_rng, weights, layout, u)
+    if params.carbon_paint > 0:
+        weights = with_carbon(carbon_rng, weights, layout, float(params.carbon_paint), u)
     varnish = params.varnish * np.clip(1.0 + 0.5 * smooth_noise(capture_rng, shape, 80 * u), 0.0, None)
     light = 1.0 + params.illumination * _ramp(capture_rng, shape)
 
     lam = band_wavelengths(params)
     grid = np.concatenate([_VISIBLE_NM, lam])
-    r_inf, kappa, ground = _tables(grid)
+    r_inf, kappa, ground = _tables(grid, bool(params.metamers))
     without, t2 = _paint_over(weights, thick, r_inf, kappa, ground)
     # R is linear in the substrate: the hidden layer adds t^2 s h (R_hidden - R_ground).
     if params.hidden_brighter:
@@ -514,6 +734,7 @@ def simulate_layers(params: SimulationParams, index: int) -> dict:
         "wavelengths_nm": lam,
         "pigment_weights": weights,
         "thickness": thick,
+        "regions": layout["regions"],
         "kind": kind,
     }
 
