@@ -58,6 +58,9 @@ def get_hidden_config(method_name: str) -> ml_collections.ConfigDict:
             "hidden_brighter": False,
             "misregistration": 0.0,
             "band_blur": 0.0,
+            "pentimenti": 0.0,
+            "metamers": False,
+            "carbon_paint": 0.0,
         }
     )
     config.data = data
