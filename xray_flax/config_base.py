@@ -52,6 +52,15 @@ def get_base_config(detector: str = "draem") -> ml_collections.ConfigDict:
     # 0 = unsupervised, as the papers. [ours]
     train.labelled_anomalies = 0
     train.labelled_per_batch = 2
+    # Before each validation, re-estimate the running statistics (BatchNorm's) of the weights
+    # being validated: this many forward passes in training mode over training batches at
+    # FIXED weights (detectors with `refresh_statistics`; others ignore it). During training
+    # the running averages mix the last ~10 steps' weights; at a high learning rate they then
+    # belong to no weights, and validation (and the best checkpoint) sees a broken network
+    # (docs/results.md, the paper's model's training dynamics; "precise BN", Wu & Johnson,
+    # "Rethinking 'Batch' in BatchNorm", 2021). The best checkpoint keeps the re-estimated
+    # statistics; the latest (for resuming) keeps the training ones. 0 = off, as the papers. [ours]
+    train.refresh_statistics_batches = 0
     # After training, whole-scan heatmaps and HTML reports of this many test scans
     # (<workdir>/predictions); 0 = none.
     train.predict_test_scans = 1

@@ -47,6 +47,7 @@ TRAIN_MINIMUMS = {
     "predict_test_scans": 0,
     "labelled_anomalies": 0,
     "labelled_per_batch": 1,
+    "refresh_statistics_batches": 0,
 }
 
 _KEY = re.compile(r"config(\.\w+)+")

@@ -73,6 +73,19 @@ def compile_train_step(detector: Detector, mesh, donate: bool = True):
     )
 
 
+def compile_refresh_statistics(detector: Detector, mesh):
+    """(variables, batch, key, aux) -> variables with refreshed running statistics, or None when
+    the detector keeps none."""
+    if detector.refresh_statistics is None:
+        return None
+    replicated, batch = parallel.replicated(mesh), parallel.batch_sharded(mesh)
+    return jax.jit(
+        detector.refresh_statistics,
+        in_shardings=(replicated, batch, replicated, replicated),
+        out_shardings=replicated,
+    )
+
+
 def compile_preview(detector: Detector, mesh):
     """(variables, batch, key, aux) -> TensorBoard images, or None when the detector has none."""
     if detector.preview is None:

@@ -100,6 +100,48 @@ class _Validator:
         log.info("step %d: validation ROC-AUC %.4f%s", step, val_auc, " (best so far)" if improved else "")
 
 
+# The key stream and data-order seed of the statistics refresh, apart from training's, so that
+# switching it on leaves every training step unchanged.
+_REFRESH_STREAM = 0x5EF
+_REFRESH_SEED_OFFSET = 104_729
+
+
+class _StatisticsRefresh:
+    """Re-estimates the running statistics (BatchNorm's) of the weights about to be validated
+    (config.train.refresh_statistics_batches): that many training-mode passes at fixed weights
+    over a fixed set of training batches drawn once, so the result depends on the weights only
+    (and a resumed run validates exactly as an uninterrupted one)."""
+
+    def __init__(self, detector, config, splits, mesh, per_process_batch: int):
+        n = int(config.train.refresh_statistics_batches)
+        self.refresh = steps.compile_refresh_statistics(detector, mesh) if n > 0 else None
+        self.batches: list[dict] = []
+        if n > 0 and self.refresh is None:
+            log.info(
+                "config.train.refresh_statistics_batches=%d ignored: %s keeps no running statistics", n, detector.name
+            )
+        if self.refresh is None:
+            return
+        batches = pipeline.make_train_iterator(
+            splits,
+            config.data,
+            batch_size=per_process_batch,
+            seed=config.seed + _REFRESH_SEED_OFFSET,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+        )
+        self.batches = [{"image": np.asarray(next(batches)["image"])} for _ in range(n)]
+        self.key = jax.random.fold_in(jax.random.key(config.seed), _REFRESH_STREAM)
+        self.mesh = mesh
+        log.info("validation re-estimates the running statistics on %d training batches first", n)
+
+    def __call__(self, variables, aux):
+        for i, host_batch in enumerate(self.batches):
+            batch = parallel.global_batch(host_batch, self.mesh)
+            variables = self.refresh(variables, batch, jax.random.fold_in(self.key, i), aux)
+        return variables
+
+
 def train(config: ml_collections.ConfigDict, workdir: str) -> bool:
     """Train or fit (resuming if possible), keeping the best checkpoint by validation ROC-AUC.
 
@@ -191,6 +233,7 @@ def _train(detector, config, workdir, splits, mesh, ckpt, writer) -> bool:
 
     train_step, preview_step = _compile_steps(detector, config, mesh)
     validate = _Validator(detector, config, splits, mesh, ckpt, writer, state.variables)
+    refresh = _StatisticsRefresh(detector, config, splits, mesh, per_process_batch)
 
     step = int(state.step)
     halt = config.train.halt_after_steps
@@ -260,7 +303,7 @@ def _train(detector, config, workdir, splits, mesh, ckpt, writer) -> bool:
                 writer.write_images(step, {k: np.asarray(v)[:4] for k, v in images.items()})
             if not stopping and (step % config.train.eval_every == 0 or step == num_steps):
                 check_finite()
-                validate(step, state.variables, step / num_steps)
+                validate(step, refresh(state.variables, aux), step / num_steps)
             if step % config.train.checkpoint_every == 0 or final:
                 check_finite()
                 ckpt.save_latest(

@@ -95,6 +95,12 @@ class Detector:
     # [b, P, P] (its pixels; 0 for normal rows), xray_flax/data/labelled.py. False: such a
     # config is refused (the step would learn the anomalies as normal).
     labelled_anomalies: bool = False
+    # Optional: (variables, batch, key, aux) -> variables whose running statistics (BatchNorm's)
+    # took one more forward pass in training mode on `batch` (as the train step sees it, e.g.
+    # with its synthetic anomalies), the weights unchanged. The loop repeats it over
+    # config.train.refresh_statistics_batches batches before each validation, so the
+    # statistics belong to the weights being validated. None = no running statistics.
+    refresh_statistics: Callable[[Variables, dict, jax.Array, Any], Variables] | None = None
     # Optional TensorBoard images: (variables, batch, key, aux) -> {name: [b, H, W, C] in [0, 1]}.
     preview: Callable[[Variables, dict, jax.Array, Any], dict] | None = None
     # --- fit kind (see the module docstring) ---

@@ -42,5 +42,6 @@ def build(config: ml_collections.ConfigDict) -> Detector:
         optimizer=tx,
         train_step=functools.partial(steps.train_step, model=model, tx=tx, spec=spec, loss_config=config.loss),
         make_aux=lambda: jnp.asarray(load_texture_bank(config.synthesis, config.data.patch_size, channels)),
+        refresh_statistics=functools.partial(steps.refresh_statistics, model=model, spec=spec),
         preview=functools.partial(steps.preview, model=model, spec=spec),
     )

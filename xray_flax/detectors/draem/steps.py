@@ -62,6 +62,14 @@ def anomaly_map(variables: dict, images: jax.Array, *, model: nn.Module) -> dict
     return {"map": anomaly_probability(logits), "reconstruction": jnp.clip(reconstruction, 0.0, 1.0)}
 
 
+def refresh_statistics(variables: dict, batch: dict, key: jax.Array, textures: jax.Array, *, model, spec) -> dict:
+    """`variables` with the BatchNorm running statistics updated by one training-mode pass over
+    `batch` with synthetic anomalies pasted in, as the train step makes them; weights unchanged."""
+    synthetic = synthesize_batch(key, batch["image"], textures, spec)
+    _, updates = model.apply(variables, synthetic["image"], train=True, mutable=["batch_stats"])
+    return {**variables, **updates}
+
+
 def preview(variables: dict, batch: dict, key: jax.Array, textures: jax.Array, *, model, spec) -> dict:
     """Images for TensorBoard: input, synthetic anomaly and its mask, reconstruction, predicted map."""
     synthetic = synthesize_batch(key, batch["image"], textures, spec)
