@@ -10,7 +10,7 @@ import pytest
 from scipy import ndimage
 
 from configs import tiny
-from xray_flax import detectors
+from xray_flax import detectors, errors
 from xray_flax.detectors.patchcore import distance as model
 from xray_flax.detectors.patchcore import steps
 from xray_flax.nn import coreset, knn
@@ -108,10 +108,15 @@ def test_exact_mode_bank_equals_reference_greedy_of_all_training_patches():
     np.testing.assert_allclose(bank, patches[reference], rtol=1e-6, atol=1e-6)
 
 
-def test_patch_scores_and_plain_max_equal_brute_force():
+@pytest.fixture(scope="module")
+def fitted():
+    """A tiny PatchCore fitted on 4 batches (the fit does not depend on the map's options)."""
+    detector = _detector()
+    return detectors.base.run_fit(detector, _variables(detector), _batches(4))
+
+
+def test_patch_scores_and_plain_max_equal_brute_force(fitted):
     detector = _detector(num_neighbors=1, blur_sigma=0.0, map_upsample="nearest")
-    variables = _variables(detector)
-    fitted = detectors.base.run_fit(detector, variables, _batches(4))
     images = _batches(1, seed=5)[0]["image"]
     out = jax.jit(detector.anomaly_map)(fitted, images)
     plan = detector.fit_init.keywords["plan"]
@@ -171,3 +176,38 @@ def test_bad_config_values_are_clear_errors():
         detector.fit_update(
             detector.fit_init(None), _variables(detector), _batches(1)[0] | {"image": jnp.zeros((2, 32, 32, 1))}
         )
+
+
+def _self_distances_reference(x: np.ndarray, h: int, w: int, radius: int) -> np.ndarray:
+    """NumPy brute force in float64: per tile, per patch, the nearest patch beyond `radius` cells."""
+    out = np.full(x.shape[:2], np.inf)
+    for t in range(x.shape[0]):
+        for i in range(h * w):
+            for j in range(h * w):
+                if max(abs(i // w - j // w), abs(i % w - j % w)) > radius:
+                    out[t, i] = min(out[t, i], np.linalg.norm(x[t, i].astype(np.float64) - x[t, j]))
+    return out
+
+
+@pytest.mark.parametrize("radius", [1, 2, 6])
+def test_tile_self_distances_equal_brute_force(radius):
+    x = np.random.default_rng(3).normal(size=(2, 36, 5)).astype(np.float32)
+    ours = np.asarray(model.tile_self_distances(jnp.asarray(x), 6, 6, radius))
+    reference = _self_distances_reference(x, 6, 6, radius)
+    assert np.isinf(reference).all() == (radius >= 5)  # a 6 x 6 grid has nothing beyond 5 cells
+    np.testing.assert_allclose(ours, reference, rtol=1e-5)
+
+
+def test_self_radius_map_is_the_nearer_of_bank_and_tile_and_its_score_the_max(fitted):
+    detector = _detector(num_neighbors=9, blur_sigma=0.0, map_upsample="nearest", self_radius=2)
+    images = _batches(1, seed=5)[0]["image"]
+    out = jax.jit(detector.anomaly_map)(fitted, images)
+    plan = detector.fit_init.keywords["plan"]
+    queries = np.asarray(steps.embed(fitted, images, plan=plan)).reshape(4, 64, plan.dim)
+    memory = fitted["memory"]
+    bank, _ = knn.brute_force(queries.reshape(-1, plan.dim), memory["bank"], memory["valid"], 1)
+    patch = np.minimum(bank[:, 0].reshape(4, 64), _self_distances_reference(queries, 8, 8, 2)).reshape(4, 8, 8)
+    np.testing.assert_allclose(np.asarray(out["map"])[:, ::4, ::4], patch, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(out["score"]), patch.max((1, 2)), rtol=1e-5)
+    with pytest.raises(errors.ConfigError, match="self_radius"):
+        _detector(self_radius=-1)

@@ -52,6 +52,8 @@ from xray_flax.nn import coreset
 
 def make_plan(config: ml_collections.ConfigDict) -> steps.Plan:
     m = config.model
+    if int(m.self_radius) < 0:
+        raise errors.ConfigError(f"config.model.self_radius must be >= 0 (0 = off), got {m.self_radius}")
     for key in ("bank_size", "chunk_size", "query_block", "bank_block", "num_neighbors"):
         if int(m[key]) < 1:
             raise errors.ConfigError(f"config.model.{key} must be >= 1, got {m[key]}")
@@ -88,6 +90,7 @@ def make_plan(config: ml_collections.ConfigDict) -> steps.Plan:
         projection=coreset.projection_matrix(int(m.projection_seed), dim, int(m.projection_dim)),
         storage_dtype=m.storage_dtype,
         num_neighbors=int(m.num_neighbors),
+        self_radius=int(m.self_radius),
         map_upsample=m.map_upsample,
         blur_sigma=float(m.blur_sigma),
         query_block=int(m.query_block),

@@ -82,6 +82,26 @@ def reweighted_score(embedding, patch_distances, patch_indices, bank, valid, num
     return weights * score
 
 
+def tile_self_distances(embedding: jax.Array, height: int, width: int, radius: int) -> jax.Array:
+    """[b, h*w, D] -> [b, h*w]: each patch's Euclidean distance to the nearest patch of ITS OWN
+    tile that lies more than `radius` grid cells away (Chebyshev distance), +inf when there is
+    none. One tile at a time (lax.map), so the live matrix is [h*w, h*w]; ranked by
+    |q|^2 - 2 q.p + |p|^2 and recomputed exactly for the winner, as nn/knn.py does."""
+    yy, xx = np.divmod(np.arange(height * width), width)
+    near = np.maximum(np.abs(yy[:, None] - yy[None]), np.abs(xx[:, None] - xx[None])) <= radius
+
+    def one(x):
+        x = x.astype(jnp.float32)
+        sq = jnp.sum(x * x, axis=1)
+        keys = sq[:, None] - 2.0 * jnp.dot(x, x.T, precision=jax.lax.Precision.HIGHEST) + sq[None, :]
+        keys = jnp.where(near, jnp.inf, keys)
+        nearest = jnp.argmin(keys, axis=1)
+        exact = jnp.sqrt(jnp.sum((x - x[nearest]) ** 2, axis=1))
+        return jnp.where(jnp.isinf(jnp.min(keys, axis=1)), jnp.inf, exact)
+
+    return jax.lax.map(one, embedding)
+
+
 def upsample_map(patch_map: jax.Array, size: tuple[int, int], mode: str, sigma: float) -> jax.Array:
     """[B, h, w] -> [B, H, W]: 'nearest' [anomalib: F.interpolate's default mode] or 'bilinear'
     [original code], then the Gaussian blur (sigma 4, kernel 33, reflect) [anomalib; original:

@@ -43,6 +43,7 @@ class Plan:
     projection: np.ndarray | None  # [D, d'] or None
     storage_dtype: str
     num_neighbors: int
+    self_radius: int
     map_upsample: str
     blur_sigma: float
     query_block: int
@@ -151,7 +152,14 @@ def fit_summary(state: dict, *, plan: Plan) -> dict:
 def anomaly_map(variables: dict, images: jax.Array, *, plan: Plan) -> dict:
     """Per patch the distance to its nearest bank entry; map = upsampled + blurred; score =
     anomalib's reweighted maximum (num_neighbors > 1) or the plain maximum of the patch
-    distances (num_neighbors = 1, the original code)."""
+    distances (num_neighbors = 1, the original code).
+
+    With `self_radius` r > 0 a patch's distance is the smaller of that and its distance to the
+    nearest patch of its own tile more than r grid cells away, and the score the plain maximum:
+    a texture of the analysed painting that the training scans lack is then normal where it
+    recurs in its tile, while a defect smaller than the radius finds no match around it. [ours;
+    the local-reference idea of zero-shot detectors that compare patches of unlabeled test
+    images with each other, e.g. MuSc, Li et al., ICLR 2024]"""
     b, height, width = images.shape[0], images.shape[1], images.shape[2]
     x = embed(variables, images, plan=plan)
     h, w, d = x.shape[1:]
@@ -160,7 +168,11 @@ def anomaly_map(variables: dict, images: jax.Array, *, plan: Plan) -> dict:
     options = plan.search_options()
     distances, indices = distance.search(queries, bank, valid, 1, **options)
     patch = distances[:, 0].reshape(b, h * w)
-    if plan.num_neighbors > 1:
+    if plan.self_radius > 0:
+        # The tile's own patches beyond the radius are normal references too (docstring).
+        patch = jnp.minimum(patch, distance.tile_self_distances(x.reshape(b, h * w, d), h, w, plan.self_radius))
+        score = jnp.max(patch, axis=1)
+    elif plan.num_neighbors > 1:
         score = distance.reweighted_score(
             x.reshape(b, h * w, d), patch, indices[:, 0].reshape(b, h * w), bank, valid, plan.num_neighbors, **options
         )
