@@ -6,7 +6,11 @@ training bank: a zero-shot detector), `min` (what `model.self_radius` does) and 
 divided by its median first), the validation and test tile ROC-AUC of the plain-maximum image
 score. Choose r and the form on the validation rows only.
 
-    python benchmarks/patchcore_self_reference.py WORKDIR     # a fitted PatchCore's workdir
+With --whiten, every distance is taken after a PCA whitening (scikit-learn, `whiten=True`, all
+components) fitted on the features of every clean training tile: the simplest adaptation of the
+frozen ImageNet features to the user's own scans, with no labels and no training.
+
+    python benchmarks/patchcore_self_reference.py WORKDIR [--whiten]    # a fitted PatchCore's workdir
 """
 
 import os
@@ -15,6 +19,7 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+from sklearn.decomposition import PCA
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from xray_flax import checkpoint, detectors, metrics, parallel, steps, workdir_config  # noqa: E402
@@ -24,7 +29,7 @@ from xray_flax.detectors.patchcore import distance  # noqa: E402
 from xray_flax.detectors.patchcore import steps as pc  # noqa: E402
 
 
-def main(workdir: str) -> None:
+def main(workdir: str, whiten: bool = False) -> None:
     config = workdir_config.get_config(workdir)
     detector = detectors.build(config)
     plan = patchcore.make_plan(config)
@@ -36,6 +41,17 @@ def main(workdir: str) -> None:
     splits = pipeline.prepare_splits(config.data, workdir)
     embed = jax.jit(lambda v, x: pc.embed(v, x, plan=plan))
     bank, valid = variables[pc.MEMORY]["bank"], variables[pc.MEMORY]["valid"]
+    transform = None
+    if whiten:
+        train = []
+        for batch in pipeline.iterate_eval_batches(splits, "train", config.data, batch_size=32):
+            clean = np.asarray(batch["label"]) == 0
+            train.append(np.asarray(embed(variables, jnp.asarray(batch["image"])))[clean])
+        train = np.concatenate(train)
+        pca = PCA(whiten=True).fit(train.reshape(-1, train.shape[-1]))
+        transform = pca.transform
+        bank = jnp.asarray(transform(np.asarray(bank, np.float64)), jnp.float32)
+        print(f"whitened with a PCA of {train.shape[0] * train.shape[1] * train.shape[2]} training patch features")
     for split in ("val", "test"):
         features, labels = [], []
         for batch in pipeline.iterate_eval_batches(splits, split, config.data, batch_size=32):
@@ -43,6 +59,8 @@ def main(workdir: str) -> None:
             labels.append(batch["label"])
         features, labels = np.concatenate(features), np.concatenate(labels)
         b, h, w, d = features.shape
+        if transform is not None:
+            features = transform(features.reshape(-1, d)).reshape(b, h, w, d).astype(np.float32)
         nearest, _ = distance.search(jnp.asarray(features.reshape(-1, d)), bank, valid, 1, **plan.search_options())
         to_bank = np.asarray(nearest[:, 0]).reshape(b, h * w)
         x = features.reshape(b, h * w, d).astype(np.float64)
@@ -67,4 +85,4 @@ def main(workdir: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], whiten="--whiten" in sys.argv[2:])
