@@ -109,8 +109,8 @@ _REFRESH_SEED_OFFSET = 104_729
 class _StatisticsRefresh:
     """Re-estimates the running statistics (BatchNorm's) of the weights about to be validated
     (config.train.refresh_statistics_batches): that many training-mode passes at fixed weights
-    over a fixed set of training batches drawn once, so the result depends on the weights only
-    (and a resumed run validates exactly as an uninterrupted one)."""
+    over a fixed set of training batches drawn once and kept on the devices, so the result
+    depends on the weights only (and a resumed run validates exactly as an uninterrupted one)."""
 
     def __init__(self, detector, config, splits, mesh, per_process_batch: int):
         n = int(config.train.refresh_statistics_batches)
@@ -130,14 +130,12 @@ class _StatisticsRefresh:
             process_index=jax.process_index(),
             process_count=jax.process_count(),
         )
-        self.batches = [{"image": np.asarray(next(batches)["image"])} for _ in range(n)]
+        self.batches = [parallel.global_batch({"image": next(batches)["image"]}, mesh) for _ in range(n)]
         self.key = jax.random.fold_in(jax.random.key(config.seed), _REFRESH_STREAM)
-        self.mesh = mesh
         log.info("validation re-estimates the running statistics on %d training batches first", n)
 
     def __call__(self, variables, aux):
-        for i, host_batch in enumerate(self.batches):
-            batch = parallel.global_batch(host_batch, self.mesh)
+        for i, batch in enumerate(self.batches):
             variables = self.refresh(variables, batch, jax.random.fold_in(self.key, i), aux)
         return variables
 
