@@ -38,7 +38,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from xray_flax import checkpoint, detectors, metrics, parallel, scoring, steps, workdir_config  # noqa: E402
 from xray_flax.data import pipeline  # noqa: E402
 from xray_flax.detectors.draem import network  # noqa: E402
-from xray_flax.synthesis import SynthesisSpec, load_texture_bank, synthesize_batch  # noqa: E402
+from xray_flax.synthesis import SynthesisSpec, synthesize_batch  # noqa: E402
 
 
 def _val_tiles(splits, data_config, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> dict:
     detector = detectors.build(config)
     model = network.build_model(config.model, config.data.channels)
     spec = SynthesisSpec.from_config(config.synthesis, config.data.channels)
-    textures = jnp.asarray(load_texture_bank(config.synthesis, config.data.patch_size, config.data.channels))
+    textures = jnp.asarray(detector.make_aux())
     splits = pipeline.prepare_splits(config.data, args.workdir)
     images, labels = _val_tiles(splits, config.data)
     known = labels >= 0
@@ -85,11 +85,8 @@ def main(argv: list[str] | None = None) -> dict:
         _, logits = model.apply(variables, x, train=False)
         return network.anomaly_probability(logits), logits[..., 1] - logits[..., 0]
 
-    @jax.jit
-    def bn_pass(variables, x, key):
-        synthetic = synthesize_batch(key, x, textures, spec)
-        _, updates = model.apply(variables, synthetic["image"], train=True, mutable=["batch_stats"])
-        return {**variables, **updates}
+    # One training-mode pass at fixed weights: what config.train.refresh_statistics_batches runs.
+    refresh = jax.jit(detector.refresh_statistics)
 
     @jax.jit
     def synthetic_val(key, x):
@@ -114,7 +111,7 @@ def main(argv: list[str] | None = None) -> dict:
         prob, margin = scores_of(variables, images)
         reest = variables
         for i, x in enumerate(train_batches):
-            reest = bn_pass(reest, jnp.asarray(x), jax.random.key(1000 + i))
+            reest = refresh(reest, {"image": jnp.asarray(x)}, jax.random.key(1000 + i), textures)
         prob_re, _ = scores_of(reest, images)
         p_syn, _ = maps(variables, synth["image"])
         mask = np.asarray(synth["mask"][..., 0] > 0.5).ravel()

@@ -63,11 +63,7 @@ def main(workdir: str, whiten: bool = False) -> None:
             features = transform(features.reshape(-1, d)).reshape(b, h, w, d).astype(np.float32)
         nearest, _ = distance.search(jnp.asarray(features.reshape(-1, d)), bank, valid, 1, **plan.search_options())
         to_bank = np.asarray(nearest[:, 0]).reshape(b, h * w)
-        x = features.reshape(b, h * w, d).astype(np.float64)
-        sq = (x**2).sum(-1)
-        pairwise = np.sqrt(np.maximum(sq[:, :, None] + sq[:, None, :] - 2 * x @ x.transpose(0, 2, 1), 0))
-        yy, xx = np.divmod(np.arange(h * w), w)
-        cells = np.maximum(abs(yy[:, None] - yy[None]), abs(xx[:, None] - xx[None]))
+        patches = jnp.asarray(features.reshape(b, h * w, d))
         known = labels >= 0
 
         def auc(patch_scores, labels=labels[known], known=known):
@@ -75,7 +71,8 @@ def main(workdir: str, whiten: bool = False) -> None:
 
         print(f"{split}: {b} tiles, {h} x {w} grid; bank only {auc(to_bank):.4f}")
         for radius in (1, 2, 3, 4, 6):
-            to_self = np.where(cells[None] <= radius, np.inf, pairwise).min(-1)
+            # The detector's own computation (model.self_radius), not a copy of it.
+            to_self = np.asarray(distance.tile_self_distances(patches, h, w, radius))
             forms = {
                 "self": to_self,
                 "min": np.minimum(to_bank, to_self),
